@@ -1,0 +1,267 @@
+//! Finding the credential a route accepts in the request headers.
+//!
+//! Ambiguity is never resolved in the client's favour: two `Authorization` headers, or two
+//! cookies of the configured name (across all `Cookie` headers, as HTTP/2 splits them), are
+//! refused instead of picking one.
+
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, COOKIE};
+
+/// Where a route reads its token, from `token_sources`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>` (scheme case-insensitive, RFC 7235).
+    Bearer,
+    /// The value of the cookie with this name.
+    Cookie(Box<str>),
+}
+
+impl TokenSource {
+    pub fn parse(spec: &str) -> Option<Self> {
+        match spec {
+            "bearer" => Some(TokenSource::Bearer),
+            _ => {
+                let name = spec.strip_prefix("cookie:")?;
+                is_cookie_name(name).then(|| TokenSource::Cookie(name.into()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Bearer => f.write_str("bearer"),
+            TokenSource::Cookie(name) => write!(f, "cookie:{name}"),
+        }
+    }
+}
+
+/// RFC 6265 cookie-name: an RFC 7230 token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("more than one credential of the same kind")]
+    Ambiguous,
+    #[error("the Authorization header is not a valid Bearer credential")]
+    MalformedBearer,
+}
+
+/// Finds the token of the first source (in configured order) that is present.
+/// Returns the index of that source and the token text.
+pub fn find_token<'h>(
+    headers: &'h HeaderMap,
+    sources: &[TokenSource],
+) -> Result<Option<(usize, &'h str)>, CredentialError> {
+    for (index, source) in sources.iter().enumerate() {
+        let found = match source {
+            TokenSource::Bearer => bearer_token(headers)?,
+            TokenSource::Cookie(name) => cookie_value(headers, name)?,
+        };
+        if let Some(token) = found {
+            return Ok(Some((index, token)));
+        }
+    }
+    Ok(None)
+}
+
+/// The token of an `Authorization: Bearer` header; `None` when there is no Authorization
+/// header or it uses another scheme (e.g. the app's own Basic auth).
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, CredentialError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(CredentialError::Ambiguous);
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| CredentialError::MalformedBearer)?;
+    let Some((scheme, rest)) = value.split_once(' ') else {
+        return if value.eq_ignore_ascii_case("bearer") {
+            Err(CredentialError::MalformedBearer)
+        } else {
+            Ok(None)
+        };
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim_start_matches(' ');
+    if !is_b64token(token) {
+        return Err(CredentialError::MalformedBearer);
+    }
+    Ok(Some(token))
+}
+
+/// RFC 6750 b64token: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// The value of cookie `name` across every `Cookie` header.
+fn cookie_value<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+) -> Result<Option<&'h str>, CredentialError> {
+    let mut found = None;
+    for header in headers.get_all(COOKIE) {
+        let Ok(text) = header.to_str() else {
+            continue;
+        };
+        for pair in text.split(';') {
+            let Some((key, value)) = pair.trim_matches(' ').split_once('=') else {
+                continue;
+            };
+            if key == name {
+                if found.is_some() {
+                    return Err(CredentialError::Ambiguous);
+                }
+                found = Some(
+                    value
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(value),
+                );
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Rewrites the `Cookie` headers without cookie `name`, joining what remains into one
+/// header (HTTP/1 upstreams expect a single `Cookie` line). Removes the header when nothing
+/// is left.
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let mut kept = String::new();
+    for header in headers.get_all(COOKIE) {
+        let Ok(text) = header.to_str() else {
+            continue;
+        };
+        for pair in text.split(';') {
+            let pair = pair.trim_matches(' ');
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            if pair.is_empty() || key == name {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
+        }
+    }
+    headers.remove(COOKIE);
+    if !kept.is_empty()
+        && let Ok(value) = http::HeaderValue::from_str(&kept)
+    {
+        headers.insert(COOKIE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    const BEARER: &[TokenSource] = &[TokenSource::Bearer];
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer abc.def.ghi",
+            "bearer abc.def.ghi",
+            "BEARER  abc.def.ghi",
+        ] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(find_token(&h, BEARER), Ok(Some((0, "abc.def.ghi"))), "{v}");
+        }
+    }
+
+    #[test]
+    fn other_schemes_are_not_ours() {
+        let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(find_token(&h, BEARER), Ok(None));
+        assert_eq!(find_token(&HeaderMap::new(), BEARER), Ok(None));
+    }
+
+    #[test]
+    fn malformed_and_ambiguous_bearer_is_refused() {
+        let h = headers(&[("authorization", "Bearer")]);
+        assert_eq!(
+            find_token(&h, BEARER),
+            Err(CredentialError::MalformedBearer)
+        );
+        let h = headers(&[("authorization", "Bearer a b")]);
+        assert_eq!(
+            find_token(&h, BEARER),
+            Err(CredentialError::MalformedBearer)
+        );
+        let h = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(find_token(&h, BEARER), Err(CredentialError::Ambiguous));
+    }
+
+    #[test]
+    fn cookies_are_found_across_headers_and_duplicates_refused() {
+        let src = [TokenSource::Cookie("at".into())];
+        let h = headers(&[("cookie", "a=1; at=tok"), ("cookie", "b=2")]);
+        assert_eq!(find_token(&h, &src), Ok(Some((0, "tok"))));
+        let h = headers(&[("cookie", "a=1; at=tok"), ("cookie", "at=other")]);
+        assert_eq!(find_token(&h, &src), Err(CredentialError::Ambiguous));
+        let h = headers(&[("cookie", "xat=tok; at_=x")]);
+        assert_eq!(find_token(&h, &src), Ok(None));
+    }
+
+    #[test]
+    fn sources_are_tried_in_order() {
+        let src = [TokenSource::Bearer, TokenSource::Cookie("at".into())];
+        let h = headers(&[("cookie", "at=c"), ("authorization", "Bearer b")]);
+        assert_eq!(find_token(&h, &src), Ok(Some((0, "b"))));
+        let h = headers(&[("cookie", "at=c")]);
+        assert_eq!(find_token(&h, &src), Ok(Some((1, "c"))));
+    }
+
+    #[test]
+    fn removing_a_cookie_keeps_the_others() {
+        let mut h = headers(&[("cookie", "a=1; at=tok"), ("cookie", "b=2")]);
+        remove_cookie(&mut h, "at");
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h.get(COOKIE).unwrap(), "a=1; b=2");
+        let mut h = headers(&[("cookie", "at=tok")]);
+        remove_cookie(&mut h, "at");
+        assert!(h.get(COOKIE).is_none());
+    }
+
+    #[test]
+    fn token_sources_parse() {
+        assert_eq!(TokenSource::parse("bearer"), Some(TokenSource::Bearer));
+        assert_eq!(
+            TokenSource::parse("cookie:session"),
+            Some(TokenSource::Cookie("session".into()))
+        );
+        assert_eq!(TokenSource::parse("cookie:"), None);
+        assert_eq!(TokenSource::parse("cookie:a b"), None);
+        assert_eq!(TokenSource::parse("header:x"), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! Route policy to decision: the third step of the request path.
+//!
+//! `authenticate` is the only place a [`Permit`] is made, and the forwarder takes nothing
+//! else: a request reaches an upstream only with a permit produced for that same request
+//! (invariant I1). A permit is either public (the route needs no credential) or carries a
+//! verified [`Identity`].
+
+pub mod claims;
+pub mod credential;
+pub mod jwt;
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use claims::{ClaimRequirement, Claims};
+use credential::{CredentialError, TokenSource};
+use jwt::{JwtError, Provider};
+
+/// What a route demands, compiled from `auth`, `providers`, `token_sources`, `require`.
+pub enum RouteAuth {
+    Public,
+    Jwt(JwtPolicy),
+}
+
+pub struct JwtPolicy {
+    /// Indices into `Snapshot::providers`.
+    pub providers: Box<[usize]>,
+    pub sources: Box<[TokenSource]>,
+    pub forward_token: bool,
+    pub scopes: Box<[Box<str>]>,
+    pub claims: Box<[ClaimRequirement]>,
+}
+
+/// A verified principal.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Index into `Snapshot::providers`.
+    pub provider: usize,
+    pub claims: Arc<Claims>,
+}
+
+/// Which credential was consumed, so it can be removed before forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumed {
+    None,
+    Authorization,
+    /// Index into the route's token sources (a `cookie:NAME` source).
+    Cookie(usize),
+}
+
+/// Permission to forward one request. Only `authenticate` constructs one.
+#[derive(Debug)]
+pub struct Permit {
+    identity: Option<Identity>,
+    consumed: Consumed,
+}
+
+impl Permit {
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// The credential to strip before forwarding (`Consumed::None` when it is kept).
+    pub fn consumed(&self) -> Consumed {
+        self.consumed
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_claims(claims: Claims, consumed: Consumed) -> Permit {
+        Permit {
+            identity: Some(Identity {
+                provider: 0,
+                claims: Arc::new(claims),
+            }),
+            consumed,
+        }
+    }
+}
+
+/// Why a request was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credential")]
+    MissingCredential,
+    #[error(transparent)]
+    BadCredential(#[from] CredentialError),
+    #[error(transparent)]
+    InvalidToken(#[from] JwtError),
+    #[error("a required scope is missing")]
+    MissingScope,
+    #[error("a required claim does not hold")]
+    ClaimMismatch,
+}
+
+impl AuthError {
+    /// Short stable reason for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::MissingCredential => "missing",
+            AuthError::BadCredential(CredentialError::Ambiguous) => "ambiguous_credential",
+            AuthError::BadCredential(CredentialError::MalformedBearer) => "malformed_credential",
+            AuthError::InvalidToken(e) => e.reason(),
+            AuthError::MissingScope => "insufficient_scope",
+            AuthError::ClaimMismatch => "claim_mismatch",
+        }
+    }
+}
+
+/// Decides whether the request with these headers may pass the route's policy.
+pub fn authenticate(
+    policy: &RouteAuth,
+    headers: &HeaderMap,
+    providers: &[Provider],
+    now: u64,
+) -> Result<Permit, AuthError> {
+    let policy = match policy {
+        RouteAuth::Public => {
+            return Ok(Permit {
+                identity: None,
+                consumed: Consumed::None,
+            });
+        }
+        RouteAuth::Jwt(policy) => policy,
+    };
+    let (source, token) =
+        credential::find_token(headers, &policy.sources)?.ok_or(AuthError::MissingCredential)?;
+    let verified = jwt::verify(token, &policy.providers, providers, now)?;
+    if !verified.claims.has_scopes(&policy.scopes) {
+        return Err(AuthError::MissingScope);
+    }
+    if !policy.claims.iter().all(|r| r.holds(&verified.claims)) {
+        return Err(AuthError::ClaimMismatch);
+    }
+    let consumed = match (&policy.sources[source], policy.forward_token) {
+        (_, true) => Consumed::None,
+        (TokenSource::Bearer, false) => Consumed::Authorization,
+        (TokenSource::Cookie(_), false) => Consumed::Cookie(source),
+    };
+    Ok(Permit {
+        identity: Some(Identity {
+            provider: verified.provider,
+            claims: Arc::new(verified.claims),
+        }),
+        consumed,
+    })
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

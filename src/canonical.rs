@@ -1,0 +1,352 @@
+//! Canonical form of the request target: the one path and host that are both matched
+//! against routes and forwarded upstream (invariant I4).
+//!
+//! Sits first in the request path, before routing. A request whose path or host cannot be
+//! put in one unambiguous form is refused with 400 instead of guessed at: every known
+//! auth-proxy bypass came from the proxy and the app disagreeing about what a path means.
+//!
+//! Path rules (RFC 3986 section 6.2.2 plus refusals):
+//! - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded; other
+//!   percent-encodings are kept, with upper-case hex;
+//! - `.` and `..` segments are resolved, empty segments (`//`) collapsed, a trailing `/` kept;
+//! - refused: `%2F` (encoded `/`), `\` and `%5C`, `%00`, malformed `%` escapes, encodings that
+//!   do not decode to UTF-8, a `..` that would climb above `/`, and `.`/`..` segments carrying
+//!   path parameters (`..;x`), which Tomcat and Jetty resolve as `..` (the classic
+//!   `/public/..;/admin` bypass).
+//!
+//! The common path (no `%`, no `\`, no `//`, no `/.`) is returned borrowed, without allocating.
+
+use std::borrow::Cow;
+
+/// Why a request target was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("the path does not start with '/'")]
+    NotOriginForm,
+    #[error("the path contains an encoded '/' (%2F)")]
+    EncodedSlash,
+    #[error("the path contains a backslash")]
+    Backslash,
+    #[error("the path contains an encoded NUL (%00)")]
+    EncodedNul,
+    #[error("the path contains a malformed percent-escape")]
+    BadPercentEscape,
+    #[error("the path does not decode to UTF-8")]
+    InvalidUtf8,
+    #[error("the path climbs above the root with '..'")]
+    EscapesRoot,
+    #[error("a '.' or '..' segment carries path parameters")]
+    DotSegmentWithParams,
+    #[error("the request has no host")]
+    MissingHost,
+    #[error("the request has more than one Host header")]
+    DuplicateHost,
+    #[error("the Host header is not a valid host")]
+    InvalidHost,
+    #[error("the Host header and the request target name different hosts")]
+    HostMismatch,
+}
+
+/// Returns the canonical form of `raw` (the path part of the request target, without query).
+pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, TargetError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(TargetError::NotOriginForm);
+    }
+    if is_plainly_canonical(bytes) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    canonicalize_slow(raw).map(Cow::Owned)
+}
+
+/// True when no rule above can change or refuse the path.
+fn is_plainly_canonical(bytes: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in bytes {
+        match b {
+            b'%' | b'\\' => return false,
+            b'/' | b'.' if prev == b'/' => return false,
+            _ => {}
+        }
+        prev = b;
+    }
+    true
+}
+
+fn canonicalize_slow(raw: &str) -> Result<String, TargetError> {
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = false;
+    let mut saw_high_byte = false;
+    let mut parts = raw[1..].split('/').peekable();
+    while let Some(part) = parts.next() {
+        let is_last = parts.peek().is_none();
+        let segment = decode_segment(part, &mut saw_high_byte)?;
+        check_dot_params(&segment)?;
+        match segment.as_str() {
+            "" | "." => trailing_slash = is_last,
+            ".." => {
+                segments.pop().ok_or(TargetError::EscapesRoot)?;
+                trailing_slash = is_last;
+            }
+            _ => {
+                segments.push(segment);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(raw.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if segments.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    if saw_high_byte {
+        check_utf8(&out)?;
+    }
+    Ok(out)
+}
+
+/// Decodes unreserved escapes, normalises the others to upper-case hex, refuses the
+/// characters that would change the path's structure at the app.
+fn decode_segment(part: &str, saw_high_byte: &mut bool) -> Result<String, TargetError> {
+    let bytes = part.as_bytes();
+    let mut out = String::with_capacity(part.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => return Err(TargetError::Backslash),
+            b'%' => {
+                let hi = bytes.get(i + 1).and_then(|b| hex_value(*b));
+                let lo = bytes.get(i + 2).and_then(|b| hex_value(*b));
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(TargetError::BadPercentEscape);
+                };
+                let value = hi << 4 | lo;
+                match value {
+                    0 => return Err(TargetError::EncodedNul),
+                    b'/' => return Err(TargetError::EncodedSlash),
+                    b'\\' => return Err(TargetError::Backslash),
+                    v if is_unreserved(v) => out.push(char::from(v)),
+                    v => {
+                        *saw_high_byte |= v >= 0x80;
+                        out.push('%');
+                        out.push(char::from(HEX_UPPER[usize::from(v >> 4)]));
+                        out.push(char::from(HEX_UPPER[usize::from(v & 0xf)]));
+                    }
+                }
+                i += 3;
+            }
+            b => {
+                out.push(char::from(b));
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `..;jsessionid=x` is `..` to a servlet container: refuse rather than disagree.
+fn check_dot_params(segment: &str) -> Result<(), TargetError> {
+    let before_params = segment
+        .split_once(';')
+        .map(|(head, _)| head)
+        .or_else(|| segment.split_once("%3B").map(|(head, _)| head));
+    match before_params {
+        Some("." | "..") => Err(TargetError::DotSegmentWithParams),
+        _ => Ok(()),
+    }
+}
+
+fn check_utf8(canonical: &str) -> Result<(), TargetError> {
+    let bytes = canonical.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            // Escapes in canonical output are always well-formed.
+            decoded.push(
+                hex_value(bytes[i + 1]).unwrap_or(0) << 4 | hex_value(bytes[i + 2]).unwrap_or(0),
+            );
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&decoded).map_err(|_| TargetError::InvalidUtf8)?;
+    Ok(())
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalises a host as it appears in `Host` or the URI authority: the port and a trailing
+/// dot are dropped and letters lower-cased. Borrowed when nothing changes.
+pub fn canonical_host(authority: &str) -> Result<Cow<'_, str>, TargetError> {
+    let host = strip_port(authority)?;
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err(TargetError::InvalidHost);
+    }
+    let valid = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
+    if !valid {
+        return Err(TargetError::InvalidHost);
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(host))
+    }
+}
+
+fn strip_port(authority: &str) -> Result<&str, TargetError> {
+    if authority.contains('@') {
+        return Err(TargetError::InvalidHost);
+    }
+    if authority.starts_with('[') {
+        let end = authority.find(']').ok_or(TargetError::InvalidHost)?;
+        let rest = &authority[end + 1..];
+        if !(rest.is_empty() || valid_port(rest.strip_prefix(':'))) {
+            return Err(TargetError::InvalidHost);
+        }
+        return Ok(&authority[..=end]);
+    }
+    match authority.rsplit_once(':') {
+        None => Ok(authority),
+        Some((host, port)) if valid_port(Some(port)) => Ok(host),
+        Some(_) => Err(TargetError::InvalidHost),
+    }
+}
+
+fn valid_port(port: Option<&str>) -> bool {
+    matches!(port, Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(raw: &str) -> String {
+        canonical_path(raw)
+            .unwrap_or_else(|e| panic!("{raw}: {e}"))
+            .into_owned()
+    }
+
+    #[test]
+    fn plain_paths_are_borrowed() {
+        for p in ["/", "/api", "/api/x", "/api/x/", "/a.b/c..d", "/x;y=1"] {
+            assert!(matches!(canonical_path(p), Ok(Cow::Borrowed(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_slashes_resolve() {
+        assert_eq!(ok("/a/./b"), "/a/b");
+        assert_eq!(ok("/a/../b"), "/b");
+        assert_eq!(ok("/a/b/.."), "/a/");
+        assert_eq!(ok("/a/b/."), "/a/b/");
+        assert_eq!(ok("//a///b//"), "/a/b/");
+        assert_eq!(ok("/a/.."), "/");
+        assert_eq!(ok("/."), "/");
+        assert_eq!(ok("/public/../admin"), "/admin");
+        assert_eq!(ok("/.well-known/x"), "/.well-known/x");
+        assert_eq!(ok("/a/..b"), "/a/..b");
+    }
+
+    #[test]
+    fn unreserved_escapes_decode_and_others_normalise() {
+        assert_eq!(ok("/%61pi"), "/api");
+        assert_eq!(ok("/a%2e/b"), "/a./b");
+        assert_eq!(ok("/x/%2e%2E/api"), "/api");
+        assert_eq!(ok("/a%20b"), "/a%20b");
+        assert_eq!(ok("/a%3fb%3b"), "/a%3Fb%3B");
+        assert_eq!(ok("/caf%C3%A9"), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn structure_changing_input_is_refused() {
+        let cases = [
+            ("/a%2Fb", TargetError::EncodedSlash),
+            ("/a%2fb", TargetError::EncodedSlash),
+            ("/a\\b", TargetError::Backslash),
+            ("/a%5Cb", TargetError::Backslash),
+            ("/a%00", TargetError::EncodedNul),
+            ("/a%zz", TargetError::BadPercentEscape),
+            ("/a%2", TargetError::BadPercentEscape),
+            ("/a%", TargetError::BadPercentEscape),
+            ("/..", TargetError::EscapesRoot),
+            ("/a/../..", TargetError::EscapesRoot),
+            ("/%2e%2e/x", TargetError::EscapesRoot),
+            ("/public/..;/admin", TargetError::DotSegmentWithParams),
+            ("/public/.;x/admin", TargetError::DotSegmentWithParams),
+            ("/public/..%3Bx/admin", TargetError::DotSegmentWithParams),
+            ("/%C3%28", TargetError::InvalidUtf8),
+            ("/%FF", TargetError::InvalidUtf8),
+            ("*", TargetError::NotOriginForm),
+            ("", TargetError::NotOriginForm),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(canonical_path(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn canonicalising_twice_changes_nothing() {
+        for raw in [
+            "/a/./b/../c//d/",
+            "/%61%62%2e/x",
+            "/a%3fb",
+            "/x/y/..",
+            "/caf%c3%a9/",
+        ] {
+            let once = ok(raw);
+            assert_eq!(ok(&once), once, "{raw}");
+        }
+    }
+
+    #[test]
+    fn hosts_normalise() {
+        assert_eq!(
+            canonical_host("CRM.Example.com").unwrap(),
+            "crm.example.com"
+        );
+        assert_eq!(
+            canonical_host("crm.example.com.:8443").unwrap(),
+            "crm.example.com"
+        );
+        assert_eq!(canonical_host("[::1]:8080").unwrap(), "[::1]");
+        assert_eq!(canonical_host("127.0.0.1").unwrap(), "127.0.0.1");
+        assert!(matches!(
+            canonical_host("crm.example.com"),
+            Ok(Cow::Borrowed(_))
+        ));
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "user@host",
+            "host:port",
+            "host:123456",
+            "[::1",
+            "a/b",
+        ] {
+            assert_eq!(canonical_host(bad), Err(TargetError::InvalidHost), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,845 @@
+//! Raw config to runtime types. All validation happens here, once, never per request.
+//!
+//! Each problem becomes a [`ConfigIssue`] naming its TOML key and the fix; compiling goes on
+//! after a problem so that one run reports them all.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{Method, Uri};
+use ipnet::IpNet;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+
+use super::duration;
+use super::error::{ConfigError, ConfigIssue};
+use super::raw::*;
+use crate::auth::claims::ClaimRequirement;
+use crate::auth::credential::TokenSource;
+use crate::auth::jwt::{Provider, VerifyKey};
+use crate::auth::{JwtPolicy, RouteAuth};
+use crate::canonical::{canonical_host, canonical_path};
+use crate::identity::IdentityPolicy;
+use crate::proxy::upstream::{PoolSettings, Upstream};
+use crate::router::{HostMatch, PathMatch, Route, RouteTable};
+use crate::server::ServerSettings;
+use crate::snapshot::Snapshot;
+
+const ALL_ALGORITHMS: &str =
+    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
+
+struct Compiler {
+    base: PathBuf,
+    issues: Vec<ConfigIssue>,
+}
+
+pub fn compile(raw: RawConfig, source: PathBuf) -> Result<Snapshot, ConfigError> {
+    let base = source.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut c = Compiler {
+        base,
+        issues: Vec::new(),
+    };
+    let server = c.server(&raw.server);
+    let trusted_proxies = c.trusted_proxies(&raw.server.trusted_proxies);
+    let tls = c.tls(raw.tls.as_ref(), server.https.is_some());
+    let (provider_names, providers) = c.providers(&raw.providers);
+    let (upstream_names, upstreams) = c.upstreams(&raw.upstreams);
+    let identity = c.identity(&raw.identity);
+    let routes = c.routes(&raw.routes, &provider_names, &upstream_names);
+    let routes = match RouteTable::new(routes) {
+        Ok(table) => Some(table),
+        Err(conflicts) => {
+            for conflict in conflicts {
+                let first = raw.routes[conflict.first].name.as_deref().unwrap_or("?");
+                c.issue(
+                    format!("routes[{}]", conflict.second),
+                    format!(
+                        "matches exactly the same host, path and methods as routes[{}] (\"{first}\"), \
+                         so one of them could never match; change its host, path or methods, or merge them",
+                        conflict.first
+                    ),
+                );
+            }
+            None
+        }
+    };
+    match (routes, c.issues.is_empty()) {
+        (Some(routes), true) => Ok(Snapshot {
+            server,
+            routes,
+            providers,
+            upstreams,
+            identity,
+            trusted_proxies,
+            tls,
+            source,
+        }),
+        _ => Err(ConfigError::Invalid {
+            path: source,
+            issues: c.issues,
+        }),
+    }
+}
+
+impl Compiler {
+    fn issue(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue::new(key, message));
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.base.join(file)
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
+        match value.map(|v| duration::parse(v)) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(message)) => {
+                self.issue(key, message);
+                default
+            }
+        }
+    }
+
+    fn server(&mut self, raw: &RawServer) -> ServerSettings {
+        let mut addr = |key: &str, value: &Option<String>| -> Option<SocketAddr> {
+            let text = value.as_ref()?;
+            match text.parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.issue(
+                        key,
+                        format!("\"{text}\" is not a listen address; write IP:PORT such as \"127.0.0.1:8080\" or \"[::]:8443\""),
+                    );
+                    None
+                }
+            }
+        };
+        let http = addr("server.http", &raw.http);
+        let https = addr("server.https", &raw.https);
+        if raw.http.is_none() && raw.https.is_none() {
+            self.issue(
+                "server",
+                "no listener; set server.http = \"127.0.0.1:8080\" and/or server.https",
+            );
+        }
+        ServerSettings {
+            http,
+            https,
+            header_read_timeout: self.duration(
+                "server.header_read_timeout",
+                raw.header_read_timeout.as_ref(),
+                Duration::from_secs(10),
+            ),
+            tls_handshake_timeout: self.duration(
+                "server.tls_handshake_timeout",
+                raw.tls_handshake_timeout.as_ref(),
+                Duration::from_secs(10),
+            ),
+            shutdown_grace: self.duration(
+                "server.shutdown_grace",
+                raw.shutdown_grace.as_ref(),
+                Duration::from_secs(30),
+            ),
+        }
+    }
+
+    fn trusted_proxies(&mut self, raw: &[String]) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for (i, text) in raw.iter().enumerate() {
+            match IpNet::from_str(text).or_else(|_| IpAddr::from_str(text).map(IpNet::from)) {
+                Ok(net) => nets.push(net),
+                Err(_) => self.issue(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("\"{text}\" is not an IP address or CIDR such as \"10.0.0.0/8\""),
+                ),
+            }
+        }
+        nets
+    }
+
+    fn tls(
+        &mut self,
+        raw: Option<&RawTls>,
+        https: bool,
+    ) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+        match (raw, https) {
+            (None, false) => None,
+            (None, true) => {
+                self.issue("tls", "server.https is set but [tls] is missing; add [tls] with cert and key PEM files");
+                None
+            }
+            (Some(_), false) => {
+                self.issue("tls", "[tls] is set but server.https is not; add server.https = \"127.0.0.1:8443\" or remove [tls]");
+                None
+            }
+            (Some(raw), true) => {
+                let (cert, key) = (self.path(&raw.cert), self.path(&raw.key));
+                match crate::server::tls::server_config(&cert, &key) {
+                    Ok(config) => Some(config),
+                    Err(message) => {
+                        self.issue("tls", message);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn providers(
+        &mut self,
+        raw: &BTreeMap<String, RawProvider>,
+    ) -> (HashMap<String, usize>, Vec<Provider>) {
+        let mut names = HashMap::new();
+        let mut providers = Vec::new();
+        for (name, raw) in raw {
+            if let Some(provider) = self.provider(name, raw) {
+                names.insert(name.clone(), providers.len());
+                providers.push(provider);
+            } else {
+                // Keep the name known so routes naming it do not report a second error.
+                names.insert(name.clone(), usize::MAX);
+            }
+        }
+        (names, providers)
+    }
+
+    fn provider(&mut self, name: &str, raw: &RawProvider) -> Option<Provider> {
+        let key = format!("providers.{name}");
+        let before = self.issues.len();
+        if raw.issuer.is_empty() {
+            self.issue(
+                format!("{key}.issuer"),
+                "must not be empty; set the exact iss value of the tokens",
+            );
+        }
+        if raw.audiences.is_empty() {
+            self.issue(
+                format!("{key}.audiences"),
+                "required; list the aud values this gateway accepts, e.g. audiences = [\"crm\"] \
+                 (a token minted for another application must not pass)",
+            );
+        }
+        let mut algorithms = Vec::new();
+        for (i, alg) in raw.algorithms.iter().enumerate() {
+            match Algorithm::from_str(alg) {
+                Ok(a) if !algorithms.contains(&a) => algorithms.push(a),
+                Ok(_) => self.issue(
+                    format!("{key}.algorithms[{i}]"),
+                    format!("\"{alg}\" is listed twice"),
+                ),
+                Err(_) => self.issue(
+                    format!("{key}.algorithms[{i}]"),
+                    format!("\"{alg}\" is not a supported algorithm; use one of {ALL_ALGORITHMS}"),
+                ),
+            }
+        }
+        if raw.algorithms.is_empty() {
+            self.issue(
+                format!("{key}.algorithms"),
+                format!("required; list the algorithms this issuer signs with, e.g. [\"RS256\"] (from {ALL_ALGORITHMS})"),
+            );
+        }
+        let leeway = self.duration(
+            &format!("{key}.leeway"),
+            raw.leeway.as_ref(),
+            Duration::from_secs(30),
+        );
+        let mut keys = Vec::new();
+        for (i, entry) in raw.public_keys.iter().enumerate() {
+            let (file, kid) = match entry {
+                RawPublicKey::Path(file) => (file, None),
+                RawPublicKey::Detailed(k) => (&k.file, k.kid.as_deref()),
+            };
+            match self.public_key(file) {
+                Ok((family, key_material)) => keys.push(VerifyKey {
+                    kid: kid.map(Into::into),
+                    family,
+                    key: key_material,
+                    origin: file.clone(),
+                }),
+                Err(message) => self.issue(format!("{key}.public_keys[{i}]"), message),
+            }
+        }
+        let uses_hmac = algorithms
+            .iter()
+            .any(|a| a.family() == AlgorithmFamily::Hmac);
+        match (&raw.hmac_secret_env, uses_hmac) {
+            (Some(var), true) => match std::env::var(var) {
+                Ok(secret) => {
+                    let needed = algorithms
+                        .iter()
+                        .filter_map(|a| match a {
+                            Algorithm::HS256 => Some(32),
+                            Algorithm::HS384 => Some(48),
+                            Algorithm::HS512 => Some(64),
+                            _ => None,
+                        })
+                        .max()
+                        .unwrap_or(32);
+                    if secret.len() < needed {
+                        self.issue(
+                            format!("{key}.hmac_secret_env"),
+                            format!(
+                                "the secret in ${var} is {} bytes; the listed HMAC algorithms need at least {needed} (RFC 7518 section 3.2)",
+                                secret.len()
+                            ),
+                        );
+                    } else {
+                        keys.push(VerifyKey {
+                            kid: None,
+                            family: AlgorithmFamily::Hmac,
+                            key: DecodingKey::from_secret(secret.as_bytes()),
+                            origin: format!("${var}"),
+                        });
+                    }
+                }
+                Err(_) => self.issue(
+                    format!("{key}.hmac_secret_env"),
+                    format!("environment variable {var} is not set (or not UTF-8); export it before starting"),
+                ),
+            },
+            (Some(_), false) => self.issue(
+                format!("{key}.hmac_secret_env"),
+                "set, but no HS256/HS384/HS512 in algorithms; add one or remove hmac_secret_env",
+            ),
+            (None, true) => self.issue(
+                format!("{key}.hmac_secret_env"),
+                "algorithms lists an HMAC algorithm; name the environment variable holding the secret",
+            ),
+            (None, false) => {}
+        }
+        for alg in &algorithms {
+            let family = alg.family();
+            if family != AlgorithmFamily::Hmac && !keys.iter().any(|k| k.family == family) {
+                self.issue(
+                    format!("{key}.algorithms"),
+                    format!(
+                        "{alg:?} is listed but public_keys has no {} key",
+                        family_name(family)
+                    ),
+                );
+            }
+        }
+        (self.issues.len() == before).then(|| Provider {
+            name: name.into(),
+            issuer: raw.issuer.as_str().into(),
+            audiences: raw.audiences.iter().map(|a| a.as_str().into()).collect(),
+            algorithms: algorithms.into(),
+            keys,
+            leeway: leeway.as_secs(),
+        })
+    }
+
+    fn public_key(&self, file: &str) -> Result<(AlgorithmFamily, DecodingKey), String> {
+        let path = self.path(file);
+        let pem =
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
+            return Err(format!(
+                "{} holds a private key; give the public key instead (openssl pkey -in KEY -pubout)",
+                path.display()
+            ));
+        }
+        DecodingKey::from_rsa_pem(&pem)
+            .map(|k| (AlgorithmFamily::Rsa, k))
+            .or_else(|_| DecodingKey::from_ec_pem(&pem).map(|k| (AlgorithmFamily::Ec, k)))
+            .or_else(|_| DecodingKey::from_ed_pem(&pem).map(|k| (AlgorithmFamily::Ed, k)))
+            .map_err(|_| {
+                format!(
+                    "{} is not a PEM public key (RSA, EC P-256/P-384 or Ed25519)",
+                    path.display()
+                )
+            })
+    }
+
+    fn upstreams(
+        &mut self,
+        raw: &BTreeMap<String, RawUpstream>,
+    ) -> (HashMap<String, usize>, Vec<Upstream>) {
+        let mut names = HashMap::new();
+        let mut upstreams = Vec::new();
+        for (name, raw) in raw {
+            let key = format!("upstreams.{name}");
+            let timeout = self.duration(
+                &format!("{key}.timeout"),
+                raw.timeout.as_ref(),
+                Duration::from_secs(30),
+            );
+            let pool = PoolSettings {
+                connect_timeout: self.duration(
+                    &format!("{key}.connect_timeout"),
+                    raw.connect_timeout.as_ref(),
+                    Duration::from_secs(5),
+                ),
+                max_idle: raw.pool_max_idle.unwrap_or(256),
+                idle_timeout: self.duration(
+                    &format!("{key}.pool_idle_timeout"),
+                    raw.pool_idle_timeout.as_ref(),
+                    Duration::from_secs(90),
+                ),
+            };
+            let upstream = match (&raw.url, raw.builtin.as_deref()) {
+                (Some(url), None) => self
+                    .upstream_url(&key, url)
+                    .map(|a| Upstream::http(name, a, timeout, &pool)),
+                (None, Some("echo")) => Some(Upstream::echo(name)),
+                (None, Some(other)) => {
+                    self.issue(
+                        format!("{key}.builtin"),
+                        format!("\"{other}\" is not a built-in upstream; the only one is \"echo\""),
+                    );
+                    None
+                }
+                (Some(_), Some(_)) => {
+                    self.issue(key.as_str(), "set either url or builtin, not both");
+                    None
+                }
+                (None, None) => {
+                    self.issue(
+                        key.as_str(),
+                        "needs url = \"http://host:port\" (or builtin = \"echo\")",
+                    );
+                    None
+                }
+            };
+            names.insert(
+                name.clone(),
+                upstream.as_ref().map_or(usize::MAX, |_| upstreams.len()),
+            );
+            upstreams.extend(upstream);
+        }
+        (names, upstreams)
+    }
+
+    fn upstream_url(&mut self, key: &str, url: &str) -> Option<http::uri::Authority> {
+        let key = format!("{key}.url");
+        let Ok(uri) = url.parse::<Uri>() else {
+            self.issue(
+                key,
+                format!("\"{url}\" is not a URL; write http://host:port"),
+            );
+            return None;
+        };
+        if uri.scheme_str() != Some("http") {
+            self.issue(
+                key,
+                format!("\"{url}\": only http:// upstreams are supported for now"),
+            );
+            return None;
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            self.issue(
+                key,
+                format!("\"{url}\" has a path or query; give only http://host:port (request paths are forwarded as they are)"),
+            );
+            return None;
+        }
+        uri.authority().cloned().or_else(|| {
+            self.issue(key, format!("\"{url}\" has no host"));
+            None
+        })
+    }
+
+    fn identity(&mut self, raw: &RawIdentity) -> IdentityPolicy {
+        const RESERVED: &[&str] = &[
+            "host",
+            "authorization",
+            "cookie",
+            "content-length",
+            "content-type",
+            "transfer-encoding",
+            "connection",
+            "te",
+            "trailer",
+            "upgrade",
+            "keep-alive",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+            "x-real-ip",
+        ];
+        let mut headers = Vec::new();
+        let mut seen = HashSet::new();
+        for (header, claim) in &raw.headers {
+            let key = format!("identity.headers.\"{header}\"");
+            let Ok(name) = HeaderName::from_bytes(header.as_bytes()) else {
+                self.issue(key, "is not a valid header name");
+                continue;
+            };
+            if header.contains('_') {
+                self.issue(
+                    key,
+                    "use '-' instead of '_' (both spellings are stripped from clients either way)",
+                );
+                continue;
+            }
+            if RESERVED.contains(&name.as_str()) {
+                self.issue(
+                    key,
+                    "is a header the gateway manages itself; pick another name such as X-Auth-User",
+                );
+                continue;
+            }
+            if !seen.insert(name.clone()) {
+                self.issue(key, "is listed twice (header names are case-insensitive)");
+                continue;
+            }
+            if claim.is_empty() {
+                self.issue(key, "needs the name of a claim, e.g. \"sub\"");
+                continue;
+            }
+            headers.push((name, claim.as_str().into()));
+        }
+        IdentityPolicy::new(headers)
+    }
+
+    fn routes(
+        &mut self,
+        raw: &[RawRoute],
+        providers: &HashMap<String, usize>,
+        upstreams: &HashMap<String, usize>,
+    ) -> Vec<Route> {
+        let mut routes = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, raw_route) in raw.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if let Some(name) = raw_route.name.as_deref()
+                && let Some(first) = names.insert(name, i)
+            {
+                self.issue(
+                    format!("{key}.name"),
+                    format!(
+                        "\"{name}\" is already the name of routes[{first}]; names must be unique"
+                    ),
+                );
+            }
+            if let Some(route) = self.route(&key, raw_route, providers, upstreams) {
+                routes.push(route);
+            }
+        }
+        routes
+    }
+
+    fn route(
+        &mut self,
+        key: &str,
+        raw: &RawRoute,
+        providers: &HashMap<String, usize>,
+        upstreams: &HashMap<String, usize>,
+    ) -> Option<Route> {
+        let before = self.issues.len();
+        let name = match raw.name.as_deref() {
+            Some(n) if !n.is_empty() => n,
+            _ => {
+                self.issue(
+                    format!("{key}.name"),
+                    "required; give the route a unique name for logs and metrics",
+                );
+                ""
+            }
+        };
+        let host = self.route_host(key, raw.host.as_deref());
+        let path = self.route_path(key, raw);
+        let methods = self.route_methods(key, raw.methods.as_deref());
+        let upstream = match raw.upstream.as_deref() {
+            None => {
+                self.issue(
+                    format!("{key}.upstream"),
+                    "required; name one of the [upstreams.NAME] tables",
+                );
+                None
+            }
+            Some(u) => {
+                match upstreams.get(u) {
+                    Some(&index) => Some(index),
+                    None => {
+                        let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                        known.sort_unstable();
+                        self.issue(
+                        format!("{key}.upstream"),
+                        format!("no upstream named \"{u}\"; define [upstreams.{u}] or use one of: {}", known.join(", ")),
+                    );
+                        None
+                    }
+                }
+            }
+        };
+        let auth = self.route_auth(key, raw, providers);
+        if self.issues.len() != before {
+            return None;
+        }
+        Some(Route {
+            name: name.into(),
+            host: host?,
+            path: path?,
+            methods: methods?,
+            upstream: upstream.filter(|&u| u != usize::MAX)?,
+            auth: auth?,
+        })
+    }
+
+    fn route_host(&mut self, key: &str, host: Option<&str>) -> Option<HostMatch> {
+        let Some(host) = host else {
+            return Some(HostMatch::Any);
+        };
+        let (wildcard, bare) = match host.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, host),
+        };
+        let plain = !bare.contains('*') && (bare.starts_with('[') || !bare.contains(':'));
+        match canonical_host(bare) {
+            Ok(h) if plain => Some(if wildcard {
+                HostMatch::Wildcard(format!(".{h}").into())
+            } else {
+                HostMatch::Exact(h.into())
+            }),
+            _ => {
+                self.issue(
+                    format!("{key}.host"),
+                    format!("\"{host}\" is not a host; write \"crm.example.com\" or \"*.example.com\" (no port, no scheme)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn route_path(&mut self, key: &str, raw: &RawRoute) -> Option<PathMatch> {
+        let (field, value, exact) = match (&raw.path, &raw.path_prefix) {
+            (Some(p), None) => ("path", p, true),
+            (None, Some(p)) => ("path_prefix", p, false),
+            (Some(_), Some(_)) => {
+                self.issue(key, "set either path (exact) or path_prefix, not both");
+                return None;
+            }
+            (None, None) => {
+                self.issue(
+                    key,
+                    "needs path_prefix (e.g. \"/api\"; \"/\" for every path) or an exact path",
+                );
+                return None;
+            }
+        };
+        match canonical_path(value) {
+            Ok(canonical) if canonical == *value => {}
+            Ok(canonical) => {
+                self.issue(
+                    format!("{key}.{field}"),
+                    format!("\"{value}\" is not in canonical form; requests are matched as \"{canonical}\", write that"),
+                );
+                return None;
+            }
+            Err(e) => {
+                self.issue(
+                    format!("{key}.{field}"),
+                    format!("\"{value}\": {e}; paths start with '/'"),
+                );
+                return None;
+            }
+        }
+        Some(if exact {
+            PathMatch::Exact(value.as_str().into())
+        } else {
+            let trimmed = match value.strip_suffix('/') {
+                Some(t) if !t.is_empty() => t,
+                _ => value,
+            };
+            PathMatch::Prefix(trimmed.into())
+        })
+    }
+
+    fn route_methods(
+        &mut self,
+        key: &str,
+        methods: Option<&[String]>,
+    ) -> Option<Option<Box<[Method]>>> {
+        let Some(methods) = methods else {
+            return Some(None);
+        };
+        if methods.is_empty() {
+            self.issue(
+                format!("{key}.methods"),
+                "is empty, so the route would never match; list methods or remove the key",
+            );
+            return None;
+        }
+        let mut parsed = Vec::new();
+        for (i, m) in methods.iter().enumerate() {
+            match Method::from_bytes(m.as_bytes()) {
+                Ok(method) if m.bytes().all(|b| !b.is_ascii_lowercase()) => parsed.push(method),
+                _ => {
+                    self.issue(
+                        format!("{key}.methods[{i}]"),
+                        format!("\"{m}\" is not a method; methods are upper-case, e.g. \"GET\""),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(Some(parsed.into()))
+    }
+
+    fn route_auth(
+        &mut self,
+        key: &str,
+        raw: &RawRoute,
+        providers: &HashMap<String, usize>,
+    ) -> Option<RouteAuth> {
+        match raw.auth.as_deref() {
+            Some("public") => {
+                let jwt_only = [
+                    ("providers", raw.providers.is_some()),
+                    ("token_sources", raw.token_sources.is_some()),
+                    ("require", raw.require.is_some()),
+                    ("forward_token", raw.forward_token),
+                ];
+                for (field, set) in jwt_only {
+                    if set {
+                        self.issue(
+                            format!("{key}.{field}"),
+                            "only applies to auth = \"jwt\"; remove it from this public route",
+                        );
+                    }
+                }
+                Some(RouteAuth::Public)
+            }
+            Some("jwt") => self.jwt_policy(key, raw, providers).map(RouteAuth::Jwt),
+            Some(other) => {
+                self.issue(
+                    format!("{key}.auth"),
+                    format!("\"{other}\" is not an auth mode; use \"public\" or \"jwt\""),
+                );
+                None
+            }
+            None => {
+                self.issue(
+                    format!("{key}.auth"),
+                    "required (there is no default); set auth = \"jwt\" to demand a token, or \"public\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn jwt_policy(
+        &mut self,
+        key: &str,
+        raw: &RawRoute,
+        providers: &HashMap<String, usize>,
+    ) -> Option<JwtPolicy> {
+        let before = self.issues.len();
+        let mut indices = Vec::new();
+        match &raw.providers {
+            None if providers.is_empty() => {
+                self.issue(
+                    format!("{key}.auth"),
+                    "is \"jwt\" but no [providers.NAME] is defined",
+                );
+            }
+            None => {
+                let mut all: Vec<usize> = providers.values().copied().collect();
+                all.sort_unstable();
+                indices = all;
+            }
+            Some(list) if list.is_empty() => {
+                self.issue(
+                    format!("{key}.providers"),
+                    "is empty, so no token could pass; name providers or remove the key",
+                );
+            }
+            Some(list) => {
+                for (i, name) in list.iter().enumerate() {
+                    match providers.get(name) {
+                        Some(&index) => indices.push(index),
+                        None => self.issue(
+                            format!("{key}.providers[{i}]"),
+                            format!("no provider named \"{name}\"; define [providers.{name}]"),
+                        ),
+                    }
+                }
+            }
+        }
+        let mut sources = Vec::new();
+        let specs = raw
+            .token_sources
+            .clone()
+            .unwrap_or_else(|| vec!["bearer".to_owned()]);
+        if specs.is_empty() {
+            self.issue(
+                format!("{key}.token_sources"),
+                "is empty; use [\"bearer\"] and/or [\"cookie:NAME\"]",
+            );
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            match TokenSource::parse(spec) {
+                Some(s) if sources.contains(&s) => {
+                    self.issue(
+                        format!("{key}.token_sources[{i}]"),
+                        format!("\"{spec}\" is listed twice"),
+                    );
+                }
+                Some(s) => sources.push(s),
+                None => self.issue(
+                    format!("{key}.token_sources[{i}]"),
+                    format!("\"{spec}\" is not a token source; use \"bearer\" or \"cookie:NAME\""),
+                ),
+            }
+        }
+        let require = raw.require.as_ref();
+        let scopes: Vec<Box<str>> = require.map_or(Vec::new(), |r| {
+            r.scopes.iter().map(|s| s.as_str().into()).collect()
+        });
+        if scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+            self.issue(
+                format!("{key}.require.scopes"),
+                "scopes are single words without spaces",
+            );
+        }
+        let mut claims = Vec::new();
+        for (claim, values) in require.map(|r| &r.claims).into_iter().flatten() {
+            let accepted: Vec<Box<str>> = match values {
+                RawClaimValues::One(v) => vec![scalar(v)],
+                RawClaimValues::Many(vs) => vs.iter().map(scalar).collect(),
+            };
+            if accepted.is_empty() {
+                self.issue(
+                    format!("{key}.require.claims.{claim}"),
+                    "lists no accepted value, so the route would always deny",
+                );
+                continue;
+            }
+            claims.push(ClaimRequirement {
+                name: claim.as_str().into(),
+                accepted: accepted.into(),
+            });
+        }
+        (self.issues.len() == before).then(|| JwtPolicy {
+            providers: indices.into_iter().filter(|&i| i != usize::MAX).collect(),
+            sources: sources.into(),
+            forward_token: raw.forward_token,
+            scopes: scopes.into(),
+            claims: claims.into(),
+        })
+    }
+}
+
+fn scalar(value: &RawScalar) -> Box<str> {
+    match value {
+        RawScalar::Str(s) => s.as_str().into(),
+        RawScalar::Int(i) => i.to_string().into(),
+        RawScalar::Bool(b) => b.to_string().into(),
+    }
+}
+
+fn family_name(family: AlgorithmFamily) -> &'static str {
+    match family {
+        AlgorithmFamily::Hmac => "HMAC",
+        AlgorithmFamily::Rsa => "RSA",
+        AlgorithmFamily::Ec => "EC",
+        AlgorithmFamily::Ed => "Ed25519",
+    }
+}

@@ -1,0 +1,174 @@
+//! The TOML file as the operator writes it: serde types only, no validation beyond shape.
+//!
+//! Every table denies unknown keys, so a typo (`path_prefx`) is an error instead of a
+//! silently ignored rule. Defaults are documented on each field; `compile.rs` turns these
+//! into runtime types and checks everything else.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listeners and connection-level settings. Required: without a listener nothing is served.
+    pub server: RawServer,
+    /// TLS certificate for the `https` listener. Required when `server.https` is set.
+    pub tls: Option<RawTls>,
+    /// JWT issuers by name. Default: none (then only `public` routes are possible).
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    /// Upstreams by name. At least one is needed for any route.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// How the verified identity reaches upstreams. Default: no identity headers.
+    #[serde(default)]
+    pub identity: RawIdentity,
+    /// The route rules. Order does not matter: the most specific match wins.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Plain-HTTP listener address (`"127.0.0.1:8080"`). Optional.
+    pub http: Option<String>,
+    /// TLS listener address. Optional; needs `[tls]`.
+    pub https: Option<String>,
+    /// CIDRs whose `X-Forwarded-*` / `Forwarded` / `X-Real-IP` headers are kept and appended
+    /// to. Default: none, so those headers are dropped and rewritten for every client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Time a client has to send its request headers (slowloris guard). Default `"10s"`.
+    pub header_read_timeout: Option<String>,
+    /// Time a client has to finish the TLS handshake. Default `"10s"`.
+    pub tls_handshake_timeout: Option<String>,
+    /// In-flight requests get this long to finish on shutdown. Default `"30s"`.
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// The exact `iss` value tokens of this provider carry. Required.
+    pub issuer: String,
+    /// `aud` must contain one of these. Required and non-empty: a token minted for another
+    /// application must never be accepted here.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Allow-list of JWT algorithms. Required and non-empty; the token's header never widens it.
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// Verification keys: a PEM file path, or `{ file = "...", kid = "..." }` to bind the key
+    /// to one `kid`. A key without a `kid` is tried for any token of its algorithm family.
+    #[serde(default)]
+    pub public_keys: Vec<RawPublicKey>,
+    /// Name of the environment variable holding the HMAC secret (HS256/384/512).
+    pub hmac_secret_env: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`. Default `"30s"`.
+    pub leeway: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPublicKey {
+    Path(String),
+    Detailed(RawKeyFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyFile {
+    pub file: String,
+    pub kid: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `http://host:port` of the app. Exactly one of `url` and `builtin`.
+    pub url: Option<String>,
+    /// A built-in upstream instead of `url`; only `"echo"` exists.
+    pub builtin: Option<String>,
+    /// Time to wait for the upstream's response headers before answering 504. Default `"30s"`.
+    pub timeout: Option<String>,
+    /// Time to establish a TCP connection before answering 502. Default `"5s"`.
+    pub connect_timeout: Option<String>,
+    /// Idle pooled connections kept per upstream. Default 256.
+    pub pool_max_idle: Option<usize>,
+    /// How long an idle pooled connection is kept. Default `"90s"`.
+    pub pool_idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// Header name -> claim name. Every listed header is stripped from every client request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name, used in logs and metrics. Required.
+    pub name: Option<String>,
+    /// `"crm.example.com"` or `"*.example.com"`; any host when absent.
+    pub host: Option<String>,
+    /// Segment-boundary prefix: `/api` matches `/api` and `/api/x`, not `/apix`.
+    pub path_prefix: Option<String>,
+    /// Exact path instead of a prefix.
+    pub path: Option<String>,
+    /// Methods this route matches; all when absent.
+    pub methods: Option<Vec<String>>,
+    /// Upstream name. Required.
+    pub upstream: Option<String>,
+    /// `"public"` or `"jwt"`. Required: there is no silent default.
+    pub auth: Option<String>,
+    /// Providers allowed on this route (`auth = "jwt"`). Default: all providers.
+    pub providers: Option<Vec<String>>,
+    /// Where the token is read: `"bearer"` and/or `"cookie:NAME"`. Default `["bearer"]`.
+    pub token_sources: Option<Vec<String>>,
+    /// Forward the consumed credential to the upstream. Default false.
+    #[serde(default)]
+    pub forward_token: bool,
+    /// Requirements on the verified claims; 403 when one fails.
+    pub require: Option<RawRequire>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequire {
+    /// Every one must be in `scope` (space-delimited) or `scp` (array or string).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Claim name -> accepted value(s); the claim equals one, or (an array) contains one.
+    #[serde(default)]
+    pub claims: BTreeMap<String, RawClaimValues>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawClaimValues {
+    One(RawScalar),
+    Many(Vec<RawScalar>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawScalar {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}

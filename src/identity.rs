@@ -1,0 +1,399 @@
+//! Header rewrite between authorization and forwarding: strip, then inject.
+//!
+//! On every request, on every route (public ones too), in this order:
+//! 1. hop-by-hop headers and every header named in `Connection` are removed;
+//! 2. every configured identity header is removed in all its spellings (`X-Auth-User`,
+//!    `x-auth-user`, `X_Auth_User`, duplicates): invariant I2;
+//! 3. the consumed credential is removed unless the route forwards it;
+//! 4. `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are rewritten (kept and appended to only
+//!    for peers in `trusted_proxies`);
+//! 5. the verified identity is injected, one header each (I3). Step 1 ran before, so a
+//!    `Connection: X-Auth-User` from the client cannot remove what we inject.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{
+    AUTHORIZATION, CONNECTION, HeaderName, HeaderValue, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use serde_json::Value;
+
+use crate::auth::credential::{self, TokenSource};
+use crate::auth::{Consumed, Permit};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// Compiled `[identity]`.
+pub struct IdentityPolicy {
+    /// Header to set -> claim it carries.
+    inject: Box<[(HeaderName, Box<str>)]>,
+}
+
+impl IdentityPolicy {
+    /// `headers`: (header name, claim name). Names must be valid header names.
+    pub fn new(headers: Vec<(HeaderName, Box<str>)>) -> Self {
+        IdentityPolicy {
+            inject: headers.into_boxed_slice(),
+        }
+    }
+
+    pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &str)> {
+        self.inject.iter().map(|(h, c)| (h, &**c))
+    }
+
+    fn is_identity_header(&self, name: &str) -> bool {
+        // Names arrive lower-cased (HTTP/1 parsing and HTTP/2 both); `_` is the one spelling
+        // that differs and that CGI-style apps (PHP, Rails behind nginx) read as `-`.
+        self.inject.iter().any(|(h, _)| {
+            let h = h.as_str().as_bytes();
+            h.len() == name.len()
+                && h.iter()
+                    .zip(name.bytes())
+                    .all(|(a, b)| *a == b || (*a == b'-' && b == b'_'))
+        })
+    }
+}
+
+/// What the connection and request tell about the client, for `X-Forwarded-*`.
+pub struct ClientInfo<'a> {
+    pub peer: IpAddr,
+    pub tls: bool,
+    /// The host the client addressed (its `Host` / `:authority`), as received.
+    pub host: Option<&'a HeaderValue>,
+    /// The peer is in `trusted_proxies`.
+    pub trusted: bool,
+}
+
+/// Steps 1 to 5 above, on the request headers about to be forwarded.
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    policy: &IdentityPolicy,
+    permit: &Permit,
+    sources: &[TokenSource],
+    client: &ClientInfo<'_>,
+) {
+    strip_hop_by_hop(headers);
+    strip_identity(headers, policy);
+    match permit.consumed() {
+        Consumed::None => {}
+        Consumed::Authorization => {
+            headers.remove(AUTHORIZATION);
+        }
+        Consumed::Cookie(index) => {
+            if let Some(TokenSource::Cookie(name)) = sources.get(index) {
+                credential::remove_cookie(headers, name);
+            }
+        }
+    }
+    rewrite_forwarded(headers, client);
+    if let Some(identity) = permit.identity() {
+        for (header, claim) in policy.inject.iter() {
+            if let Some(value) = identity.claims.get(claim).and_then(header_value) {
+                headers.insert(header.clone(), value);
+            }
+        }
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1) and those the `Connection` header
+/// names. Used on requests and responses alike.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn strip_identity(headers: &mut HeaderMap, policy: &IdentityPolicy) {
+    for (name, _) in policy.inject.iter() {
+        headers.remove(name);
+    }
+    if headers.keys().any(|k| k.as_str().contains('_')) {
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| policy.is_identity_header(k.as_str()))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
+    }
+}
+
+fn rewrite_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
+    let peer = peer_value(client.peer);
+    let proto = if client.tls { &HTTPS } else { &HTTP };
+    if !client.trusted {
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &FORWARDED,
+            &X_REAL_IP,
+        ] {
+            headers.remove(name);
+        }
+        headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
+        headers.insert(X_REAL_IP.clone(), peer);
+        headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+        if let Some(host) = client.host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        return;
+    }
+    let chain = join_values(headers, &X_FORWARDED_FOR);
+    let forwarded_for = match chain {
+        Some(mut chain) => {
+            chain.push_str(", ");
+            chain.push_str(peer.to_str().unwrap_or_default());
+            HeaderValue::from_str(&chain).unwrap_or(peer.clone())
+        }
+        None => peer.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    if !headers.contains_key(&X_REAL_IP) {
+        headers.insert(X_REAL_IP.clone(), peer);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+    }
+    if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), client.host) {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+}
+
+fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut joined: Option<String> = None;
+    for value in headers.get_all(name) {
+        let Ok(text) = value.to_str() else { continue };
+        match &mut joined {
+            Some(j) => {
+                j.push_str(", ");
+                j.push_str(text);
+            }
+            None => joined = Some(text.to_owned()),
+        }
+    }
+    joined
+}
+
+fn peer_value(peer: IpAddr) -> HeaderValue {
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+        v4 => v4,
+    };
+    HeaderValue::try_from(peer.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// The header value for a claim, or `None` when the claim cannot be carried faithfully.
+///
+/// - strings as they are; numbers and booleans in their JSON spelling;
+/// - arrays joined with `,`; an element that is not a scalar, or that contains `,` or a
+///   control character, is dropped (so `["eng,admins"]` can never read as `admins`);
+/// - a scalar containing a control character, objects and null: no header at all.
+pub fn header_value(claim: &Value) -> Option<HeaderValue> {
+    match claim {
+        Value::Array(items) => {
+            let mut joined = String::new();
+            for item in items {
+                let Some(text) = scalar_text(item) else {
+                    continue;
+                };
+                if text.contains(',') || has_control(&text) {
+                    continue;
+                }
+                if !joined.is_empty() {
+                    joined.push(',');
+                }
+                joined.push_str(&text);
+            }
+            if joined.is_empty() {
+                return None;
+            }
+            HeaderValue::from_str(&joined).ok()
+        }
+        scalar => {
+            let text = scalar_text(scalar)?;
+            if has_control(&text) {
+                return None;
+            }
+            HeaderValue::from_str(&text).ok()
+        }
+    }
+}
+
+fn scalar_text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(s.as_str().into()),
+        Value::Bool(b) => Some(if *b { "true" } else { "false" }.into()),
+        Value::Number(n) => Some(n.to_string().into()),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+fn has_control(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::claims::Claims;
+    use serde_json::json;
+
+    fn policy() -> IdentityPolicy {
+        IdentityPolicy::new(vec![
+            (HeaderName::from_static("x-auth-user"), "sub".into()),
+            (HeaderName::from_static("x-auth-groups"), "groups".into()),
+        ])
+    }
+
+    fn client() -> ClientInfo<'static> {
+        ClientInfo {
+            peer: "10.1.2.3".parse().unwrap(),
+            tls: true,
+            host: None,
+            trusted: false,
+        }
+    }
+
+    fn permit(claims: Value) -> Permit {
+        Permit::with_claims(
+            serde_json::from_value::<Claims>(claims).unwrap(),
+            Consumed::Authorization,
+        )
+    }
+
+    fn rewrite(pairs: &[(&str, &str)], permit: &Permit, client: &ClientInfo<'_>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        rewrite_request(
+            &mut headers,
+            &policy(),
+            permit,
+            &[TokenSource::Bearer],
+            client,
+        );
+        headers
+    }
+
+    #[test]
+    fn spoofed_identity_is_replaced_by_the_verified_one() {
+        let h = rewrite(
+            &[
+                ("x-auth-user", "mallory"),
+                ("x-auth-user", "eve"),
+                ("x_auth_user", "mallory"),
+                ("X_AUTH_GROUPS", "admins"),
+                ("connection", "x-auth-user, x-auth-groups"),
+                ("authorization", "Bearer t"),
+            ],
+            &permit(json!({"sub": "alice"})),
+            &client(),
+        );
+        let users: Vec<_> = h.get_all("x-auth-user").iter().collect();
+        assert_eq!(users, vec!["alice"]);
+        assert!(h.get("x_auth_user").is_none());
+        assert!(h.get("x-auth-groups").is_none());
+        assert!(h.get("x_auth_groups").is_none());
+        assert!(h.get("authorization").is_none());
+        assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_from_untrusted_peers_are_replaced() {
+        let h = rewrite(
+            &[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-proto", "http"),
+                ("forwarded", "for=1.1.1.1"),
+                ("x-real-ip", "1.1.1.1"),
+            ],
+            &permit(json!({})),
+            &client(),
+        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.2.3");
+        assert_eq!(h.get("x-real-ip").unwrap(), "10.1.2.3");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert!(h.get("forwarded").is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_from_trusted_peers_are_appended_to() {
+        let trusted = ClientInfo {
+            trusted: true,
+            ..client()
+        };
+        let h = rewrite(
+            &[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-proto", "http"),
+                ("forwarded", "for=1.1.1.1"),
+            ],
+            &permit(json!({})),
+            &trusted,
+        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.1.2.3");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("forwarded").unwrap(), "for=1.1.1.1");
+    }
+
+    #[test]
+    fn claim_values_cannot_smuggle_structure() {
+        assert_eq!(header_value(&json!("alice")).unwrap(), "alice");
+        assert_eq!(header_value(&json!(42)).unwrap(), "42");
+        assert_eq!(header_value(&json!(["eng", "ops"])).unwrap(), "eng,ops");
+        assert_eq!(header_value(&json!(["eng,admins", "ops"])).unwrap(), "ops");
+        assert_eq!(
+            header_value(&json!(["a\nb", "ops", {"x": 1}])).unwrap(),
+            "ops"
+        );
+        assert!(header_value(&json!("alice\r\nX-Auth-User: admin")).is_none());
+        assert!(header_value(&json!({"a": 1})).is_none());
+        assert!(header_value(&json!(null)).is_none());
+    }
+
+    #[test]
+    fn missing_claims_mean_absent_headers() {
+        let h = rewrite(
+            &[("x-auth-groups", "admins")],
+            &permit(json!({"sub": "alice"})),
+            &client(),
+        );
+        assert!(h.get("x-auth-groups").is_none());
+    }
+}

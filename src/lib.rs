@@ -1,0 +1,31 @@
+//! Portcullis: an authentication gateway for legacy web apps.
+//!
+//! The request path, one module per step:
+//! ```text
+//! server (accept, tls, hyper-util auto h1/h2, graceful drain)
+//!   └─ proxy::handle ── one Arc<Snapshot> per request (snapshot.rs)
+//!        1. canonical  ── canonical host and path; 400 when ambiguous
+//!        2. router     ── most specific route; none → 404, upstream untouched
+//!        3. auth       ── credential → verified Identity, or Public; 401/403 otherwise
+//!        4. identity   ── strip hop-by-hop + spoofed identity + consumed credential, inject
+//!        5. proxy::upstream ── pooled keep-alive client, streamed bodies; 502/504
+//!        └─ proxy::error ── the one status mapping; access log line (no secrets)
+//! ```
+//! `config` turns the TOML file into a `Snapshot` (all validation at load time);
+//! `telemetry` sets up logging.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod canonical;
+pub mod config;
+pub mod identity;
+pub mod mint;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod telemetry;
+
+pub use server::{ConnInfo, Listeners, run};
+pub use snapshot::{SharedSnapshot, Snapshot};

@@ -1,0 +1,236 @@
+//! The `portcullis` binary: CLI, logging, config load, bind, serve until a signal, drain.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use portcullis::telemetry::{self, LogFormat};
+use portcullis::{Listeners, Snapshot};
+
+/// Exit status for an invalid config (EX_USAGE, as the style guide asks).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An authentication gateway for legacy web apps",
+    long_about = "An authentication gateway for legacy web apps.\n\n\
+        Portcullis terminates TLS, matches each request against the TOML route rules, checks the \
+        credential the route demands (a Bearer JWT or a JWT in a cookie), strips any identity \
+        headers the client sent, injects the verified identity (X-Auth-User, ...) and forwards \
+        the request to the upstream app.\n\n\
+        Logs go to stderr; set the level with RUST_LOG (default: info; the per-request access \
+        log is target portcullis::access at info)."
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the config until SIGTERM/SIGINT (a second signal exits at once).
+    Serve {
+        /// The config file (TOML).
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        /// Worker threads; default: the number of CPUs (or TOKIO_WORKER_THREADS).
+        #[arg(long, env = "PORTCULLIS_WORKERS")]
+        workers: Option<usize>,
+    },
+    /// Validate a config file and print one line per route; exit 1 when it is invalid.
+    Check {
+        /// The config file (TOML).
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Mint a signed JWT for local testing and print it on stdout.
+    ///
+    /// Example (dev keys of the default config):
+    ///   portcullis token --config config/portcullis.toml --provider dev --key config/dev/signing.key.pem --sub alice
+    Token(Box<TokenArgs>),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// PEM private key (RSA, EC or Ed25519, PKCS#8) for RS*/PS*/ES*/EdDSA.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Environment variable holding the HMAC secret, for HS256/384/512.
+    #[arg(long)]
+    secret_env: Option<String>,
+    /// Algorithm; default: the provider's first (with --provider), else RS256 (HS256 with --secret-env).
+    #[arg(long)]
+    alg: Option<String>,
+    /// `kid` header; default: the provider's first bound kid (with --provider).
+    #[arg(long)]
+    kid: Option<String>,
+    /// Take iss, aud, alg and kid defaults from this config file's provider (with --provider).
+    #[arg(long, requires = "provider")]
+    config: Option<PathBuf>,
+    /// Provider name in --config.
+    #[arg(long, requires = "config")]
+    provider: Option<String>,
+    /// `iss` claim.
+    #[arg(long)]
+    iss: Option<String>,
+    /// `aud` claim (repeat for several).
+    #[arg(long)]
+    aud: Vec<String>,
+    /// `sub` claim.
+    #[arg(long)]
+    sub: Option<String>,
+    /// A scope for the `scope` claim (repeat for several).
+    #[arg(long)]
+    scope: Vec<String>,
+    /// Extra claim KEY=VALUE; VALUE is parsed as JSON when it can be (repeat for several).
+    /// Example: --claim email=alice@example.com --claim 'groups=["eng","ops"]'
+    #[arg(long)]
+    claim: Vec<String>,
+    /// Lifetime: exp = now + this (e.g. 15m, 1h).
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, workers } => {
+            telemetry::init(cli.log_format);
+            serve(config, workers)
+        }
+        Command::Check { config } => check(config),
+        Command::Token(args) => token(args),
+    }
+}
+
+fn check(config: PathBuf) -> ExitCode {
+    match Snapshot::load(&config) {
+        Ok(snapshot) => {
+            let routes = snapshot.route_summaries();
+            println!(
+                "{}: ok ({} routes, {} providers, {} upstreams)",
+                config.display(),
+                routes.len(),
+                snapshot.providers.len(),
+                snapshot.upstreams.len()
+            );
+            for line in routes {
+                println!("  {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: PathBuf, workers: Option<usize>) -> ExitCode {
+    let snapshot = match Snapshot::load(&config) {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(workers) = workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let settings = snapshot.server.clone();
+        let listeners = Listeners::bind(settings.http, settings.https).await?;
+        tracing::info!(
+            config = %config.display(),
+            http = ?listeners.http_addr(),
+            https = ?listeners.https_addr(),
+            routes = snapshot.routes.routes().len(),
+            "portcullis listening"
+        );
+        portcullis::run(listeners, snapshot.shared(), shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot serve");
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: draining (send it again to exit at once)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+}
+
+fn token(args: Box<TokenArgs>) -> ExitCode {
+    let args = *args;
+    let lifetime = match portcullis::config::duration::parse(&args.ttl) {
+        Ok(d) => d,
+        Err(message) => {
+            eprintln!("--ttl: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let request = portcullis::mint::MintRequest {
+        key_file: args.key,
+        secret_env: args.secret_env,
+        algorithm: args.alg,
+        kid: args.kid,
+        issuer: args.iss,
+        audiences: args.aud,
+        subject: args.sub,
+        scopes: args.scope,
+        claims: args.claim,
+        lifetime,
+        config: args.config.zip(args.provider),
+    };
+    match portcullis::mint::mint(&request, portcullis::auth::unix_now()) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("portcullis token: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! THE mapping from every way a request can fail to the status and body the client gets.
+//!
+//! One exhaustive `match` with no wildcard: adding an error variant does not compile until
+//! it has a status, and each mapping is pinned by a test below. Bodies are a fixed JSON
+//! shape, `{"error": "...", "status": N}`, that never echoes request data (I7).
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::auth::AuthError;
+use crate::auth::credential::CredentialError;
+use crate::canonical::TargetError;
+
+/// Everything that can stop a request before or while forwarding.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request target: {0}")]
+    BadTarget(#[from] TargetError),
+    #[error("no route matches")]
+    NoRoute,
+    #[error("denied: {0}")]
+    Denied(#[from] AuthError),
+    #[error("upstream unreachable: {0}")]
+    UpstreamUnavailable(String),
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("upstream failed: {0}")]
+    UpstreamFailed(String),
+}
+
+/// Where the fault lies: picks the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Client,
+    Upstream,
+}
+
+static CHALLENGE: HeaderValue = HeaderValue::from_static(r#"Bearer realm="portcullis""#);
+static CHALLENGE_INVALID_TOKEN: HeaderValue =
+    HeaderValue::from_static(r#"Bearer realm="portcullis", error="invalid_token""#);
+static CHALLENGE_INVALID_REQUEST: HeaderValue =
+    HeaderValue::from_static(r#"Bearer realm="portcullis", error="invalid_request""#);
+static CHALLENGE_INSUFFICIENT_SCOPE: HeaderValue =
+    HeaderValue::from_static(r#"Bearer realm="portcullis", error="insufficient_scope""#);
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// How one error looks on the wire.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rendering {
+    pub status: StatusCode,
+    /// The `error` field of the body.
+    pub code: &'static str,
+    pub challenge: Option<&'static HeaderValue>,
+    pub blame: Blame,
+}
+
+impl ProxyError {
+    pub fn rendering(&self) -> Rendering {
+        use AuthError as A;
+        let (status, code, challenge, blame) = match self {
+            ProxyError::BadTarget(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request", None, Blame::Client)
+            }
+            ProxyError::NoRoute => (StatusCode::NOT_FOUND, "not_found", None, Blame::Client),
+            ProxyError::Denied(A::MissingCredential) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                Some(&CHALLENGE),
+                Blame::Client,
+            ),
+            ProxyError::Denied(A::BadCredential(CredentialError::Ambiguous)) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                Some(&CHALLENGE_INVALID_REQUEST),
+                Blame::Client,
+            ),
+            ProxyError::Denied(A::BadCredential(CredentialError::MalformedBearer))
+            | ProxyError::Denied(A::InvalidToken(_)) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                Some(&CHALLENGE_INVALID_TOKEN),
+                Blame::Client,
+            ),
+            ProxyError::Denied(A::MissingScope) | ProxyError::Denied(A::ClaimMismatch) => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                Some(&CHALLENGE_INSUFFICIENT_SCOPE),
+                Blame::Client,
+            ),
+            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamFailed(_) => (
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                None,
+                Blame::Upstream,
+            ),
+            ProxyError::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                None,
+                Blame::Upstream,
+            ),
+        };
+        Rendering {
+            status,
+            code,
+            challenge,
+            blame,
+        }
+    }
+
+    /// The reason recorded in the access log (never sent to the client).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::BadTarget(_) => "bad_target",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::Denied(e) => e.reason(),
+            ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamFailed(_) => "upstream_failed",
+        }
+    }
+
+    pub fn into_response(&self) -> Response<Full<Bytes>> {
+        let r = self.rendering();
+        let body = format!(r#"{{"error":"{}","status":{}}}"#, r.code, r.status.as_u16());
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = r.status;
+        response.headers_mut().insert(CONTENT_TYPE, JSON.clone());
+        if let Some(challenge) = r.challenge {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, challenge.clone());
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::jwt::JwtError;
+
+    fn status(e: ProxyError) -> (u16, &'static str, Option<&'static str>) {
+        let r = e.rendering();
+        (
+            r.status.as_u16(),
+            r.code,
+            r.challenge.map(|c| c.to_str().unwrap()),
+        )
+    }
+
+    #[test]
+    fn every_error_has_its_status() {
+        let bearer = Some(r#"Bearer realm="portcullis""#);
+        let invalid = Some(r#"Bearer realm="portcullis", error="invalid_token""#);
+        let scope = Some(r#"Bearer realm="portcullis", error="insufficient_scope""#);
+        assert_eq!(
+            status(ProxyError::BadTarget(TargetError::EncodedSlash)),
+            (400, "bad_request", None)
+        );
+        assert_eq!(status(ProxyError::NoRoute), (404, "not_found", None));
+        assert_eq!(
+            status(AuthError::MissingCredential.into()),
+            (401, "unauthorized", bearer)
+        );
+        assert_eq!(
+            status(AuthError::BadCredential(CredentialError::Ambiguous).into()),
+            (
+                400,
+                "invalid_request",
+                Some(r#"Bearer realm="portcullis", error="invalid_request""#)
+            )
+        );
+        assert_eq!(
+            status(AuthError::BadCredential(CredentialError::MalformedBearer).into()),
+            (401, "invalid_token", invalid)
+        );
+        for e in [
+            JwtError::Expired,
+            JwtError::BadSignature,
+            JwtError::UnknownKey,
+            JwtError::Malformed,
+        ] {
+            assert_eq!(
+                status(AuthError::InvalidToken(e).into()),
+                (401, "invalid_token", invalid)
+            );
+        }
+        assert_eq!(
+            status(AuthError::MissingScope.into()),
+            (403, "insufficient_scope", scope)
+        );
+        assert_eq!(
+            status(AuthError::ClaimMismatch.into()),
+            (403, "insufficient_scope", scope)
+        );
+        assert_eq!(
+            status(ProxyError::UpstreamUnavailable("x".into())),
+            (502, "bad_gateway", None)
+        );
+        assert_eq!(
+            status(ProxyError::UpstreamFailed("x".into())),
+            (502, "bad_gateway", None)
+        );
+        assert_eq!(
+            status(ProxyError::UpstreamTimeout),
+            (504, "gateway_timeout", None)
+        );
+    }
+
+    #[test]
+    fn bodies_are_fixed_json() {
+        let response = ProxyError::NoRoute.into_response();
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body = response.into_body();
+        let bytes = futures_body(body);
+        assert_eq!(bytes, r#"{"error":"not_found","status":404}"#);
+    }
+
+    fn futures_body(body: Full<Bytes>) -> String {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt.block_on(body.collect()).unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+}

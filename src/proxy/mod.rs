@@ -1,0 +1,213 @@
+//! The request handler: one flat list of steps from a client request to a response.
+//!
+//! ```text
+//! snapshot ─► canonicalize ─► route ─► authenticate ─► rewrite headers ─► forward ─► log
+//! ```
+//! Every failure is a [`ProxyError`], turned into a response by the one mapping in
+//! `error.rs`. The snapshot is loaded once, so a request sees one config from start to end.
+
+pub mod error;
+pub mod upstream;
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HOST, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::auth::{self, RouteAuth};
+use crate::canonical::{TargetError, canonical_host, canonical_path};
+use crate::identity::{self, ClientInfo};
+use crate::server::ConnInfo;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+pub use error::ProxyError;
+use upstream::ResponseBody;
+
+/// What the access log line reports about one request, filled in as the steps run.
+#[derive(Default)]
+struct Record {
+    path: Option<PathAndQuery>,
+    route: Option<usize>,
+    subject: Option<Arc<auth::claims::Claims>>,
+    auth: &'static str,
+}
+
+/// Entry point for every request on every listener.
+pub async fn handle(
+    request: Request<Incoming>,
+    conn: ConnInfo,
+    shared: SharedSnapshot,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let snapshot = shared.load_full();
+    let method = request.method().clone();
+    let raw_path = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
+        .then(|| request.uri().path().to_owned());
+    let mut record = Record::default();
+
+    let response = match process(request, &conn, &snapshot, &mut record).await {
+        Ok(response) => response,
+        Err(error) => {
+            record.auth = match (&error, record.auth) {
+                (ProxyError::Denied(_), _) | (_, "") => error.reason(),
+                (_, outcome) => outcome,
+            };
+            match error.rendering().blame {
+                error::Blame::Upstream => tracing::warn!(%error, "upstream error"),
+                error::Blame::Client => tracing::debug!(%error, "request refused"),
+            }
+            error.into_response().map(Either::Right)
+        }
+    };
+    if let Some(raw_path) = raw_path {
+        let route = record.route.map(|i| &*snapshot.routes.routes()[i].name);
+        let path = record.path.as_ref().map_or(raw_path.as_str(), |p| p.path());
+        tracing::info!(
+            target: "portcullis::access",
+            method = %method,
+            path,
+            route = route.unwrap_or("-"),
+            status = response.status().as_u16(),
+            auth = record.auth,
+            sub = record.subject.as_ref().and_then(|c| c.subject()).unwrap_or("-"),
+            peer = %conn.peer.ip(),
+            latency_us = started.elapsed().as_micros() as u64,
+        );
+    }
+    Ok(response)
+}
+
+async fn process(
+    request: Request<Incoming>,
+    conn: &ConnInfo,
+    snapshot: &Snapshot,
+    record: &mut Record,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+
+    // 1-2. One canonical host and path, matched against the routes: what is matched is
+    // what is forwarded (I4); no route, no upstream.
+    let (index, path_and_query, host_value) = resolve(&parts, snapshot)?;
+    record.path = Some(path_and_query.clone());
+    record.route = Some(index);
+    let route = &snapshot.routes.routes()[index];
+
+    // 3. Authenticate: the permit is the only ticket to the upstream (I1).
+    let permit = auth::authenticate(
+        &route.auth,
+        &parts.headers,
+        &snapshot.providers,
+        auth::unix_now(),
+    )?;
+    record.auth = if permit.identity().is_some() {
+        "allowed"
+    } else {
+        "public"
+    };
+    record.subject = permit.identity().map(|i| i.claims.clone());
+
+    // 4. Strip, then inject (I2, I3).
+    let sources = match &route.auth {
+        RouteAuth::Jwt(policy) => &policy.sources[..],
+        RouteAuth::Public => &[],
+    };
+    let client = ClientInfo {
+        peer: conn.peer.ip(),
+        tls: conn.tls,
+        host: host_value.as_ref(),
+        trusted: snapshot.is_trusted(conn.peer.ip()),
+    };
+    identity::rewrite_request(
+        &mut parts.headers,
+        &snapshot.identity,
+        &permit,
+        sources,
+        &client,
+    );
+    if let Some(host_value) = host_value
+        && !parts.headers.contains_key(HOST)
+    {
+        // HTTP/2 clients send :authority only; the app sees the host the client asked for.
+        parts.headers.insert(HOST, host_value);
+    }
+
+    // 5. Forward and stream the answer back.
+    upstream::forward(
+        &snapshot.upstreams[route.upstream],
+        parts,
+        path_and_query,
+        body,
+    )
+    .await
+}
+
+/// Canonicalises the target and finds its route: (route index, path to forward, host as
+/// received). Borrows of the request end here, before its headers are rewritten.
+fn resolve(
+    parts: &http::request::Parts,
+    snapshot: &Snapshot,
+) -> Result<(usize, PathAndQuery, Option<HeaderValue>), ProxyError> {
+    let (host, host_value) = request_host(parts)?;
+    let path = canonical_path(parts.uri.path())?;
+    let unchanged = matches!(path, Cow::Borrowed(_));
+    let path_and_query = forwarded_path_and_query(&parts.uri, &path, unchanged)?;
+    let index = snapshot
+        .routes
+        .find_index(&host, &path, &parts.method)
+        .ok_or(ProxyError::NoRoute)?;
+    Ok((index, path_and_query, host_value))
+}
+
+/// The host the client addressed, canonical for matching and as received for forwarding.
+/// `Host` and the URI authority (absolute-form, HTTP/2 `:authority`) must agree.
+fn request_host(
+    parts: &http::request::Parts,
+) -> Result<(Cow<'_, str>, Option<HeaderValue>), TargetError> {
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(TargetError::DuplicateHost);
+    }
+    let header_text = header
+        .map(|h| h.to_str().map_err(|_| TargetError::InvalidHost))
+        .transpose()?;
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    match (header_text, authority) {
+        (Some(h), Some(a)) => {
+            let host = canonical_host(h)?;
+            if host != canonical_host(a)? {
+                return Err(TargetError::HostMismatch);
+            }
+            Ok((host, header.cloned()))
+        }
+        (Some(h), None) => Ok((canonical_host(h)?, header.cloned())),
+        (None, Some(a)) => {
+            let value = HeaderValue::from_str(a).map_err(|_| TargetError::InvalidHost)?;
+            Ok((canonical_host(a)?, Some(value)))
+        }
+        (None, None) if parts.version == Version::HTTP_10 => Ok((Cow::Borrowed(""), None)),
+        (None, None) => Err(TargetError::MissingHost),
+    }
+}
+
+/// The canonical path plus the untouched query string. Reuses the request's own bytes when
+/// canonicalisation changed nothing.
+fn forwarded_path_and_query(
+    uri: &http::Uri,
+    path: &str,
+    unchanged: bool,
+) -> Result<PathAndQuery, TargetError> {
+    if let (true, Some(pq)) = (unchanged, uri.path_and_query()) {
+        return Ok(pq.clone());
+    }
+    let text = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    PathAndQuery::try_from(text).map_err(|_| TargetError::NotOriginForm)
+}

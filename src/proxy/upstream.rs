@@ -1,0 +1,193 @@
+//! Upstreams: a pooled keep-alive HTTP/1.1 client per upstream, or the built-in echo.
+//!
+//! Last step of the request path. Bodies stream both ways (nothing is buffered), request
+//! trailers are dropped (a client could otherwise smuggle an identity header past the
+//! rewrite in them: I2), and the wait for response headers is bounded (504).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::error::ProxyError;
+use crate::identity::strip_hop_by_hop;
+
+/// What the client receives: the upstream's streamed body, or a body we made.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// The client's body on its way upstream, trailers removed.
+pub type RequestBody = NoTrailers<Incoming>;
+
+type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// Compiled `[upstreams.NAME]`.
+pub struct Upstream {
+    pub name: Box<str>,
+    pub target: Target,
+    /// Limit on the wait for response headers.
+    pub timeout: Duration,
+}
+
+// A few per snapshot, never moved on the request path: size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Target {
+    Http {
+        authority: Authority,
+        client: UpstreamClient,
+    },
+    /// Answers with a JSON description of the request it would have received.
+    Echo,
+}
+
+/// Connection settings of an HTTP upstream.
+pub struct PoolSettings {
+    pub connect_timeout: Duration,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn http(name: &str, authority: Authority, timeout: Duration, pool: &PoolSettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(pool.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(pool.idle_timeout)
+            .pool_max_idle_per_host(pool.max_idle)
+            .build(connector);
+        Upstream {
+            name: name.into(),
+            target: Target::Http { authority, client },
+            timeout,
+        }
+    }
+
+    pub fn echo(name: &str) -> Self {
+        Upstream {
+            name: name.into(),
+            target: Target::Echo,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.target {
+            Target::Http { authority, .. } => format!("http://{authority}"),
+            Target::Echo => "builtin echo".to_owned(),
+        }
+    }
+}
+
+/// Sends the rewritten request (`parts` + `body`, for `path_and_query`) upstream.
+pub async fn forward(
+    upstream: &Upstream,
+    mut parts: http::request::Parts,
+    path_and_query: PathAndQuery,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (authority, client) = match &upstream.target {
+        Target::Http { authority, client } => (authority, client),
+        Target::Echo => return Ok(echo(&parts, &path_and_query)),
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority.clone());
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::UpstreamFailed(e.to_string()))?;
+    parts.version = Version::HTTP_11;
+    let request = Request::from_parts(parts, NoTrailers(body));
+
+    let response = match tokio::time::timeout(upstream.timeout, client.request(request)).await {
+        Err(_elapsed) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) if e.is_connect() => {
+            return Err(ProxyError::UpstreamUnavailable(error_chain(&e)));
+        }
+        Ok(Err(e)) => return Err(ProxyError::UpstreamFailed(error_chain(&e))),
+        Ok(Ok(response)) => response,
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The built-in echo upstream: method, path, query and headers as JSON.
+fn echo(parts: &http::request::Parts, path_and_query: &PathAndQuery) -> Response<ResponseBody> {
+    let mut headers = serde_json::Map::new();
+    for name in parts.headers.keys() {
+        let values: Vec<serde_json::Value> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned().into())
+            .collect();
+        let value = match <[serde_json::Value; 1]>::try_from(values) {
+            Ok([single]) => single,
+            Err(many) => serde_json::Value::Array(many),
+        };
+        headers.insert(name.as_str().to_owned(), value);
+    }
+    let description = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": path_and_query.path(),
+        "query": path_and_query.query(),
+        "headers": headers,
+    });
+    let mut body = serde_json::to_vec_pretty(&description).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A request body without its trailers.
+pub struct NoTrailers<B>(pub B);
+
+impl<B: Body + Unpin> Body for NoTrailers<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        loop {
+            match Pin::new(&mut self.0).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}

@@ -1,0 +1,119 @@
+//! The immutable compiled config, and the one `ArcSwap` that holds the current one.
+//!
+//! Everything a request consults (routes, providers and their keys, upstream clients,
+//! identity policy, trusted proxies, TLS config) lives in one `Snapshot`, loaded once per
+//! request, so a request never sees half of one config and half of another.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+
+use crate::auth::jwt::Provider;
+use crate::identity::IdentityPolicy;
+use crate::proxy::upstream::Upstream;
+use crate::router::RouteTable;
+use crate::server::ServerSettings;
+
+/// The config in force.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+pub struct Snapshot {
+    pub server: ServerSettings,
+    pub routes: RouteTable,
+    pub providers: Vec<Provider>,
+    pub upstreams: Vec<Upstream>,
+    pub identity: IdentityPolicy,
+    pub trusted_proxies: Vec<IpNet>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The file this was compiled from.
+    pub source: PathBuf,
+}
+
+impl Snapshot {
+    /// Reads, validates and compiles the config file at `path`.
+    pub fn load(path: impl Into<PathBuf>) -> Result<Snapshot, crate::config::ConfigError> {
+        crate::config::load(path.into())
+    }
+
+    pub fn shared(self) -> SharedSnapshot {
+        Arc::new(ArcSwap::from_pointee(self))
+    }
+
+    /// Whether `peer` is one of `server.trusted_proxies`.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+}
+
+impl Snapshot {
+    /// One line per route, for `portcullis check`.
+    pub fn route_summaries(&self) -> Vec<String> {
+        use crate::auth::RouteAuth;
+        use crate::router::{HostMatch, PathMatch};
+        self.routes
+            .routes()
+            .iter()
+            .map(|route| {
+                let host = match &route.host {
+                    HostMatch::Any => "any host".to_owned(),
+                    HostMatch::Exact(h) => format!("host {h}"),
+                    HostMatch::Wildcard(s) => format!("host *{s}"),
+                };
+                let path = match &route.path {
+                    PathMatch::Exact(p) => format!("path {p}"),
+                    PathMatch::Prefix(p) => format!("prefix {p}"),
+                };
+                let methods = route
+                    .methods
+                    .as_ref()
+                    .map_or("all methods".to_owned(), |m| {
+                        m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
+                    });
+                let upstream = &self.upstreams[route.upstream];
+                let auth = match &route.auth {
+                    RouteAuth::Public => "public".to_owned(),
+                    RouteAuth::Jwt(policy) => {
+                        let providers: Vec<&str> = policy
+                            .providers
+                            .iter()
+                            .map(|&i| &*self.providers[i].name)
+                            .collect();
+                        let sources: Vec<String> =
+                            policy.sources.iter().map(ToString::to_string).collect();
+                        let mut text = format!(
+                            "jwt from {} via {}",
+                            sources.join(", "),
+                            providers.join(", ")
+                        );
+                        if !policy.scopes.is_empty() {
+                            text.push_str(&format!(
+                                "; requires scopes {}",
+                                policy.scopes.join(" ")
+                            ));
+                        }
+                        for claim in policy.claims.iter() {
+                            text.push_str(&format!(
+                                "; requires {} in [{}]",
+                                claim.name,
+                                claim.accepted.join(", ")
+                            ));
+                        }
+                        if policy.forward_token {
+                            text.push_str("; forwards the token");
+                        }
+                        text
+                    }
+                };
+                format!(
+                    "route {}: {host}, {path}, {methods} -> {} ({}); auth {auth}",
+                    route.name,
+                    upstream.name,
+                    upstream.describe()
+                )
+            })
+            .collect()
+    }
+}
