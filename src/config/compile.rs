@@ -267,48 +267,64 @@ impl Compiler {
         let uses_hmac = algorithms
             .iter()
             .any(|a| a.family() == AlgorithmFamily::Hmac);
-        match (&raw.hmac_secret_env, uses_hmac) {
-            (Some(var), true) => match std::env::var(var) {
-                Ok(secret) => {
-                    let needed = algorithms
-                        .iter()
-                        .filter_map(|a| match a {
-                            Algorithm::HS256 => Some(32),
-                            Algorithm::HS384 => Some(48),
-                            Algorithm::HS512 => Some(64),
-                            _ => None,
-                        })
-                        .max()
-                        .unwrap_or(32);
-                    if secret.len() < needed {
-                        self.issue(
-                            format!("{key}.hmac_secret_env"),
-                            format!(
-                                "the secret in ${var} is {} bytes; the listed HMAC algorithms need at least {needed} (RFC 7518 section 3.2)",
-                                secret.len()
-                            ),
-                        );
-                    } else {
-                        keys.push(VerifyKey {
-                            kid: None,
-                            family: AlgorithmFamily::Hmac,
-                            key: DecodingKey::from_secret(secret.as_bytes()),
-                            origin: format!("${var}"),
-                        });
-                    }
-                }
-                Err(_) => self.issue(
-                    format!("{key}.hmac_secret_env"),
-                    format!("environment variable {var} is not set (or not UTF-8); export it before starting"),
-                ),
-            },
-            (Some(_), false) => self.issue(
+        let secret_key = match (&raw.hmac_secret_env, &raw.hmac_secret_file) {
+            (Some(_), Some(_)) => {
+                self.issue(format!("{key}.hmac_secret_file"), "set either hmac_secret_env or hmac_secret_file, not both");
+                None
+            }
+            (Some(var), None) => Some((
                 format!("{key}.hmac_secret_env"),
-                "set, but no HS256/HS384/HS512 in algorithms; add one or remove hmac_secret_env",
+                format!("${var}"),
+                std::env::var(var).map_err(|_| {
+                    format!("environment variable {var} is not set (or not UTF-8); export it before starting")
+                }),
+            )),
+            (None, Some(file)) => {
+                let path = self.path(file);
+                let secret = std::fs::read_to_string(&path)
+                    .map(|s| s.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&s).to_owned())
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()));
+                Some((format!("{key}.hmac_secret_file"), file.clone(), secret))
+            }
+            (None, None) => None,
+        };
+        match (secret_key, uses_hmac) {
+            (Some((secret_key, origin, Ok(secret))), true) => {
+                let needed = algorithms
+                    .iter()
+                    .filter_map(|a| match a {
+                        Algorithm::HS256 => Some(32),
+                        Algorithm::HS384 => Some(48),
+                        Algorithm::HS512 => Some(64),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(32);
+                if secret.len() < needed {
+                    self.issue(
+                        secret_key,
+                        format!(
+                            "the secret in {origin} is {} bytes; the listed HMAC algorithms need at least {needed} (RFC 7518 section 3.2)",
+                            secret.len()
+                        ),
+                    );
+                } else {
+                    keys.push(VerifyKey {
+                        kid: None,
+                        family: AlgorithmFamily::Hmac,
+                        key: DecodingKey::from_secret(secret.as_bytes()),
+                        origin,
+                    });
+                }
+            }
+            (Some((secret_key, _, Err(message))), true) => self.issue(secret_key, message),
+            (Some((secret_key, _, _)), false) => self.issue(
+                secret_key,
+                "set, but no HS256/HS384/HS512 in algorithms; add one or remove the secret",
             ),
             (None, true) => self.issue(
                 format!("{key}.hmac_secret_env"),
-                "algorithms lists an HMAC algorithm; name the environment variable holding the secret",
+                "algorithms lists an HMAC algorithm; name the environment variable (or hmac_secret_file) holding the secret",
             ),
             (None, false) => {}
         }

@@ -76,6 +76,8 @@ pub struct RawProvider {
     pub public_keys: Vec<RawPublicKey>,
     /// Name of the environment variable holding the HMAC secret (HS256/384/512).
     pub hmac_secret_env: Option<String>,
+    /// Or: a file holding the HMAC secret (a mounted secret); one trailing newline is ignored.
+    pub hmac_secret_file: Option<String>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`. Default `"30s"`.
     pub leeway: Option<String>,
 }

@@ -1,0 +1,309 @@
+//! The binary: --help, check (valid, invalid, every shipped example), token, serve.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn portcullis() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn run(command: &mut Command) -> (i32, String, String) {
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_explains_every_command() {
+    let (code, out, _) = run(portcullis().arg("--help"));
+    assert_eq!(code, 0);
+    for word in [
+        "serve",
+        "check",
+        "token",
+        "--log-format",
+        "authentication gateway",
+    ] {
+        assert!(out.contains(word), "--help lacks {word}: {out}");
+    }
+    for (sub, words) in [
+        ("serve", &["--config", "--workers", "SIGTERM"][..]),
+        ("check", &["--config", "exit 1"][..]),
+        (
+            "token",
+            &[
+                "--key",
+                "--sub",
+                "--scope",
+                "--claim",
+                "--ttl",
+                "--kid",
+                "--alg",
+                "--secret-env",
+            ][..],
+        ),
+    ] {
+        let (code, out, _) = run(portcullis().args([sub, "--help"]));
+        assert_eq!(code, 0);
+        for word in words {
+            assert!(out.contains(word), "{sub} --help lacks {word}: {out}");
+        }
+    }
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let mut files = Vec::new();
+    let mut dirs = vec![repo("config")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 2, "{files:?}");
+    for file in files {
+        let (code, out, err) = run(portcullis()
+            .args(["check", "--config"])
+            .arg(&file)
+            .env("PARTNER_SECRET", "0123456789abcdef0123456789abcdef"));
+        assert_eq!(code, 0, "{}: {err}", file.display());
+        assert!(out.contains(": ok ("), "{out}");
+        assert!(out.contains("  route "), "{out}");
+    }
+}
+
+#[test]
+fn check_names_the_key_and_the_fix() {
+    let dir = fixture_dir();
+    let file = dir.path().join("bad.toml");
+    let cases = [
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"public\"\n[[routes]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"crm\"\nauth = \"public\"\n",
+            "routes[1].upstream: no upstream named \"crm\"; define [upstreams.crm] or use one of: app",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
+            "routes[0].auth: required (there is no default)",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n[[routes]]\nname = \"a\"\npath_prefx = \"/\"\n",
+            "unknown field `path_prefx`",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[providers.p]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"none\"]\n",
+            "providers.p.algorithms[0]: \"none\" is not a supported algorithm",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[providers.p]\nissuer = \"i\"\nalgorithms = [\"RS256\"]\npublic_keys = [\"rsa.pub.pem\"]\n",
+            "providers.p.audiences: required",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[providers.p]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"ES256\"]\npublic_keys = [\"rsa.pub.pem\"]\n",
+            "providers.p.algorithms: ES256 is listed but public_keys has no EC key",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[providers.p]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\nhmac_secret_env = \"PORTCULLIS_TEST_UNSET_VAR\"\n",
+            "providers.p.hmac_secret_env: environment variable PORTCULLIS_TEST_UNSET_VAR is not set",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n[[routes]]\nname = \"a\"\npath_prefix = \"/a/../b\"\nupstream = \"app\"\nauth = \"public\"\n",
+            "routes[0].path_prefix: \"/a/../b\" is not in canonical form; requests are matched as \"/b\"",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"app\"\nauth = \"public\"\n[[routes]]\nname = \"b\"\npath_prefix = \"/a/\"\nupstream = \"app\"\nauth = \"public\"\n",
+            "routes[1]: matches exactly the same host, path and methods as routes[0]",
+        ),
+        (
+            "[server]\nhttp = \"localhost:8080\"\n",
+            "server.http: \"localhost:8080\" is not a listen address",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[identity]\nheaders = { \"X-Auth-User\" = \"sub\", \"x-auth-user\" = \"email\" }\n",
+            "is listed twice",
+        ),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&file, text).unwrap();
+        let (code, _, err) = run(portcullis().args(["check", "--config"]).arg(&file));
+        assert_eq!(code, 1, "{text}");
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+        // serve refuses the same file with exit 64.
+        let (code, _, err) = run(portcullis().args(["serve", "--config"]).arg(&file));
+        assert_eq!(code, 64, "{err}");
+        assert!(err.contains(expected));
+    }
+}
+
+#[tokio::test]
+async fn the_readme_flow_works_on_the_default_config() {
+    // The default config, on port-0 listeners instead of 8080/8443.
+    let snapshot = portcullis::Snapshot::load(repo("config/portcullis.toml")).unwrap();
+    let listeners = portcullis::Listeners {
+        http: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        https: None,
+    };
+    let addr = listeners.http_addr().unwrap();
+    tokio::spawn(portcullis::run(
+        listeners,
+        snapshot.shared(),
+        std::future::pending(),
+    ));
+
+    let (code, token, err) = run(portcullis().current_dir(repo("")).args([
+        "token",
+        "--config",
+        "config/portcullis.toml",
+        "--provider",
+        "dev",
+        "--key",
+        "config/dev/signing.key.pem",
+        "--sub",
+        "alice",
+        "--claim",
+        "email=alice@example.com",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim();
+    let response = client()
+        .get(format!("http://{addr}/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = client()
+        .get(format!("http://{addr}/hello"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-auth-user"], "alice");
+    assert_eq!(echo["headers"]["x-auth-email"], "alice@example.com");
+    // The admin route needs the admin scope.
+    let response = client()
+        .get(format!("http://{addr}/admin"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let (_, admin, _) = run(portcullis().current_dir(repo("")).args([
+        "token",
+        "--config",
+        "config/portcullis.toml",
+        "--provider",
+        "dev",
+        "--key",
+        "config/dev/signing.key.pem",
+        "--sub",
+        "root",
+        "--scope",
+        "admin",
+    ]));
+    let response = client()
+        .get(format!("http://{addr}/admin"))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[test]
+fn token_refuses_what_it_cannot_sign() {
+    let (code, _, err) = run(portcullis().args(["token", "--alg", "HS256", "--sub", "a"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--secret-env"), "{err}");
+    let (code, _, err) = run(portcullis().args(["token", "--alg", "RS256", "--sub", "a"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--key"), "{err}");
+    let (code, out, _) = run(portcullis()
+        .args([
+            "token",
+            "--secret-env",
+            "PORTCULLIS_TEST_SECRET",
+            "--sub",
+            "a",
+            "--ttl",
+            "5m",
+        ])
+        .env("PORTCULLIS_TEST_SECRET", "x".repeat(32)));
+    assert_eq!(code, 0);
+    assert_eq!(out.trim().split('.').count(), 3);
+}
+
+#[test]
+fn serve_runs_until_sigterm_and_exits_zero() {
+    let dir = fixture_dir();
+    let file = dir.path().join("serve.toml");
+    std::fs::write(
+        &file,
+        "[server]\nhttp = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n[upstreams.echo]\nbuiltin = \"echo\"\n[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"echo\"\nauth = \"public\"\n",
+    )
+    .unwrap();
+    let mut child = portcullis()
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let log: serde_json::Value = serde_json::from_str(&first).expect("JSON log line");
+    let http = log["http"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("Some(")
+        .trim_end_matches(')')
+        .to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        client()
+            .get(format!("http://{http}/x?token=secret-value"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    // The access line is JSON, names the route, and never shows the query.
+    let access = lines.next().unwrap().unwrap();
+    let access: serde_json::Value = serde_json::from_str(&access).expect("JSON access line");
+    assert_eq!(access["route"], "all");
+    assert_eq!(access["status"], 200);
+    assert!(!access.to_string().contains("secret-value"));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "serve did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: the gateway in-process on 127.0.0.1:0, a real recording upstream, real
+//! clients over real sockets (TLS included), and the binary for the CLI.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod auth;
+mod cli;
+mod headers;
+mod proxying;
+mod routing;
+mod tls;

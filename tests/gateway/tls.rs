@@ -1,0 +1,61 @@
+//! TLS termination: HTTP/1.1 and HTTP/2 (ALPN) on the TLS listener, h2c on the plain one.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn https_serves_http1_and_http2() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::standard(&upstream).await;
+    for (http2, version) in [
+        (false, reqwest::Version::HTTP_11),
+        (true, reqwest::Version::HTTP_2),
+    ] {
+        let client = tls_client(&gw, http2);
+        let response = client
+            .get(gw.https_url("/api/tls"))
+            .bearer_auth(valid_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), version);
+        let seen = upstream.last();
+        assert_eq!(seen.header_values("x-auth-user"), vec!["alice"]);
+        assert_eq!(seen.header_values("x-forwarded-proto"), vec!["https"]);
+        // HTTP/2 has no Host header: the app still gets the host the client asked for.
+        assert_eq!(
+            seen.header_values("host"),
+            vec![format!("localhost:{}", gw.https.unwrap().port())]
+        );
+        let response = client.get(gw.https_url("/api/tls")).send().await.unwrap();
+        assert_eq!(response.status(), 401);
+    }
+}
+
+#[tokio::test]
+async fn h2_prior_knowledge_works_on_the_plain_listener() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::standard(&upstream).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = client.get(gw.url("/public/h2c")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(upstream.last().path_and_query, "/public/h2c");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_does_not_block_others() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::standard(&upstream).await;
+    // Open a TCP connection to the TLS port and say nothing.
+    let _silent = tokio::net::TcpStream::connect(gw.https.unwrap())
+        .await
+        .unwrap();
+    let client = tls_client(&gw, false);
+    let response = client.get(gw.https_url("/public")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}

@@ -1,0 +1,488 @@
+//! Real parts for the integration tests: keys generated at test time, a recording upstream
+//! (a small hyper server), and the gateway itself on 127.0.0.1:0 listeners.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const ISSUER: &str = "https://issuer.test";
+pub const AUDIENCE: &str = "app";
+pub const HS_SECRET: &str = "test-hmac-secret-that-is-64-bytes-long-for-hs512-0123456789abcdef";
+
+/// Key pairs, generated once per test binary.
+pub struct Keys {
+    pub rsa: rcgen::KeyPair,
+    pub rsa_other: rcgen::KeyPair,
+    pub ec256: rcgen::KeyPair,
+    pub ec384: rcgen::KeyPair,
+    pub ed: rcgen::KeyPair,
+    pub tls_cert_pem: String,
+    pub tls_key_pem: String,
+}
+
+pub fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let tls_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        let cert = params.self_signed(&tls_key).unwrap();
+        Keys {
+            rsa: rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap(),
+            rsa_other: rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap(),
+            ec256: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+            ec384: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap(),
+            ed: rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+            tls_cert_pem: cert.pem(),
+            tls_key_pem: tls_key.serialize_pem(),
+        }
+    })
+}
+
+/// Claims every valid test token has; `extra` overrides or adds.
+pub fn claims(extra: Value) -> Value {
+    let now = now();
+    let mut base = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 3600,
+        "email": "alice@example.com", "groups": ["eng", "ops"],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = v.clone();
+        }
+    }
+    base
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token signed with the test key of `alg`'s family.
+pub fn token(alg: Algorithm, claims: &Value) -> String {
+    token_with(alg, claims, None, &signing_key(alg))
+}
+
+pub fn signing_key(alg: Algorithm) -> EncodingKey {
+    let k = keys();
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            EncodingKey::from_secret(HS_SECRET.as_bytes())
+        }
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(k.rsa.serialize_pem().as_bytes()).unwrap(),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(k.ec256.serialize_pem().as_bytes()).unwrap(),
+        Algorithm::ES384 => EncodingKey::from_ec_pem(k.ec384.serialize_pem().as_bytes()).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(k.ed.serialize_pem().as_bytes()).unwrap(),
+        other => panic!("no test key for {other:?}"),
+    }
+}
+
+pub fn token_with(alg: Algorithm, claims: &Value, kid: Option<&str>, key: &EncodingKey) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+/// A valid RS256 token for alice.
+pub fn valid_token() -> String {
+    token(Algorithm::RS256, &claims(json!({})))
+}
+
+// ---------------------------------------------------------------------------------------
+// The recording upstream.
+
+/// What the upstream received for one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Seen {
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+}
+
+/// A small hyper server that records every request and answers 200.
+/// Paths: `/slow...` answers after 3 s; `/download/N` streams N bytes; anything else
+/// answers a short JSON body after reading (and counting) the request body.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (seen2, conns2) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                conns2.fetch_add(1, Ordering::SeqCst);
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| record(req, seen.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream received no request")
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn record(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<UpBody>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let mut body_len = 0u64;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        match frame.into_data() {
+            Ok(data) => body_len += data.len() as u64,
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        path_and_query: path_and_query.clone(),
+        headers: parts.headers.clone(),
+        body_len,
+        trailers,
+    });
+    if path_and_query.contains("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if let Some((_, n)) = path_and_query.split_once("/download/") {
+        let total: usize = n.parse().unwrap();
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = (0..total.div_ceil(chunk.len())).map(move |i| {
+            let len = chunk.len().min(total - i * chunk.len());
+            Ok::<_, Infallible>(Frame::data(chunk.slice(..len)))
+        });
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        return Ok(Response::new(BodyExt::boxed(body)));
+    }
+    let answer = json!({"upstream": "test", "path": path_and_query, "body_len": body_len});
+    let mut response = Response::new(BodyExt::boxed(Full::new(Bytes::from(answer.to_string()))));
+    response
+        .headers_mut()
+        .insert("x-upstream", "test".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("x-secret-hop", "1".parse().unwrap());
+    Ok(response)
+}
+
+// ---------------------------------------------------------------------------------------
+// The gateway.
+
+/// A gateway running in this process on 127.0.0.1:0.
+pub struct Gateway {
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Files the configs can name: rsa.pub.pem, rsa_other.pub.pem, ec256.pub.pem, ec384.pub.pem,
+/// ed.pub.pem, hs.secret, tls.crt, tls.key.
+pub fn fixture_dir() -> tempfile::TempDir {
+    let k = keys();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("rsa.pub.pem", &k.rsa.public_key_pem());
+    write("rsa_other.pub.pem", &k.rsa_other.public_key_pem());
+    write("ec256.pub.pem", &k.ec256.public_key_pem());
+    write("ec384.pub.pem", &k.ec384.public_key_pem());
+    write("ed.pub.pem", &k.ed.public_key_pem());
+    write("hs.secret", &format!("{HS_SECRET}\n"));
+    write("tls.crt", &k.tls_cert_pem);
+    write("tls.key", &k.tls_key_pem);
+    dir
+}
+
+/// The standard test config: providers `rsa` (RS*/PS*), `ec` (ES256/ES384), `ed` (EdDSA),
+/// `hs` (HS*), all with issuer ISSUER and audience AUDIENCE, upstream `app` = the test
+/// upstream, identity headers X-Auth-User/Email/Groups. `routes` is appended as is.
+pub fn config(upstream: SocketAddr, routes: &str) -> String {
+    format!(
+        r#"
+[server]
+http = "127.0.0.1:0"
+https = "127.0.0.1:0"
+
+[tls]
+cert = "tls.crt"
+key = "tls.key"
+
+[providers.rsa]
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}", "other-app"]
+algorithms = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+public_keys = ["rsa.pub.pem"]
+
+[providers.ec]
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256", "ES384"]
+public_keys = ["ec256.pub.pem", "ec384.pub.pem"]
+
+[providers.ed]
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["EdDSA"]
+public_keys = ["ed.pub.pem"]
+
+[providers.hs]
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["HS256", "HS384", "HS512"]
+hmac_secret_file = "hs.secret"
+
+[upstreams.app]
+url = "http://{upstream}"
+timeout = "1s"
+
+[upstreams.echo]
+builtin = "echo"
+
+[identity]
+headers = {{ "X-Auth-User" = "sub", "X-Auth-Email" = "email", "X-Auth-Groups" = "groups" }}
+
+{routes}
+"#
+    )
+}
+
+/// Routes most tests use: `/public` public, `/api` jwt (all providers), `/admin` jwt with
+/// scope admin and role claim, `/cookie` jwt from cookie `at`, `/both` bearer + cookie.
+pub const ROUTES: &str = r#"
+[[routes]]
+name = "public"
+path_prefix = "/public"
+upstream = "app"
+auth = "public"
+
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "app"
+auth = "jwt"
+
+[[routes]]
+name = "admin"
+path_prefix = "/admin"
+upstream = "app"
+auth = "jwt"
+providers = ["rsa"]
+[routes.require]
+scopes = ["admin"]
+claims = { role = ["owner", "admin"] }
+
+[[routes]]
+name = "cookie"
+path_prefix = "/cookie"
+upstream = "app"
+auth = "jwt"
+providers = ["rsa"]
+token_sources = ["cookie:at"]
+
+[[routes]]
+name = "both"
+path_prefix = "/both"
+upstream = "app"
+auth = "jwt"
+token_sources = ["bearer", "cookie:at"]
+"#;
+
+impl Gateway {
+    /// Starts the gateway on `config_text` (written into a fixture dir).
+    pub async fn start(config_text: &str) -> Gateway {
+        let dir = fixture_dir();
+        let path: PathBuf = dir.path().join("portcullis.toml");
+        std::fs::write(&path, config_text).unwrap();
+        let snapshot = portcullis::Snapshot::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let listeners = portcullis::Listeners::bind(snapshot.server.http, snapshot.server.https)
+            .await
+            .unwrap();
+        let (http, https) = (listeners.http_addr().unwrap(), listeners.https_addr());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(portcullis::run(listeners, snapshot.shared(), async {
+            let _ = rx.await;
+        }));
+        Gateway {
+            http,
+            https,
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The standard config with `ROUTES` in front of `upstream`.
+    pub async fn standard(upstream: &Upstream) -> Gateway {
+        Gateway::start(&config(upstream.addr, ROUTES)).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https.unwrap().port())
+    }
+
+    /// Stops accepting and drains; returns when `run` returned.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 client (no connection reuse surprises: one pool per test).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// A client trusting the test TLS certificate, resolving localhost to 127.0.0.1.
+pub fn tls_client(gateway: &Gateway, http2_only: bool) -> reqwest::Client {
+    let cert = reqwest::Certificate::from_pem(keys().tls_cert_pem.as_bytes()).unwrap();
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([cert])
+        .resolve("localhost", gateway.https.unwrap());
+    if http2_only {
+        builder = builder.http2_prior_knowledge();
+    } else {
+        builder = builder.http1_only();
+    }
+    builder.build().unwrap()
+}
+
+/// Sends raw bytes on a fresh connection and returns everything the gateway answered
+/// until it closed the connection or 2 s passed.
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in a raw answer.
+pub fn raw_status(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+/// Asserts a JSON error body of the given status.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"error": code, "status": status}));
+}
+
+/// Runs `f` with an executor for body streams.
+pub fn executor() -> TokioExecutor {
+    TokioExecutor::new()
+}
