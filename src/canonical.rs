@@ -49,6 +49,16 @@ pub enum TargetError {
 
 /// Returns the canonical form of `raw` (the path part of the request target, without query).
 pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, TargetError> {
+    canonicalize(raw, false)
+}
+
+/// Like [`canonical_path`], but `%2F` is kept (encoded, upper-case) inside its segment
+/// instead of refused: for routes with `allow_encoded_slash`.
+pub fn canonical_path_keeping_encoded_slash(raw: &str) -> Result<Cow<'_, str>, TargetError> {
+    canonicalize(raw, true)
+}
+
+fn canonicalize(raw: &str, keep_encoded_slash: bool) -> Result<Cow<'_, str>, TargetError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(TargetError::NotOriginForm);
@@ -56,7 +66,7 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, TargetError> {
     if is_plainly_canonical(bytes) {
         return Ok(Cow::Borrowed(raw));
     }
-    canonicalize_slow(raw).map(Cow::Owned)
+    canonicalize_slow(raw, keep_encoded_slash).map(Cow::Owned)
 }
 
 /// True when no rule above can change or refuse the path.
@@ -73,15 +83,25 @@ fn is_plainly_canonical(bytes: &[u8]) -> bool {
     true
 }
 
-fn canonicalize_slow(raw: &str) -> Result<String, TargetError> {
+fn canonicalize_slow(raw: &str, keep_encoded_slash: bool) -> Result<String, TargetError> {
     let mut segments: Vec<String> = Vec::new();
     let mut trailing_slash = false;
     let mut saw_high_byte = false;
     let mut parts = raw[1..].split('/').peekable();
     while let Some(part) = parts.next() {
         let is_last = parts.peek().is_none();
-        let segment = decode_segment(part, &mut saw_high_byte)?;
+        let segment = decode_segment(part, keep_encoded_slash, &mut saw_high_byte)?;
         check_dot_params(&segment)?;
+        if keep_encoded_slash && segment.contains("%2F") {
+            // An app that decodes %2F would see these pieces as segments: none may be a dot
+            // segment, or `/public/..%2Fadmin` becomes `/admin` behind our back.
+            if segment
+                .split("%2F")
+                .any(|piece| check_dot_params(piece).is_err() || matches!(piece, "." | ".."))
+            {
+                return Err(TargetError::EncodedSlash);
+            }
+        }
         match segment.as_str() {
             "" | "." => trailing_slash = is_last,
             ".." => {
@@ -110,7 +130,11 @@ fn canonicalize_slow(raw: &str) -> Result<String, TargetError> {
 
 /// Decodes unreserved escapes, normalises the others to upper-case hex, refuses the
 /// characters that would change the path's structure at the app.
-fn decode_segment(part: &str, saw_high_byte: &mut bool) -> Result<String, TargetError> {
+fn decode_segment(
+    part: &str,
+    keep_encoded_slash: bool,
+    saw_high_byte: &mut bool,
+) -> Result<String, TargetError> {
     let bytes = part.as_bytes();
     let mut out = String::with_capacity(part.len());
     let mut i = 0;
@@ -126,7 +150,7 @@ fn decode_segment(part: &str, saw_high_byte: &mut bool) -> Result<String, Target
                 let value = hi << 4 | lo;
                 match value {
                     0 => return Err(TargetError::EncodedNul),
-                    b'/' => return Err(TargetError::EncodedSlash),
+                    b'/' if !keep_encoded_slash => return Err(TargetError::EncodedSlash),
                     b'\\' => return Err(TargetError::Backslash),
                     v if is_unreserved(v) => out.push(char::from(v)),
                     v => {
@@ -304,6 +328,34 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(canonical_path(raw), Err(want), "{raw}");
         }
+    }
+
+    #[test]
+    fn encoded_slashes_can_be_kept() {
+        let keep = |raw| {
+            canonical_path_keeping_encoded_slash(raw)
+                .unwrap()
+                .into_owned()
+        };
+        assert_eq!(keep("/files/a%2fb"), "/files/a%2Fb");
+        assert_eq!(keep("/files/a%2Fb/../c"), "/files/c");
+        for sneaky in [
+            "/x/%2e%2e%2f",
+            "/x/..%2Fadmin",
+            "/x/a%2F..%2F..",
+            "/x/.%2Fa",
+            "/x/a%2F..;b",
+        ] {
+            assert_eq!(
+                canonical_path_keeping_encoded_slash(sneaky),
+                Err(TargetError::EncodedSlash),
+                "{sneaky}"
+            );
+        }
+        assert_eq!(
+            canonical_path_keeping_encoded_slash("/a%5C"),
+            Err(TargetError::Backslash)
+        );
     }
 
     #[test]

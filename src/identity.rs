@@ -29,6 +29,13 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// Headers that make frameworks (Rails, Laravel, Spring, Express) treat a POST or GET as
+/// another method: an allowed GET would become a DELETE at the app.
+static METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-http-method"),
+];
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
@@ -49,17 +56,37 @@ impl IdentityPolicy {
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &str)> {
         self.inject.iter().map(|(h, c)| (h, &**c))
     }
+}
 
-    fn is_identity_header(&self, name: &str) -> bool {
-        // Names arrive lower-cased (HTTP/1 parsing and HTTP/2 both); `_` is the one spelling
-        // that differs and that CGI-style apps (PHP, Rails behind nginx) read as `-`.
-        self.inject.iter().any(|(h, _)| {
-            let h = h.as_str().as_bytes();
-            h.len() == name.len()
-                && h.iter()
-                    .zip(name.bytes())
-                    .all(|(a, b)| *a == b || (*a == b'-' && b == b'_'))
-        })
+/// True when `received` is `configured` or a spelling of it with `_` for `-`. Names arrive
+/// lower-cased (HTTP/1 parsing and HTTP/2 both); `_` is the one spelling that differs and
+/// that CGI-style apps (PHP, Rails behind nginx, Apache) read as `-`.
+fn same_header(configured: &HeaderName, received: &str) -> bool {
+    let configured = configured.as_str().as_bytes();
+    configured.len() == received.len()
+        && configured
+            .iter()
+            .zip(received.bytes())
+            .all(|(a, b)| *a == b || (*a == b'-' && b == b'_'))
+}
+
+/// Removes every header named in `names`, in any spelling (case, `_` for `-`, duplicates).
+fn strip_all_spellings<'n>(
+    headers: &mut HeaderMap,
+    names: impl Iterator<Item = &'n HeaderName> + Clone,
+) {
+    for name in names.clone() {
+        headers.remove(name);
+    }
+    if headers.keys().any(|k| k.as_str().contains('_')) {
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| names.clone().any(|n| same_header(n, k.as_str())))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
     }
 }
 
@@ -73,16 +100,21 @@ pub struct ClientInfo<'a> {
     pub trusted: bool,
 }
 
-/// Steps 1 to 5 above, on the request headers about to be forwarded.
+/// Steps 1 to 5 above, on the request headers about to be forwarded. Method-override
+/// headers are removed too unless `keep_method_override`.
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     policy: &IdentityPolicy,
     permit: &Permit,
     sources: &[TokenSource],
     client: &ClientInfo<'_>,
+    keep_method_override: bool,
 ) {
     strip_hop_by_hop(headers);
-    strip_identity(headers, policy);
+    strip_all_spellings(headers, policy.inject.iter().map(|(name, _)| name));
+    if !keep_method_override {
+        strip_all_spellings(headers, METHOD_OVERRIDES.iter());
+    }
     match permit.consumed() {
         Consumed::None => {}
         Consumed::Authorization => {
@@ -130,22 +162,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         &PROXY_AUTHORIZATION,
     ] {
         headers.remove(name);
-    }
-}
-
-fn strip_identity(headers: &mut HeaderMap, policy: &IdentityPolicy) {
-    for (name, _) in policy.inject.iter() {
-        headers.remove(name);
-    }
-    if headers.keys().any(|k| k.as_str().contains('_')) {
-        let spoofed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| policy.is_identity_header(k.as_str()))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            headers.remove(name);
-        }
     }
 }
 
@@ -307,6 +323,7 @@ mod tests {
             permit,
             &[TokenSource::Bearer],
             client,
+            false,
         );
         headers
     }
@@ -332,6 +349,27 @@ mod tests {
         assert!(h.get("x_auth_groups").is_none());
         assert!(h.get("authorization").is_none());
         assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn method_overrides_are_removed() {
+        let h = rewrite(
+            &[
+                ("x-http-method-override", "DELETE"),
+                ("X_HTTP_Method_Override", "DELETE"),
+                ("x-method-override", "PUT"),
+                ("x-http-method", "PATCH"),
+                ("x-http-methods", "kept"),
+            ],
+            &permit(json!({})),
+            &client(),
+        );
+        let names: Vec<&str> = h
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.contains("method"))
+            .collect();
+        assert_eq!(names, vec!["x-http-methods"]);
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct Route {
     /// Index into `Snapshot::upstreams`.
     pub upstream: usize,
     pub auth: RouteAuth,
+    /// Request body limit in bytes.
+    pub max_body_size: Option<u64>,
+    pub allow_encoded_slash: bool,
+    pub allow_method_override: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -107,6 +111,7 @@ pub struct RouteTable {
     exact_hosts: HashMap<Box<str>, PathTable>,
     wildcard_hosts: HashMap<Box<str>, PathTable>,
     any_host: PathTable,
+    any_allows_encoded_slash: bool,
 }
 
 /// Two routes that can never be told apart (the later one would never match).
@@ -124,6 +129,7 @@ impl RouteTable {
             exact_hosts: HashMap::new(),
             wildcard_hosts: HashMap::new(),
             any_host: PathTable::default(),
+            any_allows_encoded_slash: routes.iter().any(|r| r.allow_encoded_slash),
         };
         let mut conflicts = Vec::new();
         for (index, route) in routes.iter().enumerate() {
@@ -187,6 +193,11 @@ impl RouteTable {
         self.any_host.find(&self.routes, path, method)
     }
 
+    /// Whether some route lets `%2F` through (else such paths are refused before matching).
+    pub fn any_allows_encoded_slash(&self) -> bool {
+        self.any_allows_encoded_slash
+    }
+
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
@@ -214,6 +225,9 @@ mod tests {
             methods: methods.map(|m| m.to_vec().into_boxed_slice()),
             upstream: 0,
             auth: RouteAuth::Public,
+            max_body_size: None,
+            allow_encoded_slash: false,
+            allow_method_override: false,
         }
     }
 

@@ -144,6 +144,53 @@ impl Compiler {
                 raw.shutdown_grace.as_ref(),
                 Duration::from_secs(30),
             ),
+            max_connections: self.positive("server.max_connections", raw.max_connections, 10_000),
+            max_header_bytes: self
+                .size("server.max_header_bytes", raw.max_header_bytes.as_ref())
+                .unwrap_or(32 << 10) as usize,
+            max_headers: self.positive("server.max_headers", raw.max_headers, 100),
+            max_uri_bytes: self
+                .size("server.max_uri_bytes", raw.max_uri_bytes.as_ref())
+                .unwrap_or(8 << 10) as usize,
+            max_body_size: self.size("server.max_body_size", raw.max_body_size.as_ref()),
+            request_body_timeout: self.duration(
+                "server.request_body_timeout",
+                raw.request_body_timeout.as_ref(),
+                Duration::from_secs(30),
+            ),
+            http2_max_concurrent_streams: self.positive(
+                "server.http2_max_concurrent_streams",
+                raw.http2_max_concurrent_streams.map(|v| v as usize),
+                100,
+            ) as u32,
+        }
+    }
+
+    fn positive(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
+        match value {
+            None => default,
+            Some(0) => {
+                self.issue(key, "must be at least 1");
+                default
+            }
+            Some(v) => v,
+        }
+    }
+
+    fn size(&mut self, key: &str, value: Option<&RawSize>) -> Option<u64> {
+        match value? {
+            RawSize::Bytes(0) => None.or_else(|| {
+                self.issue(key, "must be more than 0");
+                None
+            }),
+            RawSize::Bytes(n) => Some(*n),
+            RawSize::Text(text) => match super::size::parse(text) {
+                Ok(n) => Some(n),
+                Err(message) => {
+                    self.issue(key, message);
+                    None
+                }
+            },
         }
     }
 
@@ -385,6 +432,11 @@ impl Compiler {
                 raw.timeout.as_ref(),
                 Duration::from_secs(30),
             );
+            let body_timeout = self.duration(
+                &format!("{key}.body_timeout"),
+                raw.body_timeout.as_ref(),
+                Duration::from_secs(60),
+            );
             let pool = PoolSettings {
                 connect_timeout: self.duration(
                     &format!("{key}.connect_timeout"),
@@ -401,7 +453,7 @@ impl Compiler {
             let upstream = match (&raw.url, raw.builtin.as_deref()) {
                 (Some(url), None) => self
                     .upstream_url(&key, url)
-                    .map(|a| Upstream::http(name, a, timeout, &pool)),
+                    .map(|a| Upstream::http(name, a, (timeout, body_timeout), &pool)),
                 (None, Some("echo")) => Some(Upstream::echo(name)),
                 (None, Some(other)) => {
                     self.issue(
@@ -586,6 +638,7 @@ impl Compiler {
             }
         };
         let auth = self.route_auth(key, raw, providers);
+        let max_body_size = self.size(&format!("{key}.max_body_size"), raw.max_body_size.as_ref());
         if self.issues.len() != before {
             return None;
         }
@@ -596,6 +649,9 @@ impl Compiler {
             methods: methods?,
             upstream: upstream.filter(|&u| u != usize::MAX)?,
             auth: auth?,
+            max_body_size,
+            allow_encoded_slash: raw.allow_encoded_slash,
+            allow_method_override: raw.allow_method_override,
         })
     }
 

@@ -7,6 +7,7 @@ mod compile;
 pub mod duration;
 mod error;
 pub mod raw;
+pub mod size;
 
 use std::path::PathBuf;
 

@@ -47,6 +47,29 @@ pub struct RawServer {
     pub tls_handshake_timeout: Option<String>,
     /// In-flight requests get this long to finish on shutdown. Default `"30s"`.
     pub shutdown_grace: Option<String>,
+    /// Open client connections at most; beyond it new connections wait in the listen
+    /// backlog. Default 10000.
+    pub max_connections: Option<usize>,
+    /// Request header block size limit (names + values), 431 beyond. Default `"32KiB"`.
+    pub max_header_bytes: Option<RawSize>,
+    /// Number of request headers, 431 beyond. Default 100.
+    pub max_headers: Option<usize>,
+    /// Request-target (path and query) length, 414 beyond. Default `"8KiB"`.
+    pub max_uri_bytes: Option<RawSize>,
+    /// Default request body limit for every route, 413 beyond. Default: none.
+    pub max_body_size: Option<RawSize>,
+    /// Longest silence between two pieces of a request body, then 408. Default `"30s"`.
+    pub request_body_timeout: Option<String>,
+    /// HTTP/2 concurrent streams per connection. Default 100.
+    pub http2_max_concurrent_streams: Option<u32>,
+}
+
+/// A size: an integer number of bytes or a string such as `"10MiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +128,9 @@ pub struct RawUpstream {
     pub builtin: Option<String>,
     /// Time to wait for the upstream's response headers before answering 504. Default `"30s"`.
     pub timeout: Option<String>,
+    /// Longest silence between two pieces of the response body; then the stream to the
+    /// client is cut. Default `"60s"`.
+    pub body_timeout: Option<String>,
     /// Time to establish a TCP connection before answering 502. Default `"5s"`.
     pub connect_timeout: Option<String>,
     /// Idle pooled connections kept per upstream. Default 256.
@@ -147,6 +173,16 @@ pub struct RawRoute {
     pub forward_token: bool,
     /// Requirements on the verified claims; 403 when one fails.
     pub require: Option<RawRequire>,
+    /// Request body limit for this route (overrides `server.max_body_size`), 413 beyond.
+    pub max_body_size: Option<RawSize>,
+    /// Let `%2F` through in paths (kept encoded, matched and forwarded as `%2F`). Default
+    /// false: 400. Only for apps that need it (e.g. object keys in paths).
+    #[serde(default)]
+    pub allow_encoded_slash: bool,
+    /// Forward `X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`. Default false:
+    /// removed, since they turn an allowed GET into a DELETE at many frameworks.
+    #[serde(default)]
+    pub allow_method_override: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

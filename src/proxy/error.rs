@@ -20,6 +20,14 @@ pub enum ProxyError {
     BadTarget(#[from] TargetError),
     #[error("no route matches")]
     NoRoute,
+    #[error("request target longer than the limit")]
+    UriTooLong,
+    #[error("request headers larger than the limit")]
+    HeadersTooLarge,
+    #[error("request body larger than the route's limit")]
+    PayloadTooLarge,
+    #[error("the client stopped sending its request body")]
+    RequestBodyStalled,
     #[error("denied: {0}")]
     Denied(#[from] AuthError),
     #[error("upstream unreachable: {0}")]
@@ -64,6 +72,30 @@ impl ProxyError {
                 (StatusCode::BAD_REQUEST, "bad_request", None, Blame::Client)
             }
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "not_found", None, Blame::Client),
+            ProxyError::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                None,
+                Blame::Client,
+            ),
+            ProxyError::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                None,
+                Blame::Client,
+            ),
+            ProxyError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                None,
+                Blame::Client,
+            ),
+            ProxyError::RequestBodyStalled => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                None,
+                Blame::Client,
+            ),
             ProxyError::Denied(A::MissingCredential) => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -115,6 +147,10 @@ impl ProxyError {
         match self {
             ProxyError::BadTarget(_) => "bad_target",
             ProxyError::NoRoute => "no_route",
+            ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::HeadersTooLarge => "headers_too_large",
+            ProxyError::PayloadTooLarge => "payload_too_large",
+            ProxyError::RequestBodyStalled => "request_body_stalled",
             ProxyError::Denied(e) => e.reason(),
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -161,6 +197,19 @@ mod tests {
             (400, "bad_request", None)
         );
         assert_eq!(status(ProxyError::NoRoute), (404, "not_found", None));
+        assert_eq!(status(ProxyError::UriTooLong), (414, "uri_too_long", None));
+        assert_eq!(
+            status(ProxyError::HeadersTooLarge),
+            (431, "headers_too_large", None)
+        );
+        assert_eq!(
+            status(ProxyError::PayloadTooLarge),
+            (413, "payload_too_large", None)
+        );
+        assert_eq!(
+            status(ProxyError::RequestBodyStalled),
+            (408, "request_timeout", None)
+        );
         assert_eq!(
             status(AuthError::MissingCredential.into()),
             (401, "unauthorized", bearer)

@@ -6,6 +6,7 @@
 //! Every failure is a [`ProxyError`], turned into a response by the one mapping in
 //! `error.rs`. The snapshot is loaded once, so a request sees one config from start to end.
 
+pub mod body;
 pub mod error;
 pub mod upstream;
 
@@ -21,7 +22,9 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::auth::{self, RouteAuth};
-use crate::canonical::{TargetError, canonical_host, canonical_path};
+use crate::canonical::{
+    TargetError, canonical_host, canonical_path, canonical_path_keeping_encoded_slash,
+};
 use crate::identity::{self, ClientInfo};
 use crate::server::ConnInfo;
 use crate::snapshot::{SharedSnapshot, Snapshot};
@@ -89,6 +92,7 @@ async fn process(
     record: &mut Record,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
+    check_limits(&parts, &snapshot.server)?;
 
     // 1-2. One canonical host and path, matched against the routes: what is matched is
     // what is forwarded (I4); no route, no upstream.
@@ -128,6 +132,7 @@ async fn process(
         &permit,
         sources,
         &client,
+        route.allow_method_override,
     );
     if let Some(host_value) = host_value
         && !parts.headers.contains_key(HOST)
@@ -136,7 +141,14 @@ async fn process(
         parts.headers.insert(HOST, host_value);
     }
 
-    // 5. Forward and stream the answer back.
+    // 5. Forward and stream the answer back, the body bounded by the route's limit.
+    let limit = route.max_body_size.or(snapshot.server.max_body_size);
+    if let Some(limit) = limit
+        && declared_length(&parts.headers).is_some_and(|len| len > limit)
+    {
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    let body = body::RequestBody::new(body, limit, snapshot.server.request_body_timeout);
     upstream::forward(
         &snapshot.upstreams[route.upstream],
         parts,
@@ -146,6 +158,37 @@ async fn process(
     .await
 }
 
+/// 414 / 431 before any other work. hyper enforces larger hard caps itself (see
+/// `server::connection_builder`); these are the configured, JSON-answered ones.
+fn check_limits(
+    parts: &http::request::Parts,
+    settings: &crate::server::ServerSettings,
+) -> Result<(), ProxyError> {
+    let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > settings.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
+    if parts.headers.len() > settings.max_headers {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    let bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if bytes > settings.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Canonicalises the target and finds its route: (route index, path to forward, host as
 /// received). Borrows of the request end here, before its headers are rewritten.
 fn resolve(
@@ -153,13 +196,25 @@ fn resolve(
     snapshot: &Snapshot,
 ) -> Result<(usize, PathAndQuery, Option<HeaderValue>), ProxyError> {
     let (host, host_value) = request_host(parts)?;
-    let path = canonical_path(parts.uri.path())?;
+    let find = |path: &str| snapshot.routes.find_index(&host, path, &parts.method);
+    let raw_path = parts.uri.path();
+    let (path, index) = match canonical_path(raw_path) {
+        Ok(path) => {
+            let index = find(&path).ok_or(ProxyError::NoRoute)?;
+            (path, index)
+        }
+        // `%2F` passes only on routes that opted in; for all others it stays a 400.
+        Err(TargetError::EncodedSlash) if snapshot.routes.any_allows_encoded_slash() => {
+            let path = canonical_path_keeping_encoded_slash(raw_path)?;
+            match find(&path) {
+                Some(index) if snapshot.routes.routes()[index].allow_encoded_slash => (path, index),
+                _ => return Err(TargetError::EncodedSlash.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     let unchanged = matches!(path, Cow::Borrowed(_));
     let path_and_query = forwarded_path_and_query(&parts.uri, &path, unchanged)?;
-    let index = snapshot
-        .routes
-        .find_index(&host, &path, &parts.method)
-        .ok_or(ProxyError::NoRoute)?;
     Ok((index, path_and_query, host_value))
 }
 

@@ -4,29 +4,24 @@
 //! trailers are dropped (a client could otherwise smuggle an identity header past the
 //! rewrite in them: I2), and the wait for response headers is bounded (504).
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::oneshot;
 
+use super::body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
 use super::error::ProxyError;
 use crate::identity::strip_hop_by_hop;
 
 /// What the client receives: the upstream's streamed body, or a body we made.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
-
-/// The client's body on its way upstream, trailers removed.
-pub type RequestBody = NoTrailers<Incoming>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 type UpstreamClient = Client<HttpConnector, RequestBody>;
 
@@ -36,6 +31,8 @@ pub struct Upstream {
     pub target: Target,
     /// Limit on the wait for response headers.
     pub timeout: Duration,
+    /// Limit on the silence between two pieces of the response body.
+    pub body_timeout: Duration,
 }
 
 // A few per snapshot, never moved on the request path: size does not matter.
@@ -57,7 +54,12 @@ pub struct PoolSettings {
 }
 
 impl Upstream {
-    pub fn http(name: &str, authority: Authority, timeout: Duration, pool: &PoolSettings) -> Self {
+    pub fn http(
+        name: &str,
+        authority: Authority,
+        timeouts: (Duration, Duration),
+        pool: &PoolSettings,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(pool.connect_timeout));
@@ -70,7 +72,8 @@ impl Upstream {
         Upstream {
             name: name.into(),
             target: Target::Http { authority, client },
-            timeout,
+            timeout: timeouts.0,
+            body_timeout: timeouts.1,
         }
     }
 
@@ -79,6 +82,7 @@ impl Upstream {
             name: name.into(),
             target: Target::Echo,
             timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
         }
     }
 
@@ -95,7 +99,7 @@ pub async fn forward(
     upstream: &Upstream,
     mut parts: http::request::Parts,
     path_and_query: PathAndQuery,
-    body: Incoming,
+    body: RequestBody,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (authority, client) = match &upstream.target {
         Target::Http { authority, client } => (authority, client),
@@ -107,19 +111,68 @@ pub async fn forward(
     uri.path_and_query = Some(path_and_query);
     parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::UpstreamFailed(e.to_string()))?;
     parts.version = Version::HTTP_11;
-    let request = Request::from_parts(parts, NoTrailers(body));
+    let request = Request::from_parts(parts, body);
 
-    let response = match tokio::time::timeout(upstream.timeout, client.request(request)).await {
-        Err(_elapsed) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(e)) if e.is_connect() => {
-            return Err(ProxyError::UpstreamUnavailable(error_chain(&e)));
+    // The response timeout counts from the end of the request body: a long upload is
+    // guarded by the body's own stall timer, not cut by the wait for the answer.
+    let (request, body_done) = watch_body_end(request);
+    let response = client.request(request);
+    tokio::pin!(response);
+    if let Some(body_done) = body_done {
+        tokio::select! {
+            biased;
+            result = &mut response => return finish(upstream, result),
+            _ = body_done => {}
         }
-        Ok(Err(e)) => return Err(ProxyError::UpstreamFailed(error_chain(&e))),
-        Ok(Ok(response)) => response,
+    }
+    let result = match tokio::time::timeout(upstream.timeout, response).await {
+        Err(_elapsed) => return Err(ProxyError::UpstreamTimeout),
+        Ok(result) => result,
+    };
+    finish(upstream, result)
+}
+
+/// For a request with a body, a signal that resolves when the body has been sent (or failed).
+fn watch_body_end(
+    request: Request<RequestBody>,
+) -> (Request<RequestBody>, Option<oneshot::Receiver<()>>) {
+    use http_body::Body as _;
+    if request.body().is_end_stream() {
+        return (request, None);
+    }
+    let (tx, rx) = oneshot::channel();
+    let request = request.map(|body| body.on_end(tx));
+    (request, Some(rx))
+}
+
+fn finish(
+    upstream: &Upstream,
+    result: Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let response = match result {
+        Err(e) if e.is_connect() => return Err(ProxyError::UpstreamUnavailable(error_chain(&e))),
+        Err(e) if caused_by::<BodyTooLarge>(&e) => return Err(ProxyError::PayloadTooLarge),
+        Err(e) if caused_by::<BodyStalled>(&e) => return Err(ProxyError::RequestBodyStalled),
+        Err(e) => return Err(ProxyError::UpstreamFailed(error_chain(&e))),
+        Ok(response) => response,
     };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    Ok(Response::from_parts(
+        parts,
+        Either::Left(UpstreamBody::new(body, upstream.body_timeout)),
+    ))
+}
+
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -162,32 +215,4 @@ fn echo(parts: &http::request::Parts, path_and_query: &PathAndQuery) -> Response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
-}
-
-/// A request body without its trailers.
-pub struct NoTrailers<B>(pub B);
-
-impl<B: Body + Unpin> Body for NoTrailers<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        loop {
-            match Pin::new(&mut self.0).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => continue,
-                other => return other,
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
-    }
 }

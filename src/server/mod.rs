@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::snapshot::SharedSnapshot;
 
@@ -73,8 +74,15 @@ pub async fn run(
     let settings = shared.load().server.clone();
     let builder = Arc::new(connection_builder(&settings));
     let graceful = GracefulShutdown::new();
+    // Beyond max_connections, new connections wait in the kernel's listen backlog: the
+    // process stays within its file-descriptor and memory budget.
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let (accepted, tls) = tokio::select! {
             () = &mut shutdown => break,
             accepted = accept(listeners.http.as_ref()) => (accepted, false),
@@ -83,13 +91,17 @@ pub async fn run(
         match accepted {
             Ok((stream, peer)) => {
                 let conn = ConnInfo { peer, tls };
-                tokio::spawn(serve_connection(
+                let task = serve_connection(
                     stream,
                     conn,
                     shared.clone(),
                     builder.clone(),
                     graceful.watcher(),
-                ));
+                );
+                tokio::spawn(async move {
+                    task.await;
+                    drop(slot);
+                });
             }
             Err(error) => {
                 // Out of file descriptors and similar: keep the process up, retry shortly.
@@ -129,15 +141,40 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_size: Option<u64>,
+    pub request_body_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
 }
 
+/// hyper's own limits are hard caps set above the configured ones, which `proxy` checks and
+/// answers with JSON (hyper answers a bare 431/414 past its caps).
+///
+/// HTTP/1: the header read timer starts whenever the connection waits for a request head,
+/// so it bounds idle keep-alive time as well as slow senders. HTTP/2: bounded concurrent
+/// streams, bounded pending/errored resets (the rapid-reset guard), keep-alive pings that
+/// drop dead peers.
 fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let hard_header_bytes = (settings.max_header_bytes + settings.max_uri_bytes) * 2;
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(settings.header_read_timeout)
+        .max_headers(settings.max_headers * 2)
+        .max_buf_size(hard_header_bytes.max(64 * 1024));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .max_header_list_size(u32::try_from(hard_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
     builder
 }
 

@@ -72,6 +72,9 @@ async fn hop_by_hop_response_headers_are_removed() {
 /// MiB. The margin absorbs the other tests of this binary running in parallel.
 const MAX_GROWTH_MIB: u64 = 300;
 
+/// The two 1 GiB tests measure the same process: one at a time.
+static MEMORY_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -105,6 +108,7 @@ impl RssSampler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_1_gib_upload_streams_in_bounded_memory() {
     const TOTAL: u64 = 1 << 30;
+    let _one_at_a_time = MEMORY_TESTS.lock().await;
     let upstream = Upstream::start().await;
     let gw = Gateway::standard(&upstream).await;
     let chunk = Bytes::from(vec![7u8; 256 * 1024]);
@@ -135,6 +139,7 @@ async fn a_1_gib_upload_streams_in_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_1_gib_download_streams_in_bounded_memory() {
     const TOTAL: u64 = 1 << 30;
+    let _one_at_a_time = MEMORY_TESTS.lock().await;
     let upstream = Upstream::start().await;
     let gw = Gateway::standard(&upstream).await;
     let before = rss_kib();

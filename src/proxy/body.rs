@@ -1,0 +1,196 @@
+//! Body wrappers on the streaming path: nothing is buffered, every stall is bounded.
+//!
+//! - [`RequestBody`]: the client's body on its way upstream. Trailers are dropped (a client
+//!   could otherwise smuggle an identity header past the rewrite in them: I2); it is cut
+//!   with [`BodyTooLarge`] past the route's limit, and with [`BodyStalled`] when the client
+//!   sends nothing for `request_body_timeout` (I6).
+//! - [`UpstreamBody`]: the upstream's answer on its way back, cut with [`BodyStalled`] when
+//!   the upstream sends nothing for its `body_timeout`: the client sees a truncated stream,
+//!   never a hang.
+//!
+//! The stall timer is created only the first time a body is not immediately ready, so a
+//! small response that arrives in one piece costs no timer.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body went over the route's `max_body_size`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's limit")]
+pub struct BodyTooLarge;
+
+/// A body sent nothing for longer than its idle limit.
+#[derive(Debug, thiserror::Error)]
+#[error("body stalled for longer than its idle timeout")]
+pub struct BodyStalled;
+
+/// Fails a body that stays pending for longer than `idle`.
+struct StallTimer {
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl StallTimer {
+    fn new(idle: Duration) -> Self {
+        StallTimer {
+            idle,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// Called when the body is pending: true when the stall limit has passed.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.idle;
+        let timer = match (&mut self.timer, self.armed) {
+            (Some(timer), true) => timer,
+            (Some(timer), false) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            (None, _) => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    fn progressed(&mut self) {
+        self.armed = false;
+    }
+}
+
+/// The client's request body, forwarded upstream.
+pub struct RequestBody {
+    inner: Incoming,
+    remaining: Option<u64>,
+    stall: StallTimer,
+    /// Told (by being dropped or sent) when the body has ended, well or badly.
+    on_end: Option<oneshot::Sender<()>>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>, idle: Duration) -> Self {
+        RequestBody {
+            inner,
+            remaining: limit,
+            stall: StallTimer::new(idle),
+            on_end: None,
+        }
+    }
+
+    /// Signals `tx` when the body is done (fully read, failed, or dropped).
+    pub fn on_end(mut self, tx: oneshot::Sender<()>) -> Self {
+        self.on_end = Some(tx);
+        self
+    }
+
+    fn ended<T>(&mut self, result: T) -> T {
+        if let Some(tx) = self.on_end.take() {
+            let _ = tx.send(());
+        }
+        result
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => return this.ended(Poll::Ready(Some(Err(e.into())))),
+                Poll::Ready(None) => return this.ended(Poll::Ready(None)),
+                Poll::Pending if this.stall.stalled(cx) => {
+                    return this.ended(Poll::Ready(Some(Err(Box::new(BodyStalled)))));
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            this.stall.progressed();
+            if frame.is_trailers() {
+                continue;
+            }
+            if let (Some(remaining), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
+                let len = data.len() as u64;
+                if len > *remaining {
+                    return this.ended(Poll::Ready(Some(Err(Box::new(BodyTooLarge)))));
+                }
+                *remaining -= len;
+            }
+            if this.inner.is_end_stream() {
+                this.ended(());
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream's response body, streamed to the client.
+pub struct UpstreamBody {
+    inner: Incoming,
+    stall: StallTimer,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, idle: Duration) -> Self {
+        UpstreamBody {
+            inner,
+            stall: StallTimer::new(idle),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending if this.stall.stalled(cx) => {
+                Poll::Ready(Some(Err(Box::new(BodyStalled))))
+            }
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(frame) => {
+                this.stall.progressed();
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
