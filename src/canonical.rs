@@ -402,3 +402,64 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::router::tests::prefix_table;
+    use proptest::prelude::*;
+
+    /// Paths built from the pieces attackers combine.
+    fn raw_path() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "a", "b", "api", "admin", "..", ".", "", "%2e", "%2E%2e", "%2e.", "%41", "%61pi",
+            "%2F", "%5C", ";x", "..;", ".;a", "%00", "%C3%A9", "%FF", "~", "%25", "a%20b", "%3B",
+        ]);
+        prop::collection::vec(piece, 0..8).prop_map(|pieces| format!("/{}", pieces.join("/")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn canonicalising_is_idempotent(raw in raw_path()) {
+            if let Ok(once) = canonical_path(&raw) {
+                let twice = canonical_path(&once).expect("a canonical path is valid");
+                prop_assert_eq!(twice.as_ref(), once.as_ref());
+                prop_assert!(!once.contains("//"));
+                prop_assert!(!once.split('/').any(|s| s == "." || s == ".."));
+            }
+        }
+
+        #[test]
+        fn the_chosen_route_is_a_segment_prefix_of_the_forwarded_path(raw in raw_path()) {
+            let table = prefix_table(&["/", "/a", "/a/b", "/api", "/admin"]);
+            if let Ok(path) = canonical_path(&raw) {
+                let route = table.find("h", &path, &http::Method::GET).expect("/ matches all");
+                let crate::router::PathMatch::Prefix(prefix) = &route.path else { unreachable!() };
+                let prefix: &str = prefix;
+                // The prefix holds on segment boundaries of the canonical (= forwarded) path.
+                prop_assert!(
+                    prefix == "/" || path == prefix || path.starts_with(&format!("{prefix}/")),
+                    "{} routed to {}", path, prefix
+                );
+                // And the same route would be chosen for the forwarded path itself.
+                let again = table.find("h", &path, &http::Method::GET).unwrap();
+                prop_assert_eq!(&again.name, &route.name);
+            }
+        }
+
+        #[test]
+        fn dot_dot_never_reaches_a_narrower_prefix_than_the_canonical_form(raw in raw_path()) {
+            let table = prefix_table(&["/", "/a", "/a/b", "/admin"]);
+            if let Ok(path) = canonical_path(&raw) {
+                let route = table.find("h", &path, &http::Method::GET).unwrap();
+                // A textual prefix of the raw path that the canonical path does not have
+                // must never be the route: `/a/b/../x` is not under /a/b.
+                if raw.starts_with("/a/b/") && !path.starts_with("/a/b") {
+                    prop_assert_ne!(&*route.name, "/a/b");
+                }
+            }
+        }
+    }
+}

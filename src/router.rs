@@ -214,8 +214,17 @@ fn methods_overlap(a: &Route, b: &Route) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A table of public prefix routes named after their prefix.
+    pub(crate) fn prefix_table(prefixes: &[&str]) -> RouteTable {
+        let routes = prefixes
+            .iter()
+            .map(|p| route(p, HostMatch::Any, prefix(p), None))
+            .collect();
+        RouteTable::new(routes).unwrap_or_else(|_| panic!("conflict"))
+    }
 
     fn route(name: &str, host: HostMatch, path: PathMatch, methods: Option<&[Method]>) -> Route {
         Route {

@@ -4,9 +4,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod attacks;
 mod auth;
 mod cli;
 mod headers;
+mod limits;
 mod proxying;
 mod routing;
 mod tls;

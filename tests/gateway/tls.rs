@@ -59,3 +59,44 @@ async fn a_client_that_never_finishes_the_handshake_does_not_block_others() {
     let response = client.get(gw.https_url("/public")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn a_rapid_reset_flood_is_cut_and_the_gateway_stays_healthy() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::standard(&upstream).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut sent = 0;
+    for i in 0..10_000 {
+        let request = http::Request::get(format!("http://t/public/{i}"))
+            .body(())
+            .unwrap();
+        let Ok(ready) = h2.ready().await else { break };
+        h2 = ready;
+        let Ok((_response, mut stream)) = h2.send_request(request, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), connection).await;
+    eprintln!(
+        "rapid reset: {sent} streams sent before the connection ended: {ended:?}; upstream saw {}",
+        upstream.count()
+    );
+    // The gateway ends the connection (GOAWAY / close): an open connection after the flood
+    // would time out here. The resets never turned into upstream work.
+    assert!(
+        matches!(ended, Ok(Ok(Err(_)))),
+        "the flood connection was not cut: {ended:?}"
+    );
+    assert!(
+        upstream.count() < 100,
+        "{} upstream requests from reset streams",
+        upstream.count()
+    );
+    // A fresh client is served normally.
+    let response = client().get(gw.url("/public/after")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}

@@ -486,3 +486,46 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
 pub fn executor() -> TokioExecutor {
     TokioExecutor::new()
 }
+
+// ---------------------------------------------------------------------------------------
+// A misbehaving upstream, speaking raw TCP.
+
+/// Answers by path: `/close` closes without a word; `/garbage` sends a non-HTTP line;
+/// `/truncate` promises 1000 body bytes, sends 10 and closes; `/stall-body` sends the head and
+/// 10 bytes, then goes silent for 10 s.
+pub async fn bad_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+                let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789";
+                if path.ends_with("/close") {
+                    // dropped
+                } else if path.ends_with("/garbage") {
+                    let _ = stream.write_all(b"I AM NOT HTTP\r\n\r\n").await;
+                } else if path.ends_with("/truncate") {
+                    let _ = stream.write_all(partial).await;
+                } else if path.ends_with("/stall-body") {
+                    let _ = stream.write_all(partial).await;
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            });
+        }
+    });
+    addr
+}
