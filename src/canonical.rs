@@ -31,6 +31,8 @@ pub enum TargetError {
     EncodedNul,
     #[error("the path contains a malformed percent-escape")]
     BadPercentEscape,
+    #[error("the path contains a character that must be percent-encoded")]
+    InvalidCharacter,
     #[error("the path does not decode to UTF-8")]
     InvalidUtf8,
     #[error("the path climbs above the root with '..'")]
@@ -75,6 +77,7 @@ fn is_plainly_canonical(bytes: &[u8]) -> bool {
     for &b in bytes {
         match b {
             b'%' | b'\\' => return false,
+            b if !(0x21..0x7f).contains(&b) => return false,
             b'/' | b'.' if prev == b'/' => return false,
             _ => {}
         }
@@ -162,9 +165,15 @@ fn decode_segment(
                 }
                 i += 3;
             }
-            b => {
-                out.push(char::from(b));
-                i += 1;
+            b if !(0x21..0x7f).contains(&b) => return Err(TargetError::InvalidCharacter),
+            _ => {
+                // Copy the run up to the next byte that needs a look (all ASCII here).
+                let run = bytes[i..]
+                    .iter()
+                    .position(|&b| matches!(b, b'%' | b'\\') || !(0x21..0x7f).contains(&b))
+                    .map_or(bytes.len(), |n| i + n);
+                out.push_str(&part[i..run]);
+                i = run;
             }
         }
     }
@@ -322,6 +331,9 @@ mod tests {
             ("/public/..%3Bx/admin", TargetError::DotSegmentWithParams),
             ("/%C3%28", TargetError::InvalidUtf8),
             ("/%FF", TargetError::InvalidUtf8),
+            ("/..\u{7}/\u{4e4}7", TargetError::InvalidCharacter),
+            ("/a b", TargetError::InvalidCharacter),
+            ("/caf\u{e9}", TargetError::InvalidCharacter),
             ("*", TargetError::NotOriginForm),
             ("", TargetError::NotOriginForm),
         ];

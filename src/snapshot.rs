@@ -11,6 +11,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+use crate::auth::cache::TokenCache;
 use crate::auth::jwt::Provider;
 use crate::identity::IdentityPolicy;
 use crate::proxy::upstream::Upstream;
@@ -28,6 +29,8 @@ pub struct Snapshot {
     pub identity: IdentityPolicy,
     pub trusted_proxies: Vec<IpNet>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Verified tokens of this config (a new config starts with an empty cache).
+    pub token_cache: TokenCache,
     /// The file this was compiled from.
     pub source: PathBuf,
 }
@@ -40,6 +43,27 @@ impl Snapshot {
 
     pub fn shared(self) -> SharedSnapshot {
         Arc::new(ArcSwap::from_pointee(self))
+    }
+
+    /// Starts fetching the keys of remote providers and keeps them fresh while this snapshot
+    /// lives. Fails only for providers with `require_keys_at_start` that got no key in time,
+    /// or whose discovery document names another issuer.
+    pub async fn start_key_refresh(&self) -> Result<(), String> {
+        for provider in &self.providers {
+            if let Some(remote) = &provider.remote {
+                let settings = remote.settings();
+                let deadline = if settings.require_keys_at_start {
+                    settings.fetch_timeout * 3 + settings.min_refresh_interval
+                } else {
+                    // Discovery and JWKS: two requests.
+                    settings.fetch_timeout * 2
+                };
+                crate::auth::keys::start(remote, deadline)
+                    .await
+                    .map_err(|e| format!("providers.{}: {e}", provider.name))?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether `peer` is one of `server.trusted_proxies`.

@@ -13,19 +13,18 @@ use portcullis::auth::jwt::{Provider, VerifyKey, verify};
 fn providers() -> &'static [Provider] {
     static PROVIDERS: OnceLock<Vec<Provider>> = OnceLock::new();
     PROVIDERS.get_or_init(|| {
-        vec![Provider {
-            name: "fuzz".into(),
-            issuer: "https://issuer.test".into(),
-            audiences: vec!["app".into()].into(),
-            algorithms: vec![Algorithm::HS256, Algorithm::RS256].into(),
-            keys: vec![VerifyKey {
-                kid: None,
-                family: AlgorithmFamily::Hmac,
-                key: DecodingKey::from_secret(b"a secret the fuzzer has no way to guess 0123456789"),
-                origin: "fuzz".into(),
-            }],
-            leeway: 30,
-        }]
+        vec![Provider::with_static_keys(
+            "fuzz",
+            "https://issuer.test",
+            &["app"],
+            &[Algorithm::HS256, Algorithm::RS256],
+            vec![VerifyKey::new(
+                None,
+                AlgorithmFamily::Hmac,
+                DecodingKey::from_secret(b"a secret the fuzzer has no way to guess 0123456789"),
+                "fuzz".into(),
+            )],
+        )]
     })
 }
 

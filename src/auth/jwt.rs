@@ -10,14 +10,20 @@
 //!    algorithm's family only (an RSA key is never used as an HMAC secret);
 //! 6. signature, then `exp` (required), `nbf`, `iat`, `aud` with the provider's leeway.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::claims::Claims;
+pub use super::keys::VerifyKey;
+use super::keys::{KeySet, Remote};
 
 /// Tokens longer than this are refused before decoding (a bound on work per request).
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -28,19 +34,44 @@ pub struct Provider {
     pub issuer: Box<str>,
     pub audiences: Box<[Box<str>]>,
     pub algorithms: Box<[Algorithm]>,
-    pub keys: Vec<VerifyKey>,
+    /// The keys in force; swapped whole when remote keys are refreshed.
+    pub keys: Arc<ArcSwap<KeySet>>,
+    /// Set when keys come from `jwks_url` or `discovery`.
+    pub remote: Option<Arc<Remote>>,
     /// Seconds of clock skew allowed on `exp`, `nbf`, `iat`.
     pub leeway: u64,
+    /// How long a verification may be reused from the token cache (zero: never).
+    pub cache_ttl: Duration,
 }
 
-/// A verification key. Deliberately not `Debug`: an HMAC secret must never be printed.
-pub struct VerifyKey {
-    /// When set, the key only verifies tokens carrying this `kid`.
-    pub kid: Option<Box<str>>,
-    pub family: AlgorithmFamily,
-    pub key: DecodingKey,
-    /// Where the key came from (a file, an env var name), for `check` and logs.
-    pub origin: String,
+impl Provider {
+    /// A provider with a fixed key set.
+    pub fn with_static_keys(
+        name: &str,
+        issuer: &str,
+        audiences: &[&str],
+        algorithms: &[Algorithm],
+        keys: Vec<VerifyKey>,
+    ) -> Self {
+        Provider {
+            name: name.into(),
+            issuer: issuer.into(),
+            audiences: audiences.iter().map(|a| (*a).into()).collect(),
+            algorithms: algorithms.into(),
+            keys: Arc::new(ArcSwap::from_pointee(KeySet {
+                keys: keys.into_iter().map(Arc::new).collect(),
+                fetched_at: None,
+            })),
+            remote: None,
+            leeway: 30,
+            cache_ttl: Duration::from_secs(300),
+        }
+    }
+
+    /// False while a remote provider has never had a key.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.load().keys.is_empty()
+    }
 }
 
 /// Why a token was refused. Logged at debug; clients only ever see `invalid_token`.
@@ -99,9 +130,12 @@ struct JoseHeader {
     crit: Option<IgnoredAny>,
 }
 
-/// A token that verified: which provider accepted it and its claims.
+/// A token that verified: which provider and key accepted it, and its claims.
 pub struct Verified {
     pub provider: usize,
+    pub key_id: u64,
+    /// `exp` plus the provider's leeway (seconds since the epoch).
+    pub valid_until: f64,
     pub claims: Claims,
 }
 
@@ -142,10 +176,12 @@ pub fn verify(
             continue;
         }
         match verify_signature(provider, &header, message, signature) {
-            Ok(()) => {
-                validate_claims(provider, &claims, now)?;
+            Ok(key_id) => {
+                let valid_until = validate_claims(provider, &claims, now)?;
                 return Ok(Verified {
                     provider: index,
+                    key_id,
+                    valid_until,
                     claims,
                 });
             }
@@ -177,17 +213,19 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, JwtError
     serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
 }
 
+/// Returns the id of the key that verified the signature.
 fn verify_signature(
     provider: &Provider,
     header: &JoseHeader,
     message: &str,
     signature: &str,
-) -> Result<(), JwtError> {
-    let family = header.alg.family();
+) -> Result<u64, JwtError> {
+    let keys = provider.keys.load();
     let kid = header.kid.as_deref();
     // A token with a kid: the keys bound to that kid, then the unbound keys. Without a kid:
-    // every key of the algorithm's family. Never a key of another family.
-    let candidates = provider.keys.iter().filter(|k| k.family == family);
+    // every key of the algorithm's family. Never a key of another family, nor a JWKS key
+    // declared for another algorithm.
+    let candidates = keys.keys.iter().filter(|k| k.accepts(header.alg));
     let bound = candidates
         .clone()
         .filter(|k| kid.is_some() && k.kid.as_deref() == kid);
@@ -198,7 +236,7 @@ fn verify_signature(
         if jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, header.alg)
             .unwrap_or(false)
         {
-            return Ok(());
+            return Ok(key.id);
         }
     }
     Err(if tried_any {
@@ -208,7 +246,8 @@ fn verify_signature(
     })
 }
 
-fn validate_claims(provider: &Provider, claims: &Claims, now: u64) -> Result<(), JwtError> {
+/// Returns `exp` plus leeway: until when the token stays valid.
+fn validate_claims(provider: &Provider, claims: &Claims, now: u64) -> Result<f64, JwtError> {
     let now = now as f64;
     let leeway = provider.leeway as f64;
     let exp = numeric_date(claims.get("exp"))?.ok_or(JwtError::MissingExpiry)?;
@@ -234,7 +273,45 @@ fn validate_claims(provider: &Provider, claims: &Claims, now: u64) -> Result<(),
     if !audience_ok {
         return Err(JwtError::WrongAudience);
     }
-    Ok(())
+    Ok(exp + leeway)
+}
+
+/// [`verify`], and when no key matched, one refetch of the keys of the remote providers
+/// that could have issued the token (rate-limited and single-flight in `keys::Remote`).
+pub async fn verify_refreshing(
+    token: &str,
+    allowed: &[usize],
+    providers: &[Provider],
+    now: u64,
+) -> Result<Verified, JwtError> {
+    let first = verify(token, allowed, providers, now);
+    if first.as_ref().err() != Some(&JwtError::UnknownKey) {
+        return first;
+    }
+    let Some((kid, issuer)) = kid_and_issuer(token) else {
+        return first;
+    };
+    let mut refreshed = false;
+    for &index in allowed {
+        let provider = &providers[index];
+        if let (Some(remote), true) = (&provider.remote, *provider.issuer == *issuer) {
+            refreshed |= remote.refresh_for_unknown_kid(&kid).await;
+        }
+    }
+    if refreshed {
+        verify(token, allowed, providers, now)
+    } else {
+        first
+    }
+}
+
+/// The token's `kid` ("" when absent) and `iss`, unverified: only to pick whom to ask.
+fn kid_and_issuer(token: &str) -> Option<(String, String)> {
+    let mut parts = token.split('.');
+    let header: JoseHeader = decode_json(parts.next()?).ok()?;
+    let claims: Claims = decode_json(parts.next()?).ok()?;
+    let issuer = claims.get("iss")?.as_str()?.to_owned();
+    Some((header.kid.unwrap_or_default(), issuer))
 }
 
 /// A NumericDate claim: absent is `None`, present but not a number is malformed.

@@ -5,14 +5,17 @@
 //! (invariant I1). A permit is either public (the route needs no credential) or carries a
 //! verified [`Identity`].
 
+pub mod cache;
 pub mod claims;
 pub mod credential;
 pub mod jwt;
+pub mod keys;
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 
+use cache::TokenCache;
 use claims::{ClaimRequirement, Claims};
 use credential::{CredentialError, TokenSource};
 use jwt::{JwtError, Provider};
@@ -66,6 +69,20 @@ impl Permit {
         self.consumed
     }
 
+    /// For the criterion benches of the header rewrite only: compiled in with the
+    /// `bench-internals` feature, never in a normal build.
+    #[cfg(feature = "bench-internals")]
+    #[doc(hidden)]
+    pub fn bench_with_claims(claims: Claims) -> Permit {
+        Permit {
+            identity: Some(Identity {
+                provider: 0,
+                claims: Arc::new(claims),
+            }),
+            consumed: Consumed::Authorization,
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn with_claims(claims: Claims, consumed: Consumed) -> Permit {
         Permit {
@@ -108,10 +125,11 @@ impl AuthError {
 }
 
 /// Decides whether the request with these headers may pass the route's policy.
-pub fn authenticate(
+pub async fn authenticate(
     policy: &RouteAuth,
     headers: &HeaderMap,
     providers: &[Provider],
+    cache: &TokenCache,
     now: u64,
 ) -> Result<Permit, AuthError> {
     let policy = match policy {
@@ -125,11 +143,11 @@ pub fn authenticate(
     };
     let (source, token) =
         credential::find_token(headers, &policy.sources)?.ok_or(AuthError::MissingCredential)?;
-    let verified = jwt::verify(token, &policy.providers, providers, now)?;
-    if !verified.claims.has_scopes(&policy.scopes) {
+    let identity = verify_cached(token, policy, providers, cache, now).await?;
+    if !identity.claims.has_scopes(&policy.scopes) {
         return Err(AuthError::MissingScope);
     }
-    if !policy.claims.iter().all(|r| r.holds(&verified.claims)) {
+    if !policy.claims.iter().all(|r| r.holds(&identity.claims)) {
         return Err(AuthError::ClaimMismatch);
     }
     let consumed = match (&policy.sources[source], policy.forward_token) {
@@ -138,11 +156,46 @@ pub fn authenticate(
         (TokenSource::Cookie(_), false) => Consumed::Cookie(source),
     };
     Ok(Permit {
-        identity: Some(Identity {
-            provider: verified.provider,
-            claims: Arc::new(verified.claims),
-        }),
+        identity: Some(identity),
         consumed,
+    })
+}
+
+/// The token's identity from the cache when a still-valid verification is there, else from
+/// a full verification (which is then cached).
+async fn verify_cached(
+    token: &str,
+    policy: &JwtPolicy,
+    providers: &[Provider],
+    cache: &TokenCache,
+    now: u64,
+) -> Result<Identity, AuthError> {
+    let key = TokenCache::key(token);
+    if let Some(hit) = cache.get(&key)
+        && policy.providers.contains(&hit.provider)
+        && (now as f64) < hit.valid_until
+        && providers[hit.provider].keys.load().contains_key(hit.key_id)
+    {
+        return Ok(Identity {
+            provider: hit.provider,
+            claims: hit.claims.clone(),
+        });
+    }
+    let verified = jwt::verify_refreshing(token, &policy.providers, providers, now).await?;
+    let claims = Arc::new(verified.claims);
+    let ttl = providers[verified.provider].cache_ttl;
+    if !ttl.is_zero() {
+        let cached = cache::Cached::new(
+            verified.provider,
+            verified.key_id,
+            verified.valid_until,
+            claims.clone(),
+        );
+        cache.insert(key, cached, now, ttl);
+    }
+    Ok(Identity {
+        provider: verified.provider,
+        claims,
     })
 }
 

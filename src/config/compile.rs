@@ -4,6 +4,9 @@
 //! after a problem so that one run reports them all.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -20,6 +23,7 @@ use super::raw::*;
 use crate::auth::claims::ClaimRequirement;
 use crate::auth::credential::TokenSource;
 use crate::auth::jwt::{Provider, VerifyKey};
+use crate::auth::keys::{KeySet, RefreshSettings, Remote, RemoteSource};
 use crate::auth::{JwtPolicy, RouteAuth};
 use crate::canonical::{canonical_host, canonical_path};
 use crate::identity::IdentityPolicy;
@@ -68,6 +72,9 @@ pub fn compile(raw: RawConfig, source: PathBuf) -> Result<Snapshot, ConfigError>
     };
     match (routes, c.issues.is_empty()) {
         (Some(routes), true) => Ok(Snapshot {
+            token_cache: crate::auth::cache::TokenCache::new(
+                raw.server.token_cache_size.unwrap_or(100_000),
+            ),
             server,
             routes,
             providers,
@@ -302,12 +309,12 @@ impl Compiler {
                 RawPublicKey::Detailed(k) => (&k.file, k.kid.as_deref()),
             };
             match self.public_key(file) {
-                Ok((family, key_material)) => keys.push(VerifyKey {
-                    kid: kid.map(Into::into),
+                Ok((family, key_material)) => keys.push(VerifyKey::new(
+                    kid.map(Into::into),
                     family,
-                    key: key_material,
-                    origin: file.clone(),
-                }),
+                    key_material,
+                    file.clone(),
+                )),
                 Err(message) => self.issue(format!("{key}.public_keys[{i}]"), message),
             }
         }
@@ -356,12 +363,12 @@ impl Compiler {
                         ),
                     );
                 } else {
-                    keys.push(VerifyKey {
-                        kid: None,
-                        family: AlgorithmFamily::Hmac,
-                        key: DecodingKey::from_secret(secret.as_bytes()),
+                    keys.push(VerifyKey::new(
+                        None,
+                        AlgorithmFamily::Hmac,
+                        DecodingKey::from_secret(secret.as_bytes()),
                         origin,
-                    });
+                    ));
                 }
             }
             (Some((secret_key, _, Err(message))), true) => self.issue(secret_key, message),
@@ -375,26 +382,163 @@ impl Compiler {
             ),
             (None, false) => {}
         }
-        for alg in &algorithms {
-            let family = alg.family();
-            if family != AlgorithmFamily::Hmac && !keys.iter().any(|k| k.family == family) {
-                self.issue(
-                    format!("{key}.algorithms"),
+        if let Some(file) = &raw.jwks_file {
+            let path = self.path(file);
+            let loaded = std::fs::read(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|body| crate::auth::keys::parse_jwks(&body, &algorithms, file));
+            match loaded {
+                Ok((jwks, _)) if jwks.is_empty() => self.issue(
+                    format!("{key}.jwks_file"),
                     format!(
-                        "{alg:?} is listed but public_keys has no {} key",
-                        family_name(family)
+                        "{} has no key usable with algorithms {:?}",
+                        path.display(),
+                        algorithms
                     ),
-                );
+                ),
+                Ok((jwks, _)) => keys.extend(jwks),
+                Err(message) => self.issue(format!("{key}.jwks_file"), message),
             }
         }
-        (self.issues.len() == before).then(|| Provider {
+        let remote_source = match (&raw.jwks_url, &raw.discovery) {
+            (Some(_), Some(_)) => {
+                self.issue(
+                    format!("{key}.discovery"),
+                    "set either discovery or jwks_url, not both",
+                );
+                None
+            }
+            (Some(url), None) => self
+                .remote_url(&format!("{key}.jwks_url"), url)
+                .map(RemoteSource::Jwks),
+            (None, Some(url)) => self
+                .remote_url(&format!("{key}.discovery"), url)
+                .map(RemoteSource::Discovery),
+            (None, None) => None,
+        };
+        if remote_source.is_none() {
+            for alg in &algorithms {
+                let family = alg.family();
+                if family != AlgorithmFamily::Hmac && !keys.iter().any(|k| k.family == family) {
+                    self.issue(
+                        format!("{key}.algorithms"),
+                        format!("{alg:?} is listed but no key of the provider is {} (public_keys, jwks_file, jwks_url or discovery)", family_name(family)),
+                    );
+                }
+            }
+        }
+        let refresh = RefreshSettings {
+            refresh_interval: self.duration(
+                &format!("{key}.refresh_interval"),
+                raw.refresh_interval.as_ref(),
+                Duration::from_secs(300),
+            ),
+            min_refresh_interval: self.duration(
+                &format!("{key}.min_refresh_interval"),
+                raw.min_refresh_interval.as_ref(),
+                Duration::from_secs(30),
+            ),
+            fetch_timeout: self.duration(
+                &format!("{key}.fetch_timeout"),
+                raw.fetch_timeout.as_ref(),
+                Duration::from_secs(10),
+            ),
+            require_keys_at_start: raw.require_keys_at_start,
+        };
+        let cache_ttl = self.duration(
+            &format!("{key}.cache_ttl"),
+            raw.cache_ttl.as_ref(),
+            Duration::from_secs(300),
+        );
+        let http = remote_source
+            .as_ref()
+            .and_then(|_| self.idp_client(&key, raw.ca_file.as_deref(), &refresh));
+        if self.issues.len() != before {
+            return None;
+        }
+        let static_keys: Vec<Arc<VerifyKey>> = keys.into_iter().map(Arc::new).collect();
+        let key_set = Arc::new(ArcSwap::from_pointee(KeySet {
+            keys: static_keys.clone(),
+            fetched_at: None,
+        }));
+        let remote = remote_source.zip(http).map(|(source, http)| {
+            Arc::new(Remote::new(
+                name,
+                &raw.issuer,
+                &algorithms,
+                source,
+                refresh,
+                http,
+                static_keys,
+                key_set.clone(),
+            ))
+        });
+        Some(Provider {
             name: name.into(),
             issuer: raw.issuer.as_str().into(),
             audiences: raw.audiences.iter().map(|a| a.as_str().into()).collect(),
             algorithms: algorithms.into(),
-            keys,
+            keys: key_set,
+            remote,
             leeway: leeway.as_secs(),
+            cache_ttl,
         })
+    }
+
+    fn remote_url(&mut self, key: &str, url: &str) -> Option<String> {
+        match url.parse::<Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("https" | "http"))
+                    && uri.authority().is_some() =>
+            {
+                Some(url.to_owned())
+            }
+            _ => {
+                self.issue(key, format!("\"{url}\" is not an http(s) URL"));
+                None
+            }
+        }
+    }
+
+    /// The HTTPS client for one IdP: rustls (aws-lc-rs) with the system roots plus `ca_file`.
+    fn idp_client(
+        &mut self,
+        key: &str,
+        ca_file: Option<&str>,
+        refresh: &RefreshSettings,
+    ) -> Option<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(refresh.fetch_timeout)
+            .connect_timeout(refresh.fetch_timeout)
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
+        if let Some(file) = ca_file {
+            let path = self.path(file);
+            let certs = std::fs::read(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|pem| {
+                    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                        format!("{} is not a PEM certificate bundle: {e}", path.display())
+                    })
+                });
+            match certs {
+                Ok(certs) => {
+                    for cert in certs {
+                        builder = builder.add_root_certificate(cert);
+                    }
+                }
+                Err(message) => {
+                    self.issue(format!("{key}.ca_file"), message);
+                    return None;
+                }
+            }
+        }
+        match builder.build() {
+            Ok(client) => Some(client),
+            Err(e) => {
+                self.issue(key, format!("cannot build the IdP client: {e}"));
+                None
+            }
+        }
     }
 
     fn public_key(&self, file: &str) -> Result<(AlgorithmFamily, DecodingKey), String> {

@@ -60,6 +60,8 @@ pub struct RawServer {
     pub max_body_size: Option<RawSize>,
     /// Longest silence between two pieces of a request body, then 408. Default `"30s"`.
     pub request_body_timeout: Option<String>,
+    /// Entries of the verified-token cache (shared by all providers). Default 100000.
+    pub token_cache_size: Option<u64>,
     /// HTTP/2 concurrent streams per connection. Default 100.
     pub http2_max_concurrent_streams: Option<u32>,
 }
@@ -103,6 +105,30 @@ pub struct RawProvider {
     pub hmac_secret_file: Option<String>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`. Default `"30s"`.
     pub leeway: Option<String>,
+    /// A local JWKS file (keys chosen by `kid`).
+    pub jwks_file: Option<String>,
+    /// A JWKS URL, fetched and kept fresh.
+    pub jwks_url: Option<String>,
+    /// The issuer's base URL: `/.well-known/openid-configuration` gives `issuer` (must equal
+    /// `issuer`) and `jwks_uri`. Exclusive with `jwks_url`.
+    pub discovery: Option<String>,
+    /// Period of background key refreshes (shortened by the JWKS `Cache-Control: max-age`,
+    /// never below `min_refresh_interval`). Default `"5m"`.
+    pub refresh_interval: Option<String>,
+    /// At most one fetch per this interval for unknown kids, and the retry pace while the
+    /// IdP fails. Default `"30s"`.
+    pub min_refresh_interval: Option<String>,
+    /// Time limit of one IdP request. Default `"10s"`.
+    pub fetch_timeout: Option<String>,
+    /// Refuse to start until this provider's keys were fetched. Default false: start, retry
+    /// with backoff, deny its tokens until keys arrive.
+    #[serde(default)]
+    pub require_keys_at_start: bool,
+    /// Extra PEM CA certificate(s) for HTTPS to the IdP (besides the system roots).
+    pub ca_file: Option<String>,
+    /// How long a verified token may be reused from the cache (bounded by its `exp`).
+    /// `"0s"` disables caching for this provider. Default `"5m"`.
+    pub cache_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

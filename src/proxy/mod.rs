@@ -106,8 +106,10 @@ async fn process(
         &route.auth,
         &parts.headers,
         &snapshot.providers,
+        &snapshot.token_cache,
         auth::unix_now(),
-    )?;
+    )
+    .await?;
     record.auth = if permit.identity().is_some() {
         "allowed"
     } else {
@@ -151,6 +153,7 @@ async fn process(
     let body = body::RequestBody::new(body, limit, snapshot.server.request_body_timeout);
     upstream::forward(
         &snapshot.upstreams[route.upstream],
+        &permit,
         parts,
         path_and_query,
         body,

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
 use super::error::ProxyError;
+use crate::auth::Permit;
 use crate::identity::strip_hop_by_hop;
 
 /// What the client receives: the upstream's streamed body, or a body we made.
@@ -95,8 +96,11 @@ impl Upstream {
 }
 
 /// Sends the rewritten request (`parts` + `body`, for `path_and_query`) upstream.
+/// Takes the request's [`Permit`] as proof of authorization (I1): there is no way to call
+/// it without one, and only `auth::authenticate` makes them.
 pub async fn forward(
     upstream: &Upstream,
+    _permit: &Permit,
     mut parts: http::request::Parts,
     path_and_query: PathAndQuery,
     body: RequestBody,

@@ -72,6 +72,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let settings = shared.load().server.clone();
+    shared
+        .load()
+        .start_key_refresh()
+        .await
+        .map_err(io::Error::other)?;
     let builder = Arc::new(connection_builder(&settings));
     let graceful = GracefulShutdown::new();
     // Beyond max_connections, new connections wait in the kernel's listen backlog: the

@@ -115,7 +115,7 @@ fn check_names_the_key_and_the_fix() {
         ),
         (
             "[server]\nhttp = \"127.0.0.1:0\"\n[providers.p]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"ES256\"]\npublic_keys = [\"rsa.pub.pem\"]\n",
-            "providers.p.algorithms: ES256 is listed but public_keys has no EC key",
+            "providers.p.algorithms: ES256 is listed but no key of the provider is EC",
         ),
         (
             "[server]\nhttp = \"127.0.0.1:0\"\n[providers.p]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\nhmac_secret_env = \"PORTCULLIS_TEST_UNSET_VAR\"\n",

@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod headers;
 mod limits;
+mod providers;
 mod proxying;
 mod routing;
 mod tls;

@@ -253,6 +253,7 @@ async fn record(
 
 /// A gateway running in this process on 127.0.0.1:0.
 pub struct Gateway {
+    pub shared: portcullis::SharedSnapshot,
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
@@ -374,25 +375,56 @@ token_sources = ["bearer", "cookie:at"]
 impl Gateway {
     /// Starts the gateway on `config_text` (written into a fixture dir).
     pub async fn start(config_text: &str) -> Gateway {
+        Gateway::try_start(config_text)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `start`, but returns the error when the gateway refuses to start.
+    pub async fn try_start(config_text: &str) -> Result<Gateway, String> {
         let dir = fixture_dir();
         let path: PathBuf = dir.path().join("portcullis.toml");
         std::fs::write(&path, config_text).unwrap();
-        let snapshot = portcullis::Snapshot::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let snapshot = portcullis::Snapshot::load(&path).map_err(|e| e.to_string())?;
         let listeners = portcullis::Listeners::bind(snapshot.server.http, snapshot.server.https)
             .await
             .unwrap();
         let (http, https) = (listeners.http_addr().unwrap(), listeners.https_addr());
+        let shared = snapshot.shared();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(portcullis::run(listeners, snapshot.shared(), async {
+        let mut task = tokio::spawn(portcullis::run(listeners, shared.clone(), async {
             let _ = rx.await;
         }));
-        Gateway {
+        // `run` fetches remote keys before serving: wait until it serves or fails.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if task.is_finished() {
+                return match (&mut task).await {
+                    Ok(Ok(())) => Err("run returned".into()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+            // A target refused before routing: never reaches an upstream.
+            let probe = raw_request(
+                http,
+                b"GET /%00 HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n",
+            );
+            if tokio::time::timeout(Duration::from_millis(300), probe)
+                .await
+                .is_ok_and(|a| a.starts_with("HTTP/1.1"))
+            {
+                break;
+            }
+        }
+        Ok(Gateway {
+            shared,
             http,
             https,
             dir,
             shutdown: Some(tx),
             task: Some(task),
-        }
+        })
     }
 
     /// The standard config with `ROUTES` in front of `upstream`.
@@ -528,4 +560,198 @@ pub async fn bad_upstream() -> SocketAddr {
         }
     });
     addr
+}
+
+// ---------------------------------------------------------------------------------------
+// A real JWKS / OpenID discovery server whose key set the test changes.
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IdpMode {
+    Normal,
+    /// Drops every connection without answering.
+    Down,
+    /// Answers the JWKS with invalid JSON.
+    Garbage,
+    /// Answers the JWKS with JSON that is not a key set.
+    WrongContent,
+    /// Answers the JWKS with a 5 MiB body.
+    Huge,
+}
+
+pub struct IdpState {
+    pub keys: Vec<Value>,
+    pub mode: IdpMode,
+    pub issuer: String,
+    pub max_age: Option<u64>,
+}
+
+pub struct Idp {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<IdpState>>,
+    pub jwks_fetches: Arc<AtomicUsize>,
+    pub discovery_fetches: Arc<AtomicUsize>,
+}
+
+/// The public JWK of a test key, with `kid`.
+pub fn jwk(alg: Algorithm, kid: &str) -> Value {
+    jwk_of(&signing_key(alg), alg, kid)
+}
+
+pub fn jwk_of(key: &EncodingKey, alg: Algorithm, kid: &str) -> Value {
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(key, alg).unwrap();
+    jwk.common.key_id = Some(kid.to_owned());
+    serde_json::to_value(jwk).unwrap()
+}
+
+impl Idp {
+    pub async fn start(keys: Vec<Value>) -> Idp {
+        Idp::start_with(keys, false).await
+    }
+
+    /// With `tls`, the IdP serves HTTPS with the test certificate (for `ca_file`).
+    pub async fn start_with(keys: Vec<Value>, tls: bool) -> Idp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let scheme = if tls { "https" } else { "http" };
+        let acceptor = tls.then(|| {
+            let k = keys_pem_pair();
+            let mut config = (*portcullis::server::tls::server_config(&k.0, &k.1).unwrap()).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()]; // this IdP speaks HTTP/1.1 only
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        let state = Arc::new(Mutex::new(IdpState {
+            keys,
+            mode: IdpMode::Normal,
+            issuer: format!("{scheme}://{addr}"),
+            max_age: None,
+        }));
+        let jwks_fetches = Arc::new(AtomicUsize::new(0));
+        let discovery_fetches = Arc::new(AtomicUsize::new(0));
+        let (st, jf, df) = (
+            state.clone(),
+            jwks_fetches.clone(),
+            discovery_fetches.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (st, jf, df) = (st.clone(), jf.clone(), df.clone());
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (st, jf, df) = (st.clone(), jf.clone(), df.clone());
+                        async move { idp_answer(req, addr, scheme, &st, &jf, &df) }
+                    });
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Idp {
+            addr,
+            state,
+            jwks_fetches,
+            discovery_fetches,
+        }
+    }
+
+    pub fn jwks_url(&self) -> String {
+        format!("{}/jwks", self.issuer())
+    }
+
+    /// The issuer the IdP was started with (its base URL).
+    pub fn issuer(&self) -> String {
+        let issuer = self.state.lock().unwrap().issuer.clone();
+        if issuer.starts_with("http") && issuer.contains(&self.addr.to_string()) {
+            issuer
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    pub fn set_keys(&self, keys: Vec<Value>) {
+        self.state.lock().unwrap().keys = keys;
+    }
+
+    pub fn set_mode(&self, mode: IdpMode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.jwks_fetches.load(Ordering::SeqCst)
+    }
+}
+
+fn idp_answer(
+    req: Request<Incoming>,
+    addr: SocketAddr,
+    scheme: &str,
+    state: &Mutex<IdpState>,
+    jwks_fetches: &AtomicUsize,
+    discovery_fetches: &AtomicUsize,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let state = state.lock().unwrap();
+    if state.mode == IdpMode::Down {
+        return Err(std::io::Error::other("down"));
+    }
+    let mut response = Response::new(Full::new(Bytes::new()));
+    let body = match req.uri().path() {
+        "/.well-known/openid-configuration" => {
+            discovery_fetches.fetch_add(1, Ordering::SeqCst);
+            json!({"issuer": state.issuer, "jwks_uri": format!("{scheme}://{addr}/jwks")})
+                .to_string()
+                .into_bytes()
+        }
+        "/jwks" => {
+            jwks_fetches.fetch_add(1, Ordering::SeqCst);
+            if let Some(max_age) = state.max_age {
+                response.headers_mut().insert(
+                    "cache-control",
+                    format!("public, max-age={max_age}").parse().unwrap(),
+                );
+            }
+            match state.mode {
+                IdpMode::Garbage => b"{\"keys\": [".to_vec(),
+                IdpMode::WrongContent => b"<html>maintenance</html>".to_vec(),
+                IdpMode::Huge => {
+                    let mut big = b"{\"keys\": [], \"pad\": \"".to_vec();
+                    big.resize(5 << 20, b'a');
+                    big
+                }
+                _ => json!({ "keys": state.keys }).to_string().into_bytes(),
+            }
+        }
+        _ => {
+            *response.status_mut() = http::StatusCode::NOT_FOUND;
+            Vec::new()
+        }
+    };
+    *response.body_mut() = Full::new(Bytes::from(body));
+    Ok(response)
+}
+
+/// The test TLS certificate and key as files (kept for the life of the process).
+fn keys_pem_pair() -> (PathBuf, PathBuf) {
+    static FILES: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+    let (_, cert, key) = FILES.get_or_init(|| {
+        let dir = fixture_dir();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        (dir, cert, key)
+    });
+    (cert.clone(), key.clone())
 }

@@ -1,0 +1,146 @@
+//! The per-request steps without the network: route matching (10 / 100 / 1,000 routes),
+//! path canonicalisation, and the identity header rewrite on a realistic header map.
+//!
+//! cargo bench --bench hot_path
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use portcullis::Snapshot;
+use portcullis::canonical::canonical_path;
+
+/// A config with `n` routes over a few hosts and nested prefixes, compiled like any other.
+fn snapshot_with_routes(n: usize) -> Snapshot {
+    let mut text = String::from(
+        "[server]\nhttp = \"127.0.0.1:0\"\n[upstreams.app]\nbuiltin = \"echo\"\n[identity]\nheaders = { \"X-Auth-User\" = \"sub\", \"X-Auth-Email\" = \"email\", \"X-Auth-Groups\" = \"groups\" }\n",
+    );
+    for i in 0..n {
+        let host = match i % 4 {
+            0 => String::new(),
+            1 => format!("host = \"app{}.example.com\"\n", i % 50),
+            2 => format!("host = \"*.tenant{}.example.com\"\n", i % 20),
+            _ => format!("host = \"api{}.example.com\"\n", i % 30),
+        };
+        text.push_str(&format!(
+            "[[routes]]\nname = \"r{i}\"\n{host}path_prefix = \"/svc{}/v{}/items{i}\"\nupstream = \"app\"\nauth = \"public\"\n",
+            i % 7,
+            i % 3
+        ));
+    }
+    text.push_str(
+        "[[routes]]\nname = \"root\"\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"public\"\n",
+    );
+    portcullis::config::load_str(&text, "bench.toml".into()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn routing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_match");
+    for n in [10, 100, 1000] {
+        let snapshot = snapshot_with_routes(n);
+        let hit = format!(
+            "/svc{}/v{}/items{}/orders/42",
+            (n - 1) % 7,
+            (n - 1) % 3,
+            n - 1
+        );
+        group.bench_with_input(BenchmarkId::new("deep_hit", n), &n, |b, _| {
+            b.iter(|| {
+                snapshot
+                    .routes
+                    .find_index(
+                        "x.tenant3.example.com",
+                        std::hint::black_box(&hit),
+                        &Method::GET,
+                    )
+                    .unwrap()
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("fallback_to_root", n), &n, |b, _| {
+            b.iter(|| {
+                snapshot
+                    .routes
+                    .find_index(
+                        "app7.example.com",
+                        std::hint::black_box("/static/css/site.css"),
+                        &Method::GET,
+                    )
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn canonicalisation(c: &mut Criterion) {
+    let mut group = c.benchmark_group("canonical_path");
+    for (name, path) in [
+        ("plain", "/api/v1/customers/12345/orders"),
+        (
+            "dot_segments",
+            "/api/v1/./customers/../customers/12345//orders",
+        ),
+        ("percent", "/api/v1/customers/%41%42%43/na%20me/orders"),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| canonical_path(std::hint::black_box(path)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn header_rewrite(c: &mut Criterion) {
+    let snapshot = snapshot_with_routes(10);
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("host", "app.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("accept-language", "en-US,en;q=0.9"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("cookie", "theme=dark; JSESSIONID=0123456789ABCDEF; lang=en"),
+        (
+            "authorization",
+            "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln",
+        ),
+        ("connection", "keep-alive"),
+        ("x-auth-user", "mallory"),
+        ("x-request-id", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    ] {
+        headers.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let claims =
+        serde_json::json!({"sub": "alice", "email": "alice@example.com", "groups": ["eng", "ops"]});
+    let permit =
+        portcullis::auth::Permit::bench_with_claims(serde_json::from_value(claims).unwrap());
+    let client = portcullis::identity::ClientInfo {
+        peer: "10.1.2.3".parse().unwrap(),
+        tls: true,
+        host: None,
+        trusted: false,
+    };
+    c.bench_function("identity_rewrite", |b| {
+        b.iter_batched(
+            || headers.clone(),
+            |mut h| {
+                portcullis::identity::rewrite_request(
+                    &mut h,
+                    &snapshot.identity,
+                    &permit,
+                    &[],
+                    &client,
+                    false,
+                );
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, routing, canonicalisation, header_rewrite);
+criterion_main!(benches);
