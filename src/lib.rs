@@ -16,12 +16,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod canonical;
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod mint;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

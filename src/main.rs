@@ -153,15 +153,19 @@ fn serve(config: PathBuf, workers: Option<usize>) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let settings = snapshot.server.clone();
-        let listeners = Listeners::bind(settings.http, settings.https).await?;
+        let listeners = Listeners::bind(&settings).await?;
         tracing::info!(
             config = %config.display(),
             http = ?listeners.http_addr(),
             https = ?listeners.https_addr(),
+            admin = ?listeners.admin_addr(),
             routes = snapshot.routes.routes().len(),
+            hash = %snapshot.config_hash,
             "portcullis listening"
         );
-        portcullis::run(listeners, snapshot.shared(), shutdown_signal()).await
+        let shared = snapshot.shared();
+        tokio::spawn(reload_on_sighup(shared.clone()));
+        portcullis::run(listeners, shared, shutdown_signal()).await
     });
     match result {
         Ok(()) => {
@@ -173,6 +177,21 @@ fn serve(config: PathBuf, workers: Option<usize>) -> ExitCode {
             eprintln!("{error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Reloads the config on every SIGHUP (a failed reload keeps the old config).
+async fn reload_on_sighup(shared: portcullis::SharedSnapshot) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!(
+            "cannot install the SIGHUP handler; reload with the admin listener or a file change"
+        );
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        let _ = portcullis::reload::reload(&shared).await;
     }
 }
 

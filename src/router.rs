@@ -33,6 +33,7 @@ pub struct Route {
     pub max_body_size: Option<u64>,
     pub allow_encoded_slash: bool,
     pub allow_method_override: bool,
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -237,6 +238,7 @@ pub(crate) mod tests {
             max_body_size: None,
             allow_encoded_slash: false,
             allow_method_override: false,
+            metrics: crate::metrics::Metrics::new().route(name),
         }
     }
 

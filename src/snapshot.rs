@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use crate::auth::cache::TokenCache;
 use crate::auth::jwt::Provider;
 use crate::identity::IdentityPolicy;
+use crate::metrics::{Metrics, RouteMetrics, write_family};
 use crate::proxy::upstream::Upstream;
 use crate::router::RouteTable;
 use crate::server::ServerSettings;
@@ -33,6 +34,12 @@ pub struct Snapshot {
     pub token_cache: TokenCache,
     /// The file this was compiled from.
     pub source: PathBuf,
+    /// Short hash of the file's text.
+    pub config_hash: String,
+    /// Process-wide metrics (shared by every snapshot of this process).
+    pub metrics: Arc<Metrics>,
+    /// Counters for requests that matched no route.
+    pub unrouted: RouteMetrics,
 }
 
 impl Snapshot {
@@ -64,6 +71,82 @@ impl Snapshot {
             }
         }
         Ok(())
+    }
+
+    /// `/metrics`: the registry plus what describes this config right now.
+    pub fn render_metrics(&self) -> String {
+        let mut extra = String::new();
+        let now = tokio::time::Instant::now();
+        let mut ages = Vec::new();
+        let mut fetches = Vec::new();
+        for provider in &self.providers {
+            let Some(remote) = &provider.remote else {
+                continue;
+            };
+            let label = format!("{{provider=\"{}\"}}", provider.name);
+            let age = provider
+                .keys
+                .load()
+                .fetched_at
+                .map_or(-1.0, |t| now.duration_since(t).as_secs_f64());
+            ages.push((label.clone(), age));
+            let attempts = remote
+                .stats
+                .attempts
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let failures = remote
+                .stats
+                .failures
+                .load(std::sync::atomic::Ordering::Relaxed);
+            fetches.push((
+                format!("{{provider=\"{}\",result=\"ok\"}}", provider.name),
+                (attempts - failures) as f64,
+            ));
+            fetches.push((
+                format!("{{provider=\"{}\",result=\"failed\"}}", provider.name),
+                failures as f64,
+            ));
+        }
+        write_family(
+            &mut extra,
+            "jwks_key_age_seconds",
+            "gauge",
+            "Seconds since the provider's keys were fetched (-1: never)",
+            &ages,
+        );
+        write_family(
+            &mut extra,
+            "jwks_fetches",
+            "counter",
+            "JWKS fetches by provider and result",
+            &fetches,
+        );
+        let cache = &self.token_cache;
+        let lookups = [
+            (
+                "{result=\"hit\"}".to_owned(),
+                cache.hits.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            ),
+            (
+                "{result=\"miss\"}".to_owned(),
+                cache.misses.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            ),
+        ];
+        write_family(
+            &mut extra,
+            "token_cache_lookups",
+            "counter",
+            "Verified-token cache lookups (this config)",
+            &lookups,
+        );
+        write_family(
+            &mut extra,
+            "token_cache_entries",
+            "gauge",
+            "Verified tokens cached",
+            &[(String::new(), cache.len() as f64)],
+        );
+        self.metrics.render(&extra)
     }
 
     /// Whether `peer` is one of `server.trusted_proxies`.

@@ -24,6 +24,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use tokio::time::Instant;
 
+use super::verifier::{Prepared, algorithms_of, prepare};
+
 /// Bodies larger than this from an IdP are refused (a bound on memory per fetch).
 pub const MAX_IDP_BODY: usize = 1 << 20;
 /// Unknown kids remembered per provider at most.
@@ -43,6 +45,8 @@ pub struct VerifyKey {
     pub key: DecodingKey,
     /// Where the key came from (a file, an env var name, a URL), for `check` and logs.
     pub origin: String,
+    /// The key parsed once for each algorithm of its family it can verify.
+    prepared: Vec<(Algorithm, Prepared)>,
 }
 
 impl VerifyKey {
@@ -52,6 +56,10 @@ impl VerifyKey {
         key: DecodingKey,
         origin: String,
     ) -> Self {
+        let prepared = algorithms_of(family)
+            .iter()
+            .filter_map(|&alg| prepare(&key, alg).map(|p| (alg, p)))
+            .collect();
         VerifyKey {
             id: NEXT_KEY_ID.fetch_add(1, Ordering::Relaxed),
             kid,
@@ -59,12 +67,23 @@ impl VerifyKey {
             alg: None,
             key,
             origin,
+            prepared,
         }
     }
 
     /// Whether this key may verify a token signed with `alg`.
     pub fn accepts(&self, alg: Algorithm) -> bool {
         self.family == alg.family() && self.alg.is_none_or(|a| a == alg)
+    }
+
+    /// Verifies a decoded `signature` over `message` for `alg`.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.accepts(alg)
+            && self
+                .prepared
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .is_some_and(|(_, key)| key.verify(message, signature))
     }
 }
 

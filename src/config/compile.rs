@@ -27,6 +27,7 @@ use crate::auth::keys::{KeySet, RefreshSettings, Remote, RemoteSource};
 use crate::auth::{JwtPolicy, RouteAuth};
 use crate::canonical::{canonical_host, canonical_path};
 use crate::identity::IdentityPolicy;
+use crate::metrics::Metrics;
 use crate::proxy::upstream::{PoolSettings, Upstream};
 use crate::router::{HostMatch, PathMatch, Route, RouteTable};
 use crate::server::ServerSettings;
@@ -38,19 +39,37 @@ const ALL_ALGORITHMS: &str =
 struct Compiler {
     base: PathBuf,
     issues: Vec<ConfigIssue>,
+    metrics: Arc<Metrics>,
 }
 
-pub fn compile(raw: RawConfig, source: PathBuf) -> Result<Snapshot, ConfigError> {
+/// What a new snapshot inherits from the one it replaces.
+pub struct Inherited<'a> {
+    pub metrics: Arc<Metrics>,
+    pub previous: Option<&'a Snapshot>,
+}
+
+pub fn compile(
+    raw: RawConfig,
+    source: PathBuf,
+    config_hash: String,
+    inherited: Inherited<'_>,
+) -> Result<Snapshot, ConfigError> {
     let base = source.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut c = Compiler {
         base,
         issues: Vec::new(),
+        metrics: inherited.metrics.clone(),
     };
     let server = c.server(&raw.server);
     let trusted_proxies = c.trusted_proxies(&raw.server.trusted_proxies);
     let tls = c.tls(raw.tls.as_ref(), server.https.is_some());
     let (provider_names, providers) = c.providers(&raw.providers);
-    let (upstream_names, upstreams) = c.upstreams(&raw.upstreams);
+    let (upstream_names, mut upstreams) = c.upstreams(&raw.upstreams);
+    if let Some(previous) = inherited.previous {
+        for upstream in &mut upstreams {
+            upstream.adopt_pool(&previous.upstreams);
+        }
+    }
     let identity = c.identity(&raw.identity);
     let routes = c.routes(&raw.routes, &provider_names, &upstream_names);
     let routes = match RouteTable::new(routes) {
@@ -83,6 +102,9 @@ pub fn compile(raw: RawConfig, source: PathBuf) -> Result<Snapshot, ConfigError>
             trusted_proxies,
             tls,
             source,
+            config_hash,
+            unrouted: inherited.metrics.route("-"),
+            metrics: inherited.metrics,
         }),
         _ => Err(ConfigError::Invalid {
             path: source,
@@ -127,6 +149,7 @@ impl Compiler {
         };
         let http = addr("server.http", &raw.http);
         let https = addr("server.https", &raw.https);
+        let admin = addr("server.admin", &raw.admin);
         if raw.http.is_none() && raw.https.is_none() {
             self.issue(
                 "server",
@@ -136,6 +159,8 @@ impl Compiler {
         ServerSettings {
             http,
             https,
+            admin,
+            watch_config: raw.watch_config.unwrap_or(true),
             header_read_timeout: self.duration(
                 "server.header_read_timeout",
                 raw.header_read_timeout.as_ref(),
@@ -597,8 +622,8 @@ impl Compiler {
             let upstream = match (&raw.url, raw.builtin.as_deref()) {
                 (Some(url), None) => self
                     .upstream_url(&key, url)
-                    .map(|a| Upstream::http(name, a, (timeout, body_timeout), &pool)),
-                (None, Some("echo")) => Some(Upstream::echo(name)),
+                    .map(|a| Upstream::http(name, a, (timeout, body_timeout), pool, &self.metrics)),
+                (None, Some("echo")) => Some(Upstream::echo(name, &self.metrics)),
                 (None, Some(other)) => {
                     self.issue(
                         format!("{key}.builtin"),
@@ -796,6 +821,7 @@ impl Compiler {
             max_body_size,
             allow_encoded_slash: raw.allow_encoded_slash,
             allow_method_override: raw.allow_method_override,
+            metrics: self.metrics.route(name),
         })
     }
 

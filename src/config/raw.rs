@@ -37,6 +37,11 @@ pub struct RawServer {
     pub http: Option<String>,
     /// TLS listener address. Optional; needs `[tls]`.
     pub https: Option<String>,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`, `POST /reload`). Off unless set;
+    /// keep it on a private interface.
+    pub admin: Option<String>,
+    /// Reload when the config file changes (polled every second, debounced). Default true.
+    pub watch_config: Option<bool>,
     /// CIDRs whose `X-Forwarded-*` / `Forwarded` / `X-Real-IP` headers are kept and appended
     /// to. Default: none, so those headers are dropped and rewritten for every client.
     #[serde(default)]

@@ -38,6 +38,9 @@ struct Record {
     route: Option<usize>,
     subject: Option<Arc<auth::claims::Claims>>,
     auth: &'static str,
+    provider: Option<usize>,
+    auth_us: u64,
+    upstream_started: Option<Instant>,
 }
 
 /// Entry point for every request on every listener.
@@ -67,18 +70,38 @@ pub async fn handle(
             error.into_response().map(Either::Right)
         }
     };
+    let status = response.status().as_u16();
+    let route = record.route.map(|i| &snapshot.routes.routes()[i]);
+    let outcome = if record.auth.is_empty() {
+        "other"
+    } else {
+        record.auth
+    };
+    snapshot.metrics.record(
+        route.map_or(&snapshot.unrouted, |r| &r.metrics),
+        &method,
+        status,
+        outcome,
+    );
     if let Some(raw_path) = raw_path {
-        let route = record.route.map(|i| &*snapshot.routes.routes()[i].name);
+        // The decision log: one line per request, never a credential.
         let path = record.path.as_ref().map_or(raw_path.as_str(), |p| p.path());
+        let upstream_us = record
+            .upstream_started
+            .map_or(0, |t| t.elapsed().as_micros() as u64);
         tracing::info!(
             target: "portcullis::access",
             method = %method,
             path,
-            route = route.unwrap_or("-"),
-            status = response.status().as_u16(),
-            auth = record.auth,
+            route = route.map_or("-", |r| &*r.name),
+            status,
+            decision = decision(status, outcome),
+            reason = outcome,
+            provider = record.provider.map_or("-", |p| &*snapshot.providers[p].name),
             sub = record.subject.as_ref().and_then(|c| c.subject()).unwrap_or("-"),
             peer = %conn.peer.ip(),
+            auth_us = record.auth_us,
+            upstream_us,
             latency_us = started.elapsed().as_micros() as u64,
         );
     }
@@ -102,6 +125,7 @@ async fn process(
     let route = &snapshot.routes.routes()[index];
 
     // 3. Authenticate: the permit is the only ticket to the upstream (I1).
+    let auth_started = Instant::now();
     let permit = auth::authenticate(
         &route.auth,
         &parts.headers,
@@ -109,13 +133,16 @@ async fn process(
         &snapshot.token_cache,
         auth::unix_now(),
     )
-    .await?;
+    .await;
+    record.auth_us = auth_started.elapsed().as_micros() as u64;
+    let permit = permit?;
     record.auth = if permit.identity().is_some() {
         "allowed"
     } else {
         "public"
     };
     record.subject = permit.identity().map(|i| i.claims.clone());
+    record.provider = permit.identity().map(|i| i.provider);
 
     // 4. Strip, then inject (I2, I3).
     let sources = match &route.auth {
@@ -151,6 +178,7 @@ async fn process(
         return Err(ProxyError::PayloadTooLarge);
     }
     let body = body::RequestBody::new(body, limit, snapshot.server.request_body_timeout);
+    record.upstream_started = Some(Instant::now());
     upstream::forward(
         &snapshot.upstreams[route.upstream],
         &permit,
@@ -190,6 +218,16 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// The decision in one word, for the log.
+fn decision(status: u16, outcome: &str) -> &'static str {
+    match outcome {
+        "allowed" => "allow",
+        "public" => "public",
+        _ if status < 400 => "allow",
+        _ => "deny",
+    }
 }
 
 /// Canonicalises the target and finds its route: (route index, path to forward, host as

@@ -20,6 +20,8 @@ use super::body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
 use super::error::ProxyError;
 use crate::auth::Permit;
 use crate::identity::strip_hop_by_hop;
+use crate::metrics::{AtomicHistogram, Metrics};
+use std::sync::Arc;
 
 /// What the client receives: the upstream's streamed body, or a body we made.
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
@@ -34,6 +36,8 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Limit on the silence between two pieces of the response body.
     pub body_timeout: Duration,
+    latency: AtomicHistogram,
+    metrics: Arc<Metrics>,
 }
 
 // A few per snapshot, never moved on the request path: size does not matter.
@@ -41,6 +45,7 @@ pub struct Upstream {
 pub enum Target {
     Http {
         authority: Authority,
+        pool: PoolSettings,
         client: UpstreamClient,
     },
     /// Answers with a JSON description of the request it would have received.
@@ -48,6 +53,7 @@ pub enum Target {
 }
 
 /// Connection settings of an HTTP upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub max_idle: usize,
@@ -59,7 +65,8 @@ impl Upstream {
         name: &str,
         authority: Authority,
         timeouts: (Duration, Duration),
-        pool: &PoolSettings,
+        pool: PoolSettings,
+        metrics: &Arc<Metrics>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -72,18 +79,50 @@ impl Upstream {
             .build(connector);
         Upstream {
             name: name.into(),
-            target: Target::Http { authority, client },
+            target: Target::Http {
+                authority,
+                pool,
+                client,
+            },
             timeout: timeouts.0,
             body_timeout: timeouts.1,
+            latency: metrics.upstream_latency(name),
+            metrics: metrics.clone(),
         }
     }
 
-    pub fn echo(name: &str) -> Self {
+    pub fn echo(name: &str, metrics: &Arc<Metrics>) -> Self {
         Upstream {
             name: name.into(),
             target: Target::Echo,
             timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
+            latency: metrics.upstream_latency(name),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// On reload: keep the pooled connections of the same upstream in the old config when
+    /// its address and pool settings did not change.
+    pub fn adopt_pool(&mut self, previous: &[Upstream]) {
+        let Target::Http {
+            authority,
+            pool,
+            client,
+        } = &mut self.target
+        else {
+            return;
+        };
+        let same = previous.iter().find_map(|old| match &old.target {
+            Target::Http {
+                authority: a,
+                pool: p,
+                client: c,
+            } if old.name == self.name && a == authority && p == pool => Some(c.clone()),
+            _ => None,
+        });
+        if let Some(old_client) = same {
+            *client = old_client;
         }
     }
 
@@ -106,7 +145,9 @@ pub async fn forward(
     body: RequestBody,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (authority, client) = match &upstream.target {
-        Target::Http { authority, client } => (authority, client),
+        Target::Http {
+            authority, client, ..
+        } => (authority, client),
         Target::Echo => return Ok(echo(&parts, &path_and_query)),
     };
     let mut uri = http::uri::Parts::default();
@@ -119,21 +160,25 @@ pub async fn forward(
 
     // The response timeout counts from the end of the request body: a long upload is
     // guarded by the body's own stall timer, not cut by the wait for the answer.
+    let started = std::time::Instant::now();
     let (request, body_done) = watch_body_end(request);
     let response = client.request(request);
     tokio::pin!(response);
     if let Some(body_done) = body_done {
         tokio::select! {
             biased;
-            result = &mut response => return finish(upstream, result),
+            result = &mut response => return finish(upstream, result, started),
             _ = body_done => {}
         }
     }
     let result = match tokio::time::timeout(upstream.timeout, response).await {
-        Err(_elapsed) => return Err(ProxyError::UpstreamTimeout),
+        Err(_elapsed) => {
+            upstream.metrics.upstream_error(&upstream.name, "timeout");
+            return Err(ProxyError::UpstreamTimeout);
+        }
         Ok(result) => result,
     };
-    finish(upstream, result)
+    finish(upstream, result, started)
 }
 
 /// For a request with a body, a signal that resolves when the body has been sent (or failed).
@@ -152,14 +197,22 @@ fn watch_body_end(
 fn finish(
     upstream: &Upstream,
     result: Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    started: std::time::Instant,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let response = match result {
-        Err(e) if e.is_connect() => return Err(ProxyError::UpstreamUnavailable(error_chain(&e))),
         Err(e) if caused_by::<BodyTooLarge>(&e) => return Err(ProxyError::PayloadTooLarge),
         Err(e) if caused_by::<BodyStalled>(&e) => return Err(ProxyError::RequestBodyStalled),
-        Err(e) => return Err(ProxyError::UpstreamFailed(error_chain(&e))),
+        Err(e) if e.is_connect() => {
+            upstream.metrics.upstream_error(&upstream.name, "connect");
+            return Err(ProxyError::UpstreamUnavailable(error_chain(&e)));
+        }
+        Err(e) => {
+            upstream.metrics.upstream_error(&upstream.name, "protocol");
+            return Err(ProxyError::UpstreamFailed(error_chain(&e)));
+        }
         Ok(response) => response,
     };
+    upstream.latency.observe(started.elapsed());
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(

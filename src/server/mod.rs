@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -27,11 +28,12 @@ use crate::snapshot::SharedSnapshot;
 pub struct Listeners {
     pub http: Option<TcpListener>,
     pub https: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
     /// Binds the addresses of `[server]`.
-    pub async fn bind(http: Option<SocketAddr>, https: Option<SocketAddr>) -> io::Result<Self> {
+    pub async fn bind(settings: &ServerSettings) -> io::Result<Self> {
         async fn bind_one(addr: Option<SocketAddr>, what: &str) -> io::Result<Option<TcpListener>> {
             match addr {
                 None => Ok(None),
@@ -44,8 +46,9 @@ impl Listeners {
             }
         }
         Ok(Listeners {
-            http: bind_one(http, "http").await?,
-            https: bind_one(https, "https").await?,
+            http: bind_one(settings.http, "http").await?,
+            https: bind_one(settings.https, "https").await?,
+            admin: bind_one(settings.admin, "admin").await?,
         })
     }
 
@@ -55,6 +58,10 @@ impl Listeners {
 
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -67,7 +74,7 @@ pub struct ConnInfo {
 
 /// Serves `listeners` with the config in `shared` until `shutdown` resolves, then drains.
 pub async fn run(
-    listeners: Listeners,
+    mut listeners: Listeners,
     shared: SharedSnapshot,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -77,6 +84,20 @@ pub async fn run(
         .start_key_refresh()
         .await
         .map_err(io::Error::other)?;
+    let metrics = shared.load().metrics.clone();
+    metrics.set_config_hash(&shared.load().config_hash);
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = listeners
+        .admin
+        .take()
+        .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone(), draining.clone())));
+    let watcher = settings.watch_config.then(|| {
+        tokio::spawn(crate::reload::watch(
+            shared.clone(),
+            Duration::from_secs(1),
+            Duration::from_millis(500),
+        ))
+    });
     let builder = Arc::new(connection_builder(&settings));
     let graceful = GracefulShutdown::new();
     // Beyond max_connections, new connections wait in the kernel's listen backlog: the
@@ -103,8 +124,11 @@ pub async fn run(
                     builder.clone(),
                     graceful.watcher(),
                 );
+                let metrics = metrics.clone();
+                metrics.connections.inc();
                 tokio::spawn(async move {
                     task.await;
+                    metrics.connections.dec();
                     drop(slot);
                 });
             }
@@ -115,6 +139,9 @@ pub async fn run(
             }
         }
     }
+    // Not ready any more (the admin listener says so until the drain ends), and no new
+    // connections: the listeners close now.
+    draining.store(true, Ordering::Relaxed);
     drop(listeners);
     let open = graceful.count();
     tracing::info!(
@@ -127,6 +154,9 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("shutdown grace elapsed with connections still open");
+    }
+    for task in admin.into_iter().chain(watcher) {
+        task.abort();
     }
     Ok(())
 }
@@ -143,6 +173,8 @@ async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, Socket
 pub struct ServerSettings {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub watch_config: bool,
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_grace: Duration,

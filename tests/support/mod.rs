@@ -386,9 +386,7 @@ impl Gateway {
         let path: PathBuf = dir.path().join("portcullis.toml");
         std::fs::write(&path, config_text).unwrap();
         let snapshot = portcullis::Snapshot::load(&path).map_err(|e| e.to_string())?;
-        let listeners = portcullis::Listeners::bind(snapshot.server.http, snapshot.server.https)
-            .await
-            .unwrap();
+        let listeners = portcullis::Listeners::bind(&snapshot.server).await.unwrap();
         let (http, https) = (listeners.http_addr().unwrap(), listeners.https_addr());
         let shared = snapshot.shared();
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,111 @@
+//! The admin listener (`server.admin`, off unless configured): health, readiness, metrics,
+//! reload. Never on a public interface: it has no authentication of its own.
+//!
+//! - `GET /healthz`: 200 while the process runs;
+//! - `GET /readyz`: 200 when a config is loaded, every provider has keys and the process is
+//!   not draining; 503 with the reasons otherwise;
+//! - `GET /metrics`: Prometheus text format;
+//! - `POST /reload`: reloads the config file; 200 with the new hash, or 400 with the same
+//!   error `portcullis check` prints (the old config keeps serving).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::snapshot::SharedSnapshot;
+
+/// Serves the admin endpoints on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, shared: SharedSnapshot, draining: Arc<AtomicBool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let (shared, draining) = (shared.clone(), draining.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let (shared, draining) = (shared.clone(), draining.clone());
+                async move { Ok::<_, Infallible>(answer(request, &shared, &draining).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    shared: &SharedSnapshot,
+    draining: &AtomicBool,
+) -> Response<Full<Bytes>> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            let snapshot = shared.load();
+            let mut reasons: Vec<String> = snapshot
+                .providers
+                .iter()
+                .filter(|p| !p.has_keys())
+                .map(|p| format!("provider {} has no keys", p.name))
+                .collect();
+            if draining.load(Ordering::Relaxed) {
+                reasons.push("draining".into());
+            }
+            if reasons.is_empty() {
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "ready", "config": snapshot.config_hash}),
+                )
+            } else {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "not_ready", "reasons": reasons}),
+                )
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let text = shared.load().render_metrics();
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        (&Method::POST, "/reload") => match crate::reload::reload(shared).await {
+            Ok(hash) => json(
+                StatusCode::OK,
+                serde_json::json!({"status": "reloaded", "config": hash}),
+            ),
+            Err(error) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": error, "status": 400}),
+            ),
+        },
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found", "status": 404}),
+        ),
+    }
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,93 @@
+//! Hot reload: parse, validate, compile, then one atomic swap.
+//!
+//! Triggered by SIGHUP (`main`), a change of the config file (`watch`, polled and debounced)
+//! or `POST /reload` on the admin listener. The new snapshot is compiled against the old one:
+//! it keeps the metrics registry (counters continue) and the connection pools of upstreams
+//! whose address and pool settings did not change. Requests in flight finish on the snapshot
+//! they loaded. An invalid file changes nothing: the error (the same text `check` prints) is
+//! logged and counted, and the old config keeps serving. Listener addresses are bound once
+//! at start: a changed address is reported as needing a restart, never rebound.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::snapshot::{SharedSnapshot, Snapshot};
+
+/// One reload at a time.
+static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Reloads the config file of the current snapshot. Returns the new config hash.
+pub async fn reload(shared: &SharedSnapshot) -> Result<String, String> {
+    let _one_at_a_time = RELOADING.lock().await;
+    let old = shared.load_full();
+    let result = build(&old).await;
+    match &result {
+        Ok(new) => {
+            report_listener_changes(&old, new);
+            let hash = new.config_hash.clone();
+            old.metrics.reload(true);
+            old.metrics.set_config_hash(&hash);
+            shared.store(Arc::clone(new));
+            tracing::info!(config = %old.source.display(), %hash, "config reloaded");
+            Ok(hash)
+        }
+        Err(error) => {
+            old.metrics.reload(false);
+            tracing::error!(config = %old.source.display(), %error, "config reload failed; the previous config keeps serving");
+            Err(error.clone())
+        }
+    }
+}
+
+async fn build(old: &Snapshot) -> Result<Arc<Snapshot>, String> {
+    let new = crate::config::load_next(old.source.clone(), old).map_err(|e| e.to_string())?;
+    new.start_key_refresh().await?;
+    Ok(Arc::new(new))
+}
+
+fn report_listener_changes(old: &Snapshot, new: &Snapshot) {
+    let (o, n) = (&old.server, &new.server);
+    for (key, before, after) in [
+        ("server.http", o.http, n.http),
+        ("server.https", o.https, n.https),
+        ("server.admin", o.admin, n.admin),
+    ] {
+        if before != after {
+            tracing::warn!(
+                key,
+                ?before,
+                ?after,
+                "listener address changed: takes effect after a restart"
+            );
+        }
+    }
+}
+
+/// Polls the config file and reloads when it changed and then stayed unchanged for
+/// `debounce` (editors write in several steps). Ends when `shared` has no other owner.
+pub async fn watch(shared: SharedSnapshot, every: Duration, debounce: Duration) {
+    let path = shared.load().source.clone();
+    let stamp = |p: &std::path::Path| -> Option<(SystemTime, u64)> {
+        let meta = std::fs::metadata(p).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    };
+    let mut last = stamp(&path);
+    loop {
+        tokio::time::sleep(every).await;
+        if Arc::strong_count(&shared) == 1 {
+            return;
+        }
+        let now = stamp(&path);
+        if now == last || now.is_none() {
+            continue;
+        }
+        tokio::time::sleep(debounce).await;
+        let settled = stamp(&path);
+        if settled != now {
+            continue;
+        }
+        last = settled;
+        tracing::info!(config = %path.display(), "config file changed");
+        let _ = reload(&shared).await;
+    }
+}
