@@ -20,6 +20,7 @@ pub mod admin;
 pub mod auth;
 pub mod canonical;
 pub mod config;
+pub mod explain;
 pub mod identity;
 pub mod metrics;
 pub mod mint;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use portcullis::explain;
 use portcullis::telemetry::{self, LogFormat};
 use portcullis::{Listeners, Snapshot};
 
@@ -42,11 +43,36 @@ enum Command {
         #[arg(long, env = "PORTCULLIS_WORKERS")]
         workers: Option<usize>,
     },
-    /// Validate a config file and print one line per route; exit 1 when it is invalid.
+    /// Validate a config file, lint it and run its [[tests]].
+    ///
+    /// Prints one line per route, the warnings, and the rule tests as "N passed, M failed".
+    /// Exit status: 0 valid, 1 errors or failed tests, 2 warnings with --strict.
     Check {
         /// The config file (TOML).
         #[arg(long, short, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
+        /// Treat warnings as failures (exit 2).
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Show what the gateway would do with a request: routes considered, the route chosen,
+    /// the provider, each requirement, the decision, and the headers the upstream would get.
+    ///
+    /// Example: portcullis explain --config config/portcullis.toml GET https://localhost/admin --claims '{"sub":"alice","scope":"admin"}'
+    Explain {
+        /// The config file (TOML).
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        /// Request method, e.g. GET.
+        method: String,
+        /// Full URL, e.g. https://crm.example.com/api/x
+        url: String,
+        /// A real token: verified like a request's.
+        #[arg(long, conflicts_with = "claims")]
+        token: Option<String>,
+        /// Claims as JSON, taken as verified (the signature is not checked).
+        #[arg(long)]
+        claims: Option<String>,
     },
     /// Mint a signed JWT for local testing and print it on stdout.
     ///
@@ -103,30 +129,159 @@ fn main() -> ExitCode {
             telemetry::init(cli.log_format);
             serve(config, workers)
         }
-        Command::Check { config } => check(config),
+        Command::Check { config, strict } => check(config, strict),
+        Command::Explain {
+            config,
+            method,
+            url,
+            token,
+            claims,
+        } => explain(config, &method, &url, token, claims),
         Command::Token(args) => token(args),
     }
 }
 
-fn check(config: PathBuf) -> ExitCode {
-    match Snapshot::load(&config) {
-        Ok(snapshot) => {
-            let routes = snapshot.route_summaries();
-            println!(
-                "{}: ok ({} routes, {} providers, {} upstreams)",
-                config.display(),
-                routes.len(),
-                snapshot.providers.len(),
-                snapshot.upstreams.len()
-            );
-            for line in routes {
-                println!("  {line}");
+fn check(config: PathBuf, strict: bool) -> ExitCode {
+    let snapshot = match Snapshot::load(&config) {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let routes = snapshot.route_summaries();
+    println!(
+        "{}: ok ({} routes, {} providers, {} upstreams)",
+        config.display(),
+        routes.len(),
+        snapshot.providers.len(),
+        snapshot.upstreams.len()
+    );
+    for line in routes {
+        println!("  {line}");
+    }
+    let warnings = snapshot.lint();
+    for warning in &warnings {
+        println!("warning: {warning}");
+    }
+    let failed = run_rule_tests(&snapshot);
+    if failed > 0 {
+        return ExitCode::FAILURE;
+    }
+    if strict && !warnings.is_empty() {
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs `[[tests]]`; prints each failure and "N passed, M failed". Returns M.
+fn run_rule_tests(snapshot: &Snapshot) -> usize {
+    if snapshot.rule_tests.is_empty() {
+        return 0;
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("cannot start a runtime for the rule tests");
+        return snapshot.rule_tests.len();
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for test in &snapshot.rule_tests {
+        let credential = match &test.claims {
+            Some(claims) => explain::Credential::Claims(claims.clone()),
+            None => explain::Credential::None,
+        };
+        let outcome = runtime.block_on(explain::evaluate(
+            snapshot,
+            &test.method,
+            &test.url,
+            &credential,
+        ));
+        let problems: Vec<String> = match outcome {
+            Err(error) => vec![error],
+            Ok(evaluation) => {
+                let mut problems = Vec::new();
+                if let Some(status) = test.expect_status
+                    && status != evaluation.status
+                {
+                    problems.push(format!(
+                        "status {} ({}), expected {status}",
+                        evaluation.status, evaluation.reason
+                    ));
+                }
+                let route = evaluation.route.as_deref().unwrap_or("-");
+                if let Some(expected) = &test.expect_route
+                    && expected != route
+                {
+                    problems.push(format!("route {route}, expected {expected}"));
+                }
+                problems
             }
+        };
+        if problems.is_empty() {
+            passed += 1;
+        } else {
+            failed += 1;
+            println!(
+                "FAIL test \"{}\" ({} {}): {}",
+                test.name,
+                test.method,
+                test.url,
+                problems.join("; ")
+            );
+        }
+    }
+    println!("tests: {passed} passed, {failed} failed");
+    failed
+}
+
+fn explain(
+    config: PathBuf,
+    method: &str,
+    url: &str,
+    token: Option<String>,
+    claims: Option<String>,
+) -> ExitCode {
+    let snapshot = match Snapshot::load(&config) {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let credential = match (token, claims) {
+        (Some(token), _) => explain::Credential::Token(token),
+        (None, Some(json)) => match serde_json::from_str(&json) {
+            Ok(claims) => explain::Credential::Claims(claims),
+            Err(e) => {
+                eprintln!("--claims: not a JSON object of claims: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => explain::Credential::None,
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("cannot start a runtime");
+        return ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(async {
+        if matches!(credential, explain::Credential::Token(_)) {
+            snapshot.start_key_refresh().await?;
+        }
+        explain::evaluate(&snapshot, method, url, &credential).await
+    });
+    match result {
+        Ok(evaluation) => {
+            print!("{}", evaluation.report());
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("{error}");
-            ExitCode::FAILURE
+            eprintln!("portcullis explain: {error}");
+            ExitCode::from(2)
         }
     }
 }

@@ -40,6 +40,18 @@ pub struct Snapshot {
     pub metrics: Arc<Metrics>,
     /// Counters for requests that matched no route.
     pub unrouted: RouteMetrics,
+    /// `[[tests]]`, run by `check`.
+    pub rule_tests: Vec<RuleTest>,
+}
+
+/// A compiled `[[tests]]` table.
+pub struct RuleTest {
+    pub name: String,
+    pub method: String,
+    pub url: String,
+    pub claims: Option<crate::auth::claims::Claims>,
+    pub expect_status: Option<u16>,
+    pub expect_route: Option<String>,
 }
 
 impl Snapshot {
@@ -147,6 +159,41 @@ impl Snapshot {
             &[(String::new(), cache.len() as f64)],
         );
         self.metrics.render(&extra)
+    }
+
+    /// Warnings `check` prints (with `--strict` they fail the check): a public route whose
+    /// prefix covers a protected route's prefix, so paths that miss the protected prefix by
+    /// one segment (`/apix`, `/api-v2`) are public.
+    pub fn lint(&self) -> Vec<String> {
+        use crate::auth::RouteAuth;
+        use crate::router::PathMatch;
+        let routes = self.routes.routes();
+        let mut warnings = Vec::new();
+        for public in routes
+            .iter()
+            .filter(|r| matches!(r.auth, RouteAuth::Public))
+        {
+            let PathMatch::Prefix(p) = &public.path else {
+                continue;
+            };
+            for protected in routes
+                .iter()
+                .filter(|r| !matches!(r.auth, RouteAuth::Public))
+            {
+                let q = match &protected.path {
+                    PathMatch::Prefix(q) | PathMatch::Exact(q) => q,
+                };
+                let covers = **p == *"/" || q.starts_with(&format!("{p}/"));
+                if covers && public.host == protected.host {
+                    warnings.push(format!(
+                        "route \"{}\" is public and its prefix {p} covers protected route \"{}\" ({q}): \
+                         requests next to {q} (e.g. {q}x) are public; make sure that is intended",
+                        public.name, protected.name
+                    ));
+                }
+            }
+        }
+        warnings
     }
 
     /// Whether `peer` is one of `server.trusted_proxies`.

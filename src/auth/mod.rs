@@ -162,6 +162,27 @@ pub async fn authenticate(
     })
 }
 
+/// For `explain --claims` and `[[tests]]` only: the route's requirements checked against
+/// claims that were *not* verified here. Never reachable from the proxy's request path.
+pub(crate) fn authorize_assumed_claims(
+    policy: &JwtPolicy,
+    claims: &Claims,
+) -> Result<Permit, AuthError> {
+    if !claims.has_scopes(&policy.scopes) {
+        return Err(AuthError::MissingScope);
+    }
+    if !policy.claims.iter().all(|r| r.holds(claims)) {
+        return Err(AuthError::ClaimMismatch);
+    }
+    Ok(Permit {
+        identity: Some(Identity {
+            provider: policy.providers.first().copied().unwrap_or(0),
+            claims: Arc::new(claims.clone()),
+        }),
+        consumed: Consumed::None,
+    })
+}
+
 /// The token's identity from the cache when a still-valid verification is there, else from
 /// a full verification (which is then cached).
 async fn verify_cached(

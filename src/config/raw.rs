@@ -28,6 +28,25 @@ pub struct RawConfig {
     /// The route rules. Order does not matter: the most specific match wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Rule tests that `portcullis check` runs; ignored by `serve`.
+    #[serde(default)]
+    pub tests: Vec<RawRuleTest>,
+}
+
+/// `[[tests]]`: a request, a credential, and the expected outcome.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleTest {
+    /// Shown in the report. Required.
+    pub name: Option<String>,
+    /// `"METHOD URL"`, e.g. `"GET https://crm.example.com/api/x"`. Required.
+    pub request: Option<String>,
+    /// Claims taken as verified (the signature is not checked). No `claims`: no token.
+    pub claims: Option<toml::Table>,
+    /// Expected status (200 stands for "forwarded").
+    pub expect_status: Option<u16>,
+    /// Expected route name (`"-"`: no route).
+    pub expect_route: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

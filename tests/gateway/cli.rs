@@ -31,6 +31,7 @@ fn help_explains_every_command() {
     for word in [
         "serve",
         "check",
+        "explain",
         "token",
         "--log-format",
         "authentication gateway",
@@ -39,7 +40,19 @@ fn help_explains_every_command() {
     }
     for (sub, words) in [
         ("serve", &["--config", "--workers", "SIGTERM"][..]),
-        ("check", &["--config", "exit 1"][..]),
+        (
+            "check",
+            &["--config", "--strict", "Exit status", "[[tests]]"][..],
+        ),
+        (
+            "explain",
+            &[
+                "--config",
+                "--token",
+                "--claims",
+                "headers the upstream would get",
+            ][..],
+        ),
         (
             "token",
             &[
@@ -307,4 +320,133 @@ fn serve_runs_until_sigterm_and_exits_zero() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn check_runs_rule_tests_and_lints() {
+    // The shipped example's tests all pass.
+    let (code, out, err) = run(portcullis()
+        .args(["check", "--config"])
+        .arg(repo("config/examples/crm.toml"))
+        .env("PARTNER_SECRET", "0123456789abcdef0123456789abcdef"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("tests: 7 passed, 0 failed"), "{out}");
+
+    // A failing expectation fails the check, naming the test.
+    let dir = fixture_dir();
+    let file = dir.path().join("rules.toml");
+    let base = "[server]\nhttp = \"127.0.0.1:0\"\n[upstreams.app]\nbuiltin = \"echo\"\n\
+        [providers.p]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\npublic_keys = [\"rsa.pub.pem\"]\n\
+        [[routes]]\nname = \"site\"\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"public\"\n\
+        [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"app\"\nauth = \"jwt\"\n[routes.require]\nscopes = [\"read\"]\n";
+    let tests = "[[tests]]\nname = \"api is protected\"\nrequest = \"GET http://h/api/x\"\nexpect_status = 401\n\
+        [[tests]]\nname = \"wrongly expects public\"\nrequest = \"GET http://h/api/x\"\nclaims = { sub = \"a\" }\nexpect_status = 200\n";
+    std::fs::write(&file, format!("{base}{tests}")).unwrap();
+    let (code, out, _) = run(portcullis().args(["check", "--config"]).arg(&file));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("tests: 1 passed, 1 failed"), "{out}");
+    assert!(
+        out.contains("FAIL test \"wrongly expects public\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("status 403 (insufficient_scope), expected 200"),
+        "{out}"
+    );
+
+    // The public catch-all covering /api is a warning: exit 0, or 2 with --strict.
+    std::fs::write(&file, base).unwrap();
+    let (code, out, _) = run(portcullis().args(["check", "--config"]).arg(&file));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(
+            "warning: route \"site\" is public and its prefix / covers protected route \"api\""
+        ),
+        "{out}"
+    );
+    let (code, _, _) = run(portcullis()
+        .args(["check", "--strict", "--config"])
+        .arg(&file));
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn explain_shows_route_requirements_decision_and_headers() {
+    let config = repo("config/examples/crm.toml");
+    let explain = |args: &[&str]| {
+        run(portcullis()
+            .args(["explain", "--config"])
+            .arg(&config)
+            .args(args)
+            .env("PARTNER_SECRET", "0123456789abcdef0123456789abcdef"))
+    };
+    let (code, out, err) = explain(&[
+        "POST",
+        "https://crm.example.com/api/customers",
+        "--claims",
+        r#"{"sub":"alice","scope":"crm.write","role":"sales","groups":["eng","ops"]}"#,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("considered: crm-api-write, crm-web"), "{out}");
+    assert!(out.contains("route:      crm-api-write"), "{out}");
+    assert!(out.contains("require:    scope crm.write: holds"), "{out}");
+    assert!(
+        out.contains("require:    claim role in [admin, sales]: holds"),
+        "{out}"
+    );
+    assert!(out.contains("decision:   ALLOW 200 (allowed)"), "{out}");
+    assert!(out.contains("  x-auth-user: alice"), "{out}");
+    assert!(out.contains("  x-auth-groups: eng,ops"), "{out}");
+
+    let (_, out, _) = explain(&[
+        "GET",
+        "https://crm.example.com/api/x",
+        "--claims",
+        r#"{"sub":"eve"}"#,
+    ]);
+    assert!(out.contains("require:    scope crm.read: FAILS"), "{out}");
+    assert!(
+        out.contains("decision:   DENY 403 (insufficient_scope)"),
+        "{out}"
+    );
+
+    let (_, out, _) = explain(&["GET", "https://other.test/"]);
+    assert!(out.contains("route:      none"), "{out}");
+    assert!(out.contains("decision:   DENY 404 (no_route)"), "{out}");
+
+    // A real token is verified: the dev key signs for kid corp-2026 in this example.
+    let (code, token, err) = run(portcullis()
+        .args([
+            "token",
+            "--key",
+            "config/dev/signing.key.pem",
+            "--iss",
+            "https://idp.example.com",
+            "--aud",
+            "crm",
+            "--kid",
+            "corp-2026",
+            "--sub",
+            "carol",
+            "--scope",
+            "crm.read",
+        ])
+        .current_dir(repo("")));
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = explain(&[
+        "GET",
+        "https://crm.example.com/api/x",
+        "--token",
+        token.trim(),
+    ]);
+    assert!(out.contains("provider:   corp"), "{out}");
+    assert!(out.contains("decision:   ALLOW 200 (allowed)"), "{out}");
+    assert!(out.contains("  x-auth-user: carol"), "{out}");
+    let (_, out, _) = explain(&[
+        "GET",
+        "https://crm.example.com/api/x",
+        "--token",
+        "not.a.token",
+    ]);
+    assert!(out.contains("decision:   DENY 401 (malformed)"), "{out}");
 }

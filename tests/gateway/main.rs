@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod headers;
 mod limits;
+mod operations;
 mod providers;
 mod proxying;
 mod routing;

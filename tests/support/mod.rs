@@ -254,6 +254,7 @@ async fn record(
 /// A gateway running in this process on 127.0.0.1:0.
 pub struct Gateway {
     pub shared: portcullis::SharedSnapshot,
+    pub admin: Option<SocketAddr>,
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
@@ -388,6 +389,7 @@ impl Gateway {
         let snapshot = portcullis::Snapshot::load(&path).map_err(|e| e.to_string())?;
         let listeners = portcullis::Listeners::bind(&snapshot.server).await.unwrap();
         let (http, https) = (listeners.http_addr().unwrap(), listeners.https_addr());
+        let admin = listeners.admin_addr();
         let shared = snapshot.shared();
         let (tx, rx) = oneshot::channel::<()>();
         let mut task = tokio::spawn(portcullis::run(listeners, shared.clone(), async {
@@ -417,6 +419,7 @@ impl Gateway {
         }
         Ok(Gateway {
             shared,
+            admin,
             http,
             https,
             dir,
@@ -436,6 +439,27 @@ impl Gateway {
 
     pub fn https_url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.https.unwrap().port())
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("portcullis.toml")
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("no admin listener"))
+    }
+
+    /// Starts the drain (like SIGTERM) without waiting; `stopped` waits for its end.
+    pub fn begin_stop(&mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+    }
+
+    pub async fn stopped(mut self, within: Duration) -> std::io::Result<()> {
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(within, task)
+            .await
+            .expect("drain took too long")
+            .unwrap()
     }
 
     /// Stops accepting and drains; returns when `run` returned.

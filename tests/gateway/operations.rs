@@ -1,0 +1,335 @@
+//! Operator experience: admin endpoints, metrics with exact values, hot reload under load,
+//! graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn with_admin(text: String, extra: &str) -> String {
+    text.replace(
+        "https = \"127.0.0.1:0\"",
+        &format!("https = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nwatch_config = false\n{extra}"),
+    )
+}
+
+/// Checks the text is Prometheus/OpenMetrics exposition: every sample line is
+/// `name{labels} value`, every family has TYPE, and it ends with `# EOF`.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    assert!(text.ends_with("# EOF\n"), "no EOF marker");
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split(' ').next().unwrap().to_owned());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            typed.contains(family) || typed.contains(name),
+            "no TYPE for {name}"
+        );
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "bad labels in {line:?}");
+        }
+        samples.push((series.to_owned(), value));
+    }
+    samples
+}
+
+fn sample(samples: &[(String, f64)], series: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| s == series)
+        .map_or(0.0, |(_, v)| *v)
+}
+
+#[tokio::test]
+async fn admin_reports_health_readiness_and_exact_metrics() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_admin(config(upstream.addr, ROUTES), "")).await;
+    let c = client();
+    assert_eq!(
+        c.get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = c.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // Exact deltas from here (the harness's readiness probes count too).
+    let before = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let before = parse_metrics(&before);
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(gw.url("/public/m")).send().await.unwrap().status(),
+            200
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(c.get(gw.url("/api/m")).send().await.unwrap().status(), 401);
+    }
+    assert_eq!(
+        c.post(gw.url("/api/m"))
+            .bearer_auth(valid_token())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(gw.url("/nowhere")).send().await.unwrap().status(),
+        404
+    );
+    let text = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse_metrics(&text);
+    let expect = [
+        (
+            r#"portcullis_requests_total{route="public",method="read",status="2xx"}"#,
+            3.0,
+        ),
+        (
+            r#"portcullis_requests_total{route="api",method="read",status="4xx"}"#,
+            2.0,
+        ),
+        (
+            r#"portcullis_requests_total{route="api",method="write",status="2xx"}"#,
+            1.0,
+        ),
+        (
+            r#"portcullis_requests_total{route="-",method="read",status="4xx"}"#,
+            1.0,
+        ),
+        (
+            r#"portcullis_auth_decisions_total{route="public",outcome="public"}"#,
+            3.0,
+        ),
+        (
+            r#"portcullis_auth_decisions_total{route="api",outcome="missing"}"#,
+            2.0,
+        ),
+        (
+            r#"portcullis_auth_decisions_total{route="api",outcome="allowed"}"#,
+            1.0,
+        ),
+        (
+            r#"portcullis_auth_decisions_total{route="-",outcome="no_route"}"#,
+            1.0,
+        ),
+        (
+            r#"portcullis_upstream_latency_seconds_count{upstream="app"}"#,
+            4.0,
+        ),
+        (
+            r#"portcullis_token_cache_lookups_total{result="miss"}"#,
+            1.0,
+        ),
+    ];
+    for (series, value) in expect {
+        let delta = sample(&samples, series) - sample(&before, series);
+        assert_eq!(delta, value, "{series} in\n{text}");
+    }
+    let hash = &gw.shared.load().config_hash;
+    assert_eq!(
+        sample(
+            &samples,
+            &format!(r#"portcullis_config_info{{hash="{hash}"}}"#)
+        ),
+        1.0
+    );
+    assert!(sample(&samples, "portcullis_active_connections") >= 1.0);
+}
+
+const VERSION_A: &str = r#"
+[[routes]]
+name = "v"
+path_prefix = "/v"
+upstream = "app"
+auth = "public"
+"#;
+
+const VERSION_B: &str = r#"
+[[routes]]
+name = "v"
+path_prefix = "/v"
+upstream = "app"
+auth = "jwt"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_load_fail_no_request() {
+    let upstream = Upstream::start().await;
+    let a = with_admin(config(upstream.addr, VERSION_A), "");
+    let b = with_admin(config(upstream.addr, VERSION_B), "");
+    let gw = Gateway::start(&a).await;
+    let url = gw.url("/v/x");
+    let load = tokio::spawn(async move {
+        let c = client();
+        let (mut public, mut protected) = (0, 0);
+        for _ in 0..3000 {
+            let status = c
+                .get(&url)
+                .send()
+                .await
+                .expect("a request failed")
+                .status()
+                .as_u16();
+            match status {
+                200 => public += 1,
+                401 => protected += 1,
+                other => panic!("status {other} during a reload"),
+            }
+        }
+        (public, protected)
+    });
+    let c = client();
+    let path = gw.config_path();
+    for i in 0..20 {
+        std::fs::write(&path, if i % 2 == 0 { &b } else { &a }).unwrap();
+        let response = c.post(gw.admin_url("/reload")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        let status = c.get(gw.url("/v/check")).send().await.unwrap().status();
+        assert_eq!(
+            status,
+            if i % 2 == 0 { 401 } else { 200 },
+            "reload {i} not in force"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An invalid version: refused with check's message, the last good one keeps serving.
+    std::fs::write(&path, a.replace("auth = \"public\"", "auth = \"maybe\"")).unwrap();
+    let response = c.post(gw.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("routes[0].auth: \"maybe\" is not an auth mode"),
+        "{body}"
+    );
+    assert_eq!(
+        c.get(gw.url("/v/check")).send().await.unwrap().status(),
+        200
+    );
+    let (public, protected) = load.await.unwrap();
+    assert!(public > 0 && protected > 0, "{public} / {protected}");
+    let text = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse_metrics(&text);
+    assert_eq!(
+        sample(&samples, r#"portcullis_config_reloads_total{result="ok"}"#),
+        20.0
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            r#"portcullis_config_reloads_total{result="failed"}"#
+        ),
+        1.0
+    );
+    // The upstream pool survived the reloads: the upstream is unchanged in both versions.
+    let connections = upstream
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections <= 4,
+        "{connections} upstream connections: pools were rebuilt"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_config_file_is_picked_up() {
+    let upstream = Upstream::start().await;
+    let text = config(upstream.addr, VERSION_A);
+    let gw = Gateway::start(&text).await;
+    assert_eq!(
+        client().get(gw.url("/v")).send().await.unwrap().status(),
+        200
+    );
+    std::fs::write(gw.config_path(), config(upstream.addr, VERSION_B)).unwrap();
+    let started = Instant::now();
+    loop {
+        let status = client().get(gw.url("/v")).send().await.unwrap().status();
+        if status == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the file change was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let upstream = Upstream::start().await;
+    let text = with_admin(config(upstream.addr, ROUTES), "shutdown_grace = \"8s\"")
+        .replace("timeout = \"1s\"", "timeout = \"10s\"");
+    let mut gw = Gateway::start(&text).await;
+    let slow_url = gw.url("/public/slow");
+    let slow = tokio::spawn(async move {
+        client()
+            .get(slow_url)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin = gw.admin_url("/readyz");
+    let http = gw.http;
+    let started = Instant::now();
+    gw.begin_stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        client().get(&admin).send().await.unwrap().status(),
+        503,
+        "readyz while draining"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "new connections accepted while draining"
+    );
+    assert_eq!(
+        slow.await.unwrap().expect("the in-flight request failed"),
+        200
+    );
+    gw.stopped(Duration::from_secs(8)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
