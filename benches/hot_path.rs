@@ -118,7 +118,7 @@ fn header_rewrite(c: &mut Criterion) {
     let permit =
         portcullis::auth::Permit::bench_with_claims(serde_json::from_value(claims).unwrap());
     let client = portcullis::identity::ClientInfo {
-        peer: "10.1.2.3".parse().unwrap(),
+        peer: portcullis::identity::peer_value("10.1.2.3".parse().unwrap()),
         tls: true,
         host: None,
         trusted: false,

@@ -141,7 +141,7 @@ pub async fn evaluate(
     };
     let host_value = headers.get(http::header::HOST).cloned();
     let client = ClientInfo {
-        peer: "192.0.2.1".parse().expect("a documentation address"),
+        peer: identity::peer_value("192.0.2.1".parse().expect("a documentation address")),
         tls: uri.scheme_str() == Some("https"),
         host: host_value.as_ref(),
         trusted: false,

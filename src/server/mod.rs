@@ -66,10 +66,12 @@ impl Listeners {
 }
 
 /// What a request handler knows about its connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer address as a header value, formatted once per connection.
+    pub peer_header: http::HeaderValue,
 }
 
 /// Serves `listeners` with the config in `shared` until `shutdown` resolves, then drains.
@@ -116,7 +118,11 @@ pub async fn run(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let conn = ConnInfo { peer, tls };
+                let conn = ConnInfo {
+                    peer,
+                    tls,
+                    peer_header: crate::identity::peer_value(peer.ip()),
+                };
                 let task = serve_connection(
                     stream,
                     conn,
@@ -233,7 +239,9 @@ async fn serve_connection(
     } else {
         None
     };
-    let service = service_fn(move |request| crate::proxy::handle(request, conn, shared.clone()));
+    let peer = conn.peer;
+    let service =
+        service_fn(move |request| crate::proxy::handle(request, conn.clone(), shared.clone()));
     let result = match tls {
         None => {
             let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -245,12 +253,12 @@ async fn serve_connection(
                 watcher.watch(connection.into_owned()).await
             }
             Err(error) => {
-                tracing::debug!(peer = %conn.peer, %error, "TLS handshake failed");
+                tracing::debug!(%peer, %error, "TLS handshake failed");
                 return;
             }
         },
     };
     if let Err(error) = result {
-        tracing::debug!(peer = %conn.peer, %error, "connection ended with an error");
+        tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }

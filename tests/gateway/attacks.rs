@@ -183,6 +183,15 @@ fn forwarding_cases() -> Vec<Case> {
             Got(|s| s.header_values("x-forwarded-for") == ["127.0.0.1"]),
         ),
         case(
+            "X_Forwarded_For spoof (read as X-Forwarded-For by CGI apps)",
+            get("/public", "X_Forwarded_For: 10.0.0.1\r\n"),
+            200,
+            Got(|s| {
+                s.header_values("x_forwarded_for").is_empty()
+                    && s.header_values("x-forwarded-for") == ["127.0.0.1"]
+            }),
+        ),
+        case(
             "X-Real-IP spoof",
             get("/public", "X-Real-IP: 10.0.0.1\r\n"),
             200,
