@@ -4,14 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need() {
-    command -v "$1" >/dev/null 2>&1 && return 0
-    echo "missing: $1 ($2)" >&2
+command -v cargo >/dev/null 2>&1 || {
+    echo "missing: cargo (install Rust with rustup, https://rustup.rs)" >&2
     exit 1
 }
-need cargo "install Rust with rustup: https://rustup.rs"
 
-# Unit tests, integration tests (real sockets on 127.0.0.1:0, real TLS, real upstreams),
-# CLI tests against the built binary, doc tests.
-cargo test --locked --all-targets "$@"
-cargo test --locked --doc "$@"
+# Unit and property tests, end-to-end tests (real sockets on 127.0.0.1:0, real TLS, a real
+# recording upstream, a real JWKS/discovery server), CLI tests against the built binary,
+# and the benches compiled and run once in test mode.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --all-targets "$@" 2>&1 | tee "$log"
+
+# One closing line over all test binaries.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"

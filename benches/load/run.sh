@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The load harness: Portcullis beside nginx and HAProxy (and any other peer of
+# ../shared/bench that is installed), in one run, on loopback only, bounded in time.
+#
+#   bash benches/load/run.sh            # both CPU setups, 10 s rows (~8 min)
+#   bash benches/load/run.sh --quick    # shared setup, 3 s rows (~3 min)
+#   PEERS="direct nginx haproxy lua gateway" bash benches/load/run.sh
+#
+# Prints the peer table (req/s, p50/p99, CPU us/request of the proxy, ratios to direct
+# and nginx) from ../shared/bench/run-peers.sh, then two memory checks of our own:
+#   - RSS with IDLE_CONNS (default 10000) idle keep-alive client connections;
+#   - RSS across a run of MANY_TOKENS (default 200000) distinct HS256 tokens, which must
+#     stay flat because the verified-token cache is bounded (token_cache_size, here 50000).
+# Needs wrk, nginx, haproxy, python3 (install with bash ../shared/bench/install-peers.sh).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bench=${BENCH_DIR:-$root/../shared/bench}
+[ -f "$bench/run-peers.sh" ] || { echo "missing $bench/run-peers.sh (the shared peer harness)" >&2; exit 1; }
+for c in wrk nginx python3 curl; do
+    command -v "$c" >/dev/null || { echo "missing $c: run bash $bench/install-peers.sh" >&2; exit 1; }
+done
+quick=0; [ "${1:-}" = "--quick" ] && quick=1
+
+cd "$root"
+cargo build --release --locked
+bin=$root/target/release/portcullis
+out=${OUT:-${TMPDIR:-/tmp}/portcullis-load/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$out"
+
+# 1. The peer table.
+peers=${PEERS:-"direct nginx haproxy gateway"}
+if [ $quick = 1 ]; then
+    bash "$bench/run-peers.sh" --quick --peers "$peers" --portcullis "$bin" --out "$out/peers"
+else
+    bash "$bench/run-peers.sh" --setups "shared pinned" --peers "$peers" --portcullis "$bin" --out "$out/peers"
+fi
+
+# 2 and 3. Memory, against a local nginx upstream.
+work=$(mktemp -d)
+trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+port_up=18381; port_gw=18391
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$port_up; location / { return 200 "ok user=\$http_x_auth_user\n"; } } }
+NGINX
+nginx -c "$work/nginx.conf"
+secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+cat > "$work/gw.toml" <<TOML
+[server]
+http = "127.0.0.1:$port_gw"
+header_read_timeout = "300s"
+max_connections = 20000
+token_cache_size = 50000
+watch_config = false
+[providers.hs]
+issuer = "https://issuer.load"
+audiences = ["app"]
+algorithms = ["HS256"]
+hmac_secret_env = "LOAD_SECRET"
+[upstreams.app]
+url = "http://127.0.0.1:$port_up"
+[identity]
+headers = { "X-Auth-User" = "sub" }
+[[routes]]
+name = "plain"
+path_prefix = "/plain"
+upstream = "app"
+auth = "public"
+[[routes]]
+name = "hs"
+path_prefix = "/hs"
+upstream = "app"
+auth = "jwt"
+TOML
+ulimit -n 65536 2>/dev/null || true
+LOAD_SECRET=$secret RUST_LOG=warn "$bin" serve --config "$work/gw.toml" > "$work/gw.log" 2>&1 &
+echo $! > "$work/gw.pid"
+gw_pid=$(cat "$work/gw.pid")
+for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port_gw/plain/" >/dev/null && break; sleep 0.1; done
+rss() { awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status"; }
+
+idle=${IDLE_CONNS:-10000}
+before=$(rss)
+python3 "$here/idle_conns.py" 127.0.0.1 $port_gw "$idle" "$gw_pid" > "$work/idle.txt"
+echo
+echo "== idle keep-alive connections"
+echo "RSS before: $((before / 1024)) MiB; $(cat "$work/idle.txt")"
+
+many=${MANY_TOKENS:-200000}
+python3 "$here/hs_tokens.py" "$secret" "$many" > "$work/tokens.txt"
+duration=$([ $quick = 1 ] && echo 10 || echo 60)
+echo
+echo "== $many distinct HS256 tokens for ${duration}s (token_cache_size 50000)"
+timeout $((duration + 30)) wrk -t2 -c64 -d${duration}s -s "$bench/lib/many_tokens.lua" \
+    "http://127.0.0.1:$port_gw/hs/" -- "$work/tokens.txt" bearer 2 > "$work/wrk-many.txt" &
+wrk_pid=$!
+samples=()
+for _ in $(seq "$duration"); do sleep 1; samples+=("$(rss)"); done
+wait $wrk_pid || true
+grep -E "Requests/sec|Non-2xx" "$work/wrk-many.txt" || true
+python3 - "${samples[@]}" <<'PY'
+import sys
+s = [int(x) for x in sys.argv[1:]]
+third = max(1, len(s) // 3)
+warm = s[third:]
+lo, hi = min(warm), max(warm)
+print(f"RSS after warm-up: min {lo/1024:.1f} MiB, max {hi/1024:.1f} MiB, spread {100*(hi-lo)/lo:.1f}% (target: within 10%)")
+PY
+echo
+echo "results: $out"
