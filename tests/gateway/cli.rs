@@ -264,14 +264,11 @@ fn token_refuses_what_it_cannot_sign() {
 }
 
 #[test]
-fn serve_runs_until_sigterm_and_exits_zero() {
+fn serve_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let dir = fixture_dir();
     let file = dir.path().join("serve.toml");
-    std::fs::write(
-        &file,
-        "[server]\nhttp = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n[upstreams.echo]\nbuiltin = \"echo\"\n[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"echo\"\nauth = \"public\"\n",
-    )
-    .unwrap();
+    let text = "[server]\nhttp = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\nwatch_config = false\n[upstreams.echo]\nbuiltin = \"echo\"\n[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"echo\"\nauth = \"public\"\n";
+    std::fs::write(&file, text).unwrap();
     let mut child = portcullis()
         .args(["serve", "--log-format", "json", "--config"])
         .arg(&file)
@@ -279,9 +276,32 @@ fn serve_runs_until_sigterm_and_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let log: serde_json::Value = serde_json::from_str(&first).expect("JSON log line");
+    // Log lines arrive on a channel, so a missing line fails the test instead of hanging it.
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_json = |what: &str| -> serde_json::Value {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no {what} line"));
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("{what} is not JSON: {line}"))
+    };
+    let wait_for = |message: &str| {
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(line) = lines.recv_timeout(Duration::from_secs(10))
+                && line.contains(message)
+            {
+                return;
+            }
+        }
+        panic!("no log line with {message:?}");
+    };
+    let log = next_json("startup");
     let http = log["http"]
         .as_str()
         .unwrap()
@@ -289,25 +309,33 @@ fn serve_runs_until_sigterm_and_exits_zero() {
         .trim_end_matches(')')
         .to_owned();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let status = rt.block_on(async {
-        client()
-            .get(format!("http://{http}/x?token=secret-value"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(status, 200);
-    // The access line is JSON, names the route, and never shows the query.
-    let access = lines.next().unwrap().unwrap();
-    let access: serde_json::Value = serde_json::from_str(&access).expect("JSON access line");
+    let get = |path: &str| {
+        rt.block_on(async {
+            client()
+                .get(format!("http://{http}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    assert_eq!(get("/x?token=secret-value"), 200);
+    // The decision line is JSON, names the route, and never shows the query.
+    let access = next_json("access");
     assert_eq!(access["route"], "all");
     assert_eq!(access["status"], 200);
+    assert_eq!(access["decision"], "public");
     assert!(!access.to_string().contains("secret-value"));
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+
+    // SIGHUP reloads the edited file.
+    std::fs::write(&file, text.replace("name = \"all\"", "name = \"renamed\"")).unwrap();
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    wait_for("config reloaded");
+    assert_eq!(get("/y"), 200);
+    assert_eq!(next_json("access after reload")["route"], "renamed");
+
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let started = std::time::Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {

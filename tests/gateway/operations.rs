@@ -333,3 +333,60 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     gw.stopped(Duration::from_secs(8)).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[tokio::test]
+async fn tls_certificates_reload_without_a_restart() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&with_admin(config(upstream.addr, ROUTES), "")).await;
+    let trusting = |pem: &str| {
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([cert])
+            .resolve("localhost", gw.https.unwrap())
+            .build()
+            .unwrap()
+    };
+    let old_pem = keys().tls_cert_pem.clone();
+    assert_eq!(
+        trusting(&old_pem)
+            .get(gw.https_url("/public"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // A new certificate and key, then a reload.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(gw.dir.path().join("new.crt"), cert.pem()).unwrap();
+    std::fs::write(gw.dir.path().join("new.key"), key.serialize_pem()).unwrap();
+    let text = std::fs::read_to_string(gw.config_path())
+        .unwrap()
+        .replace("cert = \"tls.crt\"", "cert = \"new.crt\"")
+        .replace("key = \"tls.key\"", "key = \"new.key\"");
+    std::fs::write(gw.config_path(), text).unwrap();
+    let response = client().post(gw.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    // New connections get the new certificate; the old one is no longer presented.
+    assert_eq!(
+        trusting(&cert.pem())
+            .get(gw.https_url("/public"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        trusting(&old_pem)
+            .get(gw.https_url("/public"))
+            .send()
+            .await
+            .is_err()
+    );
+}
