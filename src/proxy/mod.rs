@@ -125,7 +125,9 @@ async fn process(
     // 1-2. One canonical host and path, matched against the routes: what is matched is
     // what is forwarded (I4); no route, no upstream.
     let (index, path_and_query, host_value) = resolve(&parts, snapshot)?;
-    record.path = Some(path_and_query.clone());
+    if record.timed {
+        record.path = Some(path_and_query.clone());
+    }
     record.route = Some(index);
     let route = &snapshot.routes.routes()[index];
 
