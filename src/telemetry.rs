@@ -29,3 +29,16 @@ pub fn init(format: LogFormat) {
             .try_init(),
     };
 }
+
+/// An error and all its causes on one line (`a: b: c`): hyper and reqwest put the useful
+/// part (`connection refused`, `UnknownIssuer`) in the sources.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -424,14 +424,7 @@ impl Remote {
     /// GET with a timeout and a bounded body; returns the body and `Cache-Control: max-age`.
     async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
         let transport = |e: reqwest::Error| {
-            let mut text = format!("{url}: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            FetchError::Transport(text)
+            FetchError::Transport(format!("{url}: {}", crate::telemetry::error_chain(&e)))
         };
         let mut response = self
             .http

@@ -21,6 +21,7 @@ use super::error::ProxyError;
 use crate::auth::Permit;
 use crate::identity::strip_hop_by_hop;
 use crate::metrics::{AtomicHistogram, Metrics};
+use crate::telemetry::error_chain;
 use std::sync::Arc;
 
 /// What the client receives: the upstream's streamed body, or a body we made.
@@ -230,17 +231,6 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         current = e.source();
     }
     false
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The built-in echo upstream: method, path, query and headers as JSON.
