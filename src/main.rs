@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use portcullis::Snapshot;
 use portcullis::explain;
 use portcullis::telemetry::{self, LogFormat};
-use portcullis::{Listeners, Snapshot};
 
 /// Exit status for an invalid config (EX_USAGE, as the style guide asks).
 const EXIT_CONFIG: u8 = 64;
@@ -294,43 +294,11 @@ fn serve(config: PathBuf, workers: Option<usize>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    // One worker: a current-thread runtime (no work-stealing machinery, no cross-thread
-    // wake-ups); more: the multi-thread runtime.
     let workers = workers
         .or_else(|| std::env::var("TOKIO_WORKER_THREADS").ok()?.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    let mut runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(workers);
-        builder
-    };
-    runtime.enable_all();
-    let runtime = match runtime.build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        let settings = snapshot.server.clone();
-        let listeners = Listeners::bind(&settings).await?;
-        tracing::info!(
-            config = %config.display(),
-            http = ?listeners.http_addr(),
-            https = ?listeners.https_addr(),
-            admin = ?listeners.admin_addr(),
-            routes = snapshot.routes.routes().len(),
-            hash = %snapshot.config_hash,
-            "portcullis listening"
-        );
-        let shared = snapshot.shared();
-        tokio::spawn(reload_on_sighup(shared.clone()));
-        portcullis::run(listeners, shared, shutdown_signal()).await
-    });
+        .clamp(1, portcullis::server::MAX_WORKERS);
+    let result = serve_thread_per_core(config, snapshot, workers);
     match result {
         Ok(()) => {
             tracing::info!("stopped");
@@ -342,6 +310,79 @@ fn serve(config: PathBuf, workers: Option<usize>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Thread-per-core: `workers` threads, each a current-thread runtime with its own
+/// `SO_REUSEPORT` listeners and its own upstream pools, so a request never changes thread.
+/// The first worker (this thread) also runs the process-wide tasks: key refresh, admin
+/// listener, config watch, signals.
+fn serve_thread_per_core(
+    config: PathBuf,
+    snapshot: Snapshot,
+    workers: usize,
+) -> std::io::Result<()> {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let sets = portcullis::server::StdListeners::bind_per_worker(&snapshot.server, workers)?;
+    let primary_runtime = runtime()?;
+    let shared = snapshot.shared();
+    // Keys first, so that no worker serves a remote provider's tokens before they exist.
+    primary_runtime
+        .block_on(shared.load().start_key_refresh())
+        .map_err(std::io::Error::other)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let slots = portcullis::server::connection_slots(&shared);
+    let mut sets = sets.into_iter();
+    let primary = sets.next().expect("at least one worker");
+    let mut threads = Vec::new();
+    for (index, set) in sets.enumerate() {
+        let (shared, mut stop, slots) = (shared.clone(), stop_rx.clone(), slots.clone());
+        let runtime = runtime()?;
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("portcullis-worker-{}", index + 1))
+                .spawn(move || {
+                    portcullis::server::set_worker(index + 1);
+                    runtime.block_on(async move {
+                        let listeners = set.into_tokio()?;
+                        let stopped = async move {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        };
+                        portcullis::server::run_worker(listeners, shared, stopped, slots).await
+                    })
+                })?,
+        );
+    }
+    let result = primary_runtime.block_on(async move {
+        let listeners = primary.into_tokio()?;
+        tracing::info!(
+            config = %config.display(),
+            http = ?listeners.http_addr(),
+            https = ?listeners.https_addr(),
+            admin = ?listeners.admin_addr(),
+            workers,
+            routes = shared.load().routes.routes().len(),
+            hash = %shared.load().config_hash,
+            "portcullis listening"
+        );
+        tokio::spawn(reload_on_sighup(shared.clone()));
+        let shutdown = async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        };
+        portcullis::server::run_primary(listeners, shared, shutdown, slots).await
+    });
+    for thread in threads {
+        match thread.join() {
+            Ok(Err(error)) => tracing::error!(%error, "a worker stopped with an error"),
+            Ok(Ok(())) => {}
+            Err(_) => tracing::error!("a worker panicked"),
+        }
+    }
+    result
 }
 
 /// Reloads the config on every SIGHUP (a failed reload keeps the old config).

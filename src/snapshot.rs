@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub unrouted: RouteMetrics,
     /// `[[tests]]`, run by `check`.
     pub rule_tests: Vec<RuleTest>,
+    /// Set once the remote key refresh of this snapshot was started.
+    pub key_refresh_started: std::sync::atomic::AtomicBool,
 }
 
 /// A compiled `[[tests]]` table.
@@ -68,6 +70,12 @@ impl Snapshot {
     /// lives. Fails only for providers with `require_keys_at_start` that got no key in time,
     /// or whose discovery document names another issuer.
     pub async fn start_key_refresh(&self) -> Result<(), String> {
+        if self
+            .key_refresh_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(());
+        }
         for provider in &self.providers {
             if let Some(remote) = &provider.remote {
                 let settings = remote.settings();

@@ -105,6 +105,7 @@ pub fn compile(
             source,
             config_hash,
             rule_tests,
+            key_refresh_started: Default::default(),
             unrouted: inherited.metrics.route("-"),
             metrics: inherited.metrics,
         }),

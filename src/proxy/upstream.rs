@@ -4,6 +4,7 @@
 //! trailers are dropped (a client could otherwise smuggle an identity header past the
 //! rewrite in them: I2), and the wait for response headers is bounded (504).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,7 +48,10 @@ pub enum Target {
     Http {
         authority: Authority,
         pool: PoolSettings,
-        client: UpstreamClient,
+        /// One pool per worker thread, made on first use by that worker: a request and its
+        /// pooled connection stay on one thread (thread-per-core). Shared by the snapshots
+        /// of a reload when the upstream did not change.
+        clients: Arc<[OnceLock<UpstreamClient>]>,
     },
     /// Answers with a JSON description of the request it would have received.
     Echo,
@@ -69,21 +73,14 @@ impl Upstream {
         pool: PoolSettings,
         metrics: &Arc<Metrics>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(pool.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(pool.idle_timeout)
-            .pool_max_idle_per_host(pool.max_idle)
-            .build(connector);
         Upstream {
             name: name.into(),
             target: Target::Http {
                 authority,
                 pool,
-                client,
+                clients: (0..crate::server::MAX_WORKERS)
+                    .map(|_| OnceLock::new())
+                    .collect(),
             },
             timeout: timeouts.0,
             body_timeout: timeouts.1,
@@ -109,7 +106,7 @@ impl Upstream {
         let Target::Http {
             authority,
             pool,
-            client,
+            clients,
         } = &mut self.target
         else {
             return;
@@ -118,12 +115,12 @@ impl Upstream {
             Target::Http {
                 authority: a,
                 pool: p,
-                client: c,
+                clients: c,
             } if old.name == self.name && a == authority && p == pool => Some(c.clone()),
             _ => None,
         });
-        if let Some(old_client) = same {
-            *client = old_client;
+        if let Some(old_clients) = same {
+            *clients = old_clients;
         }
     }
 
@@ -147,8 +144,13 @@ pub async fn forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (authority, client) = match &upstream.target {
         Target::Http {
-            authority, client, ..
-        } => (authority, client),
+            authority,
+            pool,
+            clients,
+        } => {
+            let slot = &clients[crate::server::worker_id() % clients.len()];
+            (authority, slot.get_or_init(|| new_client(pool)))
+        }
         Target::Echo => return Ok(echo(&parts, &path_and_query)),
     };
     let mut uri = http::uri::Parts::default();
@@ -180,6 +182,18 @@ pub async fn forward(
         Ok(result) => result,
     };
     finish(upstream, result, started)
+}
+
+fn new_client(pool: &PoolSettings) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(pool.connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(pool.idle_timeout)
+        .pool_max_idle_per_host(pool.max_idle)
+        .build(connector)
 }
 
 /// For a request with a body, a signal that resolves when the body has been sent (or failed).

@@ -65,6 +65,98 @@ impl Listeners {
     }
 }
 
+/// Worker threads a process may run (each its own current-thread runtime).
+pub const MAX_WORKERS: usize = 64;
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index` (thread-per-core `serve`).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index % MAX_WORKERS));
+}
+
+/// The worker the calling thread serves as (0 outside thread-per-core `serve`).
+pub fn worker_id() -> usize {
+    WORKER.with(|w| w.get())
+}
+
+/// Listeners not yet registered with a runtime: one set per worker thread, all bound to the
+/// same addresses with `SO_REUSEPORT`, so the kernel spreads connections over the workers.
+pub struct StdListeners {
+    http: Option<std::net::TcpListener>,
+    https: Option<std::net::TcpListener>,
+    admin: Option<std::net::TcpListener>,
+}
+
+impl StdListeners {
+    /// `workers` sets for `settings`; the admin listener goes to the first set only.
+    pub fn bind_per_worker(
+        settings: &ServerSettings,
+        workers: usize,
+    ) -> io::Result<Vec<StdListeners>> {
+        let mut sets: Vec<StdListeners> = (0..workers)
+            .map(|_| StdListeners {
+                http: None,
+                https: None,
+                admin: None,
+            })
+            .collect();
+        for (addr, what) in [(settings.http, "http"), (settings.https, "https")] {
+            let Some(mut addr) = addr else { continue };
+            for (i, set) in sets.iter_mut().enumerate() {
+                let listener = reuseport_listener(addr).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr} (server.{what}): {e}"),
+                    )
+                })?;
+                if i == 0 {
+                    // Port 0: the others join the port the first one got.
+                    addr = listener.local_addr()?;
+                }
+                match what {
+                    "http" => set.http = Some(listener),
+                    _ => set.https = Some(listener),
+                }
+            }
+        }
+        if let Some(addr) = settings.admin {
+            let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} (server.admin): {e}"),
+                )
+            })?;
+            listener.set_nonblocking(true)?;
+            sets[0].admin = Some(listener);
+        }
+        Ok(sets)
+    }
+
+    /// Registers the listeners with the calling thread's runtime.
+    pub fn into_tokio(self) -> io::Result<Listeners> {
+        let convert = |l: Option<std::net::TcpListener>| l.map(TcpListener::from_std).transpose();
+        Ok(Listeners {
+            http: convert(self.http)?,
+            https: convert(self.https)?,
+            admin: convert(self.admin)?,
+        })
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
 /// What a request handler knows about its connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -76,9 +168,26 @@ pub struct ConnInfo {
 
 /// Serves `listeners` with the config in `shared` until `shutdown` resolves, then drains.
 pub async fn run(
+    listeners: Listeners,
+    shared: SharedSnapshot,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let slots = connection_slots(&shared);
+    run_primary(listeners, shared, shutdown, slots).await
+}
+
+/// The semaphore behind `server.max_connections`, shared by every worker of a process.
+pub fn connection_slots(shared: &SharedSnapshot) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(shared.load().server.max_connections))
+}
+
+/// [`run`] for the first worker of a thread-per-core process, with the process-wide
+/// connection limit.
+pub async fn run_primary(
     mut listeners: Listeners,
     shared: SharedSnapshot,
     shutdown: impl Future<Output = ()>,
+    slots: Arc<Semaphore>,
 ) -> io::Result<()> {
     let settings = shared.load().server.clone();
     shared
@@ -86,8 +195,10 @@ pub async fn run(
         .start_key_refresh()
         .await
         .map_err(io::Error::other)?;
-    let metrics = shared.load().metrics.clone();
-    metrics.set_config_hash(&shared.load().config_hash);
+    shared
+        .load()
+        .metrics
+        .set_config_hash(&shared.load().config_hash);
     let draining = Arc::new(AtomicBool::new(false));
     let admin = listeners
         .admin
@@ -100,11 +211,39 @@ pub async fn run(
             Duration::from_millis(500),
         ))
     });
+    let result = serve_listeners(listeners, shared, shutdown, draining, slots).await;
+    for task in admin.into_iter().chain(watcher) {
+        task.abort();
+    }
+    result
+}
+
+/// The accept loop and drain of one worker of a thread-per-core process: like [`run`]
+/// without the process-wide parts (key refresh, admin listener, file watch), which the
+/// first worker runs.
+pub async fn run_worker(
+    listeners: Listeners,
+    shared: SharedSnapshot,
+    shutdown: impl Future<Output = ()>,
+    slots: Arc<Semaphore>,
+) -> io::Result<()> {
+    let draining = Arc::new(AtomicBool::new(false));
+    serve_listeners(listeners, shared, shutdown, draining, slots).await
+}
+
+async fn serve_listeners(
+    listeners: Listeners,
+    shared: SharedSnapshot,
+    shutdown: impl Future<Output = ()>,
+    draining: Arc<AtomicBool>,
+    slots: Arc<Semaphore>,
+) -> io::Result<()> {
+    let settings = shared.load().server.clone();
+    let metrics = shared.load().metrics.clone();
     let builder = Arc::new(connection_builder(&settings));
     let graceful = GracefulShutdown::new();
-    // Beyond max_connections, new connections wait in the kernel's listen backlog: the
-    // process stays within its file-descriptor and memory budget.
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    // Beyond max_connections (process-wide), new connections wait in the kernel's listen
+    // backlog: the process stays within its file-descriptor and memory budget.
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -160,9 +299,6 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("shutdown grace elapsed with connections still open");
-    }
-    for task in admin.into_iter().chain(watcher) {
-        task.abort();
     }
     Ok(())
 }
