@@ -28,9 +28,11 @@ bin=$root/target/release/portcullis
 out=${OUT:-${TMPDIR:-/tmp}/portcullis-load/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 
-# 1. The peer table.
+# 1. The peer table (SKIP_PEERS=1: only the memory checks).
 peers=${PEERS:-"direct nginx haproxy gateway"}
-if [ $quick = 1 ]; then
+if [ "${SKIP_PEERS:-0}" = 1 ]; then
+    echo "peer table skipped (SKIP_PEERS=1)"
+elif [ $quick = 1 ]; then
     bash "$bench/run-peers.sh" --quick --peers "$peers" --portcullis "$bin" --out "$out/peers"
 else
     bash "$bench/run-peers.sh" --setups "shared pinned" --peers "$peers" --portcullis "$bin" --out "$out/peers"
@@ -44,7 +46,8 @@ cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log;
-events { worker_connections 4096; }
+worker_rlimit_nofile 30000;
+events { worker_connections 25000; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$port_up; location / { return 200 "ok user=\$http_x_auth_user\n"; } } }
 NGINX
