@@ -9,9 +9,30 @@ command -v cargo >/dev/null 2>&1 || {
     exit 1
 }
 
+# The login tests run a real OpenID provider (the pinned npm package oidc-provider, under
+# Node.js) and a real redis-server. Install what is missing, or say exactly what it is.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+        echo "installing: ${missing[*]} (Debian packages)" >&2
+        $sudo apt-get update -qq
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "missing: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+fi
+npm ci --prefix tests/support/oidc --no-audit --no-fund --loglevel=error
+
 # Unit and property tests, end-to-end tests (real sockets on 127.0.0.1:0, real TLS, a real
 # recording upstream, a real JWKS/discovery server), CLI tests against the built binary,
-# and the benches compiled and run once in test mode.
+# the login flows against the OpenID provider and Redis, and the benches compiled and run
+# once in test mode.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --locked --all-targets "$@" 2>&1 | tee "$log"

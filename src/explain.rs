@@ -81,13 +81,19 @@ pub async fn evaluate(
         HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
     );
     let sources: &[TokenSource] = match &route.auth {
-        RouteAuth::Jwt(policy) => &policy.sources,
+        RouteAuth::Protected(policy) => &policy.sources,
         RouteAuth::Public => &[],
     };
-    let now = auth::unix_now();
-    let providers = &snapshot.providers;
+    let ctx = auth::AuthContext {
+        providers: &snapshot.providers,
+        cache: &snapshot.token_cache,
+        // explain presents tokens or assumed claims, never a browser session.
+        login: None,
+        tls: false,
+        now: auth::unix_now(),
+    };
     let permit = match (&route.auth, credential) {
-        (RouteAuth::Jwt(policy), Credential::Claims(claims)) => {
+        (RouteAuth::Protected(policy), Credential::Claims(claims)) => {
             auth::authorize_assumed_claims(policy, claims)
         }
         (_, Credential::Token(token)) => {
@@ -104,11 +110,13 @@ pub async fn evaluate(
                     headers.insert(http::header::AUTHORIZATION, value);
                 }
             }
-            auth::authenticate(&route.auth, &headers, providers, &snapshot.token_cache, now).await
+            auth::authenticate(&route.auth, &headers, &ctx).await
         }
-        _ => auth::authenticate(&route.auth, &headers, providers, &snapshot.token_cache, now).await,
+        _ => auth::authenticate(&route.auth, &headers, &ctx).await,
     };
-    if let (RouteAuth::Jwt(policy), Some(claims)) = (&route.auth, claims_of(credential, &permit)) {
+    if let (RouteAuth::Protected(policy), Some(claims)) =
+        (&route.auth, claims_of(credential, &permit))
+    {
         for scope in policy.scopes.iter() {
             evaluation.requirements.push((
                 format!("scope {scope}"),

@@ -37,13 +37,20 @@ static HTTPS: HeaderValue = HeaderValue::from_static("https");
 pub struct IdentityPolicy {
     /// Header to set -> claim it carries.
     inject: Box<[(HeaderName, Box<str>)]>,
+    /// The gateway's own cookies (session, login state): removed on every route.
+    own_cookies: Box<[Box<str>]>,
 }
 
 impl IdentityPolicy {
+    pub fn set_own_cookies(&mut self, names: Vec<Box<str>>) {
+        self.own_cookies = names.into_boxed_slice();
+    }
+
     /// `headers`: (header name, claim name). Names must be valid header names.
     pub fn new(headers: Vec<(HeaderName, Box<str>)>) -> Self {
         IdentityPolicy {
             inject: headers.into_boxed_slice(),
+            own_cookies: Box::default(),
         }
     }
 
@@ -99,16 +106,21 @@ pub fn rewrite_request(
             || (!keep_method_override && METHOD_OVERRIDES.iter().any(|h| same_header(h, name)))
             || (strip_forwarded && FORWARDING.iter().any(|f| same_name(f, name)))
     });
-    match permit.consumed() {
-        Consumed::None => {}
+    let consumed_cookie = match permit.consumed() {
+        Consumed::None => None,
         Consumed::Authorization => {
             headers.remove(AUTHORIZATION);
+            None
         }
-        Consumed::Cookie(index) => {
-            if let Some(TokenSource::Cookie(name)) = sources.get(index) {
-                credential::remove_cookie(headers, name);
-            }
-        }
+        Consumed::Cookie(index) => match sources.get(index) {
+            Some(TokenSource::Cookie(name)) => Some(&**name),
+            _ => None,
+        },
+    };
+    if consumed_cookie.is_some() || !policy.own_cookies.is_empty() {
+        credential::remove_cookies(headers, |name| {
+            consumed_cookie == Some(name) || policy.own_cookies.iter().any(|own| **own == *name)
+        });
     }
     rewrite_forwarded(headers, client);
     if let Some(identity) = permit.identity() {

@@ -7,6 +7,7 @@
 //!        1. canonical  ── canonical host and path; 400 when ambiguous
 //!        2. router     ── most specific route; none → 404, upstream untouched
 //!        3. auth       ── credential → verified Identity, or Public; 401/403 otherwise
+//!                         (a session from `session`: OIDC login, sealed cookies, stores)
 //!        4. identity   ── strip hop-by-hop + spoofed identity + consumed credential, inject
 //!        5. proxy::upstream ── pooled keep-alive client, streamed bodies; 502/504
 //!        └─ proxy::error ── the one status mapping; access log line (no secrets)
@@ -28,6 +29,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod session;
 pub mod snapshot;
 pub mod telemetry;
 

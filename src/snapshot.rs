@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub providers: Vec<Provider>,
     pub upstreams: Vec<Upstream>,
     pub identity: IdentityPolicy,
+    /// `[login]`: browser sessions through an OpenID provider.
+    pub login: Option<crate::session::Login>,
     pub trusted_proxies: Vec<IpNet>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Verified tokens of this config (a new config starts with an empty cache).
@@ -201,6 +203,16 @@ impl Snapshot {
                 }
             }
         }
+        if let Some(login) = &self.login
+            && !login.store.is_server_side()
+        {
+            warnings.push(
+                "login.store is \"cookie\": sessions live only in the browser, so a logout elsewhere \
+                 (back-channel logout, another instance) cannot end them before they expire; \
+                 use store = \"redis\" when that matters"
+                    .to_owned(),
+            );
+        }
         warnings
     }
 
@@ -237,7 +249,7 @@ impl Snapshot {
                 let upstream = &self.upstreams[route.upstream];
                 let auth = match &route.auth {
                     RouteAuth::Public => "public".to_owned(),
-                    RouteAuth::Jwt(policy) => {
+                    RouteAuth::Protected(policy) => {
                         let providers: Vec<&str> = policy
                             .providers
                             .iter()
@@ -245,11 +257,21 @@ impl Snapshot {
                             .collect();
                         let sources: Vec<String> =
                             policy.sources.iter().map(ToString::to_string).collect();
-                        let mut text = format!(
-                            "jwt from {} via {}",
-                            sources.join(", "),
-                            providers.join(", ")
-                        );
+                        let mut parts = Vec::new();
+                        if policy.jwt {
+                            parts.push(format!(
+                                "jwt from {} via {}",
+                                sources.join(", "),
+                                providers.join(", ")
+                            ));
+                        }
+                        if policy.session {
+                            parts.push(format!(
+                                "session ({:?} when absent)",
+                                policy.on_unauthenticated
+                            ));
+                        }
+                        let mut text = parts.join(" or ");
                         if !policy.scopes.is_empty() {
                             text.push_str(&format!(
                                 "; requires scopes {}",

@@ -111,7 +111,7 @@ fn is_b64token(token: &str) -> bool {
 }
 
 /// The value of cookie `name` across every `Cookie` header.
-fn cookie_value<'h>(
+pub fn cookie_value<'h>(
     headers: &'h HeaderMap,
     name: &str,
 ) -> Result<Option<&'h str>, CredentialError> {
@@ -144,6 +144,25 @@ fn cookie_value<'h>(
 /// header (HTTP/1 upstreams expect a single `Cookie` line). Removes the header when nothing
 /// is left.
 pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    remove_cookies(headers, |n| n == name);
+}
+
+/// [`remove_cookie`] for every cookie whose name `doomed` picks. Leaves the headers
+/// untouched (no rewrite, no allocation) when no such cookie is present.
+pub fn remove_cookies(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    fn name_of(pair: &str) -> &str {
+        let pair = pair.trim_matches(' ');
+        pair.split_once('=').map_or(pair, |(k, _)| k)
+    }
+    // A header that is not text is dropped by the rewrite below, like a doomed cookie.
+    let present = headers.get_all(COOKIE).iter().any(|header| {
+        header.to_str().map_or(true, |text| {
+            text.split(';').any(|pair| doomed(name_of(pair)))
+        })
+    });
+    if !present {
+        return;
+    }
     let mut kept = String::new();
     for header in headers.get_all(COOKIE) {
         let Ok(text) = header.to_str() else {
@@ -152,7 +171,7 @@ pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
         for pair in text.split(';') {
             let pair = pair.trim_matches(' ');
             let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-            if pair.is_empty() || key == name {
+            if pair.is_empty() || doomed(key) {
                 continue;
             }
             if !kept.is_empty() {

@@ -147,6 +147,39 @@ pub fn verify(
     providers: &[Provider],
     now: u64,
 ) -> Result<Verified, JwtError> {
+    verify_with(token, allowed, providers, now, Audience::Provider)
+}
+
+/// Whose audience a token must name.
+#[derive(Clone, Copy)]
+enum Audience<'a> {
+    /// One of the provider's `audiences` (access tokens).
+    Provider,
+    /// This OIDC client id (ID and logout tokens): `aud` contains it, and with several
+    /// audiences `azp` must be it (OIDC Core 3.1.3.7).
+    Client(&'a str),
+}
+
+/// An ID token or logout token for OIDC client `client_id`, from provider `index`: the
+/// provider's keys and algorithm allow-list, its issuer, `exp`/`nbf`/`iat`, and the
+/// client's audience. Returns the claims.
+pub fn verify_for_client(
+    token: &str,
+    index: usize,
+    providers: &[Provider],
+    client_id: &str,
+    now: u64,
+) -> Result<Claims, JwtError> {
+    verify_with(token, &[index], providers, now, Audience::Client(client_id)).map(|v| v.claims)
+}
+
+fn verify_with(
+    token: &str,
+    allowed: &[usize],
+    providers: &[Provider],
+    now: u64,
+    audience: Audience<'_>,
+) -> Result<Verified, JwtError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(JwtError::TooLarge);
     }
@@ -177,7 +210,7 @@ pub fn verify(
         }
         match verify_signature(provider, &header, message, signature) {
             Ok(key_id) => {
-                let valid_until = validate_claims(provider, &claims, now)?;
+                let valid_until = validate_claims(provider, &claims, now, audience)?;
                 return Ok(Verified {
                     provider: index,
                     key_id,
@@ -251,7 +284,12 @@ fn verify_signature(
 }
 
 /// Returns `exp` plus leeway: until when the token stays valid.
-fn validate_claims(provider: &Provider, claims: &Claims, now: u64) -> Result<f64, JwtError> {
+fn validate_claims(
+    provider: &Provider,
+    claims: &Claims,
+    now: u64,
+    audience: Audience<'_>,
+) -> Result<f64, JwtError> {
     let now = now as f64;
     let leeway = provider.leeway as f64;
     let exp = numeric_date(claims.get("exp"))?.ok_or(JwtError::MissingExpiry)?;
@@ -268,12 +306,20 @@ fn validate_claims(provider: &Provider, claims: &Claims, now: u64) -> Result<f64
     {
         return Err(JwtError::IssuedInFuture);
     }
-    let accepted = |aud: &str| provider.audiences.iter().any(|a| &**a == aud);
-    let audience_ok = match claims.get("aud") {
+    let accepted = |aud: &str| match audience {
+        Audience::Provider => provider.audiences.iter().any(|a| &**a == aud),
+        Audience::Client(client) => aud == client,
+    };
+    let mut audience_ok = match claims.get("aud") {
         Some(Value::String(aud)) => accepted(aud),
         Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(accepted),
         _ => false,
     };
+    if let (Audience::Client(client), Some(Value::Array(auds))) = (audience, claims.get("aud"))
+        && auds.len() > 1
+    {
+        audience_ok &= claims.get("azp").and_then(Value::as_str) == Some(client);
+    }
     if !audience_ok {
         return Err(JwtError::WrongAudience);
     }

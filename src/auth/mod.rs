@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
+use crate::session::Login;
 use cache::TokenCache;
 use claims::{ClaimRequirement, Claims};
 use credential::{CredentialError, TokenSource};
@@ -24,16 +25,32 @@ use jwt::{JwtError, Provider};
 /// What a route demands, compiled from `auth`, `providers`, `token_sources`, `require`.
 pub enum RouteAuth {
     Public,
-    Jwt(JwtPolicy),
+    Protected(Policy),
 }
 
-pub struct JwtPolicy {
+/// A protected route: which credentials it takes and what their claims must hold.
+pub struct Policy {
+    /// A JWT from `sources` is accepted (`auth` names `"jwt"`).
+    pub jwt: bool,
+    /// A login session is accepted (`auth` names `"session"`); tried when no JWT is present.
+    pub session: bool,
+    /// What a request without a credential gets on a session route.
+    pub on_unauthenticated: Unauthenticated,
     /// Indices into `Snapshot::providers`.
     pub providers: Box<[usize]>,
     pub sources: Box<[TokenSource]>,
     pub forward_token: bool,
     pub scopes: Box<[Box<str>]>,
     pub claims: Box<[ClaimRequirement]>,
+}
+
+/// `on_unauthenticated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthenticated {
+    /// Browser navigations are sent to log in, other requests get 401.
+    Negotiate,
+    Redirect,
+    Deny,
 }
 
 /// A verified principal.
@@ -58,9 +75,16 @@ pub enum Consumed {
 pub struct Permit {
     identity: Option<Identity>,
     consumed: Consumed,
+    /// A renewed session cookie to send with the response.
+    set_cookie: Option<http::HeaderValue>,
 }
 
 impl Permit {
+    /// The renewed session cookie, if the session was touched or refreshed.
+    pub fn take_set_cookie(&mut self) -> Option<http::HeaderValue> {
+        self.set_cookie.take()
+    }
+
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
     }
@@ -81,6 +105,7 @@ impl Permit {
                 claims: Arc::new(claims),
             }),
             consumed: Consumed::Authorization,
+            set_cookie: None,
         }
     }
 
@@ -92,6 +117,7 @@ impl Permit {
                 claims: Arc::new(claims),
             }),
             consumed,
+            set_cookie: None,
         }
     }
 }
@@ -109,6 +135,8 @@ pub enum AuthError {
     MissingScope,
     #[error("a required claim does not hold")]
     ClaimMismatch,
+    #[error("the session store is unavailable")]
+    SessionUnavailable,
 }
 
 impl AuthError {
@@ -121,65 +149,106 @@ impl AuthError {
             AuthError::InvalidToken(e) => e.reason(),
             AuthError::MissingScope => "insufficient_scope",
             AuthError::ClaimMismatch => "claim_mismatch",
+            AuthError::SessionUnavailable => "session_store_unavailable",
         }
     }
+}
+
+/// What `authenticate` consults besides the route's policy.
+pub struct AuthContext<'a> {
+    pub providers: &'a [Provider],
+    pub cache: &'a TokenCache,
+    /// The `[login]` client, when sessions are configured.
+    pub login: Option<&'a Login>,
+    /// The request came over TLS (picks the session cookie's name).
+    pub tls: bool,
+    pub now: u64,
 }
 
 /// Decides whether the request with these headers may pass the route's policy.
 pub async fn authenticate(
     policy: &RouteAuth,
     headers: &HeaderMap,
-    providers: &[Provider],
-    cache: &TokenCache,
-    now: u64,
+    ctx: &AuthContext<'_>,
 ) -> Result<Permit, AuthError> {
     let policy = match policy {
         RouteAuth::Public => {
             return Ok(Permit {
                 identity: None,
                 consumed: Consumed::None,
+                set_cookie: None,
             });
         }
-        RouteAuth::Jwt(policy) => policy,
+        RouteAuth::Protected(policy) => policy,
     };
-    let (source, token) =
-        credential::find_token(headers, &policy.sources)?.ok_or(AuthError::MissingCredential)?;
-    let identity = verify_cached(token, policy, providers, cache, now).await?;
-    if !identity.claims.has_scopes(&policy.scopes) {
-        return Err(AuthError::MissingScope);
+    // A JWT first when the route takes one and the request carries one: a present but
+    // bad token is refused, never silently replaced by a session.
+    if policy.jwt
+        && let Some((source, token)) = credential::find_token(headers, &policy.sources)?
+    {
+        let identity = verify_cached(token, policy, ctx.providers, ctx.cache, ctx.now).await?;
+        check_requirements(policy, &identity.claims)?;
+        let consumed = match (&policy.sources[source], policy.forward_token) {
+            (_, true) => Consumed::None,
+            (TokenSource::Bearer, false) => Consumed::Authorization,
+            (TokenSource::Cookie(_), false) => Consumed::Cookie(source),
+        };
+        return Ok(Permit {
+            identity: Some(identity),
+            consumed,
+            set_cookie: None,
+        });
     }
-    if !policy.claims.iter().all(|r| r.holds(&identity.claims)) {
-        return Err(AuthError::ClaimMismatch);
+    if policy.session
+        && let Some(login) = ctx.login
+    {
+        let found = login
+            .find(headers, ctx.tls, ctx.providers, ctx.now)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "session lookup failed; denying");
+                AuthError::SessionUnavailable
+            })?;
+        if let Some(found) = found {
+            check_requirements(policy, &found.claims)?;
+            return Ok(Permit {
+                identity: Some(Identity {
+                    provider: login.provider,
+                    claims: found.claims,
+                }),
+                // The session cookie is one of the gateway's own: always stripped.
+                consumed: Consumed::None,
+                set_cookie: found.set_cookie,
+            });
+        }
     }
-    let consumed = match (&policy.sources[source], policy.forward_token) {
-        (_, true) => Consumed::None,
-        (TokenSource::Bearer, false) => Consumed::Authorization,
-        (TokenSource::Cookie(_), false) => Consumed::Cookie(source),
-    };
-    Ok(Permit {
-        identity: Some(identity),
-        consumed,
-    })
+    Err(AuthError::MissingCredential)
 }
 
-/// For `explain --claims` and `[[tests]]` only: the route's requirements checked against
-/// claims that were *not* verified here. Never reachable from the proxy's request path.
-pub(crate) fn authorize_assumed_claims(
-    policy: &JwtPolicy,
-    claims: &Claims,
-) -> Result<Permit, AuthError> {
+fn check_requirements(policy: &Policy, claims: &Claims) -> Result<(), AuthError> {
     if !claims.has_scopes(&policy.scopes) {
         return Err(AuthError::MissingScope);
     }
     if !policy.claims.iter().all(|r| r.holds(claims)) {
         return Err(AuthError::ClaimMismatch);
     }
+    Ok(())
+}
+
+/// For `explain --claims` and `[[tests]]` only: the route's requirements checked against
+/// claims that were *not* verified here. Never reachable from the proxy's request path.
+pub(crate) fn authorize_assumed_claims(
+    policy: &Policy,
+    claims: &Claims,
+) -> Result<Permit, AuthError> {
+    check_requirements(policy, claims)?;
     Ok(Permit {
         identity: Some(Identity {
             provider: policy.providers.first().copied().unwrap_or(0),
             claims: Arc::new(claims.clone()),
         }),
         consumed: Consumed::None,
+        set_cookie: None,
     })
 }
 
@@ -187,7 +256,7 @@ pub(crate) fn authorize_assumed_claims(
 /// a full verification (which is then cached).
 async fn verify_cached(
     token: &str,
-    policy: &JwtPolicy,
+    policy: &Policy,
     providers: &[Provider],
     cache: &TokenCache,
     now: u64,

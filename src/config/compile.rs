@@ -24,7 +24,7 @@ use crate::auth::claims::ClaimRequirement;
 use crate::auth::credential::TokenSource;
 use crate::auth::jwt::{Provider, VerifyKey};
 use crate::auth::keys::{KeySet, RefreshSettings, Remote, RemoteSource};
-use crate::auth::{JwtPolicy, RouteAuth};
+use crate::auth::{Policy, RouteAuth, Unauthenticated};
 use crate::canonical::{canonical_host, canonical_path};
 use crate::identity::IdentityPolicy;
 use crate::metrics::Metrics;
@@ -33,6 +33,8 @@ use crate::router::{HostMatch, PathMatch, Route, RouteTable};
 use crate::server::ServerSettings;
 use crate::snapshot::Snapshot;
 
+mod login;
+
 const ALL_ALGORITHMS: &str =
     "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
 
@@ -40,6 +42,8 @@ struct Compiler {
     base: PathBuf,
     issues: Vec<ConfigIssue>,
     metrics: Arc<Metrics>,
+    /// A `[login]` table is present (routes may name "session").
+    login_configured: bool,
 }
 
 /// What a new snapshot inherits from the one it replaces.
@@ -59,6 +63,7 @@ pub fn compile(
         base,
         issues: Vec::new(),
         metrics: inherited.metrics.clone(),
+        login_configured: raw.login.is_some(),
     };
     let server = c.server(&raw.server);
     let trusted_proxies = c.trusted_proxies(&raw.server.trusted_proxies);
@@ -70,7 +75,16 @@ pub fn compile(
             upstream.adopt_pool(&previous.upstreams);
         }
     }
-    let identity = c.identity(&raw.identity);
+    let login = c.login(
+        raw.login.as_ref(),
+        &raw.providers,
+        &provider_names,
+        inherited.previous,
+    );
+    let mut identity = c.identity(&raw.identity);
+    if let Some(login) = &login {
+        identity.set_own_cookies(login.own_cookie_names());
+    }
     let rule_tests = c.rule_tests(&raw.tests);
     let routes = c.routes(&raw.routes, &provider_names, &upstream_names);
     let routes = match RouteTable::new(routes) {
@@ -100,6 +114,7 @@ pub fn compile(
             providers,
             upstreams,
             identity,
+            login,
             trusted_proxies,
             tls,
             source,
@@ -984,40 +999,102 @@ impl Compiler {
         raw: &RawRoute,
         providers: &HashMap<String, usize>,
     ) -> Option<RouteAuth> {
-        match raw.auth.as_deref() {
-            Some("public") => {
-                let jwt_only = [
-                    ("providers", raw.providers.is_some()),
-                    ("token_sources", raw.token_sources.is_some()),
-                    ("require", raw.require.is_some()),
-                    ("forward_token", raw.forward_token),
-                ];
-                for (field, set) in jwt_only {
-                    if set {
-                        self.issue(
-                            format!("{key}.{field}"),
-                            "only applies to auth = \"jwt\"; remove it from this public route",
-                        );
-                    }
-                }
-                Some(RouteAuth::Public)
-            }
-            Some("jwt") => self.jwt_policy(key, raw, providers).map(RouteAuth::Jwt),
-            Some(other) => {
-                self.issue(
-                    format!("{key}.auth"),
-                    format!("\"{other}\" is not an auth mode; use \"public\" or \"jwt\""),
-                );
-                None
-            }
+        let modes: Vec<&str> = match &raw.auth {
             None => {
                 self.issue(
                     format!("{key}.auth"),
-                    "required (there is no default); set auth = \"jwt\" to demand a token, or \"public\"",
+                    "required (there is no default); set auth = \"jwt\" to demand a token, \"session\" for a browser login, or \"public\"",
                 );
-                None
+                return None;
+            }
+            Some(RawAuth::One(mode)) => vec![mode.as_str()],
+            Some(RawAuth::Many(modes)) => modes.iter().map(String::as_str).collect(),
+        };
+        let known = ["public", "jwt", "session"];
+        if let Some(other) = modes.iter().find(|m| !known.contains(m)) {
+            self.issue(
+                format!("{key}.auth"),
+                format!(
+                    "\"{other}\" is not an auth mode; use \"public\", \"jwt\", \"session\" or [\"jwt\", \"session\"]"
+                ),
+            );
+            return None;
+        }
+        let duplicated = modes
+            .iter()
+            .enumerate()
+            .any(|(i, m)| modes[..i].contains(m));
+        if modes.is_empty() || duplicated || (modes.contains(&"public") && modes.len() > 1) {
+            self.issue(
+                format!("{key}.auth"),
+                "list \"jwt\" and/or \"session\" once each; \"public\" stands alone",
+            );
+            return None;
+        }
+        if modes == ["public"] {
+            let protected_only = [
+                ("providers", raw.providers.is_some()),
+                ("token_sources", raw.token_sources.is_some()),
+                ("require", raw.require.is_some()),
+                ("forward_token", raw.forward_token),
+                ("on_unauthenticated", raw.on_unauthenticated.is_some()),
+            ];
+            for (field, set) in protected_only {
+                if set {
+                    self.issue(
+                        format!("{key}.{field}"),
+                        "only applies to protected routes (auth = \"jwt\" or \"session\"); remove it from this public route",
+                    );
+                }
+            }
+            return Some(RouteAuth::Public);
+        }
+        let jwt = modes.contains(&"jwt");
+        let session = modes.contains(&"session");
+        if session && !self.login_configured {
+            self.issue(
+                format!("{key}.auth"),
+                "names \"session\" but there is no [login] table (the OpenID Connect client that creates sessions); add one or use auth = \"jwt\"",
+            );
+        }
+        if !jwt {
+            for (field, set) in [
+                ("providers", raw.providers.is_some()),
+                ("token_sources", raw.token_sources.is_some()),
+                ("forward_token", raw.forward_token),
+            ] {
+                if set {
+                    self.issue(
+                        format!("{key}.{field}"),
+                        "only applies to JWTs; add \"jwt\" to auth or remove it",
+                    );
+                }
             }
         }
+        let on_unauthenticated = match raw.on_unauthenticated.as_deref() {
+            None => Unauthenticated::Negotiate,
+            Some(_) if !session => {
+                self.issue(
+                    format!("{key}.on_unauthenticated"),
+                    "only applies to session routes; add \"session\" to auth or remove it",
+                );
+                Unauthenticated::Deny
+            }
+            Some("redirect") => Unauthenticated::Redirect,
+            Some("deny") => Unauthenticated::Deny,
+            Some(other) => {
+                self.issue(
+                    format!("{key}.on_unauthenticated"),
+                    format!("\"{other}\" is not a choice; use \"redirect\" or \"deny\" (or remove it: browsers are redirected, API calls get 401)"),
+                );
+                Unauthenticated::Deny
+            }
+        };
+        let mut policy = self.jwt_policy(key, raw, providers, jwt)?;
+        policy.jwt = jwt;
+        policy.session = session;
+        policy.on_unauthenticated = on_unauthenticated;
+        Some(RouteAuth::Protected(policy))
     }
 
     fn jwt_policy(
@@ -1025,10 +1102,12 @@ impl Compiler {
         key: &str,
         raw: &RawRoute,
         providers: &HashMap<String, usize>,
-    ) -> Option<JwtPolicy> {
+        jwt: bool,
+    ) -> Option<Policy> {
         let before = self.issues.len();
         let mut indices = Vec::new();
         match &raw.providers {
+            _ if !jwt => {}
             None if providers.is_empty() => {
                 self.issue(
                     format!("{key}.auth"),
@@ -1059,11 +1138,13 @@ impl Compiler {
             }
         }
         let mut sources = Vec::new();
-        let specs = raw
-            .token_sources
-            .clone()
-            .unwrap_or_else(|| vec!["bearer".to_owned()]);
-        if specs.is_empty() {
+        let default_sources = if jwt {
+            vec!["bearer".to_owned()]
+        } else {
+            Vec::new()
+        };
+        let specs = raw.token_sources.clone().unwrap_or(default_sources);
+        if specs.is_empty() && jwt {
             self.issue(
                 format!("{key}.token_sources"),
                 "is empty; use [\"bearer\"] and/or [\"cookie:NAME\"]",
@@ -1112,7 +1193,10 @@ impl Compiler {
                 accepted: accepted.into(),
             });
         }
-        (self.issues.len() == before).then(|| JwtPolicy {
+        (self.issues.len() == before).then(|| Policy {
+            jwt,
+            session: false,
+            on_unauthenticated: Unauthenticated::Negotiate,
             providers: indices.into_iter().filter(|&i| i != usize::MAX).collect(),
             sources: sources.into(),
             forward_token: raw.forward_token,

@@ -31,6 +31,76 @@ pub struct RawConfig {
     /// Rule tests that `portcullis check` runs; ignored by `serve`.
     #[serde(default)]
     pub tests: Vec<RawRuleTest>,
+    /// Browser login through an OpenID provider, for `auth = "session"` routes. Default: none.
+    pub login: Option<RawLogin>,
+}
+
+/// `[login]`: the OIDC client and its sessions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    /// A `[providers.NAME]` with `discovery`: its endpoints and keys are used. Required.
+    pub provider: String,
+    /// The client id registered at the IdP. Required.
+    pub client_id: String,
+    /// Env var holding the client secret (client_secret_basic). Without a secret the
+    /// gateway is a public client (PKCE only).
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret (one line), instead of `client_secret_env`.
+    pub client_secret_file: Option<String>,
+    /// Callback path on every host. Default `/_portcullis/callback`.
+    pub redirect_path: Option<String>,
+    /// Absolute callback URL, when a front proxy changes scheme or host. Default: built from
+    /// the request (`http(s)://HOST/redirect_path`).
+    pub redirect_url: Option<String>,
+    /// Space-separated or a list. Default `"openid email profile"`; must contain `openid`.
+    pub scopes: Option<RawScopes>,
+    /// Default `__Host-portcullis` (without the prefix on plain HTTP).
+    pub cookie_name: Option<String>,
+    /// Env var with the cookie keys: base64 32-byte keys separated by commas or spaces; the
+    /// first seals, all open (rotation). One of this or `cookie_keys_file` is required.
+    pub cookie_keys_env: Option<String>,
+    /// File with the cookie keys, one per line.
+    pub cookie_keys_file: Option<String>,
+    /// `Secure` on the cookies. Default: when the request came over TLS.
+    pub cookie_secure: Option<bool>,
+    /// `"cookie"` (default), `"memory"` or `"redis"`.
+    pub store: Option<String>,
+    /// `redis://[:password@]host:port[/db]` (or `rediss://`). Required with store = "redis".
+    pub redis_url: Option<String>,
+    /// Env var holding the Redis URL instead (when it carries a password).
+    pub redis_url_env: Option<String>,
+    /// Key prefix in Redis. Default `portcullis:`.
+    pub redis_prefix: Option<String>,
+    /// Connect and command timeout for Redis. Default `2s`.
+    pub redis_timeout: Option<String>,
+    /// Sessions kept by store = "memory" at most. Default 100000.
+    pub max_sessions: Option<u64>,
+    /// A session without requests for this long ends. Default `2h`.
+    pub idle_timeout: Option<String>,
+    /// A session ends this long after login, whatever happens. Default `12h`.
+    pub lifetime: Option<String>,
+    /// Hosts that `rd` return URLs may name besides the request's own. Default none.
+    #[serde(default)]
+    pub allowed_redirect_hosts: Vec<String>,
+    /// Sent to the IdP's end_session_endpoint as post_logout_redirect_uri (must be
+    /// registered there). Default: none.
+    pub post_logout_redirect_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawScopes {
+    Text(String),
+    List(Vec<String>),
+}
+
+/// `auth = "jwt"` or `auth = ["jwt", "session"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawAuth {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `[[tests]]`: a request, a credential, and the expected outcome.
@@ -212,8 +282,12 @@ pub struct RawRoute {
     pub methods: Option<Vec<String>>,
     /// Upstream name. Required.
     pub upstream: Option<String>,
-    /// `"public"` or `"jwt"`. Required: there is no silent default.
-    pub auth: Option<String>,
+    /// `"public"`, `"jwt"`, `"session"` or `["jwt", "session"]` (either; a Bearer token is
+    /// tried first). Required: there is no silent default.
+    pub auth: Option<RawAuth>,
+    /// Session routes without a session: `"redirect"` (to log in) or `"deny"` (401).
+    /// Default: redirect browser navigations, 401 for everything else.
+    pub on_unauthenticated: Option<String>,
     /// Providers allowed on this route (`auth = "jwt"`). Default: all providers.
     pub providers: Option<Vec<String>>,
     /// Where the token is read: `"bearer"` and/or `"cookie:NAME"`. Default `["bearer"]`.

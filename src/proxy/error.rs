@@ -12,6 +12,7 @@ use http_body_util::Full;
 use crate::auth::AuthError;
 use crate::auth::credential::CredentialError;
 use crate::canonical::TargetError;
+use crate::session::LoginError;
 
 /// Everything that can stop a request before or while forwarding.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("upstream failed: {0}")]
     UpstreamFailed(String),
+    #[error("login: {0}")]
+    Login(#[from] LoginError),
 }
 
 /// Where the fault lies: picks the log level.
@@ -133,6 +136,49 @@ impl ProxyError {
                 None,
                 Blame::Upstream,
             ),
+            ProxyError::Denied(A::SessionUnavailable) | ProxyError::Login(LoginError::Store(_)) => {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "session_store_unavailable",
+                    None,
+                    Blame::Upstream,
+                )
+            }
+            ProxyError::Login(LoginError::InvalidState) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_login_state",
+                None,
+                Blame::Client,
+            ),
+            ProxyError::Login(LoginError::Refused(_))
+            | ProxyError::Login(LoginError::InvalidIdToken(_)) => (
+                StatusCode::UNAUTHORIZED,
+                "login_failed",
+                None,
+                Blame::Client,
+            ),
+            ProxyError::Login(LoginError::IdpUnavailable(_)) => (
+                StatusCode::BAD_GATEWAY,
+                "idp_unavailable",
+                None,
+                Blame::Upstream,
+            ),
+            ProxyError::Login(LoginError::SessionTooLarge(_)) => (
+                StatusCode::BAD_GATEWAY,
+                "session_too_large",
+                None,
+                Blame::Upstream,
+            ),
+            ProxyError::Login(LoginError::InvalidLogoutToken(_))
+            | ProxyError::Login(LoginError::NeedsServerStore) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_logout_token",
+                None,
+                Blame::Client,
+            ),
+            ProxyError::Login(LoginError::WrongMethod(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_request", None, Blame::Client)
+            }
         };
         Rendering {
             status,
@@ -155,6 +201,17 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamFailed(_) => "upstream_failed",
+            ProxyError::Login(e) => match e {
+                LoginError::InvalidState => "invalid_login_state",
+                LoginError::Refused(_) => "login_refused",
+                LoginError::InvalidIdToken(_) => "invalid_id_token",
+                LoginError::IdpUnavailable(_) => "idp_unavailable",
+                LoginError::SessionTooLarge(_) => "session_too_large",
+                LoginError::Store(_) => "session_store_unavailable",
+                LoginError::InvalidLogoutToken(_) => "invalid_logout_token",
+                LoginError::NeedsServerStore => "backchannel_needs_server_store",
+                LoginError::WrongMethod(_) => "wrong_method",
+            },
         }
     }
 
@@ -257,6 +314,42 @@ mod tests {
             status(ProxyError::UpstreamTimeout),
             (504, "gateway_timeout", None)
         );
+        let store = || crate::session::store::StoreError("down".into());
+        assert_eq!(
+            status(AuthError::SessionUnavailable.into()),
+            (502, "session_store_unavailable", None)
+        );
+        for (error, expected) in [
+            (
+                LoginError::Store(store()),
+                (502, "session_store_unavailable", None),
+            ),
+            (LoginError::InvalidState, (400, "invalid_login_state", None)),
+            (LoginError::Refused("x".into()), (401, "login_failed", None)),
+            (
+                LoginError::InvalidIdToken("x".into()),
+                (401, "login_failed", None),
+            ),
+            (
+                LoginError::IdpUnavailable("x".into()),
+                (502, "idp_unavailable", None),
+            ),
+            (
+                LoginError::SessionTooLarge(5000),
+                (502, "session_too_large", None),
+            ),
+            (
+                LoginError::InvalidLogoutToken("x".into()),
+                (400, "invalid_logout_token", None),
+            ),
+            (
+                LoginError::NeedsServerStore,
+                (400, "invalid_logout_token", None),
+            ),
+            (LoginError::WrongMethod("POST"), (400, "bad_request", None)),
+        ] {
+            assert_eq!(status(ProxyError::Login(error)), expected);
+        }
     }
 
     #[test]

@@ -15,18 +15,20 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HOST, HeaderValue};
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue, SET_COOKIE};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Version};
-use http_body_util::Either;
+use http::{Method, Request, Response, Version};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::auth::{self, RouteAuth};
+use crate::auth::{self, AuthError, RouteAuth, Unauthenticated};
 use crate::canonical::{
     TargetError, canonical_host, canonical_path, canonical_path_keeping_encoded_slash,
 };
 use crate::identity::{self, ClientInfo};
 use crate::server::ConnInfo;
+use crate::session;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 pub use error::ProxyError;
 use upstream::ResponseBody;
@@ -122,6 +124,18 @@ async fn process(
     let (mut parts, body) = request.into_parts();
     check_limits(&parts, &snapshot.server)?;
 
+    // The gateway's own login endpoints come before the routes.
+    if let Some(login) = &snapshot.login
+        && let Some(endpoint) = canonical_path(parts.uri.path())
+            .ok()
+            .and_then(|path| login.endpoint(&path))
+    {
+        record.auth = "login_endpoint";
+        return login_endpoint(endpoint, login, &parts, body, conn, snapshot)
+            .await
+            .map(|response| response.map(Either::Right));
+    }
+
     // 1-2. One canonical host and path, matched against the routes: what is matched is
     // what is forwarded (I4); no route, no upstream.
     let (index, path_and_query, host_value) = resolve(&parts, snapshot)?;
@@ -133,16 +147,45 @@ async fn process(
 
     // 3. Authenticate: the permit is the only ticket to the upstream (I1).
     let auth_started = record.timed.then(Instant::now);
-    let permit = auth::authenticate(
-        &route.auth,
-        &parts.headers,
-        &snapshot.providers,
-        &snapshot.token_cache,
-        auth::unix_now(),
-    )
-    .await;
+    let ctx = auth::AuthContext {
+        providers: &snapshot.providers,
+        cache: &snapshot.token_cache,
+        login: snapshot.login.as_ref(),
+        tls: conn.tls,
+        now: auth::unix_now(),
+    };
+    let permit = auth::authenticate(&route.auth, &parts.headers, &ctx).await;
     record.auth_us = auth_started.map_or(0, |t| t.elapsed().as_micros() as u64);
-    let permit = permit?;
+    let mut permit = match permit {
+        Err(AuthError::MissingCredential)
+            if let (RouteAuth::Protected(policy), Some(login)) = (&route.auth, &snapshot.login)
+                && policy.session
+                && match policy.on_unauthenticated {
+                    Unauthenticated::Negotiate => {
+                        session::wants_redirect(&parts.method, &parts.headers)
+                    }
+                    Unauthenticated::Redirect => true,
+                    Unauthenticated::Deny => false,
+                } =>
+        {
+            // A browser without a session: off to log in, back to this very URL.
+            record.auth = "login_redirect";
+            let host = host_value
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            let routed_host = canonical_host(host).unwrap_or(Cow::Borrowed(""));
+            let info = session::RequestInfo {
+                host: &routed_host,
+                authority: host,
+                tls: conn.tls,
+                query: None,
+            };
+            let response = login.start(&info, path_and_query.as_str(), ctx.now).await?;
+            return Ok(response.map(Either::Right));
+        }
+        other => other?,
+    };
     record.auth = if permit.identity().is_some() {
         "allowed"
     } else {
@@ -153,7 +196,7 @@ async fn process(
 
     // 4. Strip, then inject (I2, I3).
     let sources = match &route.auth {
-        RouteAuth::Jwt(policy) => &policy.sources[..],
+        RouteAuth::Protected(policy) => &policy.sources[..],
         RouteAuth::Public => &[],
     };
     let client = ClientInfo {
@@ -186,14 +229,88 @@ async fn process(
     }
     let body = body::RequestBody::new(body, limit, snapshot.server.request_body_timeout);
     record.upstream_started = record.timed.then(Instant::now);
-    upstream::forward(
+    let set_cookie = permit.take_set_cookie();
+    let mut response = upstream::forward(
         &snapshot.upstreams[route.upstream],
         &permit,
         parts,
         path_and_query,
         body,
     )
-    .await
+    .await?;
+    if let Some(cookie) = set_cookie {
+        // The renewed session cookie rides on the app's response, beside the app's own.
+        response.headers_mut().append(SET_COOKIE, cookie);
+    }
+    Ok(response)
+}
+
+/// Largest body the back-channel logout endpoint reads (a form with one JWT).
+const MAX_LOGOUT_BODY: usize = 64 * 1024;
+
+/// `/_portcullis/login`, the callback, logout and back-channel logout.
+async fn login_endpoint(
+    endpoint: session::Endpoint,
+    login: &session::Login,
+    parts: &http::request::Parts,
+    body: Incoming,
+    conn: &ConnInfo,
+    snapshot: &Snapshot,
+) -> Result<Response<Full<Bytes>>, ProxyError> {
+    use session::{Endpoint, LoginError};
+    let (host, host_value) = request_host(parts)?;
+    let authority = host_value
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(&host);
+    let info = session::RequestInfo {
+        host: &host,
+        authority,
+        tls: conn.tls,
+        query: parts.uri.query(),
+    };
+    let now = auth::unix_now();
+    let get = matches!(parts.method, Method::GET | Method::HEAD);
+    let post = parts.method == Method::POST;
+    let response = match endpoint {
+        Endpoint::Login if get => {
+            let rd = info
+                .query
+                .and_then(|q| {
+                    serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                        .ok()?
+                        .into_iter()
+                        .find(|(k, _)| k == "rd")
+                })
+                .map_or_else(|| "/".to_owned(), |(_, v)| v);
+            login.start(&info, &rd, now).await
+        }
+        Endpoint::Login => Err(LoginError::WrongMethod("GET")),
+        Endpoint::Callback if get => {
+            login
+                .callback(&info, &parts.headers, &snapshot.providers, now)
+                .await
+        }
+        Endpoint::Callback => Err(LoginError::WrongMethod("GET")),
+        Endpoint::Logout if get || post => login.logout(&info, &parts.headers, now).await,
+        Endpoint::Logout => Err(LoginError::WrongMethod("GET or POST")),
+        Endpoint::Backchannel if post => {
+            let limited = http_body_util::Limited::new(body, MAX_LOGOUT_BODY);
+            let collected = tokio::time::timeout(
+                snapshot.server.request_body_timeout,
+                http_body_util::BodyExt::collect(limited),
+            )
+            .await;
+            let form = match collected {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(_)) => return Err(ProxyError::PayloadTooLarge),
+                Err(_) => return Err(ProxyError::RequestBodyStalled),
+            };
+            login.backchannel(&form, &snapshot.providers, now).await
+        }
+        Endpoint::Backchannel => Err(LoginError::WrongMethod("POST")),
+    };
+    Ok(response?)
 }
 
 /// 414 / 431 before any other work. hyper enforces larger hard caps itself (see

@@ -13,4 +13,5 @@ mod operations;
 mod providers;
 mod proxying;
 mod routing;
+mod sessions;
 mod tls;

@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub mod oidc;
+
 pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "app";
 pub const HS_SECRET: &str = "test-hmac-secret-that-is-64-bytes-long-for-hs512-0123456789abcdef";

@@ -1,0 +1,350 @@
+//! Where sessions live: in the cookie itself, in a bounded in-process map, or in Redis.
+//!
+//! - `cookie` (default): stateless; the sealed cookie carries the session. Nothing to share
+//!   between instances, but a logout cannot reach a copy of the cookie kept elsewhere, and
+//!   back-channel logout has nothing to delete.
+//! - `memory`: the cookie carries a random id; sessions in a moka cache bounded by
+//!   `max_sessions`, kept across reloads. One instance only.
+//! - `redis`: the same, in Redis, so every instance behind a load balancer sees the same
+//!   sessions and the same logouts. Each worker thread keeps one multiplexed connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::server::{MAX_WORKERS, worker_id};
+
+/// One logged-in browser.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Session {
+    /// The identity: the verified ID token's claims (less the protocol ones).
+    pub claims: Map<String, Value>,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub last_seen: u64,
+    /// The absolute end (`created + lifetime`).
+    pub expires: u64,
+    /// The ID token's `exp`: with a refresh token, the session is renewed before it.
+    pub id_exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Kept by the server-side stores only, as `id_token_hint` at logout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+impl Session {
+    pub fn issuer(&self) -> &str {
+        self.claims.get("iss").and_then(Value::as_str).unwrap_or("")
+    }
+
+    fn claim(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(Value::as_str)
+    }
+
+    /// Whether a back-channel logout naming `sid` and/or `sub` of `issuer` ends this one.
+    pub fn matches(&self, issuer: &str, sid: Option<&str>, sub: Option<&str>) -> bool {
+        self.issuer() == issuer
+            && (sid.is_some() || sub.is_some())
+            && sid.is_none_or(|s| self.claim("sid") == Some(s))
+            && sub.is_none_or(|s| self.claim("sub") == Some(s))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("session store: {0}")]
+pub struct StoreError(pub String);
+
+pub enum Store {
+    Cookie,
+    Memory(Arc<MemoryStore>),
+    Redis(Arc<RedisStore>),
+}
+
+impl Store {
+    pub fn is_server_side(&self) -> bool {
+        !matches!(self, Store::Cookie)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Cookie => "cookie",
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    pub async fn load(&self, id: &str, now: u64) -> Result<Option<Session>, StoreError> {
+        let session = match self {
+            Store::Cookie => None,
+            Store::Memory(m) => m.sessions.get(id).map(|s| (*s).clone()),
+            Store::Redis(r) => r.load(id).await?,
+        };
+        Ok(session.filter(|s| now < s.expires))
+    }
+
+    /// Saves a session that must disappear after `ttl` without activity.
+    pub async fn save(&self, id: &str, session: &Session, ttl: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Cookie => Ok(()),
+            Store::Memory(m) => {
+                m.sessions.insert(id.into(), Arc::new(session.clone()));
+                Ok(())
+            }
+            Store::Redis(r) => r.save(id, session, ttl).await,
+        }
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Cookie => Ok(()),
+            Store::Memory(m) => {
+                m.sessions.invalidate(id);
+                Ok(())
+            }
+            Store::Redis(r) => r.delete(id).await,
+        }
+    }
+
+    /// Ends every session of `issuer` with this `sid` (and/or `sub`); returns how many.
+    pub async fn delete_matching(
+        &self,
+        issuer: &str,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        match self {
+            Store::Cookie => Ok(0),
+            Store::Memory(m) => {
+                let doomed: Vec<Arc<Box<str>>> = m
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.matches(issuer, sid, sub))
+                    .map(|(id, _)| id)
+                    .collect();
+                for id in &doomed {
+                    m.sessions.invalidate(&***id);
+                }
+                Ok(doomed.len())
+            }
+            Store::Redis(r) => r.delete_matching(issuer, sid, sub).await,
+        }
+    }
+}
+
+/// Sessions of one process: bounded, idle entries dropped after `idle_timeout`.
+pub struct MemoryStore {
+    sessions: moka::sync::Cache<Box<str>, Arc<Session>>,
+    /// What it was built with, so a reload keeps it only when nothing changed.
+    pub settings: (u64, Duration),
+}
+
+impl MemoryStore {
+    pub fn new(max_sessions: u64, idle_timeout: Duration) -> Self {
+        MemoryStore {
+            sessions: moka::sync::Cache::builder()
+                .max_capacity(max_sessions)
+                .time_to_idle(idle_timeout)
+                .build(),
+            settings: (max_sessions, idle_timeout),
+        }
+    }
+}
+
+/// Sessions in Redis under `{prefix}s:{id}`, with `{prefix}sid:…` / `{prefix}sub:…` sets
+/// naming the sessions of an IdP session or subject for back-channel logout.
+pub struct RedisStore {
+    client: redis::Client,
+    prefix: Box<str>,
+    timeout: Duration,
+    /// One connection per worker thread, made on first use by that worker.
+    connections: Box<[tokio::sync::OnceCell<ConnectionManager>]>,
+    /// The longest a session can live: the index sets expire after it.
+    pub lifetime: u64,
+}
+
+impl RedisStore {
+    pub fn new(url: &str, prefix: &str, timeout: Duration, lifetime: u64) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?;
+        Ok(RedisStore {
+            client,
+            prefix: prefix.into(),
+            timeout,
+            connections: (0..MAX_WORKERS)
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
+            lifetime,
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let cell = &self.connections[worker_id()];
+        cell.get_or_try_init(|| async {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.timeout))
+                .set_response_timeout(Some(self.timeout))
+                .set_number_of_retries(1);
+            self.client
+                .get_connection_manager_with_config(config)
+                .await
+                .map_err(|e| StoreError(format!("cannot connect to Redis: {e}")))
+        })
+        .await
+        .cloned()
+    }
+
+    fn session_key(&self, id: &str) -> String {
+        format!("{}s:{id}", self.prefix)
+    }
+
+    /// Index keys are hashed: issuer and sid are client-influenced text of any length.
+    fn index_key(&self, kind: &str, issuer: &str, value: &str) -> String {
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            format!("{issuer}\n{value}").as_bytes(),
+        );
+        let hex: String = digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}{kind}:{hex}", self.prefix)
+    }
+
+    /// True the first time `key` is claimed within `ttl` seconds, by any instance.
+    pub async fn claim_once(&self, key: &str, ttl: u64) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}state:{key}", self.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError(format!("SET NX failed: {e}")))?;
+        Ok(set.is_some())
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let mut conn = self.connection().await?;
+        let json: Option<String> = conn
+            .get(self.session_key(id))
+            .await
+            .map_err(|e| StoreError(format!("GET failed: {e}")))?;
+        // A record that does not parse is no session (fail closed), not an outage.
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    async fn save(&self, id: &str, session: &Session, ttl: u64) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let json = serde_json::to_string(session).expect("sessions serialise");
+        let mut pipe = redis::pipe();
+        pipe.set_ex(self.session_key(id), json, ttl.max(1)).ignore();
+        let issuer = session.issuer();
+        for kind in ["sid", "sub"] {
+            if let Some(value) = session.claim(kind) {
+                let key = self.index_key(kind, issuer, value);
+                pipe.sadd(&key, id).ignore();
+                pipe.expire(&key, self.lifetime as i64).ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| StoreError(format!("SET failed: {e}")))
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        conn.del::<_, ()>(self.session_key(id))
+            .await
+            .map_err(|e| StoreError(format!("DEL failed: {e}")))
+    }
+
+    async fn delete_matching(
+        &self,
+        issuer: &str,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.connection().await?;
+        let failed = |e: redis::RedisError| StoreError(format!("logout failed: {e}"));
+        let (kind, value) = match (sid, sub) {
+            (Some(sid), _) => ("sid", sid),
+            (None, Some(sub)) => ("sub", sub),
+            (None, None) => return Ok(0),
+        };
+        let index = self.index_key(kind, issuer, value);
+        let ids: Vec<String> = conn.smembers(&index).await.map_err(failed)?;
+        let mut ended = 0;
+        for id in &ids {
+            // With both sid and sub named, a session must match both.
+            if let Some(session) = self.load(id).await?
+                && session.matches(issuer, sid, sub)
+            {
+                conn.del::<_, ()>(self.session_key(id))
+                    .await
+                    .map_err(failed)?;
+                ended += 1;
+            }
+        }
+        if sub.is_none() || sid.is_none() {
+            conn.del::<_, ()>(&index).await.map_err(failed)?;
+        }
+        Ok(ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(sid: &str, sub: &str) -> Session {
+        let claims = serde_json::json!({"iss": "https://idp", "sid": sid, "sub": sub});
+        Session {
+            claims: claims.as_object().unwrap().clone(),
+            created: 0,
+            last_seen: 0,
+            expires: 100,
+            id_exp: 50,
+            refresh_token: None,
+            id_token: None,
+        }
+    }
+
+    #[test]
+    fn logout_matching_needs_the_issuer_and_every_named_value() {
+        let s = session("s1", "alice");
+        assert!(s.matches("https://idp", Some("s1"), None));
+        assert!(s.matches("https://idp", None, Some("alice")));
+        assert!(s.matches("https://idp", Some("s1"), Some("alice")));
+        assert!(!s.matches("https://idp", Some("s1"), Some("bob")));
+        assert!(!s.matches("https://other", Some("s1"), None));
+        assert!(
+            !s.matches("https://idp", None, None),
+            "naming nothing ends nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_store_expires_at_the_absolute_end_and_ends_by_sid() {
+        let store = Store::Memory(Arc::new(MemoryStore::new(10, Duration::from_secs(60))));
+        store.save("a", &session("s1", "alice"), 60).await.unwrap();
+        store.save("b", &session("s2", "alice"), 60).await.unwrap();
+        assert!(store.load("a", 99).await.unwrap().is_some());
+        assert!(
+            store.load("a", 100).await.unwrap().is_none(),
+            "past expires"
+        );
+        let ended = store
+            .delete_matching("https://idp", Some("s1"), None)
+            .await
+            .unwrap();
+        assert_eq!(ended, 1);
+        assert!(store.load("a", 1).await.unwrap().is_none());
+        assert!(store.load("b", 1).await.unwrap().is_some());
+    }
+}

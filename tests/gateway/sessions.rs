@@ -1,0 +1,799 @@
+//! Browser sessions against a real OpenID provider (`oidc-provider` under node) and a real
+//! `redis-server`: login, PKCE/state/nonce, open redirects, cookies, stores, logout.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use reqwest::Url;
+use serde_json::json;
+
+use crate::support::oidc::*;
+use crate::support::*;
+
+static NEXT_CLIENT: AtomicUsize = AtomicUsize::new(1);
+
+struct Setup {
+    upstream: Upstream,
+    idp: OidcIdp,
+    gateway: Gateway,
+    client_id: String,
+    browser: Browser,
+    _keys_dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn url(&self, path: &str) -> String {
+        self.gateway.url(path)
+    }
+
+    /// The session cookie's name on the plain-HTTP listener (the `__Host-` prefix needs TLS).
+    fn session_cookie(&self) -> Option<String> {
+        self.browser.cookie(&self.url("/"), "portcullis")
+    }
+}
+
+fn gateway_config(
+    upstream: &Upstream,
+    idp: &OidcIdp,
+    client_id: &str,
+    dir: &std::path::Path,
+    keys: &[&str],
+    extra: &str,
+) -> String {
+    let mut text = config(upstream.addr, SESSION_ROUTES);
+    text.push_str(&login_config(idp, client_id, dir, keys, extra));
+    text
+}
+
+async fn setup(extra: &str) -> Setup {
+    setup_with(&[], extra).await
+}
+
+async fn setup_with(idp_env: &[(&str, &str)], extra: &str) -> Setup {
+    let upstream = Upstream::start().await;
+    let idp = OidcIdp::start_with(idp_env).await;
+    let client_id = format!("portcullis-{}", NEXT_CLIENT.fetch_add(1, Ordering::Relaxed));
+    let keys_dir = tempfile::tempdir().unwrap();
+    let text = gateway_config(
+        &upstream,
+        &idp,
+        &client_id,
+        keys_dir.path(),
+        &[COOKIE_KEY_A],
+        extra,
+    );
+    let gateway = Gateway::start(&text).await;
+    idp.register(&client_id, &[&gateway]).await;
+    Setup {
+        upstream,
+        idp,
+        gateway,
+        client_id,
+        browser: Browser::new(),
+        _keys_dir: keys_dir,
+    }
+}
+
+/// The last page must be the upstream's answer for `path`.
+fn assert_upstream_page(pages: &[Page], path: &str) {
+    let last = pages.last().unwrap();
+    let trail: Vec<String> = pages
+        .iter()
+        .map(|p| format!("{} {}", p.status, p.url))
+        .collect();
+    assert_eq!(last.status, 200, "trail: {trail:#?}\nbody: {}", last.body);
+    assert_eq!(last.json()["upstream"], "test", "{}", last.body);
+    assert_eq!(last.json()["path"], path);
+}
+
+fn is_callback(url: &Url) -> bool {
+    url.path() == "/_portcullis/callback"
+}
+
+#[tokio::test]
+async fn a_browser_logs_in_and_the_upstream_sees_the_identity_but_no_gateway_cookie() {
+    let s = setup("").await;
+    s.browser
+        .set_cookie(&s.url("/"), "app_session", "legacy-42");
+    let pages = s
+        .browser
+        .visit_and_login(&s.url("/app/page?x=1"), "alice")
+        .await;
+
+    // 1. The gateway sent the browser to the IdP: code flow, PKCE S256, state, nonce.
+    let to_idp = pages[0].location().unwrap();
+    assert_eq!(pages[0].status, 302);
+    assert!(
+        to_idp
+            .as_str()
+            .starts_with(&format!("{}/auth?", s.idp.issuer))
+    );
+    let q: std::collections::HashMap<_, _> = to_idp.query_pairs().into_owned().collect();
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["client_id"], s.client_id);
+    assert_eq!(q["redirect_uri"], s.url("/_portcullis/callback"));
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["code_challenge"].len(), 43);
+    assert!(q["state"].len() >= 43 && q["nonce"].len() >= 43);
+    assert_eq!(q["scope"], "openid email profile groups");
+
+    // 2. Back at the callback: a session cookie, then the original URL.
+    let callback = pages
+        .iter()
+        .find(|p| is_callback(&p.url))
+        .expect("the callback was visited");
+    assert_eq!(callback.status, 302);
+    assert_eq!(callback.headers["location"], "/app/page?x=1");
+    let set: Vec<String> = callback.set_cookies();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("portcullis="))
+        .expect("a session cookie");
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age="] {
+        assert!(session.contains(attribute), "{session} lacks {attribute}");
+    }
+    assert!(!session.contains("Secure"), "plain HTTP: no Secure flag");
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with("portcullis-login=;") && c.contains("Max-Age=0")),
+        "the login cookie is cleared: {set:?}"
+    );
+
+    // 3. The app got the identity, its own cookie, and none of the gateway's; it was
+    // reached once, after the login.
+    assert_upstream_page(&pages, "/app/page?x=1");
+    assert_eq!(s.upstream.count(), 1);
+    let seen = s.upstream.last();
+    assert_eq!(seen.header_values("x-auth-user"), ["alice"]);
+    assert_eq!(seen.header_values("x-auth-email"), ["alice@example.com"]);
+    assert_eq!(seen.header_values("x-auth-groups"), ["sales,staff"]);
+    assert_eq!(seen.header_values("cookie"), ["app_session=legacy-42"]);
+
+    // 4. The session holds: no more trips to the IdP.
+    let again = s.browser.get(&s.url("/app/other")).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(s.upstream.last().header_values("x-auth-user"), ["alice"]);
+    assert_eq!(
+        s.upstream.last().header_values("cookie"),
+        ["app_session=legacy-42"]
+    );
+
+    // 5. A public route never sees the session cookie either, nor a spoofed identity.
+    let open = s
+        .browser
+        .send(
+            reqwest::Method::GET,
+            Url::parse(&s.url("/open/x")).unwrap(),
+            None,
+            &[("x-auth-user", "admin")],
+        )
+        .await;
+    assert_eq!(open.status, 200);
+    let seen = s.upstream.last();
+    assert_eq!(seen.header_values("cookie"), ["app_session=legacy-42"]);
+    assert!(seen.header_values("x-auth-user").is_empty());
+}
+
+#[tokio::test]
+async fn requests_that_are_not_browser_navigations_get_401_not_a_redirect() {
+    let s = setup("").await;
+    let http = client();
+    type Case<'a> = (reqwest::Method, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
+        (
+            reqwest::Method::GET,
+            "/app/x",
+            vec![("accept", "application/json")],
+        ),
+        (reqwest::Method::GET, "/app/x", vec![]),
+        (
+            reqwest::Method::GET,
+            "/app/x",
+            vec![
+                ("accept", "text/html"),
+                ("x-requested-with", "XMLHttpRequest"),
+            ],
+        ),
+        (
+            reqwest::Method::GET,
+            "/app/x",
+            vec![("accept", "text/html"), ("sec-fetch-mode", "cors")],
+        ),
+        (
+            reqwest::Method::POST,
+            "/app/x",
+            vec![("accept", "text/html")],
+        ),
+        // on_unauthenticated = "deny": even a navigation gets 401.
+        (
+            reqwest::Method::GET,
+            "/deny/x",
+            vec![("accept", "text/html")],
+        ),
+    ];
+    for (method, path, headers) in cases {
+        let mut request = http.request(method.clone(), s.url(path));
+        for (k, v) in &headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            r#"Bearer realm="portcullis""#,
+            "{method} {path} {headers:?}"
+        );
+        assert_error(response, 401, "unauthorized").await;
+    }
+    // A navigation is redirected.
+    let page = s.browser.get(&s.url("/app/x")).await;
+    assert_eq!(page.status, 302);
+    assert!(page.location().unwrap().as_str().starts_with(&s.idp.issuer));
+    assert_eq!(s.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn a_mixed_route_takes_a_bearer_token_first_and_the_session_otherwise() {
+    let s = setup("").await;
+    // A JWT alone works on the mixed route.
+    let token = token(Algorithm::RS256, &claims(json!({"sub": "api-client"})));
+    let response = client()
+        .get(s.url("/mixed/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        s.upstream.last().header_values("x-auth-user"),
+        ["api-client"]
+    );
+
+    let pages = s.browser.visit_and_login(&s.url("/mixed/x"), "bob").await;
+    assert_upstream_page(&pages, "/mixed/x");
+    assert_eq!(s.upstream.last().header_values("x-auth-user"), ["bob"]);
+
+    // Session and Bearer together: the token wins.
+    let both = s
+        .browser
+        .send(
+            reqwest::Method::GET,
+            Url::parse(&s.url("/mixed/y")).unwrap(),
+            None,
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+    assert_eq!(both.status, 200);
+    assert_eq!(
+        s.upstream.last().header_values("x-auth-user"),
+        ["api-client"]
+    );
+    assert!(s.upstream.last().header_values("authorization").is_empty());
+
+    // A bad token is refused, never silently replaced by the session.
+    let count = s.upstream.count();
+    let bad = s
+        .browser
+        .send(
+            reqwest::Method::GET,
+            Url::parse(&s.url("/mixed/y")).unwrap(),
+            None,
+            &[("authorization", "Bearer a.b.c")],
+        )
+        .await;
+    assert_eq!(bad.status, 401);
+    assert_eq!(s.upstream.count(), count);
+}
+
+#[tokio::test]
+async fn claims_requirements_hold_for_sessions_too() {
+    let s = setup("").await;
+    // alice is in "sales": /staff passes.
+    let pages = s.browser.visit_and_login(&s.url("/staff/x"), "alice").await;
+    assert_upstream_page(&pages, "/staff/x");
+    // bob is not: 403 after login, and the app never sees him there.
+    let bob = Browser::new();
+    let pages = bob.visit_and_login(&s.url("/staff/x"), "bob").await;
+    let last = pages.last().unwrap();
+    assert_eq!(last.status, 403, "{}", last.body);
+    assert_eq!(last.json()["error"], "insufficient_scope");
+    assert_eq!(s.upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn a_forged_missing_or_replayed_state_is_refused() {
+    let s = setup("").await;
+    let pages = s
+        .browser
+        .login_until(&s.url("/app/x"), "alice", &is_callback)
+        .await;
+    let callback = pages.last().unwrap().location().unwrap();
+    assert!(
+        is_callback(&callback),
+        "stopped before the callback: {callback}"
+    );
+    let login_cookie = s
+        .browser
+        .cookie(&s.url("/"), "portcullis-login")
+        .expect("a login cookie");
+
+    // A forged state: refused before any code exchange.
+    let mut forged = callback.clone();
+    let pairs: Vec<(String, String)> = callback.query_pairs().into_owned().collect();
+    forged.query_pairs_mut().clear();
+    for (k, v) in &pairs {
+        let v = if k == "state" {
+            "forged".to_owned()
+        } else {
+            v.clone()
+        };
+        forged.query_pairs_mut().append_pair(k, &v);
+    }
+    let page = s
+        .browser
+        .send(reqwest::Method::GET, forged, None, &[])
+        .await;
+    assert_eq!(page.status, 400);
+    assert_eq!(page.json()["error"], "invalid_login_state");
+
+    // The same callback from a browser without the login cookie (a code injected into
+    // someone else's browser): refused.
+    let stranger = Browser::new();
+    let page = stranger
+        .send(reqwest::Method::GET, callback.clone(), None, &[])
+        .await;
+    assert_eq!(page.status, 400);
+    assert_eq!(page.json()["error"], "invalid_login_state");
+
+    // The real one works once.
+    let page = s
+        .browser
+        .send(reqwest::Method::GET, callback.clone(), None, &[])
+        .await;
+    assert_eq!(page.status, 302, "{}", page.body);
+    assert!(s.session_cookie().is_some());
+
+    // Replayed with the same login cookie: refused.
+    let replay = Browser::new();
+    replay.set_cookie(&s.url("/"), "portcullis-login", &login_cookie);
+    let page = replay.send(reqwest::Method::GET, callback, None, &[]).await;
+    assert_eq!(page.status, 400);
+    assert_eq!(page.json()["error"], "invalid_login_state");
+    assert!(replay.cookie(&s.url("/"), "portcullis").is_none());
+    assert_eq!(s.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn return_urls_never_leave_for_a_foreign_host() {
+    let s = setup(r#"allowed_redirect_hosts = ["sso.example.com"]"#).await;
+    let cases = [
+        ("/app/deep?q=1", "/app/deep?q=1"),
+        ("//evil.example/x", "/"),
+        ("https://evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        ("/%2F%2Fevil.example", "/"),
+        ("%2F%2Fevil.example", "/"),
+        ("/%5Cevil.example", "/"),
+        ("https://app@evil.example/", "/"),
+        (
+            "https://sso.example.com/home",
+            "https://sso.example.com/home",
+        ),
+    ];
+    for (i, (rd, expected)) in cases.iter().enumerate() {
+        let browser = Browser::new();
+        let mut start = Url::parse(&s.url("/_portcullis/login")).unwrap();
+        start.query_pairs_mut().append_pair("rd", rd);
+        // The first login signs in at the IdP; later browsers are new, so each logs in.
+        let pages = browser
+            .login_until(start.as_str(), "alice", &|u| {
+                !u.as_str().starts_with("http://127.0.0.1")
+            })
+            .await;
+        let callback = pages
+            .iter()
+            .find(|p| is_callback(&p.url))
+            .unwrap_or_else(|| panic!("case {i}: no callback"));
+        assert_eq!(callback.status, 302, "case {i}: {}", callback.body);
+        assert_eq!(callback.headers["location"], *expected, "rd = {rd:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_or_foreign_session_cookie_is_no_session() {
+    let s = setup("").await;
+    let pages = s.browser.visit_and_login(&s.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    let good = s.session_cookie().unwrap();
+    let count = s.upstream.count();
+
+    let mut tampered = good.clone().into_bytes();
+    let middle = tampered.len() / 2;
+    tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    // A session forged by someone holding another key, and a login-state value presented
+    // as a session (same key, other cookie name).
+    let forged_session = json!({
+        "claims": {"iss": s.idp.issuer, "sub": "admin"},
+        "created": now(), "last_seen": now(), "expires": now() + 3600, "id_exp": now() + 3600,
+    })
+    .to_string();
+    let other_key = portcullis::session::cookie::CookieKeys::parse(COOKIE_KEY_B).unwrap();
+    let sealed_elsewhere = other_key.seal("portcullis", forged_session.as_bytes());
+    let right_key = portcullis::session::cookie::CookieKeys::parse(COOKIE_KEY_A).unwrap();
+    let other_name = right_key.seal("portcullis-login", forged_session.as_bytes());
+    // Sanity: the same forged session sealed with the right key and name does open, so
+    // the refusals below are the key and name checks at work.
+    let _ = right_key.seal("portcullis", forged_session.as_bytes());
+    for value in [
+        tampered.as_str(),
+        sealed_elsewhere.as_str(),
+        other_name.as_str(),
+        "",
+        "garbage",
+        "A",
+    ] {
+        let b = Browser::new();
+        b.set_cookie(&s.url("/"), "portcullis", value);
+        let page = b.get(&s.url("/app/x")).await;
+        assert_eq!(page.status, 302, "cookie {value:?} must mean: log in");
+        assert!(page.location().unwrap().as_str().starts_with(&s.idp.issuer));
+        let api = client()
+            .get(s.url("/app/x"))
+            .header("cookie", format!("portcullis={value}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(api.status(), 401);
+    }
+    assert_eq!(s.upstream.count(), count);
+    // The untouched cookie still works.
+    assert_eq!(s.browser.get(&s.url("/app/x")).await.status, 200);
+}
+
+#[tokio::test]
+async fn cookie_keys_rotate_without_logging_anybody_out() {
+    let s = setup("").await;
+    let pages = s.browser.visit_and_login(&s.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    let sealed_with_a = s.session_cookie().unwrap();
+
+    // Another instance (same client) after rotation: B seals, A still opens.
+    let dir = tempfile::tempdir().unwrap();
+    let rotated = Gateway::start(&gateway_config(
+        &s.upstream,
+        &s.idp,
+        &s.client_id,
+        dir.path(),
+        &[COOKIE_KEY_B, COOKIE_KEY_A],
+        "",
+    ))
+    .await;
+    let b = Browser::new();
+    b.set_cookie(&rotated.url("/"), "portcullis", &sealed_with_a);
+    let page = b.get(&rotated.url("/app/y")).await;
+    assert_eq!(
+        page.status, 200,
+        "a cookie sealed with the old key still opens"
+    );
+    assert_eq!(s.upstream.last().header_values("x-auth-user"), ["alice"]);
+
+    // Once A is retired, its cookies are no session.
+    let dir2 = tempfile::tempdir().unwrap();
+    let retired = Gateway::start(&gateway_config(
+        &s.upstream,
+        &s.idp,
+        &s.client_id,
+        dir2.path(),
+        &[COOKIE_KEY_B],
+        "",
+    ))
+    .await;
+    let c = Browser::new();
+    c.set_cookie(&retired.url("/"), "portcullis", &sealed_with_a);
+    let page = c.get(&retired.url("/app/y")).await;
+    assert_eq!(
+        page.status, 302,
+        "a cookie under a retired key means: log in"
+    );
+
+    // A login on the rotated instance seals with B, which the retired-A instance opens.
+    let d = Browser::new();
+    s.idp
+        .register(&s.client_id, &[&s.gateway, &rotated, &retired])
+        .await;
+    let pages = d.visit_and_login(&rotated.url("/app/z"), "bob").await;
+    assert_upstream_page(&pages, "/app/z");
+    let sealed_with_b = d.cookie(&rotated.url("/"), "portcullis").unwrap();
+    let e = Browser::new();
+    e.set_cookie(&retired.url("/"), "portcullis", &sealed_with_b);
+    assert_eq!(e.get(&retired.url("/app/z")).await.status, 200);
+    let f = Browser::new();
+    f.set_cookie(&s.url("/"), "portcullis", &sealed_with_b);
+    assert_eq!(
+        f.get(&s.url("/app/z")).await.status,
+        302,
+        "the A-only instance cannot open B"
+    );
+}
+
+#[tokio::test]
+async fn a_session_ends_at_its_lifetime_and_after_idling() {
+    let s = setup(r#"lifetime = "3s""#).await;
+    let pages = s.browser.visit_and_login(&s.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    assert_eq!(s.browser.get(&s.url("/app/x")).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let count = s.upstream.count();
+    let page = s.browser.get(&s.url("/app/x")).await;
+    assert_eq!(page.status, 302, "past the lifetime: log in again");
+    assert_eq!(s.upstream.count(), count);
+
+    // Idle time is counted in whole seconds: 4 s idle, requests 2 s apart keep it alive
+    // past its first 4 s, then 5 s of silence end it.
+    let idle = setup(
+        r#"idle_timeout = "4s"
+store = "memory""#,
+    )
+    .await;
+    let pages = idle
+        .browser
+        .visit_and_login(&idle.url("/app/x"), "alice")
+        .await;
+    assert_upstream_page(&pages, "/app/x");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert_eq!(
+            idle.browser.get(&idle.url("/app/x")).await.status,
+            200,
+            "activity keeps it"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    assert_eq!(
+        idle.browser.get(&idle.url("/app/x")).await.status,
+        302,
+        "idle too long"
+    );
+}
+
+#[tokio::test]
+async fn two_instances_share_sessions_and_logout_through_redis() {
+    let redis = RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let idp = OidcIdp::start().await;
+    let client_id = "shared-client";
+    let extra = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url());
+    let dir = tempfile::tempdir().unwrap();
+    let one = Gateway::start(&gateway_config(
+        &upstream,
+        &idp,
+        client_id,
+        dir.path(),
+        &[COOKIE_KEY_A],
+        &extra,
+    ))
+    .await;
+    let two = Gateway::start(&gateway_config(
+        &upstream,
+        &idp,
+        client_id,
+        dir.path(),
+        &[COOKIE_KEY_A],
+        &extra,
+    ))
+    .await;
+    idp.register(client_id, &[&one, &two]).await;
+
+    let browser = Browser::new();
+    let pages = browser.visit_and_login(&one.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    let cookie = browser.cookie(&one.url("/"), "portcullis").unwrap();
+    assert!(
+        cookie.len() < 200,
+        "a server-side session's cookie holds only an id"
+    );
+    let keys = redis.command(&["KEYS", "portcullis:s:*"]).await.unwrap();
+    assert!(keys.starts_with("*1\r\n"), "one session in Redis: {keys:?}");
+
+    // The other instance knows the session.
+    browser.set_cookie(&two.url("/"), "portcullis", &cookie);
+    let page = browser.get(&two.url("/app/y")).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(upstream.last().header_values("x-auth-user"), ["alice"]);
+
+    // Logout on one ends it on both, and sends the browser to the IdP's end_session.
+    let page = browser.get(&one.url("/_portcullis/logout")).await;
+    assert_eq!(page.status, 302);
+    let location = page.location().unwrap();
+    assert!(
+        location
+            .as_str()
+            .starts_with(&format!("{}/session/end?", idp.issuer)),
+        "{location}"
+    );
+    let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], client_id);
+    assert!(q.contains_key("id_token_hint"));
+    assert!(
+        page.set_cookies()
+            .iter()
+            .any(|c| c.starts_with("portcullis=;") && c.contains("Max-Age=0"))
+    );
+    assert!(browser.cookie(&one.url("/"), "portcullis").is_none());
+    let count = upstream.count();
+    let stale = Browser::new();
+    stale.set_cookie(&two.url("/"), "portcullis", &cookie);
+    assert_eq!(
+        stale.get(&two.url("/app/y")).await.status,
+        302,
+        "ended on the other instance"
+    );
+    assert_eq!(upstream.count(), count);
+    let keys = redis.command(&["KEYS", "portcullis:s:*"]).await.unwrap();
+    assert!(
+        keys.starts_with("*0\r\n"),
+        "no session left in Redis: {keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn back_channel_logout_from_the_idp_ends_the_sessions_everywhere() {
+    let redis = RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let idp = OidcIdp::start().await;
+    let client_id = "bcl-client";
+    let extra = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url());
+    let dir = tempfile::tempdir().unwrap();
+    let one = Gateway::start(&gateway_config(
+        &upstream,
+        &idp,
+        client_id,
+        dir.path(),
+        &[COOKIE_KEY_A],
+        &extra,
+    ))
+    .await;
+    let two = Gateway::start(&gateway_config(
+        &upstream,
+        &idp,
+        client_id,
+        dir.path(),
+        &[COOKIE_KEY_A],
+        &extra,
+    ))
+    .await;
+    idp.register(client_id, &[&one, &two]).await;
+
+    let browser = Browser::new();
+    let pages = browser.visit_and_login(&one.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    let cookie = browser.cookie(&one.url("/"), "portcullis").unwrap();
+    browser.set_cookie(&two.url("/"), "portcullis", &cookie);
+    assert_eq!(browser.get(&two.url("/app/y")).await.status, 200);
+
+    // A forged logout token (signed by a key the IdP never used) ends nothing.
+    let forged = token(
+        Algorithm::RS256,
+        &json!({
+            "iss": idp.issuer, "aud": client_id, "iat": now(), "exp": now() + 60, "jti": "x",
+            "sub": "alice",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }),
+    );
+    let response = client()
+        .post(one.url("/_portcullis/backchannel-logout"))
+        .form(&[("logout_token", forged.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "invalid_logout_token").await;
+    assert_eq!(browser.get(&two.url("/app/y")).await.status, 200);
+
+    // The user signs out at the IdP: it POSTs a signed logout token naming the sid.
+    let done = browser.logout_at_idp(&idp).await;
+    assert!(done.status < 400, "{}", done.body);
+    let count = upstream.count();
+    assert_eq!(browser.get(&one.url("/app/y")).await.status, 302);
+    assert_eq!(browser.get(&two.url("/app/y")).await.status, 302);
+    assert_eq!(upstream.count(), count);
+}
+
+#[tokio::test]
+async fn a_memory_store_session_ends_with_back_channel_logout_and_logout() {
+    let s = setup(r#"store = "memory""#).await;
+    let pages = s.browser.visit_and_login(&s.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    let done = s.browser.logout_at_idp(&s.idp).await;
+    assert!(done.status < 400, "{}", done.body);
+    assert_eq!(s.browser.get(&s.url("/app/x")).await.status, 302);
+
+    // Log in again; the gateway's own logout ends it too.
+    let pages = s.browser.visit_and_login(&s.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    let cookie = s.session_cookie().unwrap();
+    let page = s.browser.get(&s.url("/_portcullis/logout")).await;
+    assert_eq!(page.status, 302);
+    let replayed = Browser::new();
+    replayed.set_cookie(&s.url("/"), "portcullis", &cookie);
+    assert_eq!(
+        replayed.get(&s.url("/app/x")).await.status,
+        302,
+        "the copied cookie is dead too"
+    );
+}
+
+#[tokio::test]
+async fn sessions_renew_with_the_refresh_token_after_the_id_token_expires() {
+    // ID tokens live 4 s here; the session outlives them through refresh.
+    let s = setup_with(&[("IDP_ID_TOKEN_TTL", "4")], r#"store = "memory""#).await;
+    let pages = s.browser.visit_and_login(&s.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    let grants = || async {
+        client()
+            .get(format!("{}/__test/stats", s.idp.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["refresh_token"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let page = s.browser.get(&s.url("/app/x")).await;
+    assert_eq!(page.status, 200, "renewed, not sent to log in");
+    assert!(grants().await >= 1, "the gateway used the refresh token");
+    assert_eq!(s.upstream.last().header_values("x-auth-user"), ["alice"]);
+}
+
+#[tokio::test]
+async fn the_login_endpoints_refuse_wrong_methods_and_bad_input() {
+    let s = setup("").await;
+    let http = client();
+    let response = http
+        .post(s.url("/_portcullis/callback"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "bad_request").await;
+    let response = http
+        .get(s.url("/_portcullis/backchannel-logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "bad_request").await;
+    let response = http
+        .get(s.url("/_portcullis/callback?code=x&state=y"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "invalid_login_state").await;
+    let response = http
+        .post(s.url("/_portcullis/backchannel-logout"))
+        .form(&[("logout_token", "not.a.jwt")])
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "invalid_logout_token").await;
+    let response = http
+        .post(s.url("/_portcullis/backchannel-logout"))
+        .body(vec![b'a'; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 413, "payload_too_large").await;
+    assert_eq!(s.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn session_routes_without_a_login_table_are_a_config_error() {
+    let upstream = Upstream::start().await;
+    let error = Gateway::try_start(&config(upstream.addr, SESSION_ROUTES))
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.contains("routes[0].auth"), "{error}");
+    assert!(error.contains("[login]"), "{error}");
+}
