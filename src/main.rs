@@ -160,6 +160,17 @@ fn check(config: PathBuf, strict: bool) -> ExitCode {
     for line in routes {
         println!("  {line}");
     }
+    if let Some(login) = &snapshot.login {
+        println!(
+            "  login: client {} at provider {}, store {}, idle {}s, lifetime {}s, callback {}",
+            login.client_id,
+            snapshot.providers[login.provider].name,
+            login.store.kind(),
+            login.idle_timeout,
+            login.lifetime,
+            login.redirect_path
+        );
+    }
     let warnings = snapshot.lint();
     for warning in &warnings {
         println!("warning: {warning}");

@@ -92,6 +92,12 @@ impl Snapshot {
                     .map_err(|e| format!("providers.{}: {e}", provider.name))?;
             }
         }
+        // The login endpoints too, so the first browser does not wait for discovery.
+        if let Some(login) = &self.login
+            && let Err(error) = login.endpoints().await
+        {
+            tracing::warn!(%error, "login: the IdP's discovery document is not available yet; retried at the first login");
+        }
         Ok(())
     }
 
@@ -266,10 +272,17 @@ impl Snapshot {
                             ));
                         }
                         if policy.session {
-                            parts.push(format!(
-                                "session ({:?} when absent)",
-                                policy.on_unauthenticated
-                            ));
+                            use crate::auth::Unauthenticated;
+                            parts.push(
+                                match policy.on_unauthenticated {
+                                    Unauthenticated::Negotiate => {
+                                        "session (without one: browsers log in, other requests 401)"
+                                    }
+                                    Unauthenticated::Redirect => "session (without one: log in)",
+                                    Unauthenticated::Deny => "session (without one: 401)",
+                                }
+                                .to_owned(),
+                            );
                         }
                         let mut text = parts.join(" or ");
                         if !policy.scopes.is_empty() {

@@ -163,14 +163,17 @@ enum Audience<'a> {
 /// An ID token or logout token for OIDC client `client_id`, from provider `index`: the
 /// provider's keys and algorithm allow-list, its issuer, `exp`/`nbf`/`iat`, and the
 /// client's audience. Returns the claims.
-pub fn verify_for_client(
+/// Like the access-token path, an unknown `kid` triggers one (rate-limited) key refetch.
+pub async fn verify_for_client(
     token: &str,
     index: usize,
     providers: &[Provider],
     client_id: &str,
     now: u64,
 ) -> Result<Claims, JwtError> {
-    verify_with(token, &[index], providers, now, Audience::Client(client_id)).map(|v| v.claims)
+    verify_refreshing_with(token, &[index], providers, now, Audience::Client(client_id))
+        .await
+        .map(|v| v.claims)
 }
 
 fn verify_with(
@@ -334,7 +337,17 @@ pub async fn verify_refreshing(
     providers: &[Provider],
     now: u64,
 ) -> Result<Verified, JwtError> {
-    let first = verify(token, allowed, providers, now);
+    verify_refreshing_with(token, allowed, providers, now, Audience::Provider).await
+}
+
+async fn verify_refreshing_with(
+    token: &str,
+    allowed: &[usize],
+    providers: &[Provider],
+    now: u64,
+    audience: Audience<'_>,
+) -> Result<Verified, JwtError> {
+    let first = verify_with(token, allowed, providers, now, audience);
     if first.as_ref().err() != Some(&JwtError::UnknownKey) {
         return first;
     }
@@ -349,7 +362,7 @@ pub async fn verify_refreshing(
         }
     }
     if refreshed {
-        verify(token, allowed, providers, now)
+        verify_with(token, allowed, providers, now, audience)
     } else {
         first
     }

@@ -323,14 +323,9 @@ impl Login {
         let id_token = tokens.id_token.ok_or_else(|| {
             LoginError::InvalidIdToken("the token response has no id_token".into())
         })?;
-        let claims = self.verify_id_token(&id_token, providers, now)?;
-        let nonce_ok = claims
-            .get("nonce")
-            .and_then(Value::as_str)
-            .is_some_and(|n| n == login.nonce);
-        if !nonce_ok {
-            return Err(LoginError::InvalidIdToken("nonce does not match".into()));
-        }
+        let claims = self
+            .accept_id_token(&id_token, &login.nonce, providers, now)
+            .await?;
         let session = Session {
             id_exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(now),
             claims: identity_claims(claims),
@@ -352,6 +347,26 @@ impl Login {
             &login.return_to,
             [session_cookie, cookie::clear_cookie(login_name, secure)],
         ))
+    }
+
+    /// The ID token of a code exchange: verified, and carrying the nonce this browser's
+    /// login sent (an ID token minted for another login is refused).
+    async fn accept_id_token(
+        &self,
+        id_token: &str,
+        nonce: &str,
+        providers: &[Provider],
+        now: u64,
+    ) -> Result<Claims, LoginError> {
+        let claims = self.verify_id_token(id_token, providers, now).await?;
+        let nonce_ok = claims
+            .get("nonce")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n == nonce);
+        if !nonce_ok {
+            return Err(LoginError::InvalidIdToken("nonce does not match".into()));
+        }
+        Ok(claims)
     }
 
     /// Marks a state used; a second callback with it is refused.
@@ -453,11 +468,20 @@ impl Login {
                     tracing::warn!(%error, "session refresh failed; keeping the session for now");
                 }
                 Err(error) => {
-                    tracing::info!(%error, "session refresh refused; the session ends");
-                    if let Some(id) = &id {
-                        self.store.delete(id).await?;
+                    // Another request (or instance) may have refreshed first with a rotating
+                    // refresh token: then the stored session is already renewed.
+                    if let Some(id) = &id
+                        && let Some(current) = self.store.load(id, now).await?
+                        && current.refresh_token != session.refresh_token
+                    {
+                        session = current;
+                    } else {
+                        tracing::info!(%error, "session refresh refused; the session ends");
+                        if let Some(id) = &id {
+                            self.store.delete(id).await?;
+                        }
+                        return Ok(None);
                     }
-                    return Ok(None);
                 }
             }
         }
@@ -497,7 +521,7 @@ impl Login {
             )
             .await?;
         if let Some(id_token) = tokens.id_token {
-            let claims = self.verify_id_token(&id_token, providers, now)?;
+            let claims = self.verify_id_token(&id_token, providers, now).await?;
             let same_subject = claims.get("sub") == session.claims.get("sub");
             if !same_subject {
                 return Err(LoginError::InvalidIdToken(
@@ -559,16 +583,15 @@ impl Login {
     /// An ID token (or logout token): the provider's keys and allow-list, its issuer,
     /// `aud` containing our client id, `azp` our client id when there are several
     /// audiences, and `exp`.
-    fn verify_id_token(
+    async fn verify_id_token(
         &self,
         token: &str,
         providers: &[Provider],
         now: u64,
     ) -> Result<Claims, LoginError> {
-        let verified =
-            jwt::verify_for_client(token, self.provider, providers, &self.client_id, now)
-                .map_err(|e: JwtError| LoginError::InvalidIdToken(e.to_string()))?;
-        Ok(verified)
+        jwt::verify_for_client(token, self.provider, providers, &self.client_id, now)
+            .await
+            .map_err(|e: JwtError| LoginError::InvalidIdToken(e.to_string()))
     }
 
     /// Clears the session everywhere it is kept and sends the browser to the IdP's
@@ -643,6 +666,7 @@ impl Login {
             .ok_or_else(|| bad("no logout_token"))?;
         let claims = self
             .verify_id_token(&token, providers, now)
+            .await
             .map_err(|e| LoginError::InvalidLogoutToken(e.to_string()))?;
         let is_logout = claims
             .get("events")
@@ -842,6 +866,118 @@ mod tests {
     fn client_credentials_are_form_encoded_for_basic_auth() {
         assert_eq!(form_encode("a b:c/d"), "a+b%3Ac%2Fd");
         assert_eq!(form_encode("plain"), "plain");
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn login() -> (Login, Vec<Provider>) {
+        let key = crate::auth::keys::VerifyKey::new(
+            None,
+            jsonwebtoken::AlgorithmFamily::Hmac,
+            jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+            "test".into(),
+        );
+        let provider = Provider::with_static_keys(
+            "idp",
+            "https://idp",
+            &["api"],
+            &[jsonwebtoken::Algorithm::HS256],
+            vec![key],
+        );
+        let login = Login {
+            provider: 0,
+            issuer: "https://idp".into(),
+            discovery_url: "https://idp/.well-known/openid-configuration".into(),
+            client_id: "gateway".into(),
+            client_secret: None,
+            redirect_path: DEFAULT_REDIRECT_PATH.into(),
+            redirect_url: None,
+            scopes: "openid".into(),
+            cookie_name: "s".into(),
+            login_cookie_name: "s-login".into(),
+            cookie_secure: None,
+            keys: CookieKeys::parse("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap(),
+            store: Store::Cookie,
+            idle_timeout: 60,
+            lifetime: 600,
+            allowed_redirect_hosts: Box::default(),
+            post_logout_redirect_url: None,
+            http: reqwest::Client::new(),
+            endpoints: Default::default(),
+            used_states: moka::sync::Cache::new(10),
+        };
+        (login, vec![provider])
+    }
+
+    fn id_token(claims: Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_id_token_must_be_for_this_client_and_this_login() {
+        let (login, providers) = login();
+        let now = 1_000_000;
+        let good = serde_json::json!({
+            "iss": "https://idp", "aud": "gateway", "sub": "alice", "nonce": "n1",
+            "iat": now, "exp": now + 60,
+        });
+        let with = |change: Value| {
+            let mut claims = good.clone();
+            for (k, v) in change.as_object().unwrap() {
+                if v.is_null() {
+                    claims.as_object_mut().unwrap().remove(k);
+                } else {
+                    claims[k] = v.clone();
+                }
+            }
+            id_token(claims)
+        };
+        let accept = async |token: &str| login.accept_id_token(token, "n1", &providers, now).await;
+        assert!(accept(&id_token(good.clone())).await.is_ok());
+        let several = serde_json::json!({"aud": ["gateway", "other"], "azp": "gateway"});
+        assert!(
+            accept(&with(several)).await.is_ok(),
+            "several audiences, azp is us"
+        );
+        for (change, why) in [
+            (serde_json::json!({"nonce": "n2"}), "another login's nonce"),
+            (serde_json::json!({"nonce": null}), "no nonce"),
+            (
+                serde_json::json!({"aud": "api"}),
+                "an access-token audience, not the client",
+            ),
+            (
+                serde_json::json!({"aud": ["gateway", "other"]}),
+                "several audiences, no azp",
+            ),
+            (
+                serde_json::json!({"aud": ["gateway", "other"], "azp": "other"}),
+                "azp is another client",
+            ),
+            (serde_json::json!({"iss": "https://evil"}), "another issuer"),
+            (serde_json::json!({"exp": now - 100}), "expired"),
+            (serde_json::json!({"exp": null}), "no exp"),
+        ] {
+            assert!(
+                matches!(
+                    accept(&with(change)).await,
+                    Err(LoginError::InvalidIdToken(_))
+                ),
+                "{why}"
+            );
+        }
+        let forged = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &good,
+            &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-32"),
+        )
+        .unwrap();
+        assert!(accept(&forged).await.is_err(), "signed with another key");
     }
 
     #[test]

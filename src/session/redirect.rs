@@ -21,20 +21,23 @@ pub fn safe_return(target: &str, request_host: &str, allowed_hosts: &[Box<str>])
 /// A path-absolute reference (`/x`), also after every round of percent-decoding: never
 /// `//host`, never a backslash (browsers read `/\host` as `//host`), never a control byte.
 fn is_safe_path(target: &str) -> bool {
+    if target.contains(' ') || target.len() > 2048 {
+        return false;
+    }
     let mut text = target.to_owned();
     for _ in 0..4 {
         let bytes = text.as_bytes();
+        // A decoded space is fine (`/a%20b`); a decoded control byte is not (browsers drop
+        // tabs and newlines from URLs, so `/%09/evil` could turn into `//evil`).
         let path_absolute = bytes.first() == Some(&b'/')
             && !matches!(bytes.get(1), Some(b'/') | Some(b'\\'))
-            && !bytes
-                .iter()
-                .any(|&b| b == b'\\' || b.is_ascii_control() || b == b' ');
+            && !bytes.iter().any(|&b| b == b'\\' || b.is_ascii_control());
         if !path_absolute {
             return false;
         }
         let decoded = percent_decode(&text);
         if decoded == text {
-            return target.len() <= 2048;
+            return true;
         }
         text = decoded;
     }
@@ -116,6 +119,8 @@ mod tests {
             "data:text/html,x",
             "evil.example",
             "/\tevil",
+            "/%09/evil.example",
+            "/a b",
             "/\r\nLocation: https://evil",
             "https://app.example.com@evil.example/",
             "https://user:pw@app.example.com/",

@@ -94,10 +94,27 @@ fn every_shipped_config_passes_check() {
         let (code, out, err) = run(portcullis()
             .args(["check", "--config"])
             .arg(&file)
-            .env("PARTNER_SECRET", "0123456789abcdef0123456789abcdef"));
+            .env("PARTNER_SECRET", "0123456789abcdef0123456789abcdef")
+            .env("INTRANET_CLIENT_SECRET", "secret")
+            .env("PORTCULLIS_COOKIE_KEYS", crate::support::oidc::COOKIE_KEY_A));
         assert_eq!(code, 0, "{}: {err}", file.display());
         assert!(out.contains(": ok ("), "{out}");
         assert!(out.contains("  route "), "{out}");
+        assert!(
+            !out.contains(" failed") || out.contains(" 0 failed"),
+            "{out}"
+        );
+    }
+    // Without its secrets the SSO example names each missing variable and its key.
+    let (code, _, err) = run(portcullis()
+        .args(["check", "--config"])
+        .arg(repo("config/examples/intranet-sso.toml")));
+    assert_eq!(code, 1);
+    for expected in [
+        "login.client_secret_env: environment variable INTRANET_CLIENT_SECRET is not set",
+        "login.cookie_keys_env: environment variable PORTCULLIS_COOKIE_KEYS is not set",
+    ] {
+        assert!(err.contains(expected), "{err}");
     }
 }
 

@@ -364,6 +364,44 @@ async fn a_forged_missing_or_replayed_state_is_refused() {
 }
 
 #[tokio::test]
+async fn a_code_from_another_login_fails_pkce() {
+    // Code injection: the code of one login presented with another login's state and
+    // cookie. The state matches, but the code was bound to the first login's PKCE
+    // challenge, so the IdP refuses the exchange and no session is made.
+    let s = setup("").await;
+    let first = s
+        .browser
+        .login_until(&s.url("/app/one"), "alice", &is_callback)
+        .await;
+    let first_callback = first.last().unwrap().location().unwrap();
+    let second = s
+        .browser
+        .login_until(&s.url("/app/two"), "alice", &is_callback)
+        .await;
+    let second_callback = second.last().unwrap().location().unwrap();
+    let param = |url: &Url, name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let mut injected = Url::parse(&s.url("/_portcullis/callback")).unwrap();
+    injected
+        .query_pairs_mut()
+        .append_pair("code", &param(&first_callback, "code"))
+        .append_pair("state", &param(&second_callback, "state"))
+        .append_pair("iss", &s.idp.issuer);
+    let page = s
+        .browser
+        .send(reqwest::Method::GET, injected, None, &[])
+        .await;
+    assert_eq!(page.status, 401, "{}", page.body);
+    assert_eq!(page.json()["error"], "login_failed");
+    assert!(s.session_cookie().is_none());
+    assert_eq!(s.upstream.count(), 0);
+}
+
+#[tokio::test]
 async fn return_urls_never_leave_for_a_foreign_host() {
     let s = setup(r#"allowed_redirect_hosts = ["sso.example.com"]"#).await;
     let cases = [
@@ -796,4 +834,64 @@ async fn session_routes_without_a_login_table_are_a_config_error() {
         .expect("refused");
     assert!(error.contains("routes[0].auth"), "{error}");
     assert!(error.contains("[login]"), "{error}");
+}
+
+#[tokio::test]
+async fn over_tls_the_cookies_are_secure_and_host_prefixed() {
+    let s = setup("").await;
+    let browser = Browser::tls(&s.gateway);
+    let pages = browser
+        .visit_and_login(&s.gateway.https_url("/app/secure"), "alice")
+        .await;
+    let first = &pages[0];
+    assert_eq!(first.status, 302);
+    let q: std::collections::HashMap<_, _> = first
+        .location()
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert_eq!(
+        q["redirect_uri"],
+        s.gateway.https_url("/_portcullis/callback")
+    );
+    let login_cookie = first.set_cookies().pop().unwrap();
+    assert!(
+        login_cookie.starts_with("__Host-portcullis-login="),
+        "{login_cookie}"
+    );
+    assert!(login_cookie.ends_with("; Secure"), "{login_cookie}");
+    let callback = pages.iter().find(|p| is_callback(&p.url)).unwrap();
+    let session = callback
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("__Host-portcullis="))
+        .expect("a __Host- session cookie");
+    assert!(
+        session.contains("; Secure") && session.contains("Path=/"),
+        "{session}"
+    );
+    assert_upstream_page(&pages, "/app/secure");
+    assert!(s.upstream.last().header_values("cookie").is_empty());
+    assert_eq!(s.upstream.last().header_values("x-auth-user"), ["alice"]);
+}
+
+#[tokio::test]
+async fn claims_too_large_for_a_cookie_are_refused_clearly_and_fit_a_server_side_store() {
+    let s = setup("").await;
+    let pages = s.browser.visit_and_login(&s.url("/app/x"), "carol").await;
+    let last = pages.last().unwrap();
+    assert_eq!(last.status, 502, "{}", last.body);
+    assert_eq!(last.json()["error"], "session_too_large");
+    assert!(s.session_cookie().is_none());
+    assert_eq!(s.upstream.count(), 0);
+
+    let memory = setup(r#"store = "memory""#).await;
+    let pages = memory
+        .browser
+        .visit_and_login(&memory.url("/app/x"), "carol")
+        .await;
+    assert_upstream_page(&pages, "/app/x");
+    let groups = memory.upstream.last().header_values("x-auth-groups");
+    assert_eq!(groups[0].split(',').count(), 200);
 }

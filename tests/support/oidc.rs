@@ -76,10 +76,16 @@ impl OidcIdp {
 
     /// Registers client `client_id` with the gateways' callback and logout endpoints.
     pub async fn register(&self, client_id: &str, gateways: &[&crate::support::Gateway]) {
-        let redirect_uris: Vec<String> = gateways
+        let mut redirect_uris: Vec<String> = gateways
             .iter()
             .map(|g| g.url("/_portcullis/callback"))
             .collect();
+        redirect_uris.extend(
+            gateways
+                .iter()
+                .filter(|g| g.https.is_some())
+                .map(|g| g.https_url("/_portcullis/callback")),
+        );
         let metadata = json!({
             "client_id": client_id,
             "client_secret": CLIENT_SECRET,
@@ -240,6 +246,23 @@ impl Browser {
         Browser {
             http: reqwest::Client::builder()
                 .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            jar: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A browser that trusts the test certificate and finds `localhost` at the gateway's
+    /// TLS listener.
+    pub fn tls(gateway: &crate::support::Gateway) -> Browser {
+        let cert =
+            reqwest::Certificate::from_pem(crate::support::keys().tls_cert_pem.as_bytes()).unwrap();
+        Browser {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .tls_certs_only([cert])
+                .resolve("localhost", gateway.https.unwrap())
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),

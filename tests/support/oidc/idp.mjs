@@ -19,6 +19,13 @@ import { Provider } from 'oidc-provider';
 const accounts = {
   alice: { email: 'alice@example.com', email_verified: true, name: 'Alice Example', groups: ['sales', 'staff'] },
   bob: { email: 'bob@example.com', email_verified: true, name: 'Bob Example', groups: ['staff'] },
+  // Member of so many groups that the claims do not fit a 4 KiB cookie.
+  carol: {
+    email: 'carol@example.com',
+    email_verified: true,
+    name: 'Carol Example',
+    groups: Array.from({ length: 200 }, (_, i) => `department-${i}-distribution-list`),
+  },
 };
 const PASSWORD = 'pw';
 
