@@ -307,6 +307,12 @@ impl Login {
         if let Some(error) = param("error") {
             return Err(LoginError::Refused(printable(error)));
         }
+        // RFC 9207: an IdP that names itself in the response must be ours (mix-up defence).
+        if param("iss").is_some_and(|iss| iss != &*self.issuer) {
+            return Err(LoginError::Refused(
+                "the response names another issuer".into(),
+            ));
+        }
         let code = param("code").ok_or_else(|| LoginError::Refused("no code".into()))?;
         let endpoints = self.endpoints().await?;
         let tokens = self
@@ -454,7 +460,9 @@ impl Login {
         let Some(mut session) = session else {
             return Ok(None);
         };
-        if now >= session.expires || now >= session.last_seen + self.idle_timeout {
+        // A session from another IdP (the login provider was changed) is no session here.
+        let foreign = session.issuer() != &*self.issuer;
+        if foreign || now >= session.expires || now >= session.last_seen + self.idle_timeout {
             if let Some(id) = &id {
                 self.store.delete(id).await?;
             }

@@ -402,6 +402,40 @@ async fn a_code_from_another_login_fails_pkce() {
 }
 
 #[tokio::test]
+async fn a_response_naming_another_issuer_is_refused() {
+    // RFC 9207 mix-up defence: the IdP names itself in `iss`; another name is refused
+    // before the code goes anywhere.
+    let s = setup("").await;
+    let pages = s
+        .browser
+        .login_until(&s.url("/app/x"), "alice", &is_callback)
+        .await;
+    let callback = pages.last().unwrap().location().unwrap();
+    let iss = callback
+        .query_pairs()
+        .find(|(k, _)| k == "iss")
+        .map(|(_, v)| v.into_owned());
+    assert_eq!(
+        iss.as_deref(),
+        Some(s.idp.issuer.as_str()),
+        "the IdP sends iss"
+    );
+    let mut mixed = Url::parse(&s.url("/_portcullis/callback")).unwrap();
+    for (k, v) in callback.query_pairs() {
+        let v = if k == "iss" {
+            "https://evil.example".into()
+        } else {
+            v
+        };
+        mixed.query_pairs_mut().append_pair(&k, &v);
+    }
+    let page = s.browser.send(reqwest::Method::GET, mixed, None, &[]).await;
+    assert_eq!(page.status, 401, "{}", page.body);
+    assert_eq!(page.json()["error"], "login_failed");
+    assert!(s.session_cookie().is_none());
+}
+
+#[tokio::test]
 async fn return_urls_never_leave_for_a_foreign_host() {
     let s = setup(r#"allowed_redirect_hosts = ["sso.example.com"]"#).await;
     let cases = [
