@@ -51,6 +51,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigLabels {
     pub hash: String,
 }
@@ -60,10 +65,13 @@ pub const METHOD_CLASSES: [&str; 3] = ["read", "write", "other"];
 /// Status classes.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Every auth outcome a request can have (`auth::AuthError::reason` and friends).
-pub const AUTH_OUTCOMES: [&str; 21] = [
+pub const AUTH_OUTCOMES: [&str; 24] = [
     "public",
     "allowed",
     "missing",
+    "login_redirect",
+    "login_endpoint",
+    "session_store_unavailable",
     "ambiguous_credential",
     "malformed_credential",
     "too_large",
@@ -93,6 +101,7 @@ pub struct Metrics {
     pub connections: Gauge,
     reloads: Family<ResultLabels, Counter>,
     config: Family<ConfigLabels, Gauge>,
+    sessions: Family<SessionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -113,6 +122,12 @@ impl Metrics {
         let connections = Gauge::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let config = Family::<ConfigLabels, Gauge>::default();
+        let sessions = Family::<SessionLabels, Counter>::default();
+        registry.register(
+            "session_events",
+            "Browser-session events: login, login_failed, logout, backchannel_logout, backchannel_refused",
+            sessions.clone(),
+        );
         registry.register(
             "requests",
             "Requests by route, method class and status class",
@@ -157,7 +172,13 @@ impl Metrics {
             connections,
             reloads,
             config,
+            sessions,
         }
+    }
+
+    /// One login, logout or back-channel logout (rare: not on the per-request path).
+    pub fn session_event(&self, event: &'static str) {
+        self.sessions.get_or_create(&SessionLabels { event }).inc();
     }
 
     pub fn route(&self, name: &str) -> RouteMetrics {

@@ -310,6 +310,17 @@ async fn login_endpoint(
         }
         Endpoint::Backchannel => Err(LoginError::WrongMethod("POST")),
     };
+    let event = match (endpoint, response.is_ok()) {
+        (Endpoint::Callback, true) => Some("login"),
+        (Endpoint::Callback, false) => Some("login_failed"),
+        (Endpoint::Logout, true) => Some("logout"),
+        (Endpoint::Backchannel, true) => Some("backchannel_logout"),
+        (Endpoint::Backchannel, false) => Some("backchannel_refused"),
+        _ => None,
+    };
+    if let Some(event) = event {
+        snapshot.metrics.session_event(event);
+    }
     Ok(response?)
 }
 

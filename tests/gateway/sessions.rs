@@ -150,6 +150,18 @@ async fn a_browser_logs_in_and_the_upstream_sees_the_identity_but_no_gateway_coo
     assert_eq!(seen.header_values("x-auth-groups"), ["sales,staff"]);
     assert_eq!(seen.header_values("cookie"), ["app_session=legacy-42"]);
 
+    let metrics = s.gateway.shared.load().render_metrics();
+    assert!(
+        metrics.contains("portcullis_session_events_total{event=\"login\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "portcullis_auth_decisions_total{route=\"app\",outcome=\"login_redirect\"} 1\n"
+        ),
+        "{metrics}"
+    );
+
     // 4. The session holds: no more trips to the IdP.
     let again = s.browser.get(&s.url("/app/other")).await;
     assert_eq!(again.status, 200);
