@@ -79,7 +79,24 @@ pub struct Login {
     pub endpoints: ArcSwapOption<Endpoints>,
     /// States already used at the callback (replay guard); in Redis when the store is.
     pub used_states: moka::sync::Cache<Box<str>, ()>,
+    /// `store = "cookie"`: sessions already opened, by SHA-256 of the cookie value, so a
+    /// browser's next requests skip the decryption and JSON parsing. An entry only answers
+    /// while its session needs no write (no touch, no refresh); bounded, and short-lived
+    /// since a touch is due within 60 s anyway.
+    pub opened: moka::sync::Cache<[u8; 32], Arc<Opened>>,
 }
+
+/// What a request needs from a cookie-store session that was opened before.
+pub struct Opened {
+    claims: Arc<Claims>,
+    expires: u64,
+    last_seen: u64,
+    id_exp: u64,
+    refreshable: bool,
+}
+
+/// Entries of `Login::opened` at most.
+pub const OPENED_CACHE_SIZE: u64 = 50_000;
 
 /// A client secret; deliberately not `Debug`.
 pub struct Secret(pub Box<str>);
@@ -441,11 +458,26 @@ impl Login {
     ) -> Result<Option<Found>, LoginError> {
         let secure = self.secure(tls);
         let name = cookie::cookie_name(&self.cookie_name, secure);
-        let Some(plain) = credential::cookie_value(headers, name)
-            .ok()
-            .flatten()
-            .and_then(|value| self.keys.open(name, value))
-        else {
+        let Some(value) = credential::cookie_value(headers, name).ok().flatten() else {
+            return Ok(None);
+        };
+        let touch_every = (self.idle_timeout / 10).clamp(1, 60);
+        let cache_key = (!self.store.is_server_side()).then(|| {
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+            <[u8; 32]>::try_from(digest.as_ref()).expect("SHA-256 is 32 bytes")
+        });
+        if let Some(key) = &cache_key
+            && let Some(opened) = self.opened.get(key)
+            && now < opened.expires
+            && now < opened.last_seen + touch_every
+            && !(opened.refreshable && now + 30 >= opened.id_exp)
+        {
+            return Ok(Some(Found {
+                claims: opened.claims.clone(),
+                set_cookie: None,
+            }));
+        }
+        let Some(plain) = self.keys.open(name, value) else {
             return Ok(None);
         };
         let (id, session) = if self.store.is_server_side() {
@@ -494,7 +526,6 @@ impl Login {
             }
         }
         // Idle tracking without a write per request: at most one per touch interval.
-        let touch_every = (self.idle_timeout / 10).clamp(1, 60);
         if now >= session.last_seen + touch_every {
             session.last_seen = now;
             changed = true;
@@ -504,10 +535,18 @@ impl Login {
         } else {
             None
         };
-        Ok(Some(Found {
-            claims: Arc::new(Claims::from_map(session.claims)),
-            set_cookie,
-        }))
+        let claims = Arc::new(Claims::from_map(session.claims));
+        if let (Some(key), false) = (cache_key, changed) {
+            let opened = Opened {
+                claims: claims.clone(),
+                expires: session.expires,
+                last_seen: session.last_seen,
+                id_exp: session.id_exp,
+                refreshable: session.refresh_token.is_some(),
+            };
+            self.opened.insert(key, Arc::new(opened));
+        }
+        Ok(Some(Found { claims, set_cookie }))
     }
 
     /// Renews the session with its refresh token before the ID token expires.
@@ -913,6 +952,7 @@ mod tests {
             http: reqwest::Client::new(),
             endpoints: Default::default(),
             used_states: moka::sync::Cache::new(10),
+            opened: moka::sync::Cache::new(10),
         };
         (login, vec![provider])
     }

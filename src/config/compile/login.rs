@@ -213,6 +213,10 @@ impl Compiler {
                 },
                 |p| p.used_states.clone(),
             ),
+            opened: moka::sync::Cache::builder()
+                .max_capacity(session::OPENED_CACHE_SIZE)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
         })
     }
 
