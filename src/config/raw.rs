@@ -70,6 +70,8 @@ pub struct RawLogin {
     pub redis_url: Option<String>,
     /// Env var holding the Redis URL instead (when it carries a password).
     pub redis_url_env: Option<String>,
+    /// PEM CA bundle trusted for `rediss://` instead of the system roots. Default: none.
+    pub redis_ca_file: Option<String>,
     /// Key prefix in Redis. Default `portcullis:`.
     pub redis_prefix: Option<String>,
     /// Connect and command timeout for Redis. Default `2s`.

@@ -168,8 +168,25 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(url: &str, prefix: &str, timeout: Duration, lifetime: u64) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?;
+    /// `ca`: PEM roots to trust for `rediss://` instead of the system's.
+    pub fn new(
+        url: &str,
+        ca: Option<Vec<u8>>,
+        prefix: &str,
+        timeout: Duration,
+        lifetime: u64,
+    ) -> Result<Self, String> {
+        let client = match ca {
+            None => redis::Client::open(url),
+            Some(root_cert) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            ),
+        }
+        .map_err(|e| format!("not a Redis URL: {e}"))?;
         Ok(RedisStore {
             client,
             prefix: prefix.into(),

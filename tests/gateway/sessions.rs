@@ -941,3 +941,61 @@ async fn claims_too_large_for_a_cookie_are_refused_clearly_and_fit_a_server_side
     let groups = memory.upstream.last().header_values("x-auth-groups");
     assert_eq!(groups[0].split(',').count(), 200);
 }
+
+#[tokio::test]
+async fn sessions_live_in_redis_over_tls() {
+    let redis = RedisServer::start_tls().await;
+    let upstream = Upstream::start().await;
+    let idp = OidcIdp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("redis-ca.pem");
+    std::fs::write(&ca, &keys().tls_cert_pem).unwrap();
+    let extra = format!(
+        "store = \"redis\"\nredis_url = \"rediss://{}\"\nredis_ca_file = \"{}\"",
+        redis.tls_addr.unwrap(),
+        ca.display()
+    );
+    let gw = Gateway::start(&gateway_config(
+        &upstream,
+        &idp,
+        "tls-redis",
+        dir.path(),
+        &[COOKIE_KEY_A],
+        &extra,
+    ))
+    .await;
+    idp.register("tls-redis", &[&gw]).await;
+    let browser = Browser::new();
+    let pages = browser.visit_and_login(&gw.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    let keys = redis.command(&["KEYS", "portcullis:s:*"]).await.unwrap();
+    assert!(
+        keys.starts_with("*1\r\n"),
+        "the session went to Redis over TLS: {keys:?}"
+    );
+
+    // Without the CA, the server's certificate is not trusted: the store is unavailable and
+    // a request with a session cookie is denied, never let through.
+    let untrusted = format!(
+        "store = \"redis\"\nredis_url = \"rediss://{}\"",
+        redis.tls_addr.unwrap()
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    let gw2 = Gateway::start(&gateway_config(
+        &upstream,
+        &idp,
+        "tls-redis",
+        dir2.path(),
+        &[COOKIE_KEY_A],
+        &untrusted,
+    ))
+    .await;
+    let cookie = browser.cookie(&gw.url("/"), "portcullis").unwrap();
+    let response = client()
+        .get(gw2.url("/app/x"))
+        .header("cookie", format!("portcullis={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 502, "session_store_unavailable").await;
+}

@@ -452,28 +452,58 @@ impl Browser {
 /// A real `redis-server` on a free loopback port, stopped on drop.
 pub struct RedisServer {
     pub addr: SocketAddr,
+    /// The TLS port, when started with `start_tls` (certificate: the test TLS certificate).
+    pub tls_addr: Option<SocketAddr>,
     _dir: tempfile::TempDir,
     child: Child,
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(false).await
+    }
+
+    /// Also listening with TLS (the test certificate, for 127.0.0.1), no client certificates.
+    pub async fn start_tls() -> RedisServer {
+        RedisServer::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> RedisServer {
         assert!(
             which("redis-server"),
             "the Redis session tests need `redis-server` on PATH: apt-get install redis-server \
              (scripts/test.sh installs it)"
         );
         for _ in 0..10 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
+            let tls_port = tls.then(free_port);
             let dir = tempfile::tempdir().unwrap();
-            let child = Command::new("redis-server")
+            let mut command = Command::new("redis-server");
+            command
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--dir"])
-                .arg(dir.path())
+                .arg(dir.path());
+            if let Some(tls_port) = tls_port {
+                let keys = crate::support::keys();
+                std::fs::write(dir.path().join("tls.crt"), &keys.tls_cert_pem).unwrap();
+                std::fs::write(dir.path().join("tls.key"), &keys.tls_key_pem).unwrap();
+                command
+                    .args(["--tls-port", &tls_port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(dir.path().join("tls.crt"))
+                    .arg("--tls-key-file")
+                    .arg(dir.path().join("tls.key"))
+                    .args(["--tls-auth-clients", "no"]);
+            }
+            let child = command
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
@@ -482,6 +512,7 @@ impl RedisServer {
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             let mut server = RedisServer {
                 addr,
+                tls_addr: tls_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
                 _dir: dir,
                 child,
             };

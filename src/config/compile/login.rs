@@ -231,6 +231,7 @@ impl Compiler {
             ("redis_url", raw.redis_url.is_some()),
             ("redis_url_env", raw.redis_url_env.is_some()),
             ("redis_prefix", raw.redis_prefix.is_some()),
+            ("redis_ca_file", raw.redis_ca_file.is_some()),
             ("redis_timeout", raw.redis_timeout.is_some()),
         ];
         let kind = raw.store.as_deref().unwrap_or("cookie");
@@ -296,7 +297,30 @@ impl Compiler {
                     Duration::from_secs(2),
                 );
                 let prefix = raw.redis_prefix.as_deref().unwrap_or("portcullis:");
-                match RedisStore::new(&url, prefix, timeout, lifetime.as_secs()) {
+                let ca = match &raw.redis_ca_file {
+                    None => None,
+                    Some(file) => {
+                        let path = self.path(file);
+                        match std::fs::read(&path) {
+                            Ok(pem) if url.starts_with("rediss://") => Some(pem),
+                            Ok(_) => {
+                                self.issue(
+                                    "login.redis_ca_file",
+                                    "only applies to TLS; use a rediss:// URL",
+                                );
+                                None
+                            }
+                            Err(e) => {
+                                self.issue(
+                                    "login.redis_ca_file",
+                                    format!("cannot read {}: {e}", path.display()),
+                                );
+                                None
+                            }
+                        }
+                    }
+                };
+                match RedisStore::new(&url, ca, prefix, timeout, lifetime.as_secs()) {
                     Ok(store) => Some(Store::Redis(Arc::new(store))),
                     // The URL may carry a password: the message must not echo it.
                     Err(_) => {
