@@ -7,7 +7,9 @@
 #   PEERS="direct nginx haproxy lua gateway" bash benches/load/run.sh
 #
 # Prints the peer table (req/s, p50/p99, CPU us/request of the proxy, ratios to direct
-# and nginx) from ../shared/bench/run-peers.sh, then two memory checks of our own:
+# and nginx) from ../shared/bench/run-peers.sh, the rows it lacks (extra_rows.sh: HS256 and
+# EdDSA with distinct tokens, TLS keep-alive and handshakes/s beside nginx, 1 vs 2 workers),
+# then two memory checks of our own:
 #   - RSS with IDLE_CONNS (default 10000) idle keep-alive client connections;
 #   - RSS across a run of MANY_TOKENS (default 200000) distinct HS256 tokens, which must
 #     stay flat because the verified-token cache is bounded (token_cache_size, here 50000).
@@ -38,7 +40,14 @@ else
     bash "$bench/run-peers.sh" --setups "shared pinned" --peers "$peers" --portcullis "$bin" --out "$out/peers"
 fi
 
-# 2 and 3. Memory, against a local nginx upstream.
+# 2. The rows the peer table lacks (SKIP_EXTRA=1 skips them).
+if [ "${SKIP_EXTRA:-0}" != 1 ]; then
+    echo
+    echo "== rows the peer table lacks"
+    ROW_SECONDS=$([ $quick = 1 ] && echo 3 || echo 10) bash "$here/extra_rows.sh" "$bin"
+fi
+
+# 3 and 4. Memory, against a local nginx upstream.
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 port_up=18381; port_gw=18391
@@ -95,7 +104,7 @@ echo "== idle keep-alive connections"
 echo "RSS before: $((before / 1024)) MiB; $(cat "$work/idle.txt")"
 
 many=${MANY_TOKENS:-200000}
-python3 "$here/hs_tokens.py" "$secret" "$many" > "$work/tokens.txt"
+python3 "$here/tokens.py" hs256 "$secret" "$many" > "$work/tokens.txt"
 duration=$([ $quick = 1 ] && echo 10 || echo 60)
 echo
 echo "== $many distinct HS256 tokens for ${duration}s (token_cache_size 50000)"

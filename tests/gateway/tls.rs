@@ -100,3 +100,37 @@ async fn a_rapid_reset_flood_is_cut_and_the_gateway_stays_healthy() {
     let response = client().get(gw.url("/public/after")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn the_server_picks_aes_128_gcm_even_when_the_client_prefers_aes_256() {
+    // The key schedule then runs on SHA-256 (hardware on current CPUs) instead of SHA-384.
+    let upstream = Upstream::start().await;
+    let gw = Gateway::standard(&upstream).await;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(keys().tls_cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    // rustls clients, like OpenSSL and browsers on AES hardware, list AES-256 first.
+    assert_eq!(
+        provider.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(gw.https.unwrap())
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (_, session) = tls.get_ref();
+    assert_eq!(
+        session.negotiated_cipher_suite().unwrap().suite(),
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+}

@@ -1,0 +1,45 @@
+"""Prints N distinct tokens (iss/aud of the load configs), one a line.
+
+    tokens.py hs256 SECRET N        HS256 with SECRET
+    tokens.py eddsa KEYDIR N        EdDSA; writes KEYDIR/ed.pub.pem (the key is made here)
+"""
+import base64
+import hashlib
+import hmac
+import json
+import sys
+import time
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+alg, arg, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if alg == "hs256":
+    secret = arg.encode()
+    header = {"alg": "HS256", "typ": "JWT"}
+    sign = lambda message: hmac.new(secret, message, hashlib.sha256).digest()
+elif alg == "eddsa":
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with open(f"{arg}/ed.pub.pem", "wb") as f:
+        f.write(pem)
+    header = {"alg": "EdDSA", "typ": "JWT"}
+    sign = key.sign
+else:
+    sys.exit(f"unknown algorithm {alg}")
+
+head = b64(json.dumps(header, separators=(",", ":")).encode())
+exp = int(time.time()) + 3600
+out = sys.stdout
+for i in range(n):
+    claims = {"iss": "https://issuer.load", "aud": "app", "sub": f"user{i}", "exp": exp, "jti": str(i)}
+    payload = b64(json.dumps(claims, separators=(",", ":")).encode())
+    message = f"{head}.{payload}".encode()
+    out.write(f"{head}.{payload}.{b64(sign(message))}\n")
