@@ -999,3 +999,30 @@ async fn sessions_live_in_redis_over_tls() {
         .unwrap();
     assert_error(response, 502, "session_store_unavailable").await;
 }
+
+#[tokio::test]
+async fn memory_sessions_survive_a_reload_unless_the_store_bounds_change() {
+    let s = setup(r#"store = "memory""#).await;
+    let pages = s.browser.visit_and_login(&s.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    portcullis::reload::reload(&s.gateway.shared).await.unwrap();
+    assert_eq!(
+        s.browser.get(&s.url("/app/x")).await.status,
+        200,
+        "kept across a reload"
+    );
+
+    // New bounds make a new store (documented): the old sessions are gone.
+    let path = s.gateway.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "store = \"memory\"",
+            "store = \"memory\"\nmax_sessions = 10",
+        ),
+    )
+    .unwrap();
+    portcullis::reload::reload(&s.gateway.shared).await.unwrap();
+    assert_eq!(s.browser.get(&s.url("/app/x")).await.status, 302);
+}
