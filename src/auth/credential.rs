@@ -189,11 +189,12 @@ pub fn remove_cookies(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map from (name, value) pairs, repeated names appended.
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
             map.append(

@@ -27,6 +27,21 @@ impl Setup {
         self.gateway.url(path)
     }
 
+    /// Logs in at the IdP starting from `path`, stopping before the gateway's callback:
+    /// returns the callback URL the IdP sent the browser to.
+    async fn callback_url(&self, path: &str) -> Url {
+        let pages = self
+            .browser
+            .login_until(&self.url(path), "alice", &is_callback)
+            .await;
+        let callback = pages.last().unwrap().location().unwrap();
+        assert!(
+            is_callback(&callback),
+            "stopped before the callback: {callback}"
+        );
+        callback
+    }
+
     /// The session cookie's name on the plain-HTTP listener (the `__Host-` prefix needs TLS).
     fn session_cookie(&self) -> Option<String> {
         self.browser.cookie(&self.url("/"), "portcullis")
@@ -89,6 +104,12 @@ fn assert_upstream_page(pages: &[Page], path: &str) {
 
 fn is_callback(url: &Url) -> bool {
     url.path() == "/_portcullis/callback"
+}
+
+fn query_param(url: &Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 #[tokio::test]
@@ -315,15 +336,7 @@ async fn claims_requirements_hold_for_sessions_too() {
 #[tokio::test]
 async fn a_forged_missing_or_replayed_state_is_refused() {
     let s = setup("").await;
-    let pages = s
-        .browser
-        .login_until(&s.url("/app/x"), "alice", &is_callback)
-        .await;
-    let callback = pages.last().unwrap().location().unwrap();
-    assert!(
-        is_callback(&callback),
-        "stopped before the callback: {callback}"
-    );
+    let callback = s.callback_url("/app/x").await;
     let login_cookie = s
         .browser
         .cookie(&s.url("/"), "portcullis-login")
@@ -381,27 +394,13 @@ async fn a_code_from_another_login_fails_pkce() {
     // cookie. The state matches, but the code was bound to the first login's PKCE
     // challenge, so the IdP refuses the exchange and no session is made.
     let s = setup("").await;
-    let first = s
-        .browser
-        .login_until(&s.url("/app/one"), "alice", &is_callback)
-        .await;
-    let first_callback = first.last().unwrap().location().unwrap();
-    let second = s
-        .browser
-        .login_until(&s.url("/app/two"), "alice", &is_callback)
-        .await;
-    let second_callback = second.last().unwrap().location().unwrap();
-    let param = |url: &Url, name: &str| {
-        url.query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-            .unwrap()
-    };
+    let first_callback = s.callback_url("/app/one").await;
+    let second_callback = s.callback_url("/app/two").await;
     let mut injected = Url::parse(&s.url("/_portcullis/callback")).unwrap();
     injected
         .query_pairs_mut()
-        .append_pair("code", &param(&first_callback, "code"))
-        .append_pair("state", &param(&second_callback, "state"))
+        .append_pair("code", &query_param(&first_callback, "code").unwrap())
+        .append_pair("state", &query_param(&second_callback, "state").unwrap())
         .append_pair("iss", &s.idp.issuer);
     let page = s
         .browser
@@ -418,15 +417,8 @@ async fn a_response_naming_another_issuer_is_refused() {
     // RFC 9207 mix-up defence: the IdP names itself in `iss`; another name is refused
     // before the code goes anywhere.
     let s = setup("").await;
-    let pages = s
-        .browser
-        .login_until(&s.url("/app/x"), "alice", &is_callback)
-        .await;
-    let callback = pages.last().unwrap().location().unwrap();
-    let iss = callback
-        .query_pairs()
-        .find(|(k, _)| k == "iss")
-        .map(|(_, v)| v.into_owned());
+    let callback = s.callback_url("/app/x").await;
+    let iss = query_param(&callback, "iss");
     assert_eq!(
         iss.as_deref(),
         Some(s.idp.issuer.as_str()),
@@ -641,33 +633,56 @@ store = "memory""#,
     );
 }
 
-#[tokio::test]
-async fn two_instances_share_sessions_and_logout_through_redis() {
+/// Two gateways with one client registration and one Redis: what a load balancer sees.
+struct TwoInstances {
+    redis: RedisServer,
+    upstream: Upstream,
+    idp: OidcIdp,
+    one: Gateway,
+    two: Gateway,
+    client_id: &'static str,
+    _dir: tempfile::TempDir,
+}
+
+async fn two_instances_on_one_redis(client_id: &'static str) -> TwoInstances {
     let redis = RedisServer::start().await;
     let upstream = Upstream::start().await;
     let idp = OidcIdp::start().await;
-    let client_id = "shared-client";
     let extra = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url());
     let dir = tempfile::tempdir().unwrap();
-    let one = Gateway::start(&gateway_config(
+    let config = gateway_config(
         &upstream,
         &idp,
         client_id,
         dir.path(),
         &[COOKIE_KEY_A],
         &extra,
-    ))
-    .await;
-    let two = Gateway::start(&gateway_config(
-        &upstream,
-        &idp,
-        client_id,
-        dir.path(),
-        &[COOKIE_KEY_A],
-        &extra,
-    ))
-    .await;
+    );
+    let one = Gateway::start(&config).await;
+    let two = Gateway::start(&config).await;
     idp.register(client_id, &[&one, &two]).await;
+    TwoInstances {
+        redis,
+        upstream,
+        idp,
+        one,
+        two,
+        client_id,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn two_instances_share_sessions_and_logout_through_redis() {
+    let TwoInstances {
+        redis,
+        upstream,
+        idp,
+        one,
+        two,
+        client_id,
+        _dir,
+    } = two_instances_on_one_redis("shared-client").await;
 
     let browser = Browser::new();
     let pages = browser.visit_and_login(&one.url("/app/x"), "alice").await;
@@ -723,31 +738,16 @@ async fn two_instances_share_sessions_and_logout_through_redis() {
 
 #[tokio::test]
 async fn back_channel_logout_from_the_idp_ends_the_sessions_everywhere() {
-    let redis = RedisServer::start().await;
-    let upstream = Upstream::start().await;
-    let idp = OidcIdp::start().await;
-    let client_id = "bcl-client";
-    let extra = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url());
-    let dir = tempfile::tempdir().unwrap();
-    let one = Gateway::start(&gateway_config(
-        &upstream,
-        &idp,
+    // Bound to a name, not `_`: Redis must live to the end of the test.
+    let TwoInstances {
+        redis: _redis,
+        upstream,
+        idp,
+        one,
+        two,
         client_id,
-        dir.path(),
-        &[COOKIE_KEY_A],
-        &extra,
-    ))
-    .await;
-    let two = Gateway::start(&gateway_config(
-        &upstream,
-        &idp,
-        client_id,
-        dir.path(),
-        &[COOKIE_KEY_A],
-        &extra,
-    ))
-    .await;
-    idp.register(client_id, &[&one, &two]).await;
+        _dir,
+    } = two_instances_on_one_redis("bcl-client").await;
 
     let browser = Browser::new();
     let pages = browser.visit_and_login(&one.url("/app/x"), "alice").await;
