@@ -1026,3 +1026,31 @@ async fn memory_sessions_survive_a_reload_unless_the_store_bounds_change() {
     portcullis::reload::reload(&s.gateway.shared).await.unwrap();
     assert_eq!(s.browser.get(&s.url("/app/x")).await.status, 302);
 }
+
+#[tokio::test]
+async fn a_public_client_logs_in_with_pkce_alone() {
+    // No client secret configured: the gateway sends client_id in the token request and
+    // relies on PKCE, which the IdP requires of public clients.
+    let upstream = Upstream::start().await;
+    let idp = OidcIdp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = gateway_config(
+        &upstream,
+        &idp,
+        "public-client",
+        dir.path(),
+        &[COOKIE_KEY_A],
+        "",
+    );
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("client_secret_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let gw = Gateway::start(&text).await;
+    idp.register_with("public-client", &[&gw], "none").await;
+    let browser = Browser::new();
+    let pages = browser.visit_and_login(&gw.url("/app/x"), "bob").await;
+    assert_upstream_page(&pages, "/app/x");
+    assert_eq!(upstream.last().header_values("x-auth-user"), ["bob"]);
+}

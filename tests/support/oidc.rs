@@ -76,6 +76,18 @@ impl OidcIdp {
 
     /// Registers client `client_id` with the gateways' callback and logout endpoints.
     pub async fn register(&self, client_id: &str, gateways: &[&crate::support::Gateway]) {
+        self.register_with(client_id, gateways, "client_secret_basic")
+            .await
+    }
+
+    /// `register` with a token endpoint auth method: `client_secret_basic`, or `none` for a
+    /// public client (PKCE only, no secret).
+    pub async fn register_with(
+        &self,
+        client_id: &str,
+        gateways: &[&crate::support::Gateway],
+        auth_method: &str,
+    ) {
         let mut redirect_uris: Vec<String> = gateways
             .iter()
             .map(|g| g.url("/_portcullis/callback"))
@@ -95,8 +107,12 @@ impl OidcIdp {
             "backchannel_logout_session_required": true,
             "grant_types": ["authorization_code", "refresh_token"],
             "response_types": ["code"],
-            "token_endpoint_auth_method": "client_secret_basic",
+            "token_endpoint_auth_method": auth_method,
         });
+        let mut metadata = metadata;
+        if auth_method == "none" {
+            metadata.as_object_mut().unwrap().remove("client_secret");
+        }
         let response = crate::support::client()
             .post(format!("{}/__test/clients", self.issuer))
             .json(&metadata)
