@@ -92,12 +92,6 @@ impl Snapshot {
                     .map_err(|e| format!("providers.{}: {e}", provider.name))?;
             }
         }
-        // The login endpoints too, so the first browser does not wait for discovery.
-        if let Some(login) = &self.login
-            && let Err(error) = login.endpoints().await
-        {
-            tracing::warn!(%error, "login: the IdP's discovery document is not available yet; retried at the first login");
-        }
         Ok(())
     }
 

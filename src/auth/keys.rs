@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use tokio::time::Instant;
@@ -205,6 +205,14 @@ pub struct RefreshSettings {
     pub require_keys_at_start: bool,
 }
 
+/// The endpoints a browser login needs, from the provider's discovery document.
+#[derive(Debug)]
+pub struct OidcEndpoints {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub end_session_endpoint: Option<String>,
+}
+
 /// Counters for metrics and tests.
 #[derive(Default)]
 pub struct FetchStats {
@@ -233,6 +241,8 @@ pub struct Remote {
     state: tokio::sync::Mutex<FetchState>,
     /// kid -> when it was found unknown after a fetch.
     unknown_kids: Mutex<HashMap<Box<str>, Instant>>,
+    /// Set by a successful discovery that names the login endpoints.
+    endpoints: ArcSwapOption<OidcEndpoints>,
     pub stats: FetchStats,
 }
 
@@ -274,12 +284,35 @@ impl Remote {
                 jwks_url: None,
             }),
             unknown_kids: Mutex::new(HashMap::new()),
+            endpoints: ArcSwapOption::empty(),
             stats: FetchStats::default(),
         }
     }
 
     pub fn settings(&self) -> &RefreshSettings {
         &self.settings
+    }
+
+    /// The client that talks to this IdP (its `ca_file`, its `fetch_timeout`).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The login endpoints of the discovery document; when no discovery has succeeded yet,
+    /// one fetch now (single-flight with the key refresh).
+    pub async fn oidc_endpoints(&self) -> Result<Arc<OidcEndpoints>, FetchError> {
+        if let Some(endpoints) = self.endpoints.load_full() {
+            return Ok(endpoints);
+        }
+        let fetched = self.fetch().await;
+        match (self.endpoints.load_full(), fetched) {
+            (Some(endpoints), _) => Ok(endpoints),
+            (None, Err(error)) => Err(error),
+            (None, Ok(_)) => Err(FetchError::Invalid(format!(
+                "provider {}: no discovery document with authorization_endpoint and token_endpoint",
+                self.provider
+            ))),
+        }
     }
 
     /// Called for a token whose `kid` no key has. Returns true when a refetch brought a key
@@ -408,6 +441,12 @@ impl Remote {
         struct Discovery {
             issuer: String,
             jwks_uri: String,
+            #[serde(default)]
+            authorization_endpoint: Option<String>,
+            #[serde(default)]
+            token_endpoint: Option<String>,
+            #[serde(default)]
+            end_session_endpoint: Option<String>,
         }
         let doc: Discovery = serde_json::from_slice(&body).map_err(|e| {
             FetchError::Invalid(format!("{url} is not an OpenID configuration: {e}"))
@@ -418,6 +457,15 @@ impl Remote {
                 doc.issuer, self.issuer
             )));
         }
+        if let (Some(authorization_endpoint), Some(token_endpoint)) =
+            (doc.authorization_endpoint, doc.token_endpoint)
+        {
+            self.endpoints.store(Some(Arc::new(OidcEndpoints {
+                authorization_endpoint,
+                token_endpoint,
+                end_session_endpoint: doc.end_session_endpoint,
+            })));
+        }
         Ok(doc.jwks_uri)
     }
 
@@ -426,7 +474,7 @@ impl Remote {
         let transport = |e: reqwest::Error| {
             FetchError::Transport(format!("{url}: {}", crate::telemetry::error_chain(&e)))
         };
-        let mut response = self
+        let response = self
             .http
             .get(url)
             .timeout(self.settings.fetch_timeout)
@@ -444,17 +492,27 @@ impl Remote {
             .get(http::header::CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
             .and_then(max_age);
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_IDP_BODY {
-                return Err(FetchError::Invalid(format!(
-                    "{url}: body larger than {MAX_IDP_BODY} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((body, max_age))
+        Ok((bounded_body(response, url).await?, max_age))
     }
+}
+
+/// An IdP response body, refused beyond `MAX_IDP_BODY` (a bound on memory per fetch).
+pub async fn bounded_body(
+    mut response: reqwest::Response,
+    url: &str,
+) -> Result<Vec<u8>, FetchError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        FetchError::Transport(format!("{url}: {}", crate::telemetry::error_chain(&e)))
+    })? {
+        if body.len() + chunk.len() > MAX_IDP_BODY {
+            return Err(FetchError::Invalid(format!(
+                "{url}: body larger than {MAX_IDP_BODY} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn same_material(a: &VerifyKey, b: &VerifyKey) -> bool {

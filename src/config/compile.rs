@@ -79,6 +79,7 @@ pub fn compile(
         raw.login.as_ref(),
         &raw.providers,
         &provider_names,
+        &providers,
         inherited.previous,
     );
     let mut identity = c.identity(&raw.identity);

@@ -22,9 +22,7 @@ pub mod redirect;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -37,6 +35,7 @@ use serde_json::{Map, Value};
 use crate::auth::claims::Claims;
 use crate::auth::credential;
 use crate::auth::jwt::{self, JwtError, Provider};
+use crate::auth::keys::{self, OidcEndpoints, Remote};
 use cookie::CookieKeys;
 use store::{Session, Store};
 
@@ -56,7 +55,9 @@ pub struct Login {
     /// Index into `Snapshot::providers`: its keys verify ID and logout tokens.
     pub provider: usize,
     pub issuer: Box<str>,
-    pub discovery_url: String,
+    /// The provider's discovery and key fetching: the login endpoints come from the same
+    /// discovery document, through the same HTTP client.
+    pub remote: Arc<Remote>,
     pub client_id: Box<str>,
     pub client_secret: Option<Secret>,
     pub redirect_path: Box<str>,
@@ -75,8 +76,6 @@ pub struct Login {
     pub lifetime: u64,
     pub allowed_redirect_hosts: Box<[Box<str>]>,
     pub post_logout_redirect_url: Option<Box<str>>,
-    pub http: reqwest::Client,
-    pub endpoints: ArcSwapOption<Endpoints>,
     /// States already used at the callback (replay guard); in Redis when the store is.
     pub used_states: moka::sync::Cache<Box<str>, ()>,
     /// `store = "cookie"`: sessions already opened, by SHA-256 of the cookie value, so a
@@ -100,16 +99,6 @@ pub const OPENED_CACHE_SIZE: u64 = 50_000;
 
 /// A client secret; deliberately not `Debug`.
 pub struct Secret(pub Box<str>);
-
-/// The IdP's endpoints, from its discovery document.
-#[derive(Debug, Deserialize)]
-pub struct Endpoints {
-    pub issuer: String,
-    pub authorization_endpoint: String,
-    pub token_endpoint: String,
-    #[serde(default)]
-    pub end_session_endpoint: Option<String>,
-}
 
 /// What the browser carries between the redirect to the IdP and the callback.
 #[derive(Serialize, Deserialize)]
@@ -203,34 +192,12 @@ impl Login {
         self.cookie_secure.unwrap_or(tls)
     }
 
-    /// The IdP's endpoints, fetched once (and again after a failure).
-    pub async fn endpoints(&self) -> Result<Arc<Endpoints>, LoginError> {
-        if let Some(endpoints) = self.endpoints.load_full() {
-            return Ok(endpoints);
-        }
-        let unavailable = |e: String| LoginError::IdpUnavailable(e);
-        let response = self
-            .http
-            .get(&self.discovery_url)
-            .send()
+    /// The IdP's login endpoints (from the provider's discovery).
+    async fn endpoints(&self) -> Result<Arc<OidcEndpoints>, LoginError> {
+        self.remote
+            .oidc_endpoints()
             .await
-            .map_err(|e| unavailable(crate::telemetry::error_chain(&e)))?;
-        let body = bounded_body(response, &self.discovery_url).await?;
-        let endpoints: Endpoints = serde_json::from_slice(&body).map_err(|e| {
-            unavailable(format!(
-                "{} is not an OpenID configuration: {e}",
-                self.discovery_url
-            ))
-        })?;
-        if endpoints.issuer != *self.issuer {
-            return Err(unavailable(format!(
-                "{} names issuer \"{}\", expected \"{}\"",
-                self.discovery_url, endpoints.issuer, self.issuer
-            )));
-        }
-        let endpoints = Arc::new(endpoints);
-        self.endpoints.store(Some(endpoints.clone()));
-        Ok(endpoints)
+            .map_err(|e| LoginError::IdpUnavailable(e.to_string()))
     }
 
     fn redirect_uri(&self, request: &RequestInfo<'_>) -> String {
@@ -595,13 +562,17 @@ impl Login {
         url: &str,
         form: &[(&str, &str)],
     ) -> Result<TokenResponse, LoginError> {
-        let mut request = self.http.post(url).header("accept", "application/json");
+        let mut request = self
+            .remote
+            .http()
+            .post(url)
+            .header("accept", "application/json");
         let mut fields: Vec<(&str, &str)> = form.to_vec();
         match &self.client_secret {
             // client_secret_basic: both parts form-urlencoded first (RFC 6749 2.3.1).
             Some(secret) => {
-                let user = form_encode(&self.client_id);
-                let password = form_encode(&secret.0);
+                let user = form::encode(&self.client_id);
+                let password = form::encode(&secret.0);
                 request = request.basic_auth(user, Some(password));
             }
             None => fields.push(("client_id", &self.client_id)),
@@ -617,12 +588,17 @@ impl Login {
             struct OAuthError {
                 error: String,
             }
-            let body = bounded_body_any(response).await.unwrap_or_default();
+            let body = keys::bounded_body(response, url).await.unwrap_or_default();
             let error = serde_json::from_slice::<OAuthError>(&body)
                 .map_or_else(|_| format!("HTTP {status}"), |e| printable(&e.error));
             return Err(LoginError::Refused(format!("token endpoint: {error}")));
         }
-        let body = bounded_body(response, url).await?;
+        if !status.is_success() {
+            return Err(LoginError::IdpUnavailable(format!("{url}: HTTP {status}")));
+        }
+        let body = keys::bounded_body(response, url)
+            .await
+            .map_err(|e| LoginError::IdpUnavailable(e.to_string()))?;
         serde_json::from_slice(&body)
             .map_err(|e| LoginError::IdpUnavailable(format!("{url}: not a token response: {e}")))
     }
@@ -816,37 +792,6 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-fn form_encode(text: &str) -> String {
-    form::encode(text)
-}
-
-async fn bounded_body(response: reqwest::Response, url: &str) -> Result<Bytes, LoginError> {
-    if !response.status().is_success() {
-        return Err(LoginError::IdpUnavailable(format!(
-            "{url}: HTTP {}",
-            response.status()
-        )));
-    }
-    bounded_body_any(response)
-        .await
-        .map_err(|e| LoginError::IdpUnavailable(format!("{url}: {e}")))
-}
-
-async fn bounded_body_any(mut response: reqwest::Response) -> Result<Bytes, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| crate::telemetry::error_chain(&e))?
-    {
-        if body.len() + chunk.len() > crate::auth::keys::MAX_IDP_BODY {
-            return Err("response larger than 1 MiB".into());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.into())
-}
-
 /// `application/x-www-form-urlencoded`, both ways.
 mod form {
     pub fn urlencoded_pairs(input: &[u8]) -> Vec<(String, String)> {
@@ -859,13 +804,11 @@ mod form {
     }
 }
 
-/// How long the login flows wait for the IdP.
-pub const IDP_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::credential::tests::headers;
+    use std::time::Duration;
 
     #[test]
     fn only_browser_navigations_are_redirected() {
@@ -901,8 +844,8 @@ mod tests {
 
     #[test]
     fn client_credentials_are_form_encoded_for_basic_auth() {
-        assert_eq!(form_encode("a b:c/d"), "a+b%3Ac%2Fd");
-        assert_eq!(form_encode("plain"), "plain");
+        assert_eq!(form::encode("a b:c/d"), "a+b%3Ac%2Fd");
+        assert_eq!(form::encode("plain"), "plain");
     }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -921,10 +864,25 @@ mod tests {
             &[jsonwebtoken::Algorithm::HS256],
             vec![key],
         );
+        let remote = Remote::new(
+            "idp",
+            "https://idp",
+            &[jsonwebtoken::Algorithm::HS256],
+            crate::auth::keys::RemoteSource::Discovery("https://idp".into()),
+            crate::auth::keys::RefreshSettings {
+                refresh_interval: Duration::from_secs(300),
+                min_refresh_interval: Duration::from_secs(30),
+                fetch_timeout: Duration::from_secs(1),
+                require_keys_at_start: false,
+            },
+            reqwest::Client::new(),
+            Vec::new(),
+            provider.keys.clone(),
+        );
         let login = Login {
             provider: 0,
             issuer: "https://idp".into(),
-            discovery_url: "https://idp/.well-known/openid-configuration".into(),
+            remote: Arc::new(remote),
             client_id: "gateway".into(),
             client_secret: None,
             redirect_path: DEFAULT_REDIRECT_PATH.into(),
@@ -939,8 +897,6 @@ mod tests {
             lifetime: 600,
             allowed_redirect_hosts: Box::default(),
             post_logout_redirect_url: None,
-            http: reqwest::Client::new(),
-            endpoints: Default::default(),
             used_states: moka::sync::Cache::new(10),
             opened: moka::sync::Cache::new(10),
         };

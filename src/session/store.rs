@@ -18,8 +18,8 @@ use serde_json::{Map, Value};
 
 use crate::server::{MAX_WORKERS, worker_id};
 
-/// One logged-in browser.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One logged-in browser. `Debug` leaves the tokens out (I7).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Session {
     /// The identity: the verified ID token's claims (less the protocol ones).
     pub claims: Map<String, Value>,
@@ -35,6 +35,23 @@ pub struct Session {
     /// Kept by the server-side stores only, as `id_token_hint` at logout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("sub", &self.claim("sub"))
+            .field("created", &self.created)
+            .field("last_seen", &self.last_seen)
+            .field("expires", &self.expires)
+            .field("id_exp", &self.id_exp)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("id_token", &self.id_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Session {
@@ -330,6 +347,19 @@ mod tests {
             refresh_token: None,
             id_token: None,
         }
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_token() {
+        let mut s = session("s1", "alice");
+        s.refresh_token = Some("rt-secret".into());
+        s.id_token = Some("id-secret".into());
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("alice") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        assert!(!shown.contains("secret"), "{shown}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Compiler;
+use crate::auth::jwt::Provider;
 use crate::canonical::canonical_path;
 use crate::config::raw::{RawLogin, RawProvider, RawScopes};
 use crate::session::cookie::CookieKeys;
@@ -18,6 +19,7 @@ impl Compiler {
         raw: Option<&RawLogin>,
         raw_providers: &BTreeMap<String, RawProvider>,
         providers: &HashMap<String, usize>,
+        compiled: &[Provider],
         previous: Option<&Snapshot>,
     ) -> Option<Login> {
         let raw = raw?;
@@ -156,33 +158,16 @@ impl Compiler {
             );
         }
         let store = self.session_store(raw, idle, lifetime, previous);
-        let http = self.idp_client(
-            "login",
-            raw_provider.and_then(|p| p.ca_file.as_deref()),
-            &crate::auth::keys::RefreshSettings {
-                refresh_interval: Duration::from_secs(300),
-                min_refresh_interval: Duration::from_secs(30),
-                fetch_timeout: session::IDP_TIMEOUT,
-                require_keys_at_start: false,
-            },
-        );
-        if self.issues.len() != before {
+        if self.issues.len() != before || discovery.is_none() {
             return None;
         }
-        let discovery = discovery?;
-        let discovery_url = if discovery.ends_with("/.well-known/openid-configuration") {
-            discovery
-        } else {
-            format!(
-                "{}/.well-known/openid-configuration",
-                discovery.trim_end_matches('/')
-            )
-        };
+        // A provider with `discovery` always has its remote part.
+        let remote = compiled.get(provider?)?.remote.clone()?;
         let previous_login = previous.and_then(|p| p.login.as_ref());
         Some(Login {
             provider: provider?,
             issuer: raw_provider?.issuer.as_str().into(),
-            discovery_url,
+            remote,
             client_id: raw.client_id.as_str().into(),
             client_secret,
             redirect_path: redirect_path.into(),
@@ -201,8 +186,6 @@ impl Compiler {
                 .map(|h| h.to_ascii_lowercase().into())
                 .collect(),
             post_logout_redirect_url: raw.post_logout_redirect_url.as_deref().map(Into::into),
-            http: http?,
-            endpoints: Default::default(),
             // Kept across reloads, so a reload does not reopen the replay window.
             used_states: previous_login.map_or_else(
                 || {
