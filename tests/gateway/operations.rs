@@ -12,6 +12,19 @@ fn with_admin(text: String, extra: &str) -> String {
     )
 }
 
+/// The admin listener's `/metrics`, parsed (and checked) by `parse_metrics`.
+async fn scrape(c: &reqwest::Client, gw: &Gateway) -> Vec<(String, f64)> {
+    let text = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse_metrics(&text)
+}
+
 /// Checks the text is Prometheus/OpenMetrics exposition: every sample line is
 /// `name{labels} value`, every family has TYPE, and it ends with `# EOF`.
 fn parse_metrics(text: &str) -> Vec<(String, f64)> {
@@ -72,15 +85,7 @@ async fn admin_reports_health_readiness_and_exact_metrics() {
     let ready = c.get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     // Exact deltas from here (the harness's readiness probes count too).
-    let before = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let before = parse_metrics(&before);
+    let before = scrape(&c, &gw).await;
     for _ in 0..3 {
         assert_eq!(
             c.get(gw.url("/public/m")).send().await.unwrap().status(),
@@ -103,15 +108,7 @@ async fn admin_reports_health_readiness_and_exact_metrics() {
         c.get(gw.url("/nowhere")).send().await.unwrap().status(),
         404
     );
-    let text = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let samples = parse_metrics(&text);
+    let samples = scrape(&c, &gw).await;
     let expect = [
         (
             r#"portcullis_requests_total{route="public",method="read",status="2xx"}"#,
@@ -156,7 +153,7 @@ async fn admin_reports_health_readiness_and_exact_metrics() {
     ];
     for (series, value) in expect {
         let delta = sample(&samples, series) - sample(&before, series);
-        assert_eq!(delta, value, "{series} in\n{text}");
+        assert_eq!(delta, value, "{series} in\n{samples:?}");
     }
     let hash = &gw.shared.load().config_hash;
     assert_eq!(
@@ -243,15 +240,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
     );
     let (public, protected) = load.await.unwrap();
     assert!(public > 0 && protected > 0, "{public} / {protected}");
-    let text = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let samples = parse_metrics(&text);
+    let samples = scrape(&c, &gw).await;
     assert_eq!(
         sample(&samples, r#"portcullis_config_reloads_total{result="ok"}"#),
         20.0

@@ -11,6 +11,18 @@ use crate::support::*;
 
 /// A gateway with one remote provider `idp` (extra provider keys in `provider_extra`) on
 /// `/idp`, plus the standard routes.
+/// `idp_config` for keys from `idp`'s JWKS URL, with more provider `settings`.
+fn jwks_config(upstream: &Upstream, idp: &Idp, settings: &str) -> String {
+    idp_config(
+        upstream,
+        &format!(
+            "issuer = \"{}\"\njwks_url = \"{}\"\n{settings}",
+            idp.issuer(),
+            idp.jwks_url()
+        ),
+    )
+}
+
 fn idp_config(upstream: &Upstream, provider: &str) -> String {
     config(
         upstream.addr,
@@ -60,13 +72,10 @@ async fn status(gw: &Gateway, token: &str) -> u16 {
 async fn rotation_is_a_non_event() {
     let upstream = Upstream::start().await;
     let idp = Idp::start(vec![jwk(Algorithm::RS256, "k1")]).await;
-    let gw = Gateway::start(&idp_config(
+    let gw = Gateway::start(&jwks_config(
         &upstream,
-        &format!(
-            "issuer = \"{}\"\njwks_url = \"{}\"\nrefresh_interval = \"1s\"\nmin_refresh_interval = \"300ms\"",
-            idp.issuer(),
-            idp.jwks_url()
-        ),
+        &idp,
+        "refresh_interval = \"1s\"\nmin_refresh_interval = \"300ms\"",
     ))
     .await;
     let main_key = signing_key(Algorithm::RS256);
@@ -101,13 +110,10 @@ async fn rotation_is_a_non_event() {
 async fn a_flood_of_unknown_kids_costs_the_idp_at_most_one_fetch_per_interval() {
     let upstream = Upstream::start().await;
     let idp = Idp::start(vec![jwk(Algorithm::RS256, "k1")]).await;
-    let gw = Gateway::start(&idp_config(
+    let gw = Gateway::start(&jwks_config(
         &upstream,
-        &format!(
-            "issuer = \"{}\"\njwks_url = \"{}\"\nmin_refresh_interval = \"30s\"",
-            idp.issuer(),
-            idp.jwks_url()
-        ),
+        &idp,
+        "min_refresh_interval = \"30s\"",
     ))
     .await;
     let at_start = idp.fetches();
@@ -140,13 +146,10 @@ async fn a_flood_of_unknown_kids_costs_the_idp_at_most_one_fetch_per_interval() 
 async fn an_idp_outage_or_garbage_keeps_the_last_good_keys() {
     let upstream = Upstream::start().await;
     let idp = Idp::start(vec![jwk(Algorithm::RS256, "k1")]).await;
-    let gw = Gateway::start(&idp_config(
+    let gw = Gateway::start(&jwks_config(
         &upstream,
-        &format!(
-            "issuer = \"{}\"\njwks_url = \"{}\"\nrefresh_interval = \"300ms\"\nmin_refresh_interval = \"300ms\"",
-            idp.issuer(),
-            idp.jwks_url()
-        ),
+        &idp,
+        "refresh_interval = \"300ms\"\nmin_refresh_interval = \"300ms\"",
     ))
     .await;
     let key = signing_key(Algorithm::RS256);
@@ -260,13 +263,10 @@ async fn cache_control_max_age_shortens_the_refresh() {
     let upstream = Upstream::start().await;
     let idp = Idp::start(vec![jwk(Algorithm::RS256, "k1")]).await;
     idp.state.lock().unwrap().max_age = Some(1);
-    let _gw = Gateway::start(&idp_config(
+    let _gw = Gateway::start(&jwks_config(
         &upstream,
-        &format!(
-            "issuer = \"{}\"\njwks_url = \"{}\"\nrefresh_interval = \"1h\"\nmin_refresh_interval = \"500ms\"",
-            idp.issuer(),
-            idp.jwks_url()
-        ),
+        &idp,
+        "refresh_interval = \"1h\"\nmin_refresh_interval = \"500ms\"",
     ))
     .await;
     tokio::time::sleep(Duration::from_millis(2600)).await;
