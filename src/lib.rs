@@ -2,7 +2,7 @@
 //!
 //! The request path, one module per step:
 //! ```text
-//! server (accept, tls, hyper-util auto h1/h2, graceful drain)
+//! server (accept, tls, h1/h2 detection, idle HTTP/1 parking, graceful drain)
 //!   └─ proxy::handle ── one Arc<Snapshot> per request (snapshot.rs)
 //!        1. canonical  ── canonical host and path; 400 when ambiguous
 //!        2. router     ── most specific route; none → 404, upstream untouched

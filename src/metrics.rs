@@ -99,6 +99,8 @@ pub struct Metrics {
     upstream_latency: Family<UpstreamLabels, AtomicHistogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub connections: Gauge,
+    /// Idle HTTP/1 connections parked without hyper's buffers (see `server::conn`).
+    pub parked_connections: Gauge,
     reloads: Family<ResultLabels, Counter>,
     config: Family<ConfigLabels, Gauge>,
     sessions: Family<SessionLabels, Counter>,
@@ -120,6 +122,7 @@ impl Metrics {
         );
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let connections = Gauge::default();
+        let parked_connections = Gauge::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let config = Family::<ConfigLabels, Gauge>::default();
         let sessions = Family::<SessionLabels, Counter>::default();
@@ -154,6 +157,11 @@ impl Metrics {
             connections.clone(),
         );
         registry.register(
+            "parked_connections",
+            "Idle HTTP/1 client connections parked without per-connection buffers",
+            parked_connections.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Config reloads by result",
             reloads.clone(),
@@ -170,6 +178,7 @@ impl Metrics {
             upstream_latency,
             upstream_errors,
             connections,
+            parked_connections,
             reloads,
             config,
             sessions,

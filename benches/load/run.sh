@@ -2,8 +2,8 @@
 # The load harness: Portcullis beside nginx and HAProxy (and any other peer of
 # ../shared/bench that is installed), in one run, on loopback only, bounded in time.
 #
-#   bash benches/load/run.sh            # both CPU setups, 10 s rows (~8 min)
-#   bash benches/load/run.sh --quick    # shared setup, 3 s rows (~3 min)
+#   bash benches/load/run.sh            # both CPU setups, 6 s rows (under 10 min)
+#   bash benches/load/run.sh --quick    # shared setup, 3 s rows (~4 min)
 #   PEERS="direct nginx haproxy lua gateway" bash benches/load/run.sh
 #
 # Prints the peer table (req/s, p50/p99, CPU us/request of the proxy, ratios to direct
@@ -11,7 +11,7 @@
 # EdDSA with distinct tokens, TLS keep-alive and handshakes/s beside nginx, 1 vs 2 workers),
 # then two memory checks of our own:
 #   - RSS with IDLE_CONNS (default 10000) idle keep-alive client connections;
-#   - RSS across a run of MANY_TOKENS (default 200000) distinct HS256 tokens, which must
+#   - RSS across a 60 s run of MANY_TOKENS (default 1000000) distinct HS256 tokens, which must
 #     stay flat because the verified-token cache is bounded (token_cache_size, here 50000).
 # Needs wrk, nginx, haproxy, python3 (install with bash ../shared/bench/install-peers.sh).
 set -euo pipefail
@@ -37,20 +37,23 @@ if [ "${SKIP_PEERS:-0}" = 1 ]; then
 elif [ $quick = 1 ]; then
     bash "$bench/run-peers.sh" --quick --peers "$peers" --portcullis "$bin" --out "$out/peers"
 else
-    bash "$bench/run-peers.sh" --setups "shared pinned" --peers "$peers" --portcullis "$bin" --out "$out/peers"
+    # 6 s rows, 3 s latency runs, 1 s warm-up: both setups in about 5 minutes.
+    bash "$bench/run-peers.sh" --setups "shared pinned" --duration "${DURATION:-6}" \
+        --lat-duration "${LAT_DURATION:-3}" --warmup "${WARMUP:-1}" \
+        --peers "$peers" --portcullis "$bin" --out "$out/peers"
 fi
 
 # 2. The rows the peer table lacks (SKIP_EXTRA=1 skips them).
 if [ "${SKIP_EXTRA:-0}" != 1 ]; then
     echo
     echo "== rows the peer table lacks"
-    ROW_SECONDS=$([ $quick = 1 ] && echo 3 || echo 10) bash "$here/extra_rows.sh" "$bin"
+    ROW_SECONDS=$([ $quick = 1 ] && echo 3 || echo 6) bash "$here/extra_rows.sh" "$bin"
 fi
 
 # 3 and 4. Memory, against a local nginx upstream.
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
-port_up=18381; port_gw=18391
+port_up=18381; port_gw=18391; port_admin=18392
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
 pid $work/nginx.pid;
@@ -65,6 +68,7 @@ secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 cat > "$work/gw.toml" <<TOML
 [server]
 http = "127.0.0.1:$port_gw"
+admin = "127.0.0.1:$port_admin"
 header_read_timeout = "300s"
 max_connections = 20000
 token_cache_size = 50000
@@ -98,12 +102,12 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status"; }
 
 idle=${IDLE_CONNS:-10000}
 before=$(rss)
-python3 "$here/idle_conns.py" 127.0.0.1 $port_gw "$idle" "$gw_pid" > "$work/idle.txt"
+python3 "$here/idle_conns.py" 127.0.0.1 $port_gw "$idle" "$gw_pid" $port_admin > "$work/idle.txt"
 echo
 echo "== idle keep-alive connections"
 echo "RSS before: $((before / 1024)) MiB; $(cat "$work/idle.txt")"
 
-many=${MANY_TOKENS:-200000}
+many=${MANY_TOKENS:-1000000}
 python3 "$here/tokens.py" hs256 "$secret" "$many" > "$work/tokens.txt"
 duration=$([ $quick = 1 ] && echo 10 || echo 60)
 echo

@@ -31,7 +31,7 @@ use crate::server::ConnInfo;
 use crate::session;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 pub use error::ProxyError;
-use upstream::ResponseBody;
+pub use upstream::ResponseBody;
 
 /// What the access log line reports about one request, filled in as the steps run.
 #[derive(Default)]

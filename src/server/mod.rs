@@ -5,6 +5,7 @@
 //! in time; on shutdown, accepting stops at once and open connections get the configured
 //! grace to finish their requests.
 
+pub mod conn;
 pub mod tls;
 
 use std::future::Future;
@@ -13,10 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -240,8 +238,8 @@ async fn serve_listeners(
 ) -> io::Result<()> {
     let settings = shared.load().server.clone();
     let metrics = shared.load().metrics.clone();
-    let builder = Arc::new(connection_builder(&settings));
-    let graceful = GracefulShutdown::new();
+    let builders = Arc::new(conn::Builders::new(&settings));
+    let drain = conn::Drain::default();
     // Beyond max_connections (process-wide), new connections wait in the kernel's listen
     // backlog: the process stays within its file-descriptor and memory budget.
     tokio::pin!(shutdown);
@@ -266,8 +264,9 @@ async fn serve_listeners(
                     stream,
                     conn,
                     shared.clone(),
-                    builder.clone(),
-                    graceful.watcher(),
+                    builders.clone(),
+                    drain.watcher(),
+                    metrics.parked_connections.clone(),
                 );
                 let metrics = metrics.clone();
                 metrics.connections.inc();
@@ -288,13 +287,13 @@ async fn serve_listeners(
     // connections: the listeners close now.
     draining.store(true, Ordering::Relaxed);
     drop(listeners);
-    let open = graceful.count();
+    let open = drain.open();
     tracing::info!(
         open_connections = open,
         grace_s = settings.shutdown_grace.as_secs(),
         "draining"
     );
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+    if tokio::time::timeout(settings.shutdown_grace, drain.drain())
         .await
         .is_err()
     {
@@ -329,70 +328,35 @@ pub struct ServerSettings {
     pub http2_max_concurrent_streams: u32,
 }
 
-/// hyper's own limits are hard caps set above the configured ones, which `proxy` checks and
-/// answers with JSON (hyper answers a bare 431/414 past its caps).
-///
-/// HTTP/1: the header read timer starts whenever the connection waits for a request head,
-/// so it bounds idle keep-alive time as well as slow senders. HTTP/2: bounded concurrent
-/// streams, bounded pending/errored resets (the rapid-reset guard), keep-alive pings that
-/// drop dead peers.
-fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let hard_header_bytes = (settings.max_header_bytes + settings.max_uri_bytes) * 2;
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_headers(settings.max_headers * 2)
-        .max_buf_size(hard_header_bytes.max(64 * 1024));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.http2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024)
-        .max_header_list_size(u32::try_from(hard_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    builder
-}
-
 async fn serve_connection(
     stream: TcpStream,
     conn: ConnInfo,
     shared: SharedSnapshot,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    builders: Arc<conn::Builders>,
+    stop: conn::Stop,
+    parked: Gauge,
 ) {
     let _ = stream.set_nodelay(true);
-    let tls = if conn.tls {
+    let peer = conn.peer;
+    let result = if conn.tls {
         let snapshot = shared.load();
         let timeout = snapshot.server.tls_handshake_timeout;
         let Some(config) = snapshot.tls.clone() else {
             return;
         };
-        Some((config, timeout))
-    } else {
-        None
-    };
-    let peer = conn.peer;
-    let service =
-        service_fn(move |request| crate::proxy::handle(request, conn.clone(), shared.clone()));
-    let result = match tls {
-        None => {
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            watcher.watch(connection.into_owned()).await
-        }
-        Some((config, timeout)) => match tls::handshake(stream, config, timeout).await {
-            Ok(stream) => {
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                watcher.watch(connection.into_owned()).await
-            }
+        drop(snapshot);
+        // Boxed: the handshake's state is large and needed only until it ends.
+        match Box::pin(tls::handshake(stream, config, timeout)).await {
+            // Boxed: rustls's connection state is 1.2 KiB, and the task's future would hold
+            // several copies of its space (it is what every idle connection keeps).
+            Ok(stream) => conn::serve(Box::new(stream), conn, shared, builders, stop, parked).await,
             Err(error) => {
                 tracing::debug!(%peer, %error, "TLS handshake failed");
                 return;
             }
-        },
+        }
+    } else {
+        conn::serve(stream, conn, shared, builders, stop, parked).await
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "connection ended with an error");

@@ -7,34 +7,6 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-/// The standard config with `server_extra` lines under [server] and extra routes.
-fn config_with(upstream: &Upstream, server_extra: &str, routes: &str) -> String {
-    config(upstream.addr, &format!("{ROUTES}\n{routes}")).replace(
-        "https = \"127.0.0.1:0\"",
-        &format!("https = \"127.0.0.1:0\"\n{server_extra}"),
-    )
-}
-
-/// Reads until the peer closes or `limit` passes; returns what came and when it ended.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
-    let started = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = limit.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return (
-                    String::from_utf8_lossy(&out).into(),
-                    Some(started.elapsed()),
-                );
-            }
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&out).into(), None),
-        }
-    }
-}
-
 #[tokio::test]
 async fn bodies_over_the_route_limit_are_413() {
     let upstream = Upstream::start().await;
@@ -124,6 +96,20 @@ async fn idle_keep_alive_connections_are_closed() {
     assert!(
         closed >= Duration::from_millis(900),
         "closed too early: {closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_connects_and_never_sends_is_cut() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_with(&upstream, "header_read_timeout = \"1s\"", "")).await;
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(answer, "");
+    let closed = closed.expect("a silent connection stayed open");
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(3),
+        "closed after {closed:?}, header_read_timeout is 1 s"
     );
 }
 

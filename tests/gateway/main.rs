@@ -10,6 +10,7 @@ mod cli;
 mod headers;
 mod limits;
 mod operations;
+mod parking;
 mod providers;
 mod proxying;
 mod routing;

@@ -140,7 +140,8 @@ impl Seen {
 }
 
 /// A small hyper server that records every request and answers 200.
-/// Paths: `/slow...` answers after 3 s; `/download/N` streams N bytes; anything else
+/// Paths: `/slow...` answers after 3 s; `/download/N` streams N bytes; `/drip/MS` streams
+/// "first", pauses MS milliseconds, then "second"; anything else
 /// answers a short JSON body after reading (and counting) the request body.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -225,6 +226,25 @@ async fn record(
     });
     if path_and_query.contains("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if let Some((_, ms)) = path_and_query.split_once("/drip/") {
+        // "first", a pause of `ms` milliseconds, then "second".
+        let pause = Duration::from_millis(ms.parse().unwrap());
+        let body = StreamBody::new(futures_util::stream::unfold(0, move |step| async move {
+            let data = match step {
+                0 => "first",
+                1 => {
+                    tokio::time::sleep(pause).await;
+                    "second"
+                }
+                _ => return None,
+            };
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(data))),
+                step + 1,
+            ))
+        }));
+        return Ok(Response::new(BodyExt::boxed(body)));
     }
     if let Some((_, n)) = path_and_query.split_once("/download/") {
         let total: usize = n.parse().unwrap();
@@ -480,6 +500,38 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
+        }
+    }
+}
+
+/// The standard config with `server_extra` lines under [server] and extra routes.
+pub fn config_with(upstream: &Upstream, server_extra: &str, routes: &str) -> String {
+    config(upstream.addr, &format!("{ROUTES}\n{routes}")).replace(
+        "https = \"127.0.0.1:0\"",
+        &format!("https = \"127.0.0.1:0\"\n{server_extra}"),
+    )
+}
+
+/// Reads until the peer closes or `limit` passes; returns what came and when it ended.
+pub async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (String, Option<Duration>) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&out).into(),
+                    Some(started.elapsed()),
+                );
+            }
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into(), None),
         }
     }
 }

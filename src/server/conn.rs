@@ -1,0 +1,628 @@
+//! One client connection after accept (and TLS): HTTP/2 or HTTP/1.1, and idle HTTP/1
+//! connections parked without their buffers.
+//!
+//! hyper's HTTP/1 server keeps an 8 KiB read buffer, an 8 KiB write buffer and its
+//! dispatcher state for the whole life of a connection, idle or not: with 10,000 idle
+//! keep-alive clients that is most of the process's memory. Here a connection that has been
+//! quiet for [`PARK_AFTER`] is taken back from hyper at a request boundary
+//! ([`hyper::server::conn::http1::Connection::into_parts`]) and waits for its next byte
+//! holding only the socket; the next request gets a fresh hyper connection. A connection
+//! is parked only when that is provably lossless:
+//! - no request is being served and no response body is still being written (counted from
+//!   the service call to the drop of the response body);
+//! - the last request had no body (a body hyper might still be draining must never be read
+//!   as the next request head; hyper 1.x closes a connection whose request body was left
+//!   unread, and this check keeps parking safe if it ever drains instead);
+//! - hyper's last read found the socket empty, and everything it wrote has been flushed
+//!   (hyper flushes the socket only once its own write buffer is empty);
+//! - nothing moved for a whole [`PARK_AFTER`];
+//! - no byte of a next request head has been read (a slow sender keeps hyper and its
+//!   header timer; a partial pipelined head found at park time resumes at once, and that
+//!   connection is never parked again, so no sender can reset its header timer by pausing).
+//!
+//! A parked connection keeps the keep-alive bound: it is closed after
+//! `header_read_timeout` minus the time it waited before parking, and at once on shutdown.
+//! Protocol detection reads at most the 24 bytes of the HTTP/2 preface, bounded by
+//! `header_read_timeout` (a client that connects and never sends is cut).
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+
+use super::{ConnInfo, ServerSettings};
+use crate::proxy::ResponseBody;
+use crate::snapshot::SharedSnapshot;
+
+/// Quiet time after which an idle HTTP/1 connection is parked (between one and two of
+/// these after its last byte). Long enough that a busy keep-alive client never pays for a
+/// new hyper connection; short enough that a burst's memory comes back within seconds.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The per-worker HTTP builders, configured from `[server]`.
+pub struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+}
+
+/// hyper's own limits are hard caps set above the configured ones, which `proxy` checks and
+/// answers with JSON (hyper answers a bare 431/414 past its caps).
+///
+/// HTTP/1: the header read timer starts whenever the connection waits for a request head,
+/// so it bounds idle keep-alive time as well as slow senders. HTTP/2: bounded concurrent
+/// streams, bounded pending/errored resets (the rapid-reset guard), keep-alive pings that
+/// drop dead peers.
+impl Builders {
+    pub fn new(settings: &ServerSettings) -> Self {
+        let hard_header_bytes = (settings.max_header_bytes + settings.max_uri_bytes) * 2;
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_headers(settings.max_headers * 2)
+            .max_buf_size(hard_header_bytes.max(64 * 1024));
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(settings.http2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024)
+            .max_header_list_size(u32::try_from(hard_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Builders {
+            http1,
+            http2,
+            header_read_timeout: settings.header_read_timeout,
+        }
+    }
+}
+
+/// A client socket the parked state can wait on without reading from it.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ClientIo for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// hyper's last read returned pending, so rustls held no unread plaintext: new input
+/// arrives as new bytes on the socket.
+impl ClientIo for Box<TlsStream<TcpStream>> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+/// The shutdown signal every connection watches; [`Drain`] is its sending side.
+pub type Stop = watch::Receiver<bool>;
+
+/// Tells connections to finish and counts the ones still open.
+pub struct Drain(watch::Sender<bool>);
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain(watch::channel(false).0)
+    }
+}
+
+impl Drain {
+    pub fn watcher(&self) -> Stop {
+        self.0.subscribe()
+    }
+
+    pub fn open(&self) -> usize {
+        self.0.receiver_count()
+    }
+
+    /// Signals every connection and waits until all have ended.
+    pub async fn drain(self) {
+        self.0.send_replace(true);
+        self.0.closed().await;
+    }
+}
+
+/// Serves one connection until it ends.
+pub async fn serve<I: ClientIo>(
+    mut io: I,
+    conn: ConnInfo,
+    shared: SharedSnapshot,
+    builders: Arc<Builders>,
+    stop: Stop,
+    parked: Gauge,
+) -> Result<(), hyper::Error> {
+    // `stop` itself lives as long as the connection: the drain counts receivers (the one
+    // inside `stopped` is gone as soon as the signal came).
+    let mut stop_signal = Box::pin(stopped(stop.clone()));
+    let sniffed = tokio::select! {
+        sniffed = tokio::time::timeout(builders.header_read_timeout, sniff(&mut io)) => sniffed,
+        () = &mut stop_signal => return Ok(()),
+    };
+    let Ok(Ok((prefix, h2))) = sniffed else {
+        // Closed, failed or silent before a request: nothing to answer.
+        return Ok(());
+    };
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let guard = activity.begin(request.body().is_end_stream());
+            let response = crate::proxy::handle(request, conn.clone(), shared.clone());
+            async move {
+                let response = response.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, guard }))
+            }
+        })
+    };
+    let io = ConnIo::new(io, prefix, activity.clone());
+    if h2 {
+        // Boxed here and below: the task's future stays small (what a parked connection
+        // keeps), the hyper state lives only while it serves.
+        let mut connection = Box::pin(builders.http2.serve_connection(TokioIo::new(io), service));
+        let mut stopping = false;
+        return poll_fn(|cx| {
+            if !stopping && stop_signal.as_mut().poll(cx).is_ready() {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            connection.as_mut().poll(cx)
+        })
+        .await;
+    }
+    let served = serve_http1(io, service, &builders, stop_signal, activity, parked).await;
+    drop(stop);
+    served
+}
+
+/// HTTP/1: hyper serves while requests come; an idle connection parks (module docs).
+async fn serve_http1<I, S>(
+    mut io: ConnIo<I>,
+    mut service: S,
+    builders: &Builders,
+    mut stop: Pin<Box<impl Future<Output = ()>>>,
+    activity: Arc<Activity>,
+    parked: Gauge,
+) -> Result<(), hyper::Error>
+where
+    I: ClientIo,
+    S: hyper::service::HttpService<Incoming, ResBody = Tracked<ResponseBody>> + Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // hyper's header timer already bounds a connection that stays idle for less than two
+    // checks; parking it first would only cost a new hyper connection.
+    let mut may_park = builders.header_read_timeout > 2 * PARK_AFTER;
+    loop {
+        let mut connection = Box::new(builders.http1.serve_connection(TokioIo::new(io), service));
+        let mut check = may_park.then(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
+        let mut seen = activity.ticks.load(Ordering::Relaxed);
+        let mut stopping = false;
+        let outcome = poll_fn(|cx| {
+            if !stopping && stop.as_mut().poll(cx).is_ready() {
+                stopping = true;
+                check = None;
+                Pin::new(&mut *connection).graceful_shutdown();
+            }
+            if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            if let Some(timer) = &mut check {
+                while timer.as_mut().poll(cx).is_ready() {
+                    let now = activity.ticks.load(Ordering::Relaxed);
+                    if now == seen && activity.idle() {
+                        return Poll::Ready(None);
+                    }
+                    seen = now;
+                    timer.as_mut().reset(Instant::now() + PARK_AFTER);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        if let Some(result) = outcome {
+            return result;
+        }
+        drop(check);
+        let hyper::server::conn::http1::Parts {
+            io: parked_io,
+            read_buf,
+            service: parked_service,
+            ..
+        } = (*connection).into_parts();
+        service = parked_service;
+        io = parked_io.into_inner();
+        debug_assert!(io.prefix.is_empty(), "a pending read consumed the prefix");
+        if !read_buf.is_empty() {
+            // A partial pipelined head that came with the last request (a partial head read
+            // later is `unparsed` and never parks): resume at once and never park again, so
+            // the fresh header timer can be had once at most.
+            io = ConnIo::new(io.inner, read_buf, activity.clone());
+            may_park = false;
+            continue;
+        }
+        // An empty `Bytes` that still holds hyper's whole read buffer: the point of parking.
+        drop(read_buf);
+        io.prefix = Bytes::new();
+        parked.inc();
+        let woken = park(&io.inner, builders.header_read_timeout, &mut stop).await;
+        parked.dec();
+        if !woken {
+            let _ = io.inner.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+/// Waits for the next byte of a parked connection: true when there is one to serve.
+async fn park<I: ClientIo>(
+    io: &I,
+    header_read_timeout: Duration,
+    stop: &mut Pin<Box<impl Future<Output = ()>>>,
+) -> bool {
+    // hyper's header timer had run for at least PARK_AFTER before the park.
+    let remaining = header_read_timeout.saturating_sub(PARK_AFTER);
+    tokio::select! {
+        ready = poll_fn(|cx| io.poll_read_ready(cx)) => ready.is_ok(),
+        () = tokio::time::sleep(remaining) => false,
+        () = stop.as_mut() => false,
+    }
+}
+
+async fn stopped(mut stop: Stop) {
+    // A dropped sender (the server is gone) stops too.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Reads until the bytes are, or cannot be, the HTTP/2 preface: the bytes read, and
+/// whether they were it.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(Bytes, bool)> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    loop {
+        let n = io.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+        if buf[..filled] != H2_PREFACE[..filled] {
+            return Ok((Bytes::copy_from_slice(&buf[..filled]), false));
+        }
+        if filled == H2_PREFACE.len() {
+            return Ok((Bytes::from_static(H2_PREFACE), true));
+        }
+    }
+}
+
+/// What the park check needs to know about a connection. One task touches it (hyper polls
+/// the service, the body and the socket from the connection's task), so relaxed atomics
+/// are only there to make it `Sync`.
+struct Activity {
+    /// Bumped by every read or write that moved bytes and every request: the park check
+    /// compares two readings a [`PARK_AFTER`] apart.
+    ticks: AtomicU64,
+    /// Requests whose response body has not been dropped yet.
+    in_flight: AtomicU32,
+    /// The last request came with a body, which hyper may still be reading or draining.
+    body_pending: AtomicBool,
+    /// Bytes read since the last request began: the start of a next request head (the last
+    /// request had no body), which hyper's header timer is already timing.
+    unparsed: AtomicU64,
+    /// hyper's last read found nothing to read.
+    read_waiting: AtomicBool,
+    /// The last write-side call was a completed flush (hyper flushes the socket only once
+    /// its write buffer is empty).
+    flushed: AtomicBool,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            ticks: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            body_pending: AtomicBool::new(false),
+            unparsed: AtomicU64::new(0),
+            read_waiting: AtomicBool::new(false),
+            flushed: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Activity {
+    /// A request begins; it is in flight until the returned guard (held by its response
+    /// body) is dropped.
+    fn begin(self: &Arc<Self>, bodiless: bool) -> InFlight {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.body_pending.store(!bodiless, Ordering::Relaxed);
+        self.unparsed.store(0, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.body_pending.load(Ordering::Relaxed)
+            && self.unparsed.load(Ordering::Relaxed) == 0
+            && self.read_waiting.load(Ordering::Relaxed)
+            && self.flushed.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as in flight until its response body is dropped (written out, or
+/// abandoned with the connection).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that holds its request's [`InFlight`].
+pub struct Tracked<B> {
+    body: B,
+    #[allow(dead_code, reason = "held for its Drop")]
+    guard: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The client socket as hyper sees it: bytes read ahead (protocol detection, or a partial
+/// head from before a park) first, and every call noted in [`Activity`].
+struct ConnIo<I> {
+    inner: I,
+    prefix: Bytes,
+    activity: Arc<Activity>,
+}
+
+impl<I> ConnIo<I> {
+    fn new(inner: I, prefix: Bytes, activity: Arc<Activity>) -> Self {
+        activity
+            .unparsed
+            .fetch_add(prefix.len() as u64, Ordering::Relaxed);
+        ConnIo {
+            inner,
+            prefix,
+            activity,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.prefix.is_empty() {
+            // Counted as unparsed when the prefix was set.
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            this.activity.read_waiting.store(false, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let waiting = result.is_pending();
+        this.activity.read_waiting.store(waiting, Ordering::Relaxed);
+        if !waiting {
+            let n = (buf.filled().len() - before) as u64;
+            this.activity.ticks.fetch_add(1, Ordering::Relaxed);
+            this.activity.unparsed.fetch_add(n, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> ConnIo<I> {
+    fn wrote(&self, result: &Poll<io::Result<usize>>) {
+        self.activity.flushed.store(false, Ordering::Relaxed);
+        if result.is_ready() {
+            self.activity.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&result);
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&result);
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(result, Poll::Ready(Ok(()))) {
+            self.activity.flushed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sniff_tells_the_h2_preface_from_http1() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (bytes, h2) = sniff(&mut server).await.unwrap();
+        assert!(!h2);
+        assert!(b"GET / HTTP/1.1\r\n".starts_with(&bytes));
+
+        let (mut client, mut server) = tokio::io::duplex(64);
+        // The preface in two pieces, split inside the matching part.
+        client.write_all(&H2_PREFACE[..5]).await.unwrap();
+        let task = tokio::spawn(async move { sniff(&mut server).await });
+        tokio::task::yield_now().await;
+        client.write_all(&H2_PREFACE[5..]).await.unwrap();
+        let (bytes, h2) = task.await.unwrap().unwrap();
+        assert!(h2);
+        assert_eq!(&bytes[..], H2_PREFACE);
+
+        // "PRI" that turns out not to be the preface is HTTP/1 with every byte kept.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"PRI * HTTP/1.1\r\n").await.unwrap();
+        let (bytes, h2) = sniff(&mut server).await.unwrap();
+        assert!(!h2);
+        assert_eq!(&bytes[..], b"PRI * HTTP/1.1\r\n");
+
+        let (client, mut server) = tokio::io::duplex(64);
+        drop(client);
+        assert!(sniff(&mut server).await.is_err());
+    }
+
+    #[test]
+    fn idle_needs_every_condition() {
+        let activity = Arc::new(Activity::default());
+        activity.read_waiting.store(true, Ordering::Relaxed);
+        assert!(activity.idle());
+        let guard = activity.begin(true);
+        assert!(!activity.idle(), "a request in flight");
+        drop(guard);
+        assert!(activity.idle());
+        drop(activity.begin(false));
+        assert!(!activity.idle(), "the last request had a body");
+        drop(activity.begin(true));
+        assert!(activity.idle());
+        activity.flushed.store(false, Ordering::Relaxed);
+        assert!(!activity.idle(), "unflushed output");
+        activity.flushed.store(true, Ordering::Relaxed);
+        activity.unparsed.store(3, Ordering::Relaxed);
+        assert!(!activity.idle(), "part of a next head read");
+        drop(activity.begin(true));
+        assert!(activity.idle());
+        activity.read_waiting.store(false, Ordering::Relaxed);
+        assert!(!activity.idle(), "input not read yet");
+    }
+
+    /// A real hyper HTTP/1 connection on an in-memory pipe of `capacity` bytes, tracked like
+    /// a client connection; `answer` is the response body's size.
+    fn tracked_connection(
+        capacity: usize,
+        answer: usize,
+    ) -> (tokio::io::DuplexStream, Arc<Activity>) {
+        let (client, server) = tokio::io::duplex(capacity);
+        let activity = Arc::new(Activity::default());
+        let service = {
+            let activity = activity.clone();
+            hyper::service::service_fn(move |request: Request<Incoming>| {
+                let guard = activity.begin(request.body().is_end_stream());
+                // Answers at once, without reading the request body.
+                let body = http_body_util::Full::new(Bytes::from(vec![b'x'; answer]));
+                async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Tracked { body, guard }))
+                }
+            })
+        };
+        let io = ConnIo::new(server, Bytes::new(), activity.clone());
+        tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(io), service));
+        (client, activity)
+    }
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test]
+    async fn an_answer_waiting_in_hyper_is_not_idle() {
+        // One frame of 256 KiB: hyper takes the whole body at once (the request is no
+        // longer in flight) and holds what the 4 KiB pipe cannot take.
+        let (mut client, activity) = tracked_connection(4096, 256 * 1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
+        assert!(!activity.idle(), "idle with output still in hyper's buffer");
+        let mut answer = Vec::new();
+        while !answer.ends_with(&[b'x'; 64]) || answer.len() < 256 * 1024 {
+            let mut buf = [0u8; 65536];
+            let n = client.read(&mut buf).await.unwrap();
+            answer.extend_from_slice(&buf[..n]);
+        }
+        settle().await;
+        assert!(activity.idle(), "everything sent and nothing to read");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_hyper_may_still_drain_is_not_idle() {
+        let (mut client, activity) = tracked_connection(65536, 10);
+        // The head and part of the body in one write: read before the request begins.
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nXXXXX")
+            .await
+            .unwrap();
+        settle().await;
+        let mut buf = [0u8; 4096];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        settle().await;
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(activity.unparsed.load(Ordering::Relaxed), 0);
+        assert!(!activity.idle(), "idle inside a request body");
+    }
+}
