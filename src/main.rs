@@ -122,6 +122,15 @@ struct TokenArgs {
     ttl: String,
 }
 
+/// jemalloc, for what it gives back: its background thread returns freed pages to the OS
+/// within seconds (dirty/muzzy decay), so the memory of a burst of connections that then go
+/// idle (and are parked without their buffers, `server::conn`) does not stay resident.
+/// Measured, 10,000 idle connections after a burst of 10,000 requests: glibc malloc kept
+/// 469 MiB resident (its free pages sit between live objects), jemalloc 64 MiB after 12 s.
+/// Throughput: no difference outside the noise (pinned public route, alternating runs).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

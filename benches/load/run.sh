@@ -2,7 +2,7 @@
 # The load harness: Portcullis beside nginx and HAProxy (and any other peer of
 # ../shared/bench that is installed), in one run, on loopback only, bounded in time.
 #
-#   bash benches/load/run.sh            # both CPU setups, 6 s rows (under 10 min)
+#   bash benches/load/run.sh            # both CPU setups, 5 s rows (about 9 min after the build)
 #   bash benches/load/run.sh --quick    # shared setup, 3 s rows (~4 min)
 #   PEERS="direct nginx haproxy lua gateway" bash benches/load/run.sh
 #
@@ -37,9 +37,9 @@ if [ "${SKIP_PEERS:-0}" = 1 ]; then
 elif [ $quick = 1 ]; then
     bash "$bench/run-peers.sh" --quick --peers "$peers" --portcullis "$bin" --out "$out/peers"
 else
-    # 6 s rows, 3 s latency runs, 1 s warm-up: both setups in about 5 minutes.
-    bash "$bench/run-peers.sh" --setups "shared pinned" --duration "${DURATION:-6}" \
-        --lat-duration "${LAT_DURATION:-3}" --warmup "${WARMUP:-1}" \
+    # 5 s rows, 2 s latency runs, 1 s warm-up: both setups in about 6 minutes.
+    bash "$bench/run-peers.sh" --setups "shared pinned" --duration "${DURATION:-5}" \
+        --lat-duration "${LAT_DURATION:-2}" --warmup "${WARMUP:-1}" \
         --peers "$peers" --portcullis "$bin" --out "$out/peers"
 fi
 
@@ -47,7 +47,7 @@ fi
 if [ "${SKIP_EXTRA:-0}" != 1 ]; then
     echo
     echo "== rows the peer table lacks"
-    ROW_SECONDS=$([ $quick = 1 ] && echo 3 || echo 6) bash "$here/extra_rows.sh" "$bin"
+    ROW_SECONDS=$([ $quick = 1 ] && echo 3 || echo 5) bash "$here/extra_rows.sh" "$bin"
 fi
 
 # 3 and 4. Memory, against a local nginx upstream.

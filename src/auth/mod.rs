@@ -202,8 +202,8 @@ pub async fn authenticate(
     if policy.session
         && let Some(login) = ctx.login
     {
-        let found = login
-            .find(headers, ctx.tls, ctx.providers, ctx.now)
+        // Boxed: a lookup can refresh the session at the IdP (a large future).
+        let found = Box::pin(login.find(headers, ctx.tls, ctx.providers, ctx.now))
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "session lookup failed; denying");
@@ -272,7 +272,15 @@ async fn verify_cached(
             claims: hit.claims.clone(),
         });
     }
-    let verified = jwt::verify_refreshing(token, &policy.providers, providers, now).await?;
+    // Boxed: a miss can wait on a key refetch, whose state would otherwise sit in every
+    // request's future (moved on each poll set-up) although hits never need it.
+    let verified = Box::pin(jwt::verify_refreshing(
+        token,
+        &policy.providers,
+        providers,
+        now,
+    ))
+    .await?;
     let claims = Arc::new(verified.claims);
     let ttl = providers[verified.provider].cache_ttl;
     if !ttl.is_zero() {

@@ -131,9 +131,13 @@ async fn process(
             .and_then(|path| login.endpoint(&path))
     {
         record.auth = "login_endpoint";
-        return login_endpoint(endpoint, login, &parts, body, conn, snapshot)
-            .await
-            .map(|response| response.map(Either::Right));
+        // Boxed, like the login redirect below: rare, and large futures that would
+        // otherwise make every request's future larger.
+        return Box::pin(login_endpoint(
+            endpoint, login, &parts, body, conn, snapshot,
+        ))
+        .await
+        .map(|response| response.map(Either::Right));
     }
 
     // 1-2. One canonical host and path, matched against the routes: what is matched is
@@ -181,7 +185,7 @@ async fn process(
                 tls: conn.tls,
                 query: None,
             };
-            let response = login.start(&info, path_and_query.as_str(), ctx.now).await?;
+            let response = Box::pin(login.start(&info, path_and_query.as_str(), ctx.now)).await?;
             return Ok(response.map(Either::Right));
         }
         other => other?,

@@ -11,6 +11,7 @@ pub mod tls;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -328,17 +329,26 @@ pub struct ServerSettings {
     pub http2_max_concurrent_streams: u32,
 }
 
-async fn serve_connection(
+/// One connection's work, boxed: a plain connection's future has no room for the TLS
+/// handshake or the rustls state, which matters because it is what every idle connection
+/// keeps (see `conn`).
+fn serve_connection(
     stream: TcpStream,
     conn: ConnInfo,
     shared: SharedSnapshot,
     builders: Arc<conn::Builders>,
     stop: conn::Stop,
     parked: Gauge,
-) {
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     let _ = stream.set_nodelay(true);
     let peer = conn.peer;
-    let result = if conn.tls {
+    if !conn.tls {
+        return Box::pin(async move {
+            let result = conn::serve(stream, conn, shared, builders, stop, parked).await;
+            log_end(peer, result);
+        });
+    }
+    Box::pin(async move {
         let snapshot = shared.load();
         let timeout = snapshot.server.tls_handshake_timeout;
         let Some(config) = snapshot.tls.clone() else {
@@ -347,17 +357,19 @@ async fn serve_connection(
         drop(snapshot);
         // Boxed: the handshake's state is large and needed only until it ends.
         match Box::pin(tls::handshake(stream, config, timeout)).await {
-            // Boxed: rustls's connection state is 1.2 KiB, and the task's future would hold
-            // several copies of its space (it is what every idle connection keeps).
-            Ok(stream) => conn::serve(Box::new(stream), conn, shared, builders, stop, parked).await,
-            Err(error) => {
-                tracing::debug!(%peer, %error, "TLS handshake failed");
-                return;
+            // Boxed: rustls's state is 1.2 KiB, and the future would have room for it
+            // several times over.
+            Ok(stream) => {
+                let stream = Box::new(stream);
+                let result = conn::serve(stream, conn, shared, builders, stop, parked).await;
+                log_end(peer, result);
             }
+            Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
         }
-    } else {
-        conn::serve(stream, conn, shared, builders, stop, parked).await
-    };
+    })
+}
+
+fn log_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
