@@ -112,13 +112,13 @@ python3 "$here/tokens.py" hs256 "$secret" "$many" > "$work/tokens.txt"
 duration=$([ $quick = 1 ] && echo 10 || echo 60)
 echo
 echo "== $many distinct HS256 tokens for ${duration}s (token_cache_size 50000)"
-timeout $((duration + 30)) wrk -t2 -c64 -d${duration}s -s "$bench/lib/many_tokens.lua" \
-    "http://127.0.0.1:$port_gw/hs/" -- "$work/tokens.txt" bearer 2 > "$work/wrk-many.txt" &
+timeout $((duration + 30)) wrk -t2 -c64 -d${duration}s -s "$here/stream_tokens.lua" \
+    "http://127.0.0.1:$port_gw/hs/" -- "$work/tokens.txt" 2 > "$work/wrk-many.txt" &
 wrk_pid=$!
 samples=()
 for _ in $(seq "$duration"); do sleep 1; samples+=("$(rss)"); done
 wait $wrk_pid || true
-grep -E "Requests/sec|Non-2xx" "$work/wrk-many.txt" || true
+grep -E "requests in|Requests/sec|Non-2xx" "$work/wrk-many.txt" || echo "wrk failed: $(cat "$work/wrk-many.txt")"
 python3 - "${samples[@]}" <<'PY'
 import sys
 s = [int(x) for x in sys.argv[1:]]
