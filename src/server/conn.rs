@@ -20,8 +20,9 @@
 //!   header timer; a partial pipelined head found at park time resumes at once, and that
 //!   connection is never parked again, so no sender can reset its header timer by pausing).
 //!
-//! A parked connection keeps the keep-alive bound: it is closed after
-//! `header_read_timeout` minus the time it waited before parking, and at once on shutdown.
+//! A parked connection keeps the keep-alive bound: it is closed `header_read_timeout` minus
+//! [`PARK_AFTER`] after it parked, that is between `header_read_timeout` and one
+//! [`PARK_AFTER`] more after its last request, and at once on shutdown.
 //! Protocol detection reads at most the 24 bytes of the HTTP/2 preface, bounded by
 //! `header_read_timeout` (a client that connects and never sends is cut).
 
