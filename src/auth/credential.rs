@@ -73,6 +73,11 @@ pub fn find_token<'h>(
 
 /// The token of an `Authorization: Bearer` header; `None` when there is no Authorization
 /// header or it uses another scheme (e.g. the app's own Basic auth).
+///
+/// One pass over the bytes on the common path (`Bearer <b64token>`): every b64token byte is
+/// visible ASCII, so a valid token makes the whole value valid text without a separate
+/// `to_str` pass. Measured: this function was 3% of the CPU of a cached-RS256 run (three
+/// passes over a 700-byte token, one of them a 6-way `contains` per byte).
 fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, CredentialError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
@@ -81,33 +86,49 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, CredentialError> {
     if values.next().is_some() {
         return Err(CredentialError::Ambiguous);
     }
+    let bytes = value.as_bytes();
+    if let Some(space) = bytes.iter().position(|&b| b == b' ')
+        && bytes[..space].eq_ignore_ascii_case(b"bearer")
+    {
+        let start = bytes[space..]
+            .iter()
+            .position(|&b| b != b' ')
+            .map_or(bytes.len(), |i| space + i);
+        let token = &bytes[start..];
+        if !is_b64token(token) {
+            return Err(CredentialError::MalformedBearer);
+        }
+        return std::str::from_utf8(token)
+            .map(Some)
+            .map_err(|_| CredentialError::MalformedBearer);
+    }
+    // Not "Bearer <...>": the rules of the text form, errors included.
     let value = value
         .to_str()
         .map_err(|_| CredentialError::MalformedBearer)?;
-    let Some((scheme, rest)) = value.split_once(' ') else {
-        return if value.eq_ignore_ascii_case("bearer") {
-            Err(CredentialError::MalformedBearer)
-        } else {
-            Ok(None)
-        };
-    };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(None);
-    }
-    let token = rest.trim_start_matches(' ');
-    if !is_b64token(token) {
+    if !value.contains(' ') && value.eq_ignore_ascii_case("bearer") {
         return Err(CredentialError::MalformedBearer);
     }
-    Ok(Some(token))
+    Ok(None)
 }
 
+/// RFC 6750 b64token bytes: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/".
+const B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
+
 /// RFC 6750 b64token: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-fn is_b64token(token: &str) -> bool {
-    let body = token.trim_end_matches('=');
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+fn is_b64token(token: &[u8]) -> bool {
+    let body_len = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
+    body_len > 0 && token[..body_len].iter().all(|&b| B64TOKEN[usize::from(b)])
 }
 
 /// The value of cookie `name` across every `Cookie` header.
@@ -271,6 +292,59 @@ pub(crate) mod tests {
         let mut h = headers(&[("cookie", "at=tok")]);
         remove_cookie(&mut h, "at");
         assert!(h.get(COOKIE).is_none());
+    }
+
+    /// The text-form rules this file had before the one-pass version, kept as the reference.
+    fn reference_bearer(value: &HeaderValue) -> Result<Option<String>, CredentialError> {
+        let value = value
+            .to_str()
+            .map_err(|_| CredentialError::MalformedBearer)?;
+        let Some((scheme, rest)) = value.split_once(' ') else {
+            return if value.eq_ignore_ascii_case("bearer") {
+                Err(CredentialError::MalformedBearer)
+            } else {
+                Ok(None)
+            };
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Ok(None);
+        }
+        let token = rest.trim_start_matches(' ');
+        let body = token.trim_end_matches('=');
+        let valid = !body.is_empty()
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+        if !valid {
+            return Err(CredentialError::MalformedBearer);
+        }
+        Ok(Some(token.to_owned()))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_bearer_agrees_with_the_text_rules(
+            scheme in proptest::prop_oneof!["Bearer", "bearer", "BEARER", "Basic", "Bearerx", ""],
+            spaces in 0usize..3,
+            token in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"aZ09-._~+/= \t\"%".to_vec()),
+                    proptest::num::u8::ANY
+                ],
+                0..40,
+            ),
+        ) {
+            let mut bytes = scheme.as_bytes().to_vec();
+            bytes.extend(std::iter::repeat_n(b' ', spaces));
+            bytes.extend(&token);
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+                return Ok(());
+            };
+            let mut map = HeaderMap::new();
+            map.insert(AUTHORIZATION, value.clone());
+            let fast = bearer_token(&map).map(|t| t.map(str::to_owned));
+            proptest::prop_assert_eq!(fast, reference_bearer(&value), "{:?}", value);
+        }
     }
 
     #[test]
