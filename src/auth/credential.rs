@@ -106,7 +106,7 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, CredentialError> {
     let value = value
         .to_str()
         .map_err(|_| CredentialError::MalformedBearer)?;
-    if !value.contains(' ') && value.eq_ignore_ascii_case("bearer") {
+    if value.eq_ignore_ascii_case("bearer") {
         return Err(CredentialError::MalformedBearer);
     }
     Ok(None)
