@@ -21,6 +21,8 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use super::pool::{Lease, SendBody};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request body went over the route's `max_body_size`.
@@ -150,22 +152,52 @@ impl Body for RequestBody {
     }
 }
 
-/// The upstream's response body, streamed to the client.
-pub struct UpstreamBody {
+/// The upstream's response body, streamed to the client. It also drives the upstream
+/// connection that feeds it (see [`super::pool`]), and gives that connection back to the
+/// pool once the body has ended cleanly; dropped half-way, it closes the connection.
+pub struct UpstreamBody<B: SendBody = RequestBody> {
     inner: Incoming,
     stall: StallTimer,
+    lease: Option<Lease<B>>,
+    /// A failure held back for one poll (see `poll_frame`).
+    failure: Option<BoxError>,
 }
 
-impl UpstreamBody {
-    pub fn new(inner: Incoming, idle: Duration) -> Self {
-        UpstreamBody {
+impl<B: SendBody> UpstreamBody<B> {
+    pub fn new(inner: Incoming, lease: Lease<B>, idle: Duration) -> Self {
+        let mut body = UpstreamBody {
             inner,
             stall: StallTimer::new(idle),
+            lease: Some(lease),
+            failure: None,
+        };
+        if body.inner.is_end_stream() {
+            // No body at all (204, 304, HEAD, zero length): hyper never polls this one.
+            body.release();
         }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+
+    /// The answer broke off: the connection is closed, and the failure is told at the next
+    /// poll. The connection is driven in this task, so the failure can come in the same
+    /// poll as the head and the first bytes; hyper drops what it has not flushed when a
+    /// body fails, and one `Pending` lets it flush first. The client then gets the head and
+    /// a visibly truncated body, as when the failure comes later.
+    fn fail<T>(&mut self, failure: BoxError, cx: &mut Context<'_>) -> Poll<T> {
+        self.lease = None;
+        self.failure = Some(failure);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
-impl Body for UpstreamBody {
+impl<B: SendBody> Body for UpstreamBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -174,16 +206,39 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending if this.stall.stalled(cx) => {
-                Poll::Ready(Some(Err(Box::new(BodyStalled))))
+        if let Some(failure) = this.failure.take() {
+            return Poll::Ready(Some(Err(failure)));
+        }
+        let mut driven = false;
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.stall.progressed();
+                    if this.inner.is_end_stream() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => return this.fail(e.into(), cx),
+                Poll::Pending => {}
             }
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(frame) => {
-                this.stall.progressed();
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            // Nobody else polls the connection: drive it (once), then look again.
+            match &mut this.lease {
+                Some(lease) if !driven => {
+                    driven = true;
+                    lease.drive(cx);
+                }
+                _ => break,
             }
         }
+        if this.stall.stalled(cx) {
+            return this.fail(Box::new(BodyStalled), cx);
+        }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {

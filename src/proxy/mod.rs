@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod error;
+pub mod pool;
 pub mod upstream;
 
 use std::borrow::Cow;

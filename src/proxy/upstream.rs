@@ -4,21 +4,18 @@
 //! trailers are dropped (a client could otherwise smuggle an identity header past the
 //! rewrite in them: I2), and the wait for response headers is bounded (504).
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::header::{CONTENT_TYPE, HOST, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::oneshot;
 
 use super::body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
 use super::error::ProxyError;
+use super::pool::{Lease, Pool, SendError};
 use crate::auth::Permit;
 use crate::identity::strip_hop_by_hop;
 use crate::metrics::{AtomicHistogram, Metrics};
@@ -27,8 +24,6 @@ use std::sync::Arc;
 
 /// What the client receives: the upstream's streamed body, or a body we made.
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
-
-type UpstreamClient = Client<HttpConnector, RequestBody>;
 
 /// Compiled `[upstreams.NAME]`.
 pub struct Upstream {
@@ -46,12 +41,12 @@ pub struct Upstream {
 #[allow(clippy::large_enum_variant)]
 pub enum Target {
     Http {
-        authority: Authority,
-        pool: PoolSettings,
-        /// One pool per worker thread, made on first use by that worker: a request and its
-        /// pooled connection stay on one thread (thread-per-core). Shared by the snapshots
-        /// of a reload when the upstream did not change.
-        clients: Arc<[OnceLock<UpstreamClient>]>,
+        /// Idle connections per worker thread: a request and its connection stay on one
+        /// thread (thread-per-core). Shared by the snapshots of a reload when the upstream
+        /// did not change.
+        pool: Arc<Pool<RequestBody>>,
+        /// `Host` for a request that came without one (HTTP/1.0).
+        host: HeaderValue,
     },
     /// Answers with a JSON description of the request it would have received.
     Echo,
@@ -76,11 +71,9 @@ impl Upstream {
         Upstream {
             name: name.into(),
             target: Target::Http {
-                authority,
-                pool,
-                clients: (0..crate::server::MAX_WORKERS)
-                    .map(|_| OnceLock::new())
-                    .collect(),
+                host: HeaderValue::from_str(authority.as_str())
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+                pool: Pool::new(authority, pool, crate::server::MAX_WORKERS),
             },
             timeout: timeouts.0,
             body_timeout: timeouts.1,
@@ -103,30 +96,27 @@ impl Upstream {
     /// On reload: keep the pooled connections of the same upstream in the old config when
     /// its address and pool settings did not change.
     pub fn adopt_pool(&mut self, previous: &[Upstream]) {
-        let Target::Http {
-            authority,
-            pool,
-            clients,
-        } = &mut self.target
-        else {
+        let Target::Http { pool, .. } = &mut self.target else {
             return;
         };
         let same = previous.iter().find_map(|old| match &old.target {
-            Target::Http {
-                authority: a,
-                pool: p,
-                clients: c,
-            } if old.name == self.name && a == authority && p == pool => Some(c.clone()),
+            Target::Http { pool: p, .. }
+                if old.name == self.name
+                    && p.authority() == pool.authority()
+                    && p.settings() == pool.settings() =>
+            {
+                Some(p.clone())
+            }
             _ => None,
         });
-        if let Some(old_clients) = same {
-            *clients = old_clients;
+        if let Some(old_pool) = same {
+            *pool = old_pool;
         }
     }
 
     pub fn describe(&self) -> String {
         match &self.target {
-            Target::Http { authority, .. } => format!("http://{authority}"),
+            Target::Http { pool, .. } => format!("http://{}", pool.authority()),
             Target::Echo => "builtin echo".to_owned(),
         }
     }
@@ -142,30 +132,23 @@ pub async fn forward(
     path_and_query: PathAndQuery,
     body: RequestBody,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (authority, client) = match &upstream.target {
-        Target::Http {
-            authority,
-            pool,
-            clients,
-        } => {
-            let slot = &clients[crate::server::worker_id() % clients.len()];
-            (authority, slot.get_or_init(|| new_client(pool)))
-        }
+    let (pool, host) = match &upstream.target {
+        Target::Http { pool, host } => (pool, host),
         Target::Echo => return Ok(echo(&parts, &path_and_query)),
     };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority.clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::UpstreamFailed(e.to_string()))?;
+    // Origin-form: the target as the upstream expects it from a gateway, not a proxy.
+    parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
+    if !parts.headers.contains_key(HOST) {
+        parts.headers.insert(HOST, host.clone());
+    }
     let request = Request::from_parts(parts, body);
 
     // The response timeout counts from the end of the request body: a long upload is
     // guarded by the body's own stall timer, not cut by the wait for the answer.
     let started = std::time::Instant::now();
     let (request, body_done) = watch_body_end(request);
-    let response = client.request(request);
+    let response = pool.send(request);
     tokio::pin!(response);
     if let Some(body_done) = body_done {
         tokio::select! {
@@ -184,18 +167,6 @@ pub async fn forward(
     finish(upstream, result, started)
 }
 
-fn new_client(pool: &PoolSettings) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(pool.connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(pool.idle_timeout)
-        .pool_max_idle_per_host(pool.max_idle)
-        .build(connector)
-}
-
 /// For a request with a body, a signal that resolves when the body has been sent (or failed).
 fn watch_body_end(
     request: Request<RequestBody>,
@@ -211,13 +182,17 @@ fn watch_body_end(
 
 fn finish(
     upstream: &Upstream,
-    result: Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    result: Result<(Response<hyper::body::Incoming>, Lease<RequestBody>), SendError>,
     started: std::time::Instant,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let response = match result {
-        Err(e) if caused_by::<BodyTooLarge>(&e) => return Err(ProxyError::PayloadTooLarge),
-        Err(e) if caused_by::<BodyStalled>(&e) => return Err(ProxyError::RequestBodyStalled),
-        Err(e) if e.is_connect() => {
+    let (response, lease) = match result {
+        Err(SendError::Http(e)) if caused_by::<BodyTooLarge>(&e) => {
+            return Err(ProxyError::PayloadTooLarge);
+        }
+        Err(SendError::Http(e)) if caused_by::<BodyStalled>(&e) => {
+            return Err(ProxyError::RequestBodyStalled);
+        }
+        Err(e @ SendError::Connect { .. }) => {
             upstream.metrics.upstream_error(&upstream.name, "connect");
             return Err(ProxyError::UpstreamUnavailable(error_chain(&e)));
         }
@@ -225,14 +200,14 @@ fn finish(
             upstream.metrics.upstream_error(&upstream.name, "protocol");
             return Err(ProxyError::UpstreamFailed(error_chain(&e)));
         }
-        Ok(response) => response,
+        Ok(answer) => answer,
     };
     upstream.latency.observe(started.elapsed());
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(
         parts,
-        Either::Left(UpstreamBody::new(body, upstream.body_timeout)),
+        Either::Left(UpstreamBody::new(body, lease, upstream.body_timeout)),
     ))
 }
 
