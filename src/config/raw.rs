@@ -255,7 +255,7 @@ pub struct RawUpstream {
     pub body_timeout: Option<String>,
     /// Time to establish a TCP connection before answering 502. Default `"5s"`.
     pub connect_timeout: Option<String>,
-    /// Idle pooled connections kept per upstream. Default 256.
+    /// Idle pooled connections kept per upstream and worker thread. Default 256.
     pub pool_max_idle: Option<usize>,
     /// How long an idle pooled connection is kept. Default `"90s"`.
     pub pool_idle_timeout: Option<String>,

@@ -170,7 +170,9 @@ pub async fn serve<I: ClientIo>(
         let activity = activity.clone();
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let guard = activity.begin(request.body().is_end_stream());
-            let response = crate::proxy::handle(request, conn.clone(), shared.clone());
+            // Boxed: hyper moves the service future into place for every request, and the
+            // handler's is kilobytes; moving a pointer is cheaper than copying it.
+            let response = Box::pin(crate::proxy::handle(request, conn.clone(), shared.clone()));
             async move {
                 let response = response.await?;
                 Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, guard }))
