@@ -215,3 +215,104 @@ async fn shutdown_stops_accepting_and_returns() {
         "still accepting after shutdown"
     );
 }
+
+/// A raw upstream: for each connection, answers every request head with `answer`, and hangs
+/// up 10 ms after its `per_conn`th answer (keep-alive answers, no `Connection: close`: the
+/// gateway has pooled the connection by then). With
+/// `read_bodies` false it answers at the head, never reading a request body. Counts the
+/// connections it accepted.
+async fn raw_upstream(
+    answer: &'static [u8],
+    per_conn: usize,
+    read_bodies: bool,
+) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut seen, mut served, mut buf) = (Vec::new(), 0, vec![0u8; 64 * 1024]);
+                while served < per_conn {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    if !read_bodies && seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let _ = stream.write_all(answer).await;
+                        // Stay open, reading nothing more, until the gateway closes.
+                        let _ = stream.read(&mut [0u8; 1]).await;
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        return;
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        served += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_idle_connections_costs_no_request() {
+    // Every pooled connection is closed by the upstream after one answer: each next request
+    // must notice it and use a new connection, never answer 502.
+    let (addr, accepted) =
+        raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 1, true).await;
+    let gw = Gateway::start(&config(addr, ROUTES)).await;
+    let client = client();
+    for i in 1..=5u64 {
+        let response = client.get(gw.url("/public/x")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+        // Let the upstream's FIN arrive while the connection is idle in the pool, as when
+        // an upstream's keep-alive timeout closes it.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), i);
+    }
+}
+
+#[tokio::test]
+async fn an_answer_before_the_request_body_is_sent_does_not_hang_or_leak_into_the_next() {
+    // The upstream refuses at the head and never reads the body, which is larger than what
+    // the sockets can buffer.
+    let (addr, accepted) = raw_upstream(
+        b"HTTP/1.1 403 Forbidden\r\ncontent-length: 4\r\n\r\nnope",
+        usize::MAX,
+        false,
+    )
+    .await;
+    let gw = Gateway::start(&config(addr, ROUTES)).await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        client()
+            .post(gw.url("/public/upload"))
+            .body(vec![b'x'; 32 << 20])
+            .send(),
+    )
+    .await
+    .expect("the gateway answered");
+    // Either the upstream's answer, or (when the client was still sending as the gateway
+    // closed) a reset; never a hang and never a 200.
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 403);
+    }
+    // The connection that carried the unfinished body is not reused (hyper would refuse a
+    // request on it; the gateway must then take a new one, not fail).
+    let response = client().get(gw.url("/public/next")).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, under callgrind: a count that does not move
+# with the VM's noise, so a change worth 5% shows up where wrk's ±10-25% hides it.
+#
+#   bash benches/load/instructions.sh [BIN]     # default target/release/portcullis
+#
+# Runs the gateway (one worker) under valgrind --tool=callgrind in front of a local nginx,
+# warms up, zeroes the counters, sends wrk -c16 for 6 s, and divides the instructions by the
+# requests wrk completed. Rows: the public route and a cached HS256 Bearer token (the
+# verified-token cache path; SHA-256 runs without SHA-NI under valgrind, so that row
+# over-weights the digest). The kernel's share (about half the CPU) is not counted: compare
+# builds with this, and compare with nginx with the load harness.
+# Needs valgrind, nginx, wrk, python3, curl (apt-get install valgrind nginx wrk).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=${1:-$root/target/release/portcullis}
+for c in valgrind callgrind_annotate callgrind_control nginx wrk python3 curl; do
+    command -v "$c" >/dev/null || { echo "missing $c (apt-get install valgrind nginx wrk)" >&2; exit 1; }
+done
+[ -x "$bin" ] || { echo "missing $bin: cargo build --release" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+port_up=18581; port_gw=18591
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$port_up; location / { return 200 "ok user=\$http_x_auth_user\n"; } } }
+NGINX
+nginx -c "$work/nginx.conf"
+secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+cat > "$work/gw.toml" <<TOML
+[server]
+http = "127.0.0.1:$port_gw"
+watch_config = false
+[providers.hs]
+issuer = "https://issuer.load"
+audiences = ["app"]
+algorithms = ["HS256"]
+hmac_secret_env = "LOAD_SECRET"
+[upstreams.app]
+url = "http://127.0.0.1:$port_up"
+[identity]
+headers = { "X-Auth-User" = "sub" }
+[[routes]]
+name = "plain"
+path_prefix = "/plain"
+upstream = "app"
+auth = "public"
+[[routes]]
+name = "hs"
+path_prefix = "/hs"
+upstream = "app"
+auth = "jwt"
+TOML
+token=$(python3 "$here/tokens.py" hs256 "$secret" 1)
+
+measure() { # measure LABEL PATH [header]
+    local label=$1 path=$2; shift 2
+    LOAD_SECRET=$secret RUST_LOG=warn valgrind --tool=callgrind \
+        --callgrind-out-file="$work/cg.%p" "$bin" serve --config "$work/gw.toml" --workers 1 \
+        > "$work/gw.log" 2>&1 &
+    local vg=$!
+    echo $vg > "$work/vg.pid"
+    for _ in $(seq 120); do curl -fs -o /dev/null "http://127.0.0.1:$port_gw/plain/" && break; sleep 0.5; done
+    wrk -t1 -c16 -d3s "$@" "http://127.0.0.1:$port_gw$path" > /dev/null
+    callgrind_control -z $vg > /dev/null 2>&1
+    local n
+    n=$(wrk -t1 -c16 -d6s "$@" "http://127.0.0.1:$port_gw$path" | awk '/requests in/ {print $1}')
+    callgrind_control -d $vg > /dev/null 2>&1
+    kill $vg; wait $vg 2>/dev/null || true
+    local ir
+    ir=$(callgrind_annotate "$(ls "$work"/cg.$vg.* | head -1)" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    rm -f "$work"/cg.*
+    printf '%-28s %8d requests  %7d instructions/request\n' "$label" "$n" $((ir / n))
+}
+measure "public route" /plain/
+measure "HS256 Bearer, cache hit" /hs/ -H "Authorization: Bearer $token"
