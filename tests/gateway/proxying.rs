@@ -316,3 +316,16 @@ async fn an_answer_before_the_request_body_is_sent_does_not_hang_or_leak_into_th
     assert_eq!(response.status(), 403);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn the_upstream_always_gets_a_host() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::standard(&upstream).await;
+    // HTTP/1.1 and HTTP/2 clients' hosts are forwarded as sent (routing tests); an HTTP/1.0
+    // request may come without one, and the upstream then sees its own address.
+    let answer = raw_request(gw.http, b"GET /public/old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    let seen = upstream.last();
+    assert_eq!(seen.path_and_query, "/public/old");
+    assert_eq!(seen.header_values("host"), vec![upstream.addr.to_string()]);
+}
