@@ -194,17 +194,36 @@ pub async fn serve<I: ClientIo>(
         })
         .await;
     }
-    let served = serve_http1(io, service, &builders, stop_signal, activity, parked).await;
+    let signals = Signals {
+        stop: stop_signal,
+        watch: &stop,
+    };
+    let served = serve_http1(io, service, &builders, signals, activity, parked).await;
     drop(stop);
     served
 }
 
 /// HTTP/1: hyper serves while requests come; an idle connection parks (module docs).
+/// The drain signal of one connection: `stop` resolves when the drain starts; `watch` tells
+/// cheaply whether it may have (an atomic load), so the connection's task polls `stop` (a
+/// lock and a waiter registration) only then, and once to register.
+struct Signals<'a, F> {
+    stop: Pin<Box<F>>,
+    watch: &'a Stop,
+}
+
+impl<F: Future<Output = ()>> Signals<'_, F> {
+    fn may_have_stopped(&self) -> bool {
+        // A dropped sender (the server is gone) stops too.
+        self.watch.has_changed().unwrap_or(true)
+    }
+}
+
 async fn serve_http1<I, S>(
     mut io: ConnIo<I>,
     mut service: S,
     builders: &Builders,
-    mut stop: Pin<Box<impl Future<Output = ()>>>,
+    mut signals: Signals<'_, impl Future<Output = ()>>,
     activity: Arc<Activity>,
     parked: Gauge,
 ) -> Result<(), hyper::Error>
@@ -221,8 +240,15 @@ where
         let mut check = may_park.then(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
         let mut seen = activity.ticks.load(Ordering::Relaxed);
         let mut stopping = false;
+        // The stop signal and the park timer keep this task's waker once polled (the task,
+        // hence its waker, never changes): after the first poll they are polled again only
+        // when they may be ready, not on each of the three or four wake-ups of a request.
+        let mut registered = false;
         let outcome = poll_fn(|cx| {
-            if !stopping && stop.as_mut().poll(cx).is_ready() {
+            if !stopping
+                && (!registered || signals.may_have_stopped())
+                && signals.stop.as_mut().poll(cx).is_ready()
+            {
                 stopping = true;
                 check = None;
                 Pin::new(&mut *connection).graceful_shutdown();
@@ -230,7 +256,10 @@ where
             if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
                 return Poll::Ready(Some(result));
             }
-            if let Some(timer) = &mut check {
+            if let Some(timer) = &mut check
+                && (!registered || timer.is_elapsed())
+            {
+                // A fired timer has given its waker away: after a reset it is polled again.
                 while timer.as_mut().poll(cx).is_ready() {
                     let now = activity.ticks.load(Ordering::Relaxed);
                     if now == seen && activity.idle() {
@@ -240,6 +269,7 @@ where
                     timer.as_mut().reset(Instant::now() + PARK_AFTER);
                 }
             }
+            registered = true;
             Poll::Pending
         })
         .await;
@@ -268,7 +298,7 @@ where
         drop(read_buf);
         io.prefix = Bytes::new();
         parked.inc();
-        let woken = park(&io.inner, builders.header_read_timeout, &mut stop).await;
+        let woken = park(&io.inner, builders.header_read_timeout, &mut signals.stop).await;
         parked.dec();
         if !woken {
             let _ = io.inner.shutdown().await;

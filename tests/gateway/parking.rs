@@ -257,6 +257,38 @@ async fn shutdown_closes_parked_connections_at_once() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_a_busy_connection_right_after_its_answer() {
+    let upstream = Upstream::start().await;
+    let mut gw = Gateway::start(&config_with(
+        &upstream,
+        "header_read_timeout = \"30s\"\nshutdown_grace = \"20s\"",
+        "",
+    ))
+    .await;
+    let mut conn = Raw::connect(&gw).await;
+    // The answer streams for 800 ms; the drain starts in the middle of it.
+    conn.send(b"GET /public/drip/800 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    gw.begin_stop();
+    let (answer, closed) = read_until_closed(&mut conn.stream, Duration::from_secs(5)).await;
+    assert!(
+        answer.contains("second"),
+        "the answer in flight was cut: {answer}"
+    );
+    // Closed as soon as the answer ended (about 600 ms from here), not kept alive until the
+    // idle connection would park (1-2 s later).
+    let closed = closed.expect("the connection stayed open");
+    assert!(
+        closed < Duration::from_millis(1400),
+        "closed after {closed:?}"
+    );
+    gw.stopped(Duration::from_secs(3)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
 async fn tls_connections_park_and_http2_ones_do_not() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&config_with(&upstream, "header_read_timeout = \"30s\"", "")).await;
