@@ -3,9 +3,9 @@
 //!
 //! hyper-util's pooled client runs every upstream connection as a task of its own and hands
 //! each request to it over a channel, through a pool keyed by a hashed URI authority. On a
-//! small proxied request that was half of the gateway's own CPU (see the README, "Where the
-//! time goes"). Here a connection (hyper's HTTP/1 `SendRequest` and `Connection`) is owned by
-//! whoever uses it:
+//! small proxied request that came to about a fifth of the gateway's user-space instructions
+//! (see the README, "Where the time goes"). Here a connection (hyper's HTTP/1 `SendRequest`
+//! and `Connection`) is owned by whoever uses it:
 //!
 //! - [`Pool::send`] checks a connection out of the calling worker's idle list (or opens one)
 //!   and polls its `Connection` beside the response future, in the request's own task;
