@@ -329,3 +329,19 @@ async fn the_upstream_always_gets_a_host() {
     assert_eq!(seen.path_and_query, "/public/old");
     assert_eq!(seen.header_values("host"), vec![upstream.addr.to_string()]);
 }
+
+#[tokio::test]
+async fn an_upstream_named_by_host_name_is_resolved() {
+    // `localhost` may resolve to ::1 first while the upstream listens on 127.0.0.1 only: the
+    // addresses are tried in order.
+    let upstream = Upstream::start().await;
+    let text = config(upstream.addr, ROUTES).replace(
+        &format!("http://{}", upstream.addr),
+        &format!("http://localhost:{}", upstream.addr.port()),
+    );
+    assert!(text.contains("http://localhost:"));
+    let gw = Gateway::start(&text).await;
+    let response = client().get(gw.url("/public/named")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.last().path_and_query, "/public/named");
+}
