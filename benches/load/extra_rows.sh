@@ -17,6 +17,7 @@ for c in wrk nginx python3 curl; do
     command -v "$c" >/dev/null || { echo "missing $c (apt-get install wrk nginx python3 curl)" >&2; exit 1; }
 done
 [ -x "$bin" ] || { echo "missing $bin: cargo build --release" >&2; exit 1; }
+source "$here/lib.sh"
 
 work=$(mktemp -d)
 gw_pid=""
@@ -47,40 +48,18 @@ nginx -c "$work/nginx.conf"
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 python3 "$here/tokens.py" hs256 "$secret" 10000 > "$work/hs.txt"
 python3 "$here/tokens.py" eddsa "$work" 10000 > "$work/ed.txt"
-cat > "$work/gw.toml" <<TOML
-[server]
-http = "127.0.0.1:$port_gw"
-https = "127.0.0.1:$port_gw_tls"
-watch_config = false
-token_cache_size = 50000
+{
+    gateway_toml $port_gw $port_up "https = \"127.0.0.1:$port_gw_tls\"
+token_cache_size = 50000"
+    cat <<TOML
 [tls]
 cert = "tls.crt"
 key = "tls.key"
-[providers.hs]
-issuer = "https://issuer.load"
-audiences = ["app"]
-algorithms = ["HS256"]
-hmac_secret_env = "LOAD_SECRET"
 [providers.ed]
 issuer = "https://issuer.load"
 audiences = ["app"]
 algorithms = ["EdDSA"]
 public_keys = ["ed.pub.pem"]
-[upstreams.app]
-url = "http://127.0.0.1:$port_up"
-[identity]
-headers = { "X-Auth-User" = "sub" }
-[[routes]]
-name = "plain"
-path_prefix = "/plain"
-upstream = "app"
-auth = "public"
-[[routes]]
-name = "hs"
-path_prefix = "/hs"
-upstream = "app"
-auth = "jwt"
-providers = ["hs"]
 [[routes]]
 name = "ed"
 path_prefix = "/ed"
@@ -88,6 +67,7 @@ upstream = "app"
 auth = "jwt"
 providers = ["ed"]
 TOML
+} > "$work/gw.toml"
 
 start_gateway() {
     LOAD_SECRET=$secret RUST_LOG=warn "$bin" serve --config "$work/gw.toml" --workers "$1" > "$work/gw.log" 2>&1 &

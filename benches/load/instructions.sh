@@ -15,6 +15,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${1:-$root/target/release/portcullis}
+source "$here/lib.sh"
 for c in valgrind callgrind_annotate callgrind_control nginx wrk python3 curl; do
     command -v "$c" >/dev/null || { echo "missing $c (apt-get install valgrind nginx wrk)" >&2; exit 1; }
 done
@@ -23,40 +24,9 @@ done
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 port_up=18581; port_gw=18591
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$port_up; location / { return 200 "ok user=\$http_x_auth_user\n"; } } }
-NGINX
-nginx -c "$work/nginx.conf"
+upstream_nginx "$work" $port_up
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-cat > "$work/gw.toml" <<TOML
-[server]
-http = "127.0.0.1:$port_gw"
-watch_config = false
-[providers.hs]
-issuer = "https://issuer.load"
-audiences = ["app"]
-algorithms = ["HS256"]
-hmac_secret_env = "LOAD_SECRET"
-[upstreams.app]
-url = "http://127.0.0.1:$port_up"
-[identity]
-headers = { "X-Auth-User" = "sub" }
-[[routes]]
-name = "plain"
-path_prefix = "/plain"
-upstream = "app"
-auth = "public"
-[[routes]]
-name = "hs"
-path_prefix = "/hs"
-upstream = "app"
-auth = "jwt"
-TOML
+gateway_toml $port_gw $port_up > "$work/gw.toml"
 token=$(python3 "$here/tokens.py" hs256 "$secret" 1)
 
 measure() { # measure LABEL PATH [header]

@@ -23,6 +23,7 @@ for c in wrk nginx python3 curl; do
     command -v "$c" >/dev/null || { echo "missing $c: run bash $bench/install-peers.sh" >&2; exit 1; }
 done
 quick=0; [ "${1:-}" = "--quick" ] && quick=1
+source "$here/lib.sh"
 
 cd "$root"
 cargo build --release --locked
@@ -54,45 +55,12 @@ fi
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 port_up=18381; port_gw=18391; port_admin=18392
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-worker_rlimit_nofile 30000;
-events { worker_connections 25000; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$port_up; location / { return 200 "ok user=\$http_x_auth_user\n"; } } }
-NGINX
-nginx -c "$work/nginx.conf"
+upstream_nginx "$work" $port_up 25000
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-cat > "$work/gw.toml" <<TOML
-[server]
-http = "127.0.0.1:$port_gw"
-admin = "127.0.0.1:$port_admin"
-header_read_timeout = "300s"
+gateway_toml $port_gw $port_up "admin = \"127.0.0.1:$port_admin\"
+header_read_timeout = \"300s\"
 max_connections = 20000
-token_cache_size = 50000
-watch_config = false
-[providers.hs]
-issuer = "https://issuer.load"
-audiences = ["app"]
-algorithms = ["HS256"]
-hmac_secret_env = "LOAD_SECRET"
-[upstreams.app]
-url = "http://127.0.0.1:$port_up"
-[identity]
-headers = { "X-Auth-User" = "sub" }
-[[routes]]
-name = "plain"
-path_prefix = "/plain"
-upstream = "app"
-auth = "public"
-[[routes]]
-name = "hs"
-path_prefix = "/hs"
-upstream = "app"
-auth = "jwt"
-TOML
+token_cache_size = 50000" > "$work/gw.toml"
 ulimit -n 65536 2>/dev/null || true
 LOAD_SECRET=$secret RUST_LOG=warn "$bin" serve --config "$work/gw.toml" > "$work/gw.log" 2>&1 &
 echo $! > "$work/gw.pid"

@@ -23,7 +23,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::pool::{Lease, SendBody};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request body went over the route's `max_body_size`.
 #[derive(Debug, thiserror::Error)]

@@ -33,9 +33,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::body::BoxError;
 use super::upstream::PoolSettings;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a pool can send: the gateway sends `RequestBody`; the unit tests send plain bodies.
 pub trait SendBody: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}

@@ -236,15 +236,17 @@ async fn a_partial_request_head_keeps_its_header_timer() {
     assert!(answer.contains(r#""path":"/public/partial""#), "{answer}");
 }
 
+/// A gateway whose header timer and drain grace outlast the test: any prompt close is the
+/// drain's doing.
+async fn draining_gateway(upstream: &Upstream) -> Gateway {
+    let server = "header_read_timeout = \"30s\"\nshutdown_grace = \"20s\"";
+    Gateway::start(&config_with(upstream, server, "")).await
+}
+
 #[tokio::test]
 async fn shutdown_closes_parked_connections_at_once() {
     let upstream = Upstream::start().await;
-    let mut gw = Gateway::start(&config_with(
-        &upstream,
-        "header_read_timeout = \"30s\"\nshutdown_grace = \"20s\"",
-        "",
-    ))
-    .await;
+    let mut gw = draining_gateway(&upstream).await;
     let mut conn = Raw::connect(&gw).await;
     assert!(conn.get("/public").await.starts_with("HTTP/1.1 200"));
     assert!(parked_within(&gw, 1, Duration::from_secs(4)).await);
@@ -259,12 +261,7 @@ async fn shutdown_closes_parked_connections_at_once() {
 #[tokio::test]
 async fn shutdown_closes_a_busy_connection_right_after_its_answer() {
     let upstream = Upstream::start().await;
-    let mut gw = Gateway::start(&config_with(
-        &upstream,
-        "header_read_timeout = \"30s\"\nshutdown_grace = \"20s\"",
-        "",
-    ))
-    .await;
+    let mut gw = draining_gateway(&upstream).await;
     let mut conn = Raw::connect(&gw).await;
     // The answer streams for 800 ms; the drain starts in the middle of it.
     conn.send(b"GET /public/drip/800 HTTP/1.1\r\nHost: t\r\n\r\n")

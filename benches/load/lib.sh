@@ -1,0 +1,51 @@
+# Pieces the load scripts share (sourced by run.sh, extra_rows.sh, instructions.sh).
+
+# upstream_nginx WORK PORT [WORKER_CONNECTIONS]: starts a one-worker nginx on 127.0.0.1:PORT
+# answering every path with "ok user=<X-Auth-User>" (the app behind the gateway); its pid is
+# WORK/nginx.pid.
+upstream_nginx() {
+    local work=$1 port=$2 conns=${3:-1024}
+    cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+worker_rlimit_nofile $((conns + 5000));
+events { worker_connections $conns; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$port; location / { return 200 "ok user=\$http_x_auth_user\n"; } } }
+NGINX
+    nginx -c "$work/nginx.conf"
+}
+
+# gateway_toml PORT_GW PORT_UP [SERVER_LINES]: prints a gateway config listening on
+# 127.0.0.1:PORT_GW in front of 127.0.0.1:PORT_UP, with a public route /plain and an HS256
+# route /hs (provider "hs", secret from $LOAD_SECRET). SERVER_LINES go into [server]; callers
+# append their own tables.
+gateway_toml() {
+    cat <<TOML
+[server]
+http = "127.0.0.1:$1"
+watch_config = false
+${3:-}
+[providers.hs]
+issuer = "https://issuer.load"
+audiences = ["app"]
+algorithms = ["HS256"]
+hmac_secret_env = "LOAD_SECRET"
+[upstreams.app]
+url = "http://127.0.0.1:$2"
+[identity]
+headers = { "X-Auth-User" = "sub" }
+[[routes]]
+name = "plain"
+path_prefix = "/plain"
+upstream = "app"
+auth = "public"
+[[routes]]
+name = "hs"
+path_prefix = "/hs"
+upstream = "app"
+auth = "jwt"
+providers = ["hs"]
+TOML
+}
