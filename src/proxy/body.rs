@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use super::pool::{Lease, SendBody};
+use super::pool::{Exchange, SendBody};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -152,45 +152,39 @@ impl Body for RequestBody {
     }
 }
 
-/// The upstream's response body, streamed to the client. It also drives the upstream
-/// connection that feeds it (see [`super::pool`]), and gives that connection back to the
-/// pool once the body has ended cleanly; dropped half-way, it closes the connection.
+/// The upstream's response body, streamed to the client. It reads from the upstream
+/// connection (see [`super::pool`]), which goes back to the pool once the body has ended
+/// cleanly; dropped half-way, it closes the connection.
 pub struct UpstreamBody<B: SendBody = RequestBody> {
-    inner: Incoming,
+    exchange: Exchange<B>,
     stall: StallTimer,
-    lease: Option<Lease<B>>,
-    /// A failure held back for one poll (see `poll_frame`).
+    /// A failure held back for one poll (see `fail`).
     failure: Option<BoxError>,
+    failed: bool,
 }
 
 impl<B: SendBody> UpstreamBody<B> {
-    pub fn new(inner: Incoming, lease: Lease<B>, idle: Duration) -> Self {
-        let mut body = UpstreamBody {
-            inner,
-            stall: StallTimer::new(idle),
-            lease: Some(lease),
-            failure: None,
-        };
-        if body.inner.is_end_stream() {
+    pub fn new(mut exchange: Exchange<B>, idle: Duration) -> Self {
+        if exchange.is_end_stream() {
             // No body at all (204, 304, HEAD, zero length): hyper never polls this one.
-            body.release();
+            exchange.finish();
         }
-        body
-    }
-
-    fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
+        UpstreamBody {
+            exchange,
+            stall: StallTimer::new(idle),
+            failure: None,
+            failed: false,
         }
     }
 
     /// The answer broke off: the connection is closed, and the failure is told at the next
-    /// poll. The connection is driven in this task, so the failure can come in the same
-    /// poll as the head and the first bytes; hyper drops what it has not flushed when a
-    /// body fails, and one `Pending` lets it flush first. The client then gets the head and
-    /// a visibly truncated body, as when the failure comes later.
+    /// poll. The connection is read in this task, so the failure can come in the same poll
+    /// as the head and the first bytes; hyper drops what it has not flushed when a body
+    /// fails, and one `Pending` lets it flush first. The client then gets the head and a
+    /// visibly truncated body, as when the failure comes later.
     fn fail<T>(&mut self, failure: BoxError, cx: &mut Context<'_>) -> Poll<T> {
-        self.lease = None;
+        self.failed = true;
+        self.exchange.close();
         self.failure = Some(failure);
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -209,43 +203,29 @@ impl<B: SendBody> Body for UpstreamBody<B> {
         if let Some(failure) = this.failure.take() {
             return Poll::Ready(Some(Err(failure)));
         }
-        let mut driven = false;
-        loop {
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    this.stall.progressed();
-                    if this.inner.is_end_stream() {
-                        this.release();
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Poll::Ready(None) => {
-                    this.release();
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Some(Err(e))) => return this.fail(e.into(), cx),
-                Poll::Pending => {}
-            }
-            // Nobody else polls the connection: drive it (once), then look again.
-            match &mut this.lease {
-                Some(lease) if !driven => {
-                    driven = true;
-                    lease.drive(cx);
-                }
-                _ => break,
-            }
+        if this.failed {
+            return Poll::Ready(None);
         }
-        if this.stall.stalled(cx) {
-            return this.fail(Box::new(BodyStalled), cx);
+        match this.exchange.poll_data(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                this.stall.progressed();
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => this.fail(Box::new(e), cx),
+            Poll::Pending if this.stall.stalled(cx) => this.fail(Box::new(BodyStalled), cx),
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.failure.is_none() && (self.failed || self.exchange.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.exchange.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod error;
+pub mod h1;
 pub mod pool;
 pub mod upstream;
 

@@ -1,46 +1,52 @@
 //! Upstream connections: a keep-alive pool per upstream and worker thread, each connection
-//! driven by the request that uses it.
+//! driven by the request that uses it, speaking HTTP/1.1 through [`super::h1`].
 //!
-//! hyper-util's pooled client runs every upstream connection as a task of its own and hands
-//! each request to it over a channel, through a pool keyed by a hashed URI authority. On a
-//! small proxied request that came to about a fifth of the gateway's user-space instructions
-//! (see the README, "Where the time goes"). Here a connection (hyper's HTTP/1 `SendRequest`
-//! and `Connection`) is owned by whoever uses it:
+//! - [`Pool::send`] checks a connection out of the calling worker's idle list (or opens
+//!   one), writes the request head and body, and reads until the response head, all in the
+//!   request's own task: no connection task, no channel.
+//! - The response body ([`Exchange`], held by `UpstreamBody`) reads the rest. It also keeps
+//!   sending the request body, for an upstream that answers while the upload goes on. Once
+//!   the answer has ended where its framing said, with the whole request sent and no byte
+//!   left over, the connection goes back to the pool. Any other end closes it.
+//! - An idle connection is polled by nobody. It is checked (one read attempt, which costs
+//!   no system call while the reactor has seen nothing on it) when it is checked out, and
+//!   by a sweeper task that runs only while the worker has idle connections, which closes
+//!   the dead ones and those idle for longer than `pool_idle_timeout`.
 //!
-//! - [`Pool::send`] checks a connection out of the calling worker's idle list (or opens one)
-//!   and polls its `Connection` beside the response future, in the request's own task;
-//! - the response body ([`Lease`], held by `UpstreamBody`) keeps polling it while the answer
-//!   streams, and gives it back when the answer ended cleanly;
-//! - an idle connection is polled by nobody. It is checked (one poll, which also notices an
-//!   upstream that closed it) when it is checked out, and by a sweeper task that runs only
-//!   while the worker has idle connections, which closes the dead ones and those idle for
-//!   longer than `pool_idle_timeout`.
-//!
-//! A request is never sent twice: hyper gives a request back only when not one byte of it
-//! was written (the connection was found closed first), and only then is it retried, on
-//! another connection, as hyper-util's client did.
+//! A request goes out a second time, on a fresh connection, only when a reused connection
+//! failed before the first byte of an answer, and either not one byte of the request had
+//! left, or the request is idempotent and has no body (the race with an upstream closing
+//! an idle connection, RFC 9112 §9.3.1). Never on a new connection, never after an answer
+//! began.
 
-use std::future::Future;
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Response};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::body::BoxError;
+use super::h1::{self, Decoded, Decoder, FrameError, RequestFraming};
 use super::upstream::PoolSettings;
 
 /// What a pool can send: the gateway sends `RequestBody`; the unit tests send plain bodies.
-pub trait SendBody: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
-impl<B> SendBody for B where B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+pub trait SendBody:
+    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+impl<B> SendBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
 
-/// Why a request got no answer from the upstream.
+/// Why a request got no (complete) answer from the upstream. The texts name the upstream
+/// and an OS error at most, never a header or a token (I7).
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("cannot connect to {authority}: {reason}")]
@@ -48,66 +54,78 @@ pub enum SendError {
         authority: Authority,
         reason: String,
     },
+    /// The request body failed on the client's side (too large, stalled, cut).
+    #[error("the request body failed")]
+    Body(#[source] BoxError),
+    #[error("connection to the upstream failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the upstream closed the connection before answering")]
+    Closed,
     #[error(transparent)]
-    Http(#[from] hyper::Error),
+    Frame(#[from] FrameError),
 }
 
-type Driver<B> = http1::Connection<TokioIo<TcpStream>, B>;
+/// Bytes read from the upstream at a time, at least.
+const READ_SIZE: usize = 16 * 1024;
+/// Request body bytes buffered before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
+/// A read buffer left larger than this by a big answer is not kept in the idle list.
+const MAX_IDLE_BUFFER: usize = 64 * 1024;
 
-/// One HTTP/1.1 connection to the upstream.
-struct Conn<B: SendBody> {
-    sender: http1::SendRequest<B>,
-    /// `None` once the connection has finished (closed or failed). Boxed: hyper's state is
-    /// large, and a `Conn` moves with the request's future.
-    driver: Option<Pin<Box<Driver<B>>>>,
+/// One HTTP/1.1 connection to the upstream, with its buffers (kept across requests).
+struct Conn {
+    io: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
 }
 
-impl<B: SendBody> Conn<B> {
-    /// Drives the connection; false once it has finished.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(driver) = &mut self.driver
-            && driver.as_mut().poll(cx).is_ready()
-        {
-            self.driver = None;
+impl Conn {
+    fn new(io: TcpStream) -> Self {
+        Conn {
+            io,
+            read: BytesMut::new(),
+            write: Vec::new(),
         }
-        self.driver.is_some()
     }
 
-    /// Polled once without a waker: true when the connection is open and waits for a request.
-    fn reusable(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop())) && self.sender.is_ready()
+    /// Reads what the upstream sent into `read`; `Ok(0)`: it closed the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+            self.read.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// An idle connection is usable: nothing unread, and the upstream has not closed it.
+    fn alive(&mut self) -> bool {
+        self.read.is_empty()
+            && self
+                .poll_fill(&mut Context::from_waker(Waker::noop()))
+                .is_pending()
     }
 }
 
-struct Idle<B: SendBody> {
-    conn: Conn<B>,
+struct Idle {
+    conn: Conn,
     since: Instant,
 }
 
-struct Slot<B: SendBody> {
+#[derive(Default)]
+struct Slot {
     /// Most recently used last: checkout takes the warmest connection.
-    idle: Vec<Idle<B>>,
+    idle: Vec<Idle>,
     sweeping: bool,
-}
-
-impl<B: SendBody> Default for Slot<B> {
-    fn default() -> Self {
-        Slot {
-            idle: Vec::new(),
-            sweeping: false,
-        }
-    }
 }
 
 /// The connections of one upstream: one idle list per worker thread. Only that worker's
 /// requests use a list, so its lock is never contended.
-pub struct Pool<B: SendBody> {
+pub struct Pool {
     authority: Authority,
     settings: PoolSettings,
-    slots: Box<[Mutex<Slot<B>>]>,
+    slots: Box<[Mutex<Slot>]>,
 }
 
-impl<B: SendBody> Pool<B> {
+impl Pool {
     pub fn new(authority: Authority, settings: PoolSettings, workers: usize) -> Arc<Self> {
         Arc::new(Pool {
             authority,
@@ -124,55 +142,95 @@ impl<B: SendBody> Pool<B> {
         &self.settings
     }
 
-    /// Sends `request` (origin-form target) on a pooled or new connection of the calling
-    /// worker, and drives that connection until the response head has arrived.
-    pub async fn send(
+    /// Sends `request` (its URI is the origin-form target) on a pooled or new connection
+    /// of the calling worker, and reads until the response head has arrived. The answer's
+    /// body is the [`Exchange`], which reads the rest.
+    pub async fn send<B: SendBody>(
         self: &Arc<Self>,
-        mut request: Request<B>,
-    ) -> Result<(Response<Incoming>, Lease<B>), SendError> {
+        request: Request<B>,
+    ) -> Result<Response<Exchange<B>>, SendError> {
         let worker = crate::server::worker_id() % self.slots.len();
+        let (parts, body) = request.into_parts();
+        let (mut conn, mut reused) = match self.checkout(worker) {
+            Some(conn) => (conn, true),
+            None => (self.connect().await?, false),
+        };
+        conn.write.clear();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let framing = h1::encode_request_head(
+            &parts.method,
+            target,
+            &parts.headers,
+            http_body::Body::is_end_stream(&body),
+            http_body::Body::size_hint(&body).exact(),
+            &mut conn.write,
+        );
+        let head_request = parts.method == Method::HEAD;
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let mut exchange = Exchange {
+            conn: Some(conn),
+            pool: self.clone(),
+            worker,
+            body: (framing != RequestFraming::Empty).then_some(body),
+            framing,
+            sent: 0,
+            written: 0,
+            wrote: false,
+            request_done: false,
+            write_error: None,
+            answered: false,
+            decoder: Decoder::done(),
+            keep_alive: false,
+        };
         loop {
-            let (mut conn, reused) = match self.checkout(worker) {
-                Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
-            };
-            let response = conn.sender.try_send_request(request);
-            let mut response = std::pin::pin!(response);
-            let result = std::future::poll_fn(|cx| {
-                conn.drive(cx);
-                response.as_mut().poll(cx)
-            })
-            .await;
-            match result {
-                Ok(response) => {
-                    let lease = Lease {
-                        conn: Some(conn),
-                        pool: self.clone(),
-                        worker,
-                    };
-                    return Ok((response, lease));
+            match poll_fn(|cx| exchange.poll_head(cx, head_request)).await {
+                Ok(head) => {
+                    exchange.decoder = head.body;
+                    exchange.keep_alive = head.keep_alive;
+                    let mut response = Response::new(exchange);
+                    *response.status_mut() = head.status;
+                    *response.version_mut() = head.version;
+                    *response.headers_mut() = head.headers;
+                    if let Some(reason) = head.reason {
+                        response.extensions_mut().insert(reason);
+                    }
+                    return Ok(response);
                 }
-                Err(mut e) => match e.take_message() {
-                    // Not one byte was written: the pooled connection had closed. A new
-                    // connection that fails the same way is an upstream failure.
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(e.into_error().into()),
-                },
+                Err(e) if reused && exchange.replayable(&e, idempotent) => {
+                    let mut fresh = self.connect().await?;
+                    if let Some(stale) = exchange.conn.take() {
+                        fresh.write = stale.write;
+                    }
+                    exchange.conn = Some(fresh);
+                    exchange.written = 0;
+                    exchange.request_done = false;
+                    exchange.write_error = None;
+                    reused = false;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
 
-    fn checkout(&self, worker: usize) -> Option<Conn<B>> {
+    fn checkout(&self, worker: usize) -> Option<Conn> {
         loop {
             let idle = lock(&self.slots[worker]).idle.pop()?;
             let mut conn = idle.conn;
-            if idle.since.elapsed() < self.settings.idle_timeout && conn.reusable() {
+            if idle.since.elapsed() < self.settings.idle_timeout && conn.alive() {
                 return Some(conn);
             }
         }
     }
 
-    async fn connect(&self) -> Result<Conn<B>, SendError> {
+    async fn connect(&self) -> Result<Conn, SendError> {
         let failed = |reason: String| SendError::Connect {
             authority: self.authority.clone(),
             reason,
@@ -199,17 +257,13 @@ impl<B: SendBody> Pool<B> {
         stream
             .set_nodelay(true)
             .map_err(|e| failed(e.to_string()))?;
-        let (sender, driver) = http1::handshake(TokioIo::new(stream)).await?;
-        Ok(Conn {
-            sender,
-            driver: Some(Box::pin(driver)),
-        })
+        Ok(Conn::new(stream))
     }
 
-    /// Keeps `conn` for the next request of `worker`, if it is reusable and there is room.
-    fn put_back(self: &Arc<Self>, worker: usize, mut conn: Conn<B>) {
-        if !conn.reusable() {
-            return;
+    /// Keeps `conn` for the next request of `worker`, if there is room.
+    fn put_back(self: &Arc<Self>, worker: usize, mut conn: Conn) {
+        if conn.read.capacity() > MAX_IDLE_BUFFER {
+            conn.read = BytesMut::new();
         }
         let start_sweeper = {
             let mut slot = lock(&self.slots[worker]);
@@ -240,14 +294,14 @@ impl<B: SendBody> Pool<B> {
     }
 }
 
-fn lock<B: SendBody>(slot: &Mutex<Slot<B>>) -> std::sync::MutexGuard<'_, Slot<B>> {
+fn lock(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
     // The lists hold no invariant a panic could break half-way.
     slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Closes the idle connections of one worker that timed out or that the upstream closed;
 /// ends when the list is empty (the next `put_back` starts another) or the pool is gone.
-async fn sweep<B: SendBody>(pool: Weak<Pool<B>>, worker: usize) {
+async fn sweep(pool: Weak<Pool>, worker: usize) {
     let period = match pool.upgrade() {
         Some(pool) => (pool.settings.idle_timeout / 2).clamp(MIN_SWEEP, MAX_SWEEP),
         None => return,
@@ -258,7 +312,7 @@ async fn sweep<B: SendBody>(pool: Weak<Pool<B>>, worker: usize) {
         let timeout = pool.settings.idle_timeout;
         let mut slot = lock(&pool.slots[worker]);
         slot.idle
-            .retain_mut(|idle| idle.since.elapsed() < timeout && idle.conn.reusable());
+            .retain_mut(|idle| idle.since.elapsed() < timeout && idle.conn.alive());
         if slot.idle.is_empty() {
             slot.sweeping = false;
             return;
@@ -269,25 +323,233 @@ async fn sweep<B: SendBody>(pool: Weak<Pool<B>>, worker: usize) {
 const MIN_SWEEP: Duration = Duration::from_millis(50);
 const MAX_SWEEP: Duration = Duration::from_secs(5);
 
-/// A connection lent to one response: polled while its body streams, given back to the pool
-/// when the body has ended cleanly, closed when the response is dropped half-way.
-pub struct Lease<B: SendBody> {
-    conn: Option<Conn<B>>,
-    pool: Arc<Pool<B>>,
+/// One request and its answer on one connection: the rest of the request body going out,
+/// the response body coming in. The connection goes back to the pool when both ended
+/// cleanly (see the module note); dropped half-way, the exchange closes it.
+pub struct Exchange<B> {
+    /// `None` once given back or closed.
+    conn: Option<Conn>,
+    pool: Arc<Pool>,
     worker: usize,
+    /// The request body, `None` once it has all been taken.
+    body: Option<B>,
+    framing: RequestFraming,
+    /// Body bytes taken so far (checked against a `Content-Length`).
+    sent: u64,
+    /// Bytes of `conn.write` already written.
+    written: usize,
+    /// Some byte of the request has reached the socket.
+    wrote: bool,
+    request_done: bool,
+    /// Writing failed (the upstream may still answer, and often does: a 413, then close).
+    write_error: Option<std::io::Error>,
+    /// Some byte of an answer has arrived.
+    answered: bool,
+    decoder: Decoder,
+    keep_alive: bool,
 }
 
-impl<B: SendBody> Lease<B> {
-    /// Drives the connection (it feeds the response body); false once it has finished.
-    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        self.conn.as_mut().is_some_and(|conn| conn.drive(cx))
+impl<B: SendBody> Exchange<B> {
+    /// Moves the request forward: takes body frames while there is room, writes what is
+    /// buffered. Ready once it has all been written (or writing failed: see `write_error`);
+    /// an error only when the request body itself failed.
+    fn poll_request(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        let Some(conn) = &mut self.conn else {
+            return Poll::Ready(Ok(()));
+        };
+        if self.request_done || self.write_error.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            while let Some(body) = &mut self.body
+                && conn.write.len() - self.written < WRITE_BATCH
+            {
+                let frame = match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(None) => {
+                        self.body = None;
+                        match self.framing {
+                            RequestFraming::Length(len) if self.sent != len => {
+                                return Poll::Ready(Err(SendError::Body(
+                                    "the request body is shorter than its Content-Length".into(),
+                                )));
+                            }
+                            RequestFraming::Chunked => {
+                                compact(&mut conn.write, &mut self.written);
+                                conn.write.extend_from_slice(h1::LAST_CHUNK);
+                            }
+                            _ => {}
+                        }
+                        break;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(SendError::Body(e.into())));
+                    }
+                    Poll::Ready(Some(Ok(frame))) => frame,
+                };
+                // Trailers are dropped (RequestBody already drops the client's).
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                self.sent += data.len() as u64;
+                if let RequestFraming::Length(len) = self.framing
+                    && self.sent > len
+                {
+                    return Poll::Ready(Err(SendError::Body(
+                        "the request body is longer than its Content-Length".into(),
+                    )));
+                }
+                compact(&mut conn.write, &mut self.written);
+                if self.framing == RequestFraming::Chunked {
+                    h1::encode_chunk(&data, &mut conn.write);
+                } else {
+                    conn.write.extend_from_slice(&data);
+                }
+            }
+            if self.written == conn.write.len() {
+                if self.body.is_none() {
+                    self.request_done = true;
+                    return Poll::Ready(Ok(()));
+                }
+                return Poll::Pending;
+            }
+            match Pin::new(&mut conn.io).poll_write(cx, &conn.write[self.written..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    self.write_error = Some(std::io::ErrorKind::WriteZero.into());
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    self.wrote = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.write_error = Some(e);
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
     }
 
-    /// The response body has been read to its end: the connection may serve another request.
-    pub fn release(mut self) {
-        if let Some(conn) = self.conn.take() {
+    /// Sends the request and reads until the final response head.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+    ) -> Poll<Result<h1::Head, SendError>> {
+        if let Poll::Ready(Err(e)) = self.poll_request(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let Some(conn) = &mut self.conn else {
+            return Poll::Ready(Err(SendError::Closed));
+        };
+        loop {
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if conn.read.is_empty() && !self.answered => {
+                    // A write error says more than the close it caused.
+                    return Poll::Ready(Err(self
+                        .write_error
+                        .take()
+                        .map_or(SendError::Closed, SendError::Io)));
+                }
+                Ok(0) => return Poll::Ready(Err(FrameError::Truncated.into())),
+                Ok(_) => self.answered = true,
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+            if let Some(head) = h1::parse_response_head(&mut conn.read, head_request)? {
+                return Poll::Ready(Ok(head));
+            }
+        }
+    }
+
+    /// The request may go out again on a fresh connection (see the module note).
+    fn replayable(&self, error: &SendError, idempotent: bool) -> bool {
+        matches!(error, SendError::Io(_) | SendError::Closed)
+            && !self.answered
+            && (!self.wrote || (idempotent && self.framing == RequestFraming::Empty))
+    }
+
+    /// The next piece of the response body; `None` at its end.
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, SendError>>> {
+        // An upstream may answer while the upload goes on: keep it going.
+        if let Poll::Ready(Err(e)) = self.poll_request(cx) {
+            self.conn = None;
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            let Some(conn) = &mut self.conn else {
+                return Poll::Ready(None);
+            };
+            match self.decoder.decode(&mut conn.read) {
+                Ok(Decoded::Data(data)) => {
+                    if self.decoder.is_done() {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Ok(Decoded::End) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(match self.decoder.closed() {
+                        Ok(()) => None,
+                        Err(e) => Some(Err(e.into())),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    /// The answer has ended: the connection goes back to the pool when it can carry the
+    /// next request, and is closed otherwise.
+    pub fn finish(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if self.keep_alive
+            && self.request_done
+            && self.write_error.is_none()
+            && conn.read.is_empty()
+        {
             self.pool.put_back(self.worker, conn);
         }
+    }
+
+    /// Closes the connection (the answer is abandoned).
+    pub fn close(&mut self) {
+        self.conn = None;
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    /// Body bytes still to come, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        self.decoder.remaining()
+    }
+}
+
+/// Drops the written prefix of a write buffer before more is appended.
+fn compact(write: &mut Vec<u8>, written: &mut usize) {
+    if *written > 0 {
+        write.drain(..*written);
+        *written = 0;
     }
 }
 
@@ -367,11 +629,7 @@ mod tests {
         &big()
     };
 
-    fn pool(
-        upstream: &RawUpstream,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Arc<Pool<Empty<Bytes>>> {
+    fn pool(upstream: &RawUpstream, idle_timeout: Duration, max_idle: usize) -> Arc<Pool> {
         let settings = PoolSettings {
             connect_timeout: Duration::from_secs(2),
             max_idle,
@@ -390,10 +648,10 @@ mod tests {
 
     /// Sends a GET and reads the whole answer the way the gateway does (through
     /// `UpstreamBody`, which drives and then releases the connection).
-    async fn fetch(pool: &Arc<Pool<Empty<Bytes>>>) -> (u16, Bytes) {
-        let (response, lease) = pool.send(get()).await.unwrap();
+    async fn fetch(pool: &Arc<Pool>) -> (u16, Bytes) {
+        let response = pool.send(get()).await.unwrap();
         let status = response.status().as_u16();
-        let body = UpstreamBody::new(response.into_body(), lease, Duration::from_secs(5));
+        let body = UpstreamBody::new(response.into_body(), Duration::from_secs(5));
         (status, body.collect().await.unwrap().to_bytes())
     }
 
@@ -429,8 +687,8 @@ mod tests {
     async fn an_answer_dropped_half_way_closes_its_connection() {
         let upstream = raw_upstream(BIG, usize::MAX).await;
         let pool = pool(&upstream, Duration::from_secs(60), 8);
-        let (response, lease) = pool.send(get()).await.unwrap();
-        let mut body = UpstreamBody::new(response.into_body(), lease, Duration::from_secs(5));
+        let response = pool.send(get()).await.unwrap();
+        let mut body = UpstreamBody::new(response.into_body(), Duration::from_secs(5));
         body.frame().await.unwrap().unwrap();
         drop(body);
         assert_eq!(pool.idle(0), 0);
@@ -488,8 +746,8 @@ mod tests {
             pool.send(get()).await.unwrap(),
         );
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
-        for (response, lease) in [first, second] {
-            let body = UpstreamBody::new(response.into_body(), lease, Duration::from_secs(5));
+        for response in [first, second] {
+            let body = UpstreamBody::new(response.into_body(), Duration::from_secs(5));
             body.collect().await.unwrap();
         }
         assert_eq!(pool.idle(0), 1);
@@ -509,10 +767,10 @@ mod tests {
             max_idle: 8,
             idle_timeout: Duration::from_secs(60),
         };
-        let pool: Arc<Pool<Empty<Bytes>>> = Pool::new(authority, settings, 1);
+        let pool = Pool::new(authority, settings, 1);
         match pool.send(get()).await {
             Err(SendError::Connect { .. }) => {}
-            other => panic!("{:?}", other.map(|(response, _)| response.status())),
+            other => panic!("{:?}", other.map(|response| response.status())),
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
 use super::error::ProxyError;
-use super::pool::{Lease, Pool, SendError};
+use super::pool::{Exchange, Pool, SendError};
 use crate::auth::Permit;
 use crate::identity::strip_hop_by_hop;
 use crate::metrics::{AtomicHistogram, Metrics};
@@ -44,7 +44,7 @@ pub enum Target {
         /// Idle connections per worker thread: a request and its connection stay on one
         /// thread (thread-per-core). Shared by the snapshots of a reload when the upstream
         /// did not change.
-        pool: Arc<Pool<RequestBody>>,
+        pool: Arc<Pool>,
         /// `Host` for a request that came without one (HTTP/1.0).
         host: HeaderValue,
     },
@@ -182,14 +182,14 @@ fn watch_body_end(
 
 fn finish(
     upstream: &Upstream,
-    result: Result<(Response<hyper::body::Incoming>, Lease<RequestBody>), SendError>,
+    result: Result<Response<Exchange<RequestBody>>, SendError>,
     started: std::time::Instant,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (response, lease) = match result {
-        Err(SendError::Http(e)) if caused_by::<BodyTooLarge>(&e) => {
+    let response = match result {
+        Err(SendError::Body(e)) if caused_by::<BodyTooLarge>(&*e) => {
             return Err(ProxyError::PayloadTooLarge);
         }
-        Err(SendError::Http(e)) if caused_by::<BodyStalled>(&e) => {
+        Err(SendError::Body(e)) if caused_by::<BodyStalled>(&*e) => {
             return Err(ProxyError::RequestBodyStalled);
         }
         Err(e @ SendError::Connect { .. }) => {
@@ -203,11 +203,11 @@ fn finish(
         Ok(answer) => answer,
     };
     upstream.latency.observe(started.elapsed());
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, exchange) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(
         parts,
-        Either::Left(UpstreamBody::new(body, lease, upstream.body_timeout)),
+        Either::Left(UpstreamBody::new(exchange, upstream.body_timeout)),
     ))
 }
 
