@@ -209,7 +209,12 @@ pub fn parse_response_head(
             .map(|field| {
                 let name = field.name.as_ptr() as usize - base;
                 let value = field.value.as_ptr() as usize - base;
-                (name, name + field.name.len(), value, value + field.value.len())
+                (
+                    name,
+                    name + field.name.len(),
+                    value,
+                    value + field.value.len(),
+                )
             })
             .collect();
         let head = buf.split_to(len).freeze();
@@ -514,4 +519,369 @@ fn chunk_size(line: &[u8]) -> Result<u64, FrameError> {
     Ok(line[..digits].iter().fold(0u64, |n, &d| {
         n << 4 | u64::from((d as char).to_digit(16).unwrap_or(0))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn head(bytes: &[u8], head_request: bool) -> Result<Option<Head>, FrameError> {
+        parse_response_head(&mut BytesMut::from(bytes), head_request)
+    }
+
+    fn complete(bytes: &[u8]) -> Head {
+        head(bytes, false).unwrap().unwrap()
+    }
+
+    /// Decodes all of `buf`, then closes: the body, or the first error.
+    fn decode_all(decoder: &mut Decoder, buf: &[u8]) -> Result<Vec<u8>, FrameError> {
+        let mut buf = BytesMut::from(buf);
+        let mut out = Vec::new();
+        loop {
+            match decoder.decode(&mut buf)? {
+                Decoded::Data(data) => out.extend_from_slice(&data),
+                Decoded::End => return Ok(out),
+                Decoded::NeedMore => {
+                    decoder.closed()?;
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_request_head_carries_the_target_the_fields_and_our_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("app"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let cases = [
+            (
+                Method::GET,
+                true,
+                None,
+                RequestFraming::Empty,
+                "content-length: 0\r\n",
+            ),
+            (
+                Method::POST,
+                false,
+                Some(7),
+                RequestFraming::Length(7),
+                "content-length: 7\r\n",
+            ),
+            (
+                Method::PUT,
+                false,
+                None,
+                RequestFraming::Chunked,
+                "transfer-encoding: chunked\r\n",
+            ),
+        ];
+        for (method, empty, len, framing, last) in cases {
+            let mut out = Vec::new();
+            let got = encode_request_head(&method, "/a%20b?q=1", &headers, empty, len, &mut out);
+            assert_eq!(got, framing);
+            let expected = format!(
+                "{method} /a%20b?q=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\n{last}\r\n"
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+        // No Content-Length from the client, no body: no framing field at all.
+        let mut out = Vec::new();
+        encode_request_head(&Method::GET, "/", &HeaderMap::new(), true, None, &mut out);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn chunks_are_sized_in_hex() {
+        let mut out = Vec::new();
+        encode_chunk(&[b'x'; 26], &mut out);
+        encode_chunk(b"a", &mut out);
+        out.extend_from_slice(LAST_CHUNK);
+        let mut expected = b"1a\r\n".to_vec();
+        expected.extend_from_slice(&[b'x'; 26]);
+        expected.extend_from_slice(b"\r\n1\r\na\r\n0\r\n\r\n");
+        assert_eq!(out, expected);
+        assert_eq!(
+            decode_all(&mut Decoder::chunked(), &out).unwrap(),
+            [&[b'x'; 26][..], b"a"].concat()
+        );
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_a_complete_one_leaves_the_body_in_the_buffer() {
+        let full = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-y: z\r\n\r\nhello";
+        for cut in 1..full.len() - 5 {
+            let mut buf = BytesMut::from(&full[..cut]);
+            assert!(
+                parse_response_head(&mut buf, false).unwrap().is_none(),
+                "{cut}"
+            );
+            assert_eq!(buf.len(), cut, "a partial head stays in the buffer");
+        }
+        let mut buf = BytesMut::from(&full[..]);
+        let head = parse_response_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.headers["x-y"], "z");
+        assert!(head.keep_alive);
+        assert_eq!(head.body.remaining(), Some(5));
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn interim_answers_are_dropped_and_switching_protocols_is_refused() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+               HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n"[..],
+        );
+        let created = parse_response_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(created.status, StatusCode::CREATED);
+        assert!(!created.headers.contains_key("link"));
+        assert!(buf.is_empty());
+        // An interim answer alone: wait for the final one.
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2"[..]);
+        assert!(parse_response_head(&mut buf, false).unwrap().is_none());
+        assert_eq!(&buf[..], b"HTTP/1.1 2");
+        assert_eq!(
+            head(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+                false
+            )
+            .unwrap_err(),
+            FrameError::SwitchingProtocols
+        );
+    }
+
+    #[test]
+    fn the_body_length_follows_rfc_9112() {
+        // (answer, HEAD request, body of the bytes after the head, keep-alive)
+        let cases: [(&[u8], bool, Result<&[u8], FrameError>, bool); 12] = [
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabcdef", false, Ok(b"abc"), true),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabcdef", true, Ok(b""), true),
+            (b"HTTP/1.1 204 No Content\r\ncontent-length: 3\r\n\r\nabc", false, Ok(b""), true),
+            (b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n", false, Ok(b""), true),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false, Ok(b"abc"), true),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", false, Ok(b"a"), true),
+            // Chunked not last: the body runs to the close, and the connection ends with it.
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n1\r\na", false, Ok(b"1\r\na"), false),
+            // Both: chunked wins, the length goes, the connection is not reused.
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", false, Ok(b"a"), false),
+            // Neither: to the close.
+            (b"HTTP/1.1 200 OK\r\n\r\nuntil close", false, Ok(b"until close"), false),
+            (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nab", false, Ok(b"ab"), false),
+            (b"HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 2\r\n\r\nab", false, Ok(b"ab"), false),
+            // A cut chunked body is an error, not an end.
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nab", false, Err(FrameError::Truncated), true),
+        ];
+        for (answer, head_request, body, keep_alive) in cases {
+            let text = String::from_utf8_lossy(answer);
+            let mut buf = BytesMut::from(answer);
+            let mut head = parse_response_head(&mut buf, head_request)
+                .unwrap()
+                .unwrap();
+            assert_eq!(head.keep_alive, keep_alive, "{text}");
+            assert!(
+                !(head.headers.contains_key(TRANSFER_ENCODING)
+                    && head.headers.contains_key(CONTENT_LENGTH)),
+                "{text}"
+            );
+            let got = decode_all(&mut head.body, &buf);
+            assert_eq!(got.as_deref().map_err(|e| *e), body, "{text}");
+        }
+    }
+
+    #[test]
+    fn conflicting_or_malformed_lengths_are_errors() {
+        for value in [
+            "5, 6",
+            "+5",
+            "-1",
+            "0x5",
+            "",
+            " ",
+            "5 5",
+            "12345678901234567890",
+        ] {
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {value}\r\n\r\n");
+            assert_eq!(
+                head(answer.as_bytes(), false).unwrap_err(),
+                FrameError::ContentLength,
+                "{value:?}"
+            );
+        }
+        let two = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n";
+        assert_eq!(head(two, false).unwrap_err(), FrameError::ContentLength);
+        // Equal values are one length, folded into one field.
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+        ] {
+            let head = complete(answer);
+            assert_eq!(head.body.remaining(), Some(5));
+            let values: Vec<_> = head.headers.get_all(CONTENT_LENGTH).iter().collect();
+            assert_eq!(values, ["5"]);
+        }
+        assert_eq!(
+            complete(b"HTTP/1.1 200 OK\r\ncontent-length: 9999999999999999999\r\n\r\n")
+                .body
+                .remaining(),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(
+            head(
+                b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                false
+            )
+            .unwrap_err(),
+            FrameError::Head("transfer-encoding in an HTTP/1.0 answer")
+        );
+    }
+
+    #[test]
+    fn malformed_and_oversized_heads_are_errors() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nname : x\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx: a\x00b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx: a\r\n folded\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(answer, false), Err(FrameError::Head(_))),
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let answer = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert_eq!(
+            head(answer.as_bytes(), false).unwrap_err(),
+            FrameError::HeadTooLarge
+        );
+        let long = format!("HTTP/1.1 200 OK\r\nx: {}", "v".repeat(MAX_HEAD));
+        assert_eq!(
+            head(long.as_bytes(), false).unwrap_err(),
+            FrameError::HeadTooLarge
+        );
+        let fits = format!(
+            "HTTP/1.1 200 OK\r\nx: {}\r\n\r\n",
+            "v".repeat(MAX_HEAD - 100)
+        );
+        assert!(head(fits.as_bytes(), false).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_unusual_reason_phrase_is_kept() {
+        let head = complete(b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(head.reason.unwrap().as_bytes(), b"Fine Thanks");
+        assert!(
+            complete(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                .reason
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_are_read_strictly() {
+        let ok: [(&[u8], &[u8]); 4] = [
+            (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5;name=value;x\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (
+                b"5 ;ext\r\nhello\r\nA\r\n0123456789\r\n0\r\nx-trailer: dropped\r\n\r\n",
+                b"hello0123456789",
+            ),
+            (b"000000000000005\r\nhello\r\n0\r\n\r\n", b"hello"),
+        ];
+        for (body, expected) in ok {
+            let text = String::from_utf8_lossy(body);
+            assert_eq!(
+                decode_all(&mut Decoder::chunked(), body).unwrap(),
+                expected,
+                "{text}"
+            );
+        }
+        let bad: [&[u8]; 8] = [
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"\r\nhello\r\n0\r\n\r\n",
+            b"g\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"1000000000000000\r\n",
+            b"5\x01\r\nhello\r\n0\r\n\r\n",
+            b"5;a\x7f\r\nhello\r\n0\r\n\r\n",
+        ];
+        for body in bad {
+            let text = String::from_utf8_lossy(body);
+            assert!(
+                matches!(
+                    decode_all(&mut Decoder::chunked(), body),
+                    Err(FrameError::Chunked(_))
+                ),
+                "{text}"
+            );
+        }
+        // Endless extensions or trailers are cut off.
+        let long_line = format!("5;{}", "x".repeat(MAX_CHUNK_LINE));
+        assert!(decode_all(&mut Decoder::chunked(), long_line.as_bytes()).is_err());
+        let trailers = format!("0\r\n{}", "x-t: v\r\n".repeat(MAX_TRAILERS / 8 + 1));
+        assert!(decode_all(&mut Decoder::chunked(), trailers.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length_and_a_short_one_is_truncated() {
+        let mut decoder = Decoder::length(5);
+        let mut buf = BytesMut::from(&b"helloHTTP/1.1 200"[..]);
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from("hello"))
+        );
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Decoded::End);
+        // What follows stays in the buffer, where it keeps the connection out of the pool.
+        assert_eq!(&buf[..], b"HTTP/1.1 200");
+        let mut short = Decoder::length(5);
+        assert_eq!(decode_all(&mut short, b"hel"), Err(FrameError::Truncated));
+        assert_eq!(
+            decode_all(&mut Decoder::until_close(), b"any"),
+            Ok(b"any".to_vec())
+        );
+    }
+
+    proptest! {
+        /// Any body, in any chunks, read back through any split of the bytes.
+        #[test]
+        fn chunked_bodies_survive_any_split(
+            pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            cuts in proptest::collection::vec(1usize..64, 1..40),
+        ) {
+            let mut wire = Vec::new();
+            for piece in pieces.iter().filter(|p| !p.is_empty()) {
+                encode_chunk(piece, &mut wire);
+            }
+            wire.extend_from_slice(LAST_CHUNK);
+            wire.extend_from_slice(b"NEXT");
+            let mut decoder = Decoder::chunked();
+            let (mut buf, mut out, mut fed, mut cut) = (BytesMut::new(), Vec::new(), 0, cuts.iter().cycle());
+            loop {
+                match decoder.decode(&mut buf).unwrap() {
+                    Decoded::Data(data) => out.extend_from_slice(&data),
+                    Decoded::End => break,
+                    Decoded::NeedMore => {
+                        prop_assert!(fed < wire.len() - 4, "wanted more after the last chunk");
+                        let next = (fed + cut.next().unwrap()).min(wire.len());
+                        buf.extend_from_slice(&wire[fed..next]);
+                        fed = next;
+                    }
+                }
+            }
+            prop_assert_eq!(out, pieces.concat());
+            // Exactly the body was consumed: what follows is intact.
+            let rest = [&buf[..], &wire[fed..]].concat();
+            prop_assert_eq!(rest, b"NEXT".to_vec());
+        }
+    }
 }

@@ -773,4 +773,197 @@ mod tests {
             other => panic!("{:?}", other.map(|response| response.status())),
         }
     }
+
+    /// A body of fixed pieces; `exact`: the length it claims (`None`: unknown, it streams).
+    struct Pieces {
+        pieces: std::collections::VecDeque<Bytes>,
+        exact: Option<u64>,
+    }
+
+    impl http_body::Body for Pieces {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(
+                self.pieces
+                    .pop_front()
+                    .map(|p| Ok(http_body::Frame::data(p))),
+            )
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            self.exact
+                .map_or_else(Default::default, http_body::SizeHint::with_exact)
+        }
+    }
+
+    fn post(pieces: &[&'static str], exact: Option<u64>) -> Request<Pieces> {
+        Request::builder()
+            .method("POST")
+            .uri("/form")
+            .header("host", "upstream")
+            .body(Pieces {
+                pieces: pieces
+                    .iter()
+                    .map(|p| Bytes::from_static(p.as_bytes()))
+                    .collect(),
+                exact,
+            })
+            .unwrap()
+    }
+
+    /// Reads one request (head, then its body by its framing) from `stream`; `None` when
+    /// the peer closed first.
+    async fn read_request(stream: &mut TcpStream, seen: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
+                let body_end = if head.contains("transfer-encoding: chunked") {
+                    seen.windows(5)
+                        .position(|w| w == b"0\r\n\r\n")
+                        .map(|at| at + 5)
+                } else {
+                    let len = head
+                        .split("content-length: ")
+                        .nth(1)
+                        .map_or(0, |rest| rest.lines().next().unwrap().parse().unwrap());
+                    Some(end + 4 + len).filter(|&total| seen.len() >= total)
+                };
+                if let Some(total) = body_end {
+                    return Some(seen.drain(..total).collect());
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// An upstream that runs `serve` on every connection it accepts; counts them.
+    async fn scripted<F, Fut>(serve: F) -> (Authority, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let accepted = Arc::<AtomicUsize>::default();
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream));
+            }
+        });
+        (authority, accepted)
+    }
+
+    fn settings() -> PoolSettings {
+        PoolSettings {
+            connect_timeout: Duration::from_secs(2),
+            max_idle: 8,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_unanswered_goes_again_only_when_that_is_safe() {
+        // Each connection answers its first request; it reads the second, then hangs up
+        // without a word: the race with an upstream closing an idle connection.
+        let (authority, accepted) = scripted(|mut stream| async move {
+            let mut seen = Vec::new();
+            if read_request(&mut stream, &mut seen).await.is_some() {
+                stream.write_all(SIZED).await.unwrap();
+                read_request(&mut stream, &mut seen).await;
+            }
+        })
+        .await;
+        let pool = Pool::new(authority, settings(), 1);
+        assert_eq!(fetch(&pool).await.0, 200);
+        // A GET without a body, on the reused connection: sent again, on a new one.
+        assert_eq!(fetch(&pool).await.0, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A POST with a body: the upstream may have acted on it, so it is not sent again.
+        match pool.send(post(&["a=1"], Some(3))).await {
+            Err(SendError::Closed) => {}
+            other => panic!("{:?}", other.map(|response| response.status())),
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Nor is anything sent again on a connection that was new.
+        let (authority, accepted) = scripted(|mut stream| async move {
+            read_request(&mut stream, &mut Vec::new()).await;
+        })
+        .await;
+        let pool = Pool::new(authority, settings(), 1);
+        assert!(matches!(pool.send(get()).await, Err(SendError::Closed)));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn bytes_beyond_an_answer_keep_its_connection_out_of_the_pool() {
+        // An answer followed by a second, unasked one, or framed by both a length and
+        // chunks: either could answer the next request with the wrong bytes.
+        const EXTRA: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello\
+                               HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSPOOF";
+        const BOTH: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\
+                              transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        for answer in [EXTRA, BOTH] {
+            let upstream = raw_upstream(answer, usize::MAX).await;
+            let pool = pool(&upstream, Duration::from_secs(60), 8);
+            for round in 1..=3 {
+                assert_eq!(fetch(&pool).await, (200, Bytes::from_static(b"hello")));
+                assert_eq!(pool.idle(0), 0);
+                assert_eq!(upstream.accepted.load(Ordering::SeqCst), round);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_body_goes_out_with_its_length_or_in_chunks() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (authority, _) = scripted(move |mut stream| {
+            let tx = tx.clone();
+            async move {
+                let mut seen = Vec::new();
+                while let Some(request) = read_request(&mut stream, &mut seen).await {
+                    tx.send(String::from_utf8(request).unwrap()).unwrap();
+                    stream.write_all(SIZED).await.unwrap();
+                }
+            }
+        })
+        .await;
+        let pool = Pool::new(authority, settings(), 1);
+        let cases = [
+            (
+                post(&["a=1&", "b=2"], Some(7)),
+                "content-length: 7\r\n\r\na=1&b=2",
+            ),
+            (
+                post(&["a=1&", "", "b=2"], None),
+                "transfer-encoding: chunked\r\n\r\n4\r\na=1&\r\n3\r\nb=2\r\n0\r\n\r\n",
+            ),
+            (post(&[], Some(0)), "content-length: 0\r\n\r\n"),
+        ];
+        for (request, framing) in cases {
+            let response = pool.send(request).await.unwrap();
+            let body = UpstreamBody::new(response.into_body(), Duration::from_secs(5));
+            assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+            let expected = format!("POST /form HTTP/1.1\r\nhost: upstream\r\n{framing}");
+            assert_eq!(rx.recv().await.unwrap(), expected);
+        }
+        // A body that says one length and brings another never goes out short or long.
+        for (pieces, exact) in [(&["abcd"][..], 3), (&["ab"][..], 3)] {
+            match pool.send(post(pieces, Some(exact))).await {
+                Err(SendError::Body(_)) => {}
+                other => panic!("{:?}", other.map(|response| response.status())),
+            }
+        }
+    }
 }

@@ -207,12 +207,23 @@ auth = "public"
     )
     .replace("BAD", &bad.to_string());
     let gw = Gateway::start(&text).await;
-    for path in ["/bad/close", "/bad/garbage"] {
+    // Interim answers are dropped; the final one is passed on.
+    let response = client().get(gw.url("/bad/interim")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("link"));
+    assert_eq!(response.text().await.unwrap(), "ok");
+    for path in [
+        "/bad/close",
+        "/bad/garbage",
+        "/bad/switch",
+        "/bad/two-lengths",
+        "/bad/huge-head",
+    ] {
         let response = client().get(gw.url(path)).send().await.unwrap();
         assert_error(response, 502, "bad_gateway").await;
     }
     // Headers were sent: the client gets them and then a truncated body, promptly.
-    for path in ["/bad/truncate", "/bad/stall-body"] {
+    for path in ["/bad/truncate", "/bad/stall-body", "/bad/bad-chunk"] {
         let started = Instant::now();
         let response = client().get(gw.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200);

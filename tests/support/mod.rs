@@ -631,6 +631,28 @@ pub async fn bad_upstream() -> SocketAddr {
                 } else if path.ends_with("/stall-body") {
                     let _ = stream.write_all(partial).await;
                     tokio::time::sleep(Duration::from_secs(10)).await;
+                } else if path.ends_with("/switch") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+                        .await;
+                } else if path.ends_with("/two-lengths") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")
+                        .await;
+                } else if path.ends_with("/huge-head") {
+                    let field = format!("X-Big: {}\r\n", "v".repeat(70 * 1024));
+                    let _ = stream
+                        .write_all(format!("HTTP/1.1 200 OK\r\n{field}\r\n").as_bytes())
+                        .await;
+                } else if path.ends_with("/bad-chunk") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                } else if path.ends_with("/interim") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
                 }
             });
         }
