@@ -659,7 +659,8 @@ mod tests {
     #[test]
     fn the_body_length_follows_rfc_9112() {
         // (answer, HEAD request, body of the bytes after the head, keep-alive)
-        let cases: [(&[u8], bool, Result<&[u8], FrameError>, bool); 12] = [
+        type Case = (&'static [u8], bool, Result<&'static [u8], FrameError>, bool);
+        let cases: [Case; 12] = [
             (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabcdef", false, Ok(b"abc"), true),
             (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabcdef", true, Ok(b""), true),
             (b"HTTP/1.1 204 No Content\r\ncontent-length: 3\r\n\r\nabc", false, Ok(b""), true),
