@@ -50,81 +50,89 @@ struct Record {
 }
 
 /// Entry point for every request on every listener.
-pub async fn handle(
+///
+/// Not an `async fn`: the request is split before the future is made, so that its parts
+/// live in one slot of the future (an `async fn` keeps its argument and what is moved out
+/// of it side by side), and the steps below borrow them in place.
+pub fn handle(
     request: Request<Incoming>,
     conn: ConnInfo,
     shared: SharedSnapshot,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let snapshot = shared.load_full();
-    let method = request.method().clone();
-    let raw_path = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
-        .then(|| request.uri().path().to_owned());
-    let started = raw_path.as_ref().map(|_| Instant::now());
-    let mut record = Record {
-        timed: started.is_some(),
-        ..Record::default()
-    };
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send {
+    let (mut parts, body) = request.into_parts();
+    async move {
+        let snapshot = shared.load_full();
+        let method = parts.method.clone();
+        let raw_path = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
+            .then(|| parts.uri.path().to_owned());
+        let started = raw_path.as_ref().map(|_| Instant::now());
+        let mut record = Record {
+            timed: started.is_some(),
+            ..Record::default()
+        };
 
-    let response = match process(request, &conn, &snapshot, &mut record).await {
-        Ok(response) => response,
-        Err(error) => {
-            record.auth = match (&error, record.auth) {
-                (ProxyError::Denied(_), _) | (_, "") => error.reason(),
-                (_, outcome) => outcome,
-            };
-            match error.rendering().blame {
-                error::Blame::Upstream => tracing::warn!(%error, "upstream error"),
-                error::Blame::Client => tracing::debug!(%error, "request refused"),
+        let response = match process(&mut parts, body, &conn, &snapshot, &mut record).await {
+            Ok(response) => response,
+            Err(error) => {
+                record.auth = match (&error, record.auth) {
+                    (ProxyError::Denied(_), _) | (_, "") => error.reason(),
+                    (_, outcome) => outcome,
+                };
+                match error.rendering().blame {
+                    error::Blame::Upstream => tracing::warn!(%error, "upstream error"),
+                    error::Blame::Client => tracing::debug!(%error, "request refused"),
+                }
+                error.into_response().map(Either::Right)
             }
-            error.into_response().map(Either::Right)
-        }
-    };
-    let status = response.status().as_u16();
-    let route = record.route.map(|i| &snapshot.routes.routes()[i]);
-    let outcome = if record.auth.is_empty() {
-        "other"
-    } else {
-        record.auth
-    };
-    snapshot.metrics.record(
-        route.map_or(&snapshot.unrouted, |r| &r.metrics),
-        &method,
-        status,
-        outcome,
-    );
-    if let Some(raw_path) = raw_path {
-        // The decision log: one line per request, never a credential.
-        let path = record.path.as_ref().map_or(raw_path.as_str(), |p| p.path());
-        let upstream_us = record
-            .upstream_started
-            .map_or(0, |t| t.elapsed().as_micros() as u64);
-        tracing::info!(
-            target: "portcullis::access",
-            method = %method,
-            path,
-            route = route.map_or("-", |r| &*r.name),
+        };
+        let status = response.status().as_u16();
+        let route = record.route.map(|i| &snapshot.routes.routes()[i]);
+        let outcome = if record.auth.is_empty() {
+            "other"
+        } else {
+            record.auth
+        };
+        snapshot.metrics.record(
+            route.map_or(&snapshot.unrouted, |r| &r.metrics),
+            &method,
             status,
-            decision = decision(status, outcome),
-            reason = outcome,
-            provider = record.provider.map_or("-", |p| &*snapshot.providers[p].name),
-            sub = record.subject.as_ref().and_then(|c| c.subject()).unwrap_or("-"),
-            peer = %conn.peer.ip(),
-            auth_us = record.auth_us,
-            upstream_us,
-            latency_us = started.map_or(0, |t| t.elapsed().as_micros() as u64),
+            outcome,
         );
+        if let Some(raw_path) = raw_path {
+            // The decision log: one line per request, never a credential.
+            let path = record.path.as_ref().map_or(raw_path.as_str(), |p| p.path());
+            let upstream_us = record
+                .upstream_started
+                .map_or(0, |t| t.elapsed().as_micros() as u64);
+            tracing::info!(
+                target: "portcullis::access",
+                method = %method,
+                path,
+                route = route.map_or("-", |r| &*r.name),
+                status,
+                decision = decision(status, outcome),
+                reason = outcome,
+                provider = record.provider.map_or("-", |p| &*snapshot.providers[p].name),
+                sub = record.subject.as_ref().and_then(|c| c.subject()).unwrap_or("-"),
+                peer = %conn.peer.ip(),
+                auth_us = record.auth_us,
+                upstream_us,
+                latency_us = started.map_or(0, |t| t.elapsed().as_micros() as u64),
+            );
+        }
+        Ok(response)
     }
-    Ok(response)
 }
 
+/// Borrows the request's parts (see [`handle`]).
 async fn process(
-    request: Request<Incoming>,
+    parts: &mut http::request::Parts,
+    body: Incoming,
     conn: &ConnInfo,
     snapshot: &Snapshot,
     record: &mut Record,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (mut parts, body) = request.into_parts();
-    check_limits(&parts, &snapshot.server)?;
+    check_limits(parts, &snapshot.server)?;
 
     // The gateway's own login endpoints come before the routes.
     if let Some(login) = &snapshot.login
@@ -135,16 +143,14 @@ async fn process(
         record.auth = "login_endpoint";
         // Boxed, like the login redirect below: rare, and large futures that would
         // otherwise make every request's future larger.
-        return Box::pin(login_endpoint(
-            endpoint, login, &parts, body, conn, snapshot,
-        ))
-        .await
-        .map(|response| response.map(Either::Right));
+        return Box::pin(login_endpoint(endpoint, login, parts, body, conn, snapshot))
+            .await
+            .map(|response| response.map(Either::Right));
     }
 
     // 1-2. One canonical host and path, matched against the routes: what is matched is
     // what is forwarded (I4); no route, no upstream.
-    let (index, path_and_query, host_value) = resolve(&parts, snapshot)?;
+    let (index, path_and_query, host_value) = resolve(parts, snapshot)?;
     if record.timed {
         record.path = Some(path_and_query.clone());
     }

@@ -19,7 +19,7 @@
 //! an idle connection, RFC 9112 §9.3.1). Never on a new connection, never after an answer
 //! began.
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker, ready};
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
@@ -76,7 +76,8 @@ const MAX_IDLE_BUFFER: usize = 64 * 1024;
 struct Conn {
     io: TcpStream,
     read: BytesMut,
-    write: Vec<u8>,
+    /// The write buffer of the last exchange, for the next one.
+    spare: Vec<u8>,
 }
 
 impl Conn {
@@ -84,7 +85,7 @@ impl Conn {
         Conn {
             io,
             read: BytesMut::new(),
-            write: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -142,20 +143,25 @@ impl Pool {
         &self.settings
     }
 
-    /// Sends `request` (its URI is the origin-form target) on a pooled or new connection
-    /// of the calling worker, and reads until the response head has arrived. The answer's
-    /// body is the [`Exchange`], which reads the rest.
-    pub async fn send<B: SendBody>(
+    /// Sends the request (`parts.uri` is the origin-form target) on a pooled or new connection
+    /// of the calling worker; the future reads until the response head has arrived. The
+    /// answer's body is the [`Exchange`], which reads the rest.
+    ///
+    /// The request head is encoded here, before the first poll, so the future holds bytes
+    /// and not the request: it is a few hundred bytes, moved and polled on every request.
+    /// The version in `parts` is not looked at: the upstream always gets HTTP/1.1.
+    pub fn send<B: SendBody>(
         self: &Arc<Self>,
-        request: Request<B>,
-    ) -> Result<Response<Exchange<B>>, SendError> {
+        parts: &http::request::Parts,
+        body: B,
+    ) -> Sending<B> {
         let worker = crate::server::worker_id() % self.slots.len();
-        let (parts, body) = request.into_parts();
-        let (mut conn, mut reused) = match self.checkout(worker) {
-            Some(conn) => (conn, true),
-            None => (self.connect().await?, false),
-        };
-        conn.write.clear();
+        let mut conn = self.checkout(worker);
+        let mut write = conn
+            .as_mut()
+            .map(|conn| std::mem::take(&mut conn.spare))
+            .unwrap_or_default();
+        write.clear();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let framing = h1::encode_request_head(
             &parts.method,
@@ -163,61 +169,47 @@ impl Pool {
             &parts.headers,
             http_body::Body::is_end_stream(&body),
             http_body::Body::size_hint(&body).exact(),
-            &mut conn.write,
+            &mut write,
         );
-        let head_request = parts.method == Method::HEAD;
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
-        let mut exchange = Exchange {
-            conn: Some(conn),
-            pool: self.clone(),
-            worker,
-            body: (framing != RequestFraming::Empty).then_some(body),
-            framing,
-            sent: 0,
-            written: 0,
-            wrote: false,
-            request_done: false,
-            write_error: None,
-            answered: false,
-            decoder: Decoder::done(),
-            keep_alive: false,
-        };
-        loop {
-            match poll_fn(|cx| exchange.poll_head(cx, head_request)).await {
-                Ok(head) => {
-                    exchange.decoder = head.body;
-                    exchange.keep_alive = head.keep_alive;
-                    let mut response = Response::new(exchange);
-                    *response.status_mut() = head.status;
-                    *response.version_mut() = head.version;
-                    *response.headers_mut() = head.headers;
-                    if let Some(reason) = head.reason {
-                        response.extensions_mut().insert(reason);
-                    }
-                    return Ok(response);
-                }
-                Err(e) if reused && exchange.replayable(&e, idempotent) => {
-                    let mut fresh = self.connect().await?;
-                    if let Some(stale) = exchange.conn.take() {
-                        fresh.write = stale.write;
-                    }
-                    exchange.conn = Some(fresh);
-                    exchange.written = 0;
-                    exchange.request_done = false;
-                    exchange.write_error = None;
-                    reused = false;
-                }
-                Err(e) => return Err(e),
-            }
+        let reused = conn.is_some();
+        let connecting = conn.is_none().then(|| self.open());
+        Sending {
+            exchange: Some(Exchange {
+                conn,
+                pool: self.clone(),
+                worker,
+                body: (framing != RequestFraming::Empty).then_some(body),
+                framing,
+                write,
+                sent: 0,
+                written: 0,
+                wrote: false,
+                request_done: false,
+                write_error: None,
+                answered: false,
+                decoder: Decoder::done(),
+                keep_alive: false,
+            }),
+            connecting,
+            head_request: parts.method == Method::HEAD,
+            idempotent: matches!(
+                parts.method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            ),
+            reused,
         }
+    }
+
+    /// Opens a connection. Boxed: most requests find one in the pool, and the future of
+    /// a connect would otherwise enlarge every request's.
+    fn open(self: &Arc<Self>) -> Connecting {
+        let pool = self.clone();
+        Box::pin(async move { pool.connect().await })
     }
 
     fn checkout(&self, worker: usize) -> Option<Conn> {
@@ -323,6 +315,66 @@ async fn sweep(pool: Weak<Pool>, worker: usize) {
 const MIN_SWEEP: Duration = Duration::from_millis(50);
 const MAX_SWEEP: Duration = Duration::from_secs(5);
 
+type Connecting = Pin<Box<dyn Future<Output = Result<Conn, SendError>> + Send>>;
+
+/// The future of [`Pool::send`]: the response head, with the [`Exchange`] as its body.
+pub struct Sending<B> {
+    /// `None` once the answer has been handed out.
+    exchange: Option<Exchange<B>>,
+    /// A connection being opened: the first, or a fresh one to send the request again.
+    connecting: Option<Connecting>,
+    head_request: bool,
+    idempotent: bool,
+    /// The current connection came from the pool.
+    reused: bool,
+}
+
+impl<B: SendBody> Future for Sending<B> {
+    type Output = Result<Response<Exchange<B>>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let exchange = this
+            .exchange
+            .as_mut()
+            .expect("Sending polled after it completed");
+        loop {
+            if let Some(connecting) = &mut this.connecting {
+                let conn = ready!(connecting.as_mut().poll(cx))?;
+                this.connecting = None;
+                exchange.conn = Some(conn);
+            }
+            match ready!(exchange.poll_head(cx, this.head_request)) {
+                Ok(head) => {
+                    let Some(mut exchange) = this.exchange.take() else {
+                        unreachable!("checked above");
+                    };
+                    exchange.decoder = head.body;
+                    exchange.keep_alive = head.keep_alive;
+                    let mut response = Response::new(exchange);
+                    *response.status_mut() = head.status;
+                    *response.version_mut() = head.version;
+                    *response.headers_mut() = head.headers;
+                    if let Some(reason) = head.reason {
+                        response.extensions_mut().insert(reason);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                Err(e) if this.reused && exchange.replayable(&e, this.idempotent) => {
+                    // The same bytes, from the start, on a fresh connection.
+                    this.reused = false;
+                    exchange.conn = None;
+                    exchange.written = 0;
+                    exchange.request_done = false;
+                    exchange.write_error = None;
+                    this.connecting = Some(exchange.pool.open());
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 /// One request and its answer on one connection: the rest of the request body going out,
 /// the response body coming in. The connection goes back to the pool when both ended
 /// cleanly (see the module note); dropped half-way, the exchange closes it.
@@ -334,9 +386,11 @@ pub struct Exchange<B> {
     /// The request body, `None` once it has all been taken.
     body: Option<B>,
     framing: RequestFraming,
+    /// The request bytes to write: the head, then body pieces.
+    write: Vec<u8>,
     /// Body bytes taken so far (checked against a `Content-Length`).
     sent: u64,
-    /// Bytes of `conn.write` already written.
+    /// Bytes of `write` already written.
     written: usize,
     /// Some byte of the request has reached the socket.
     wrote: bool,
@@ -362,7 +416,7 @@ impl<B: SendBody> Exchange<B> {
         }
         loop {
             while let Some(body) = &mut self.body
-                && conn.write.len() - self.written < WRITE_BATCH
+                && self.write.len() - self.written < WRITE_BATCH
             {
                 let frame = match Pin::new(body).poll_frame(cx) {
                     Poll::Pending => break,
@@ -375,8 +429,8 @@ impl<B: SendBody> Exchange<B> {
                                 )));
                             }
                             RequestFraming::Chunked => {
-                                compact(&mut conn.write, &mut self.written);
-                                conn.write.extend_from_slice(h1::LAST_CHUNK);
+                                compact(&mut self.write, &mut self.written);
+                                self.write.extend_from_slice(h1::LAST_CHUNK);
                             }
                             _ => {}
                         }
@@ -402,21 +456,21 @@ impl<B: SendBody> Exchange<B> {
                         "the request body is longer than its Content-Length".into(),
                     )));
                 }
-                compact(&mut conn.write, &mut self.written);
+                compact(&mut self.write, &mut self.written);
                 if self.framing == RequestFraming::Chunked {
-                    h1::encode_chunk(&data, &mut conn.write);
+                    h1::encode_chunk(&data, &mut self.write);
                 } else {
-                    conn.write.extend_from_slice(&data);
+                    self.write.extend_from_slice(&data);
                 }
             }
-            if self.written == conn.write.len() {
+            if self.written == self.write.len() {
                 if self.body.is_none() {
                     self.request_done = true;
                     return Poll::Ready(Ok(()));
                 }
                 return Poll::Pending;
             }
-            match Pin::new(&mut conn.io).poll_write(cx, &conn.write[self.written..]) {
+            match Pin::new(&mut conn.io).poll_write(cx, &self.write[self.written..]) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     self.write_error = Some(std::io::ErrorKind::WriteZero.into());
@@ -520,12 +574,15 @@ impl<B: SendBody> Exchange<B> {
     /// The answer has ended: the connection goes back to the pool when it can carry the
     /// next request, and is closed otherwise.
     pub fn finish(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         if self.keep_alive
             && self.request_done
             && self.write_error.is_none()
             && conn.read.is_empty()
         {
+            conn.spare = std::mem::take(&mut self.write);
             self.pool.put_back(self.worker, conn);
         }
     }
@@ -564,6 +621,12 @@ mod tests {
 
     use super::*;
     use crate::proxy::body::UpstreamBody;
+    use http::Request;
+
+    fn send<B: SendBody>(pool: &Arc<Pool>, request: Request<B>) -> Sending<B> {
+        let (parts, body) = request.into_parts();
+        pool.send(&parts, body)
+    }
 
     /// A raw upstream that answers every request head with `answer`. It counts the
     /// connections it accepted and those that ended (the peer closed them), and closes a
@@ -649,7 +712,7 @@ mod tests {
     /// Sends a GET and reads the whole answer the way the gateway does (through
     /// `UpstreamBody`, which drives and then releases the connection).
     async fn fetch(pool: &Arc<Pool>) -> (u16, Bytes) {
-        let response = pool.send(get()).await.unwrap();
+        let response = send(&pool, get()).await.unwrap();
         let status = response.status().as_u16();
         let body = UpstreamBody::new(response.into_body(), Duration::from_secs(5));
         (status, body.collect().await.unwrap().to_bytes())
@@ -687,7 +750,7 @@ mod tests {
     async fn an_answer_dropped_half_way_closes_its_connection() {
         let upstream = raw_upstream(BIG, usize::MAX).await;
         let pool = pool(&upstream, Duration::from_secs(60), 8);
-        let response = pool.send(get()).await.unwrap();
+        let response = send(&pool, get()).await.unwrap();
         let mut body = UpstreamBody::new(response.into_body(), Duration::from_secs(5));
         body.frame().await.unwrap().unwrap();
         drop(body);
@@ -742,8 +805,8 @@ mod tests {
         let upstream = raw_upstream(SIZED, usize::MAX).await;
         let pool = pool(&upstream, Duration::from_secs(60), 1);
         let (first, second) = (
-            pool.send(get()).await.unwrap(),
-            pool.send(get()).await.unwrap(),
+            send(&pool, get()).await.unwrap(),
+            send(&pool, get()).await.unwrap(),
         );
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
         for response in [first, second] {
@@ -768,7 +831,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
         };
         let pool = Pool::new(authority, settings, 1);
-        match pool.send(get()).await {
+        match send(&pool, get()).await {
             Err(SendError::Connect { .. }) => {}
             other => panic!("{:?}", other.map(|response| response.status())),
         }
@@ -891,7 +954,7 @@ mod tests {
         assert_eq!(fetch(&pool).await.0, 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // A POST with a body: the upstream may have acted on it, so it is not sent again.
-        match pool.send(post(&["a=1"], Some(3))).await {
+        match send(&pool, post(&["a=1"], Some(3))).await {
             Err(SendError::Closed) => {}
             other => panic!("{:?}", other.map(|response| response.status())),
         }
@@ -902,7 +965,7 @@ mod tests {
         })
         .await;
         let pool = Pool::new(authority, settings(), 1);
-        assert!(matches!(pool.send(get()).await, Err(SendError::Closed)));
+        assert!(matches!(send(&pool, get()).await, Err(SendError::Closed)));
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
@@ -952,7 +1015,7 @@ mod tests {
             (post(&[], Some(0)), "content-length: 0\r\n\r\n"),
         ];
         for (request, framing) in cases {
-            let response = pool.send(request).await.unwrap();
+            let response = send(&pool, request).await.unwrap();
             let body = UpstreamBody::new(response.into_body(), Duration::from_secs(5));
             assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
             let expected = format!("POST /form HTTP/1.1\r\nhost: upstream\r\n{framing}");
@@ -960,7 +1023,7 @@ mod tests {
         }
         // A body that says one length and brings another never goes out short or long.
         for (pieces, exact) in [(&["abcd"][..], 3), (&["ab"][..], 3)] {
-            match pool.send(post(pieces, Some(exact))).await {
+            match send(&pool, post(pieces, Some(exact))).await {
                 Err(SendError::Body(_)) => {}
                 other => panic!("{:?}", other.map(|response| response.status())),
             }

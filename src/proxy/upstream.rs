@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
-use http::{Request, Response, Uri, Version};
+use http::{Response, Uri};
 use http_body_util::{Either, Full};
 use tokio::sync::oneshot;
 
@@ -125,59 +125,65 @@ impl Upstream {
 /// Sends the rewritten request (`parts` + `body`, for `path_and_query`) upstream.
 /// Takes the request's [`Permit`] as proof of authorization (I1): there is no way to call
 /// it without one, and only `auth::authenticate` makes them.
-pub async fn forward(
-    upstream: &Upstream,
+///
+/// The request is prepared (and its head encoded) before the returned future is first
+/// polled: the future holds only what the wait for the answer needs, so it stays small.
+pub fn forward<'a>(
+    upstream: &'a Upstream,
     _permit: &Permit,
-    mut parts: http::request::Parts,
+    parts: &mut http::request::Parts,
     path_and_query: PathAndQuery,
     body: RequestBody,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let (pool, host) = match &upstream.target {
-        Target::Http { pool, host } => (pool, host),
-        Target::Echo => return Ok(echo(&parts, &path_and_query)),
+) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
+    let prepared = match &upstream.target {
+        Target::Echo => Err(echo(parts, &path_and_query)),
+        Target::Http { pool, host } => {
+            // Origin-form: the target as the upstream expects it from a gateway, not a proxy.
+            parts.uri = Uri::from(path_and_query);
+            if !parts.headers.contains_key(HOST) {
+                parts.headers.insert(HOST, host.clone());
+            }
+            let (body, body_done) = watch_body_end(body);
+            Ok((pool.send(parts, body), body_done))
+        }
     };
-    // Origin-form: the target as the upstream expects it from a gateway, not a proxy.
-    parts.uri = Uri::from(path_and_query);
-    parts.version = Version::HTTP_11;
-    if !parts.headers.contains_key(HOST) {
-        parts.headers.insert(HOST, host.clone());
-    }
-    let request = Request::from_parts(parts, body);
-
-    // The response timeout counts from the end of the request body: a long upload is
-    // guarded by the body's own stall timer, not cut by the wait for the answer.
     let started = std::time::Instant::now();
-    let (request, body_done) = watch_body_end(request);
-    let response = pool.send(request);
-    tokio::pin!(response);
-    if let Some(body_done) = body_done {
-        tokio::select! {
-            biased;
-            result = &mut response => return finish(upstream, result, started),
-            _ = body_done => {}
+    let mut prepared = prepared;
+    async move {
+        // Matched in place (`ref mut`): moving the parts out would give them a second slot
+        // in this future.
+        let (response, body_done) = match prepared {
+            Err(echo) => return Ok(echo),
+            Ok((ref mut response, ref mut body_done)) => (response, body_done),
+        };
+        // The response timeout counts from the end of the request body: a long upload is
+        // guarded by the body's own stall timer, not cut by the wait for the answer.
+        if let Some(body_done) = body_done {
+            tokio::select! {
+                biased;
+                result = &mut *response => return finish(upstream, result, started),
+                _ = body_done => {}
+            }
         }
+        let result = match tokio::time::timeout(upstream.timeout, response).await {
+            Err(_elapsed) => {
+                upstream.metrics.upstream_error(&upstream.name, "timeout");
+                return Err(ProxyError::UpstreamTimeout);
+            }
+            Ok(result) => result,
+        };
+        finish(upstream, result, started)
     }
-    let result = match tokio::time::timeout(upstream.timeout, response).await {
-        Err(_elapsed) => {
-            upstream.metrics.upstream_error(&upstream.name, "timeout");
-            return Err(ProxyError::UpstreamTimeout);
-        }
-        Ok(result) => result,
-    };
-    finish(upstream, result, started)
 }
 
 /// For a request with a body, a signal that resolves when the body has been sent (or failed).
-fn watch_body_end(
-    request: Request<RequestBody>,
-) -> (Request<RequestBody>, Option<oneshot::Receiver<()>>) {
+fn watch_body_end(body: RequestBody) -> (RequestBody, Option<oneshot::Receiver<()>>) {
     use http_body::Body as _;
-    if request.body().is_end_stream() {
-        return (request, None);
+    if body.is_end_stream() {
+        return (body, None);
     }
     let (tx, rx) = oneshot::channel();
-    let request = request.map(|body| body.on_end(tx));
-    (request, Some(rx))
+    (body.on_end(tx), Some(rx))
 }
 
 fn finish(
