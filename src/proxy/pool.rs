@@ -712,7 +712,7 @@ mod tests {
     /// Sends a GET and reads the whole answer the way the gateway does (through
     /// `UpstreamBody`, which drives and then releases the connection).
     async fn fetch(pool: &Arc<Pool>) -> (u16, Bytes) {
-        let response = send(&pool, get()).await.unwrap();
+        let response = send(pool, get()).await.unwrap();
         let status = response.status().as_u16();
         let body = UpstreamBody::new(response.into_body(), Duration::from_secs(5));
         (status, body.collect().await.unwrap().to_bytes())
