@@ -132,7 +132,8 @@ pub fn rewrite_request(
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `Proxy-Connection`).
+/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `Proxy-Connection`). An
+/// upstream's answer loses the same ones where its head is parsed (`proxy::h1`).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -173,11 +174,6 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
     for name in names {
         headers.remove(name);
     }
-}
-
-/// Removes hop-by-hop headers and those the `Connection` header names (responses).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    remove_where(headers, |name| HOP_BY_HOP.contains(&name));
 }
 
 fn rewrite_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {

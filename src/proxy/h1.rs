@@ -15,7 +15,10 @@
 //! no byte behind.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, Method, StatusCode, Version};
 use std::mem::MaybeUninit;
 
@@ -219,15 +222,22 @@ pub fn parse_response_head(
             .collect();
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(spans.len());
+        let mut fields = Framing::default();
         for (name_start, name_end, value_start, value_end) in spans {
             let name = HeaderName::from_bytes(&head[name_start..name_end])
                 .map_err(|_| FrameError::Head("field name"))?;
+            let value = &head[value_start..value_end];
+            // Hop-by-hop fields are read for the framing, and not passed on (RFC 9110
+            // §7.6.1): this is where the answer's are stripped.
+            if fields.hop_by_hop(&name, value)? {
+                continue;
+            }
             // httparse let through only what a field value may hold (no CR, LF, NUL).
             let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
                 .map_err(|_| FrameError::Head("field value"))?;
             headers.append(name, value);
         }
-        let (body, keep_alive) = framing(status, version, &mut headers, head_request)?;
+        let (body, keep_alive) = fields.decide(status, version, &mut headers, head_request)?;
         return Ok(Some(Head {
             status,
             version,
@@ -251,93 +261,123 @@ fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
-/// RFC 9112 §6.3: how long the body is, and whether the connection outlives it. May
-/// rewrite the framing fields so that the head handed on is consistent with the body.
-fn framing(
-    status: StatusCode,
-    version: Version,
-    headers: &mut HeaderMap,
-    head_request: bool,
-) -> Result<(Decoder, bool), FrameError> {
-    let mut keep_alive = version == Version::HTTP_11
-        && !headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"));
-    // Known before the fields: no body at all.
-    let no_body =
-        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    if headers.contains_key(TRANSFER_ENCODING) {
-        if version != Version::HTTP_11 {
-            return Err(FrameError::Head("transfer-encoding in an HTTP/1.0 answer"));
+/// What the framing fields of an answer said, gathered in the one pass over its fields.
+#[derive(Default)]
+struct Framing {
+    /// The one length all `Content-Length` values agree on.
+    length: Option<u64>,
+    /// `Content-Length` fields, or values in them, beyond the first.
+    extra_lengths: bool,
+    /// `Transfer-Encoding` was present; true when its last coding is chunked.
+    transfer_encoding: Option<bool>,
+    /// `Connection: close`.
+    close: bool,
+    /// Other fields `Connection` names: hop-by-hop too (rare, so allocated only then).
+    named: Vec<HeaderName>,
+}
+
+impl Framing {
+    /// Reads one field; true when it is hop-by-hop (and so is not passed on).
+    fn hop_by_hop(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, FrameError> {
+        if *name == CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                let n = parse_length(part)?;
+                match self.length {
+                    Some(seen) if seen != n => return Err(FrameError::ContentLength),
+                    Some(_) => self.extra_lengths = true,
+                    None => self.length = Some(n),
+                }
+            }
+            return Ok(false);
         }
-        let chunked = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
-        if headers.contains_key(CONTENT_LENGTH) {
-            // §6.3.3: Transfer-Encoding wins; the length goes, and so does the connection
-            // (such an answer is suspicious, and nothing after it is trusted).
-            headers.remove(CONTENT_LENGTH);
-            keep_alive = false;
+        if *name == TRANSFER_ENCODING {
+            // The last coding of the last field is the one that frames the body.
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.transfer_encoding = Some(trim(last).eq_ignore_ascii_case(b"chunked"));
+            return Ok(true);
+        }
+        if *name == CONNECTION {
+            for token in value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if !token.is_empty()
+                    && !token.eq_ignore_ascii_case(b"keep-alive")
+                    && let Ok(named) = HeaderName::from_bytes(token)
+                {
+                    self.named.push(named);
+                }
+            }
+            return Ok(true);
+        }
+        Ok(*name == TE
+            || *name == TRAILER
+            || *name == UPGRADE
+            || *name == PROXY_AUTHORIZATION
+            || matches!(name.as_str(), "keep-alive" | "proxy-connection"))
+    }
+
+    /// RFC 9112 §6.3: how long the body is, and whether the connection outlives it. Makes
+    /// the fields handed on consistent with the body.
+    fn decide(
+        self,
+        status: StatusCode,
+        version: Version,
+        headers: &mut HeaderMap,
+        head_request: bool,
+    ) -> Result<(Decoder, bool), FrameError> {
+        for named in &self.named {
+            headers.remove(named);
+        }
+        let mut keep_alive = version == Version::HTTP_11 && !self.close;
+        // Known before the fields: no body at all.
+        let no_body =
+            head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        if let Some(chunked) = self.transfer_encoding {
+            if version != Version::HTTP_11 {
+                return Err(FrameError::Head("transfer-encoding in an HTTP/1.0 answer"));
+            }
+            if self.length.is_some() {
+                // §6.3.3: Transfer-Encoding wins; the length goes, and so does the
+                // connection (such an answer is suspicious, nothing after it is trusted).
+                headers.remove(CONTENT_LENGTH);
+                keep_alive = false;
+            }
+            if no_body {
+                return Ok((Decoder::done(), keep_alive));
+            }
+            if chunked {
+                return Ok((Decoder::chunked(), keep_alive));
+            }
+            // §6.3.4: not chunked last: the body runs to the close.
+            return Ok((Decoder::until_close(), false));
+        }
+        if let Some(n) = self.length
+            && self.extra_lengths
+        {
+            // `5, 5` or two fields of 5: one field.
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
         if no_body {
             return Ok((Decoder::done(), keep_alive));
         }
-        if chunked {
-            return Ok((Decoder::chunked(), keep_alive));
+        match self.length {
+            Some(len) => Ok((Decoder::length(len), keep_alive)),
+            None => Ok((Decoder::until_close(), false)),
         }
-        // §6.3.4: not chunked last: the body runs to the close.
-        return Ok((Decoder::until_close(), false));
-    }
-    let length = content_length(headers)?;
-    if no_body {
-        return Ok((Decoder::done(), keep_alive));
-    }
-    match length {
-        Some(len) => Ok((Decoder::length(len), keep_alive)),
-        None => Ok((Decoder::until_close(), false)),
     }
 }
 
-/// The one length all `Content-Length` values agree on (`5` and `5, 5` are one length; `5`
-/// and `6`, `+5`, `0x5` or an empty value are errors). Several equal values are folded
-/// into one field.
-fn content_length(headers: &mut HeaderMap) -> Result<Option<u64>, FrameError> {
-    let mut length = None;
-    let mut fields = 0;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        fields += 1;
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = trim(part);
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(FrameError::ContentLength);
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|seen| seen != n) {
-                return Err(FrameError::ContentLength);
-            }
-            length = Some(n);
-        }
+/// One `Content-Length` value: digits only (not `+5`, `0x5` or empty), at most 19 of them.
+fn parse_length(part: &[u8]) -> Result<u64, FrameError> {
+    let part = trim(part);
+    if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+        return Err(FrameError::ContentLength);
     }
-    if let Some(n) = length
-        && (fields > 1 || headers[CONTENT_LENGTH].as_bytes().contains(&b','))
-    {
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    Ok(length)
+    Ok(part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
     bytes.trim_ascii()
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|part| trim(part).eq_ignore_ascii_case(token))
 }
 
 /// The response body's framing, and where the decoding stands.
@@ -774,6 +814,24 @@ mod tests {
             "v".repeat(MAX_HEAD - 100)
         );
         assert!(head(fits.as_bytes(), false).unwrap().is_some());
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_not_passed_on() {
+        let head = complete(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\n\
+              X-Private: secret\r\nUpgrade: h2c\r\nTrailer: x-t\r\nTE: trailers\r\n\
+              Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\n\
+              X-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
+        );
+        let mut names: Vec<_> = head.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-kept"]);
+        assert!(head.keep_alive);
+        // Names in Connection are hop-by-hop wherever they come in the head.
+        let head =
+            complete(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nconnection: x-a\r\ncontent-length: 0\r\n\r\n");
+        assert!(!head.headers.contains_key("x-a"));
     }
 
     #[test]

@@ -17,7 +17,6 @@ use super::body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
 use super::error::ProxyError;
 use super::pool::{Exchange, Pool, SendError};
 use crate::auth::Permit;
-use crate::identity::strip_hop_by_hop;
 use crate::metrics::{AtomicHistogram, Metrics};
 use crate::telemetry::error_chain;
 use std::sync::Arc;
@@ -209,8 +208,8 @@ fn finish(
         Ok(answer) => answer,
     };
     upstream.latency.observe(started.elapsed());
-    let (mut parts, exchange) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    // Hop-by-hop fields were left out when the head was parsed (`h1`).
+    let (parts, exchange) = response.into_parts();
     Ok(Response::from_parts(
         parts,
         Either::Left(UpstreamBody::new(exchange, upstream.body_timeout)),
