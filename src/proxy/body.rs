@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::pool::{Exchange, SendBody};
@@ -78,8 +77,6 @@ pub struct RequestBody {
     inner: Incoming,
     remaining: Option<u64>,
     stall: StallTimer,
-    /// Told (by being dropped or sent) when the body has ended, well or badly.
-    on_end: Option<oneshot::Sender<()>>,
 }
 
 impl RequestBody {
@@ -88,21 +85,7 @@ impl RequestBody {
             inner,
             remaining: limit,
             stall: StallTimer::new(idle),
-            on_end: None,
         }
-    }
-
-    /// Signals `tx` when the body is done (fully read, failed, or dropped).
-    pub fn on_end(mut self, tx: oneshot::Sender<()>) -> Self {
-        self.on_end = Some(tx);
-        self
-    }
-
-    fn ended<T>(&mut self, result: T) -> T {
-        if let Some(tx) = self.on_end.take() {
-            let _ = tx.send(());
-        }
-        result
     }
 }
 
@@ -118,10 +101,10 @@ impl Body for RequestBody {
         loop {
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
-                Poll::Ready(Some(Err(e))) => return this.ended(Poll::Ready(Some(Err(e.into())))),
-                Poll::Ready(None) => return this.ended(Poll::Ready(None)),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending if this.stall.stalled(cx) => {
-                    return this.ended(Poll::Ready(Some(Err(Box::new(BodyStalled)))));
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled))));
                 }
                 Poll::Pending => return Poll::Pending,
             };
@@ -132,12 +115,9 @@ impl Body for RequestBody {
             if let (Some(remaining), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
                 let len = data.len() as u64;
                 if len > *remaining {
-                    return this.ended(Poll::Ready(Some(Err(Box::new(BodyTooLarge)))));
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                 }
                 *remaining -= len;
-            }
-            if this.inner.is_end_stream() {
-                this.ended(());
             }
             return Poll::Ready(Some(Ok(frame)));
         }

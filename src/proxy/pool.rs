@@ -30,6 +30,7 @@ use http::uri::Authority;
 use http::{Method, Response};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::body::BoxError;
 use super::h1::{self, Decoded, Decoder, FrameError, RequestFraming};
@@ -61,6 +62,8 @@ pub enum SendError {
     Io(#[from] std::io::Error),
     #[error("the upstream closed the connection before answering")]
     Closed,
+    #[error("no answer from the upstream within its timeout")]
+    Timeout,
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
@@ -78,6 +81,10 @@ struct Conn {
     read: BytesMut,
     /// The write buffer of the last exchange, for the next one.
     spare: Vec<u8>,
+    /// The response timeout of the current exchange. One per connection, moved to a
+    /// later deadline by each request: in tokio that costs an atomic store, where a new
+    /// timer per request is an insertion into the timer wheel and a removal.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -86,6 +93,7 @@ impl Conn {
             io,
             read: BytesMut::new(),
             spare: Vec::new(),
+            timer: None,
         }
     }
 
@@ -95,6 +103,22 @@ impl Conn {
             self.read.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Sets the timer to `timeout` from now.
+    fn arm(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// The timer has gone off (registers `cx` to be woken when it does).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
     }
 
     /// An idle connection is usable: nothing unread, and the upstream has not closed it.
@@ -150,10 +174,15 @@ impl Pool {
     /// The request head is encoded here, before the first poll, so the future holds bytes
     /// and not the request: it is a few hundred bytes, moved and polled on every request.
     /// The version in `parts` is not looked at: the upstream always gets HTTP/1.1.
+    ///
+    /// `timeout` bounds each wait on the upstream before the answer's head: for it to take
+    /// more request bytes while it takes none, and for the head once the request has all
+    /// been sent. Waits on the client's body are bounded by the body (`RequestBody`).
     pub fn send<B: SendBody>(
         self: &Arc<Self>,
         parts: &http::request::Parts,
         body: B,
+        timeout: Duration,
     ) -> Sending<B> {
         let worker = crate::server::worker_id() % self.slots.len();
         let mut conn = self.checkout(worker);
@@ -187,6 +216,8 @@ impl Pool {
                 request_done: false,
                 write_error: None,
                 answered: false,
+                timeout,
+                armed: false,
                 decoder: Decoder::done(),
                 keep_alive: false,
             }),
@@ -367,6 +398,7 @@ impl<B: SendBody> Future for Sending<B> {
                     exchange.written = 0;
                     exchange.request_done = false;
                     exchange.write_error = None;
+                    exchange.armed = false;
                     this.connecting = Some(exchange.pool.open());
                 }
                 Err(e) => return Poll::Ready(Err(e)),
@@ -399,6 +431,10 @@ pub struct Exchange<B> {
     write_error: Option<std::io::Error>,
     /// Some byte of an answer has arrived.
     answered: bool,
+    /// How long the upstream may take to accept request bytes, and then to answer.
+    timeout: Duration,
+    /// The connection's timer runs for the current wait.
+    armed: bool,
     decoder: Decoder,
     keep_alive: bool,
 }
@@ -465,23 +501,40 @@ impl<B: SendBody> Exchange<B> {
             }
             if self.written == self.write.len() {
                 if self.body.is_none() {
+                    // All sent: the wait for the answer starts.
                     self.request_done = true;
+                    conn.arm(self.timeout);
+                    self.armed = true;
                     return Poll::Ready(Ok(()));
                 }
                 return Poll::Pending;
             }
             match Pin::new(&mut conn.io).poll_write(cx, &self.write[self.written..]) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // The upstream takes nothing: it has `timeout` to take more.
+                    if !self.armed {
+                        conn.arm(self.timeout);
+                        self.armed = true;
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(0)) => {
                     self.write_error = Some(std::io::ErrorKind::WriteZero.into());
+                    conn.arm(self.timeout);
+                    self.armed = true;
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Ok(n)) => {
                     self.written += n;
                     self.wrote = true;
+                    self.armed = false;
                 }
                 Poll::Ready(Err(e)) => {
+                    // The upstream may still answer (a 413, then a reset): it has
+                    // `timeout` to.
                     self.write_error = Some(e);
+                    conn.arm(self.timeout);
+                    self.armed = true;
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -501,7 +554,14 @@ impl<B: SendBody> Exchange<B> {
             return Poll::Ready(Err(SendError::Closed));
         };
         loop {
-            match ready!(conn.poll_fill(cx)) {
+            let filled = match conn.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending if self.armed && conn.expired(cx) => {
+                    return Poll::Ready(Err(SendError::Timeout));
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            match filled {
                 Ok(0) if conn.read.is_empty() && !self.answered => {
                     // A write error says more than the close it caused.
                     return Poll::Ready(Err(self
@@ -625,7 +685,7 @@ mod tests {
 
     fn send<B: SendBody>(pool: &Arc<Pool>, request: Request<B>) -> Sending<B> {
         let (parts, body) = request.into_parts();
-        pool.send(&parts, body)
+        pool.send(&parts, body, Duration::from_secs(5))
     }
 
     /// A raw upstream that answers every request head with `answer`. It counts the

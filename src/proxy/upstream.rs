@@ -2,7 +2,8 @@
 //!
 //! Last step of the request path. Bodies stream both ways (nothing is buffered), request
 //! trailers are dropped (a client could otherwise smuggle an identity header past the
-//! rewrite in them: I2), and the wait for response headers is bounded (504).
+//! rewrite in them: I2), and every wait on the upstream is bounded (504 before the answer's
+//! head, a cut body after it).
 
 use std::time::Duration;
 
@@ -11,7 +12,6 @@ use http::header::{CONTENT_TYPE, HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Response, Uri};
 use http_body_util::{Either, Full};
-use tokio::sync::oneshot;
 
 use super::body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
 use super::error::ProxyError;
@@ -28,7 +28,7 @@ pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 pub struct Upstream {
     pub name: Box<str>,
     pub target: Target,
-    /// Limit on the wait for response headers.
+    /// Limit on each wait on the upstream before the response head (see `Pool::send`).
     pub timeout: Duration,
     /// Limit on the silence between two pieces of the response body.
     pub body_timeout: Duration,
@@ -134,7 +134,7 @@ pub fn forward<'a>(
     path_and_query: PathAndQuery,
     body: RequestBody,
 ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
-    let prepared = match &upstream.target {
+    let sending = match &upstream.target {
         Target::Echo => Err(echo(parts, &path_and_query)),
         Target::Http { pool, host } => {
             // Origin-form: the target as the upstream expects it from a gateway, not a proxy.
@@ -142,47 +142,16 @@ pub fn forward<'a>(
             if !parts.headers.contains_key(HOST) {
                 parts.headers.insert(HOST, host.clone());
             }
-            let (body, body_done) = watch_body_end(body);
-            Ok((pool.send(parts, body), body_done))
+            Ok(pool.send(parts, body, upstream.timeout))
         }
     };
     let started = std::time::Instant::now();
-    let mut prepared = prepared;
     async move {
-        // Matched in place (`ref mut`): moving the parts out would give them a second slot
-        // in this future.
-        let (response, body_done) = match prepared {
-            Err(echo) => return Ok(echo),
-            Ok((ref mut response, ref mut body_done)) => (response, body_done),
-        };
-        // The response timeout counts from the end of the request body: a long upload is
-        // guarded by the body's own stall timer, not cut by the wait for the answer.
-        if let Some(body_done) = body_done {
-            tokio::select! {
-                biased;
-                result = &mut *response => return finish(upstream, result, started),
-                _ = body_done => {}
-            }
+        match sending {
+            Err(echo) => Ok(echo),
+            Ok(sending) => finish(upstream, sending.await, started),
         }
-        let result = match tokio::time::timeout(upstream.timeout, response).await {
-            Err(_elapsed) => {
-                upstream.metrics.upstream_error(&upstream.name, "timeout");
-                return Err(ProxyError::UpstreamTimeout);
-            }
-            Ok(result) => result,
-        };
-        finish(upstream, result, started)
     }
-}
-
-/// For a request with a body, a signal that resolves when the body has been sent (or failed).
-fn watch_body_end(body: RequestBody) -> (RequestBody, Option<oneshot::Receiver<()>>) {
-    use http_body::Body as _;
-    if body.is_end_stream() {
-        return (body, None);
-    }
-    let (tx, rx) = oneshot::channel();
-    (body.on_end(tx), Some(rx))
 }
 
 fn finish(
@@ -196,6 +165,10 @@ fn finish(
         }
         Err(SendError::Body(e)) if caused_by::<BodyStalled>(&*e) => {
             return Err(ProxyError::RequestBodyStalled);
+        }
+        Err(SendError::Timeout) => {
+            upstream.metrics.upstream_error(&upstream.name, "timeout");
+            return Err(ProxyError::UpstreamTimeout);
         }
         Err(e @ SendError::Connect { .. }) => {
             upstream.metrics.upstream_error(&upstream.name, "connect");

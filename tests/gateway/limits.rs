@@ -185,12 +185,12 @@ async fn connections_beyond_the_limit_wait_and_the_process_stays_healthy() {
     );
 }
 
-#[tokio::test]
-async fn upstream_faults_are_502_or_a_cut_stream_never_a_hang() {
-    let upstream = Upstream::start().await;
+/// A gateway with the routes of `upstream`, and `/bad` on the misbehaving upstream (timeouts
+/// of 1 s).
+async fn gateway_with_bad_upstream(upstream: &Upstream) -> Gateway {
     let bad = bad_upstream().await;
     let text = config_with(
-        &upstream,
+        upstream,
         "",
         r#"
 [upstreams.bad]
@@ -206,7 +206,13 @@ auth = "public"
 "#,
     )
     .replace("BAD", &bad.to_string());
-    let gw = Gateway::start(&text).await;
+    Gateway::start(&text).await
+}
+
+#[tokio::test]
+async fn upstream_faults_are_502_or_a_cut_stream_never_a_hang() {
+    let upstream = Upstream::start().await;
+    let gw = gateway_with_bad_upstream(&upstream).await;
     // Interim answers are dropped; the final one is passed on.
     let response = client().get(gw.url("/bad/interim")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -236,6 +242,67 @@ auth = "public"
         );
         assert!(started.elapsed() < Duration::from_secs(4), "{path}");
     }
+}
+
+#[tokio::test]
+async fn an_upstream_that_takes_no_request_body_is_504_not_a_hang() {
+    let upstream = Upstream::start().await;
+    let gw = gateway_with_bad_upstream(&upstream).await;
+    let stream = TcpStream::connect(gw.http).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    // 64 MiB, more than the sockets between here and the upstream can hold.
+    let sender = tokio::spawn(async move {
+        let head = b"POST /bad/silent HTTP/1.1\r\nHost: t\r\nContent-Length: 67108864\r\n\r\n";
+        write.write_all(head).await?;
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..1024 {
+            write.write_all(&chunk).await?;
+        }
+        std::io::Result::Ok(())
+    });
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(6), read.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer: the gateway hung on an upstream that reads nothing"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    // The upstream's timeout is 1 s: it counts from the last byte it took.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    sender.abort();
+}
+
+#[tokio::test]
+async fn an_upload_slower_than_the_upstream_timeout_is_not_cut() {
+    // The upstream timeout (1 s) counts from the end of the request body.
+    let upstream = Upstream::start().await;
+    let gw = Gateway::standard(&upstream).await;
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"POST /public/upload HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        stream.write_all(b"0123456789").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.last().body_len, 30);
 }
 
 #[tokio::test]
