@@ -213,6 +213,12 @@ auth = "public"
 async fn upstream_faults_are_502_or_a_cut_stream_never_a_hang() {
     let upstream = Upstream::start().await;
     let gw = gateway_with_bad_upstream(&upstream).await;
+    // An unusual reason phrase is passed on.
+    let answer = raw_request(gw.http, b"GET /bad/reason HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200 Fine Thanks\r\n"),
+        "{answer}"
+    );
     // Interim answers are dropped; the final one is passed on.
     let response = client().get(gw.url("/bad/interim")).send().await.unwrap();
     assert_eq!(response.status(), 200);

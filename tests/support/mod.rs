@@ -653,6 +653,10 @@ pub async fn bad_upstream() -> SocketAddr {
                     // Reads nothing more, answers nothing, keeps the connection open.
                     tokio::time::sleep(Duration::from_secs(10)).await;
                     drop(stream);
+                } else if path.ends_with("/reason") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
                 } else if path.ends_with("/interim") {
                     let _ = stream
                         .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
