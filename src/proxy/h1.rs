@@ -944,3 +944,194 @@ mod tests {
         }
     }
 }
+
+/// Differential test: our framing against hyper's client, on generated answers.
+#[cfg(test)]
+mod against_hyper {
+    use super::*;
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What one side made of an answer: status, the `x-` fields, the body; or an error.
+    type Outcome = Result<(u16, Vec<(String, String)>, Vec<u8>), ()>;
+
+    fn ours(wire: &[u8], head_request: bool) -> Outcome {
+        let mut buf = BytesMut::from(wire);
+        let head = parse_response_head(&mut buf, head_request)
+            .map_err(|_| ())?
+            .ok_or(())?;
+        let mut decoder = head.body;
+        let mut body = Vec::new();
+        loop {
+            match decoder.decode(&mut buf).map_err(|_| ())? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::End => break,
+                Decoded::NeedMore => {
+                    decoder.closed().map_err(|_| ())?;
+                    break;
+                }
+            }
+        }
+        Ok((head.status.as_u16(), fields(&head.headers), body))
+    }
+
+    fn hyper_client(wire: &[u8], head_request: bool) -> Outcome {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, mut server) = tokio::io::duplex(1 << 20);
+            // The answer once the request is in: hyper refuses bytes that come before it.
+            let wire = wire.to_vec();
+            let upstream = tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut buf = [0u8; 1024];
+                    let n = server.read(&mut buf).await.unwrap();
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                server.write_all(&wire).await.unwrap();
+                server.shutdown().await.unwrap();
+                server
+            });
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let method = if head_request { "HEAD" } else { "GET" };
+            let request = http::Request::builder()
+                .method(method)
+                .uri("/")
+                .header("host", "h")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.map_err(|_| ())?;
+            let status = response.status().as_u16();
+            let headers = fields(response.headers());
+            let body = response.into_body().collect().await.map_err(|_| ())?;
+            drop(upstream);
+            Ok((status, headers, body.to_bytes().to_vec()))
+        })
+    }
+
+    fn fields(headers: &HeaderMap) -> Vec<(String, String)> {
+        let mut out: Vec<_> = headers
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("x-"))
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// An answer put together from the parts that decide its framing.
+    /// The bytes, whether the request was a HEAD, and whether ours refuses the answer on
+    /// purpose where hyper may read it (a conflicting or malformed `Content-Length`,
+    /// `Transfer-Encoding` in HTTP/1.0).
+    fn answer() -> impl Strategy<Value = (Vec<u8>, bool, bool)> {
+        let version = prop_oneof![Just("HTTP/1.1"), Just("HTTP/1.0")];
+        let status = prop_oneof![
+            Just("200 OK"),
+            Just("204 No Content"),
+            Just("304 Not Modified"),
+            Just("404 Not Found"),
+            Just("100 Continue\r\n\r\nVERSION 200 OK"),
+        ];
+        // (values, whether they are a length we refuse: conflicting or malformed)
+        let length = prop_oneof![
+            Just((None, false)),
+            (0u64..40).prop_map(|n| (Some(vec![n.to_string()]), false)),
+            (0u64..40).prop_map(|n| (Some(vec![n.to_string(), n.to_string()]), false)),
+            (0u64..40).prop_map(|n| (Some(vec![format!("{n}, {n}")]), false)),
+            (0u64..40).prop_map(|n| (Some(vec![n.to_string(), (n + 1).to_string()]), true)),
+            (0u64..40).prop_map(|n| (Some(vec![format!("+{n}")]), true)),
+            Just((Some(vec![String::new()]), true)),
+        ];
+        let coding = prop_oneof![
+            Just(None),
+            Just(Some("chunked")),
+            Just(Some("gzip")),
+            Just(Some("gzip, chunked")),
+            Just(Some("chunked, gzip")),
+        ];
+        let connection = prop_oneof![Just(None), Just(Some("close")), Just(Some("keep-alive"))];
+        let pieces = proptest::collection::vec(proptest::collection::vec(b'a'..=b'z', 1..20), 0..4);
+        let raw = proptest::collection::vec(b'a'..=b'z', 0..60);
+        (
+            version,
+            status,
+            length,
+            coding,
+            connection,
+            pieces,
+            raw,
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(
+                    version,
+                    status,
+                    (length, bad_length),
+                    coding,
+                    connection,
+                    pieces,
+                    raw,
+                    head,
+                    cut,
+                )| {
+                    let refused = bad_length || (version == "HTTP/1.0" && coding.is_some());
+                    let status = status.replace("VERSION", version);
+                    let mut wire = format!("{version} {status}\r\nx-field: v\r\n");
+                    for value in length.iter().flatten() {
+                        wire.push_str(&format!("content-length: {value}\r\n"));
+                    }
+                    if let Some(coding) = coding {
+                        wire.push_str(&format!("transfer-encoding: {coding}\r\n"));
+                    }
+                    if let Some(connection) = connection {
+                        wire.push_str(&format!("connection: {connection}\r\n"));
+                    }
+                    wire.push_str("\r\n");
+                    let mut wire = wire.into_bytes();
+                    if coding.is_some_and(|c| c.ends_with("chunked")) {
+                        for piece in &pieces {
+                            encode_chunk(piece, &mut wire);
+                        }
+                        if !cut {
+                            wire.extend_from_slice(LAST_CHUNK);
+                        }
+                    } else {
+                        wire.extend_from_slice(&raw);
+                    }
+                    (wire, head, refused)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// Where ours reads an answer, hyper's client reads the same status, fields and
+        /// body; where hyper refuses one, ours does too. Ours refuses more only where it
+        /// means to.
+        #[test]
+        fn our_framing_agrees_with_hyper((wire, head_request, refused) in answer()) {
+            let ours = ours(&wire, head_request);
+            let theirs = hyper_client(&wire, head_request);
+            let text = String::from_utf8_lossy(&wire).into_owned();
+            if refused {
+                prop_assert!(ours.is_err(), "{}", text);
+            } else {
+                prop_assert_eq!(ours, theirs, "{}", text);
+            }
+        }
+    }
+}
