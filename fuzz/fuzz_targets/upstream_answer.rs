@@ -16,8 +16,9 @@ fuzz_target!(|input: &[u8]| {
     let split = usize::from(control >> 1).min(wire.len());
     let mut buf = BytesMut::from(&wire[..split]);
     let mut rest = &wire[split..];
+    let mut interim = 0;
     let head = loop {
-        match parse_response_head(&mut buf, head_request) {
+        match parse_response_head(&mut buf, head_request, &mut interim) {
             Err(_) => return,
             Ok(Some(head)) => break head,
             Ok(None) if rest.is_empty() => return,

@@ -161,9 +161,12 @@ pub struct Head {
 /// Parses the response head at the start of `buf` and removes it from `buf` (1xx interim
 /// heads before it are removed and dropped). `Ok(None)`: the head is not complete yet.
 /// `head_request`: the request was a HEAD (its answer has no body, whatever it says).
+/// `interim` counts the bytes of interim heads dropped so far, across calls: they count
+/// towards `MAX_HEAD`, so an upstream cannot keep the wait going with endless 1xx heads.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
+    interim: &mut usize,
 ) -> Result<Option<Head>, FrameError> {
     loop {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -175,14 +178,14 @@ pub fn parse_response_head(
         );
         let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            Ok(httparse::Status::Partial) if *interim + buf.len() >= MAX_HEAD => {
                 return Err(FrameError::HeadTooLarge);
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(FrameError::HeadTooLarge),
             Err(e) => return Err(FrameError::Head(parse_error(e))),
         };
-        if len > MAX_HEAD {
+        if *interim + len > MAX_HEAD {
             return Err(FrameError::HeadTooLarge);
         }
         let code = response.code.unwrap_or(0);
@@ -193,6 +196,7 @@ pub fn parse_response_head(
         if status.is_informational() {
             // 100 Continue, 102, 103 Early Hints: interim, dropped.
             buf.advance(len);
+            *interim += len;
             continue;
         }
         let version = match response.version {
@@ -498,7 +502,7 @@ impl Decoder {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers(seen) => {
-                    let Some(line) = take_line(buf, MAX_TRAILERS - seen)? else {
+                    let Some(line) = take_line(buf, MAX_TRAILERS.saturating_sub(seen))? else {
                         return Ok(Decoded::NeedMore);
                     };
                     // Trailer fields are dropped, as the request's are.
@@ -538,7 +542,8 @@ fn take_line(buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, Frame
             Ok(Some(line))
         }
         Some(_) => Err(FrameError::Chunked("line without CR")),
-        None if buf.len() > limit => Err(FrameError::Chunked("line too long")),
+        // (`limit` bytes and a CR may wait for their LF.)
+        None if buf.len() > limit.saturating_add(1) => Err(FrameError::Chunked("line too long")),
         None => Ok(None),
     }
 }
@@ -567,7 +572,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn head(bytes: &[u8], head_request: bool) -> Result<Option<Head>, FrameError> {
-        parse_response_head(&mut BytesMut::from(bytes), head_request)
+        parse_response_head(&mut BytesMut::from(bytes), head_request, &mut 0)
     }
 
     fn complete(bytes: &[u8]) -> Head {
@@ -658,13 +663,17 @@ mod tests {
         for cut in 1..full.len() - 5 {
             let mut buf = BytesMut::from(&full[..cut]);
             assert!(
-                parse_response_head(&mut buf, false).unwrap().is_none(),
+                parse_response_head(&mut buf, false, &mut 0)
+                    .unwrap()
+                    .is_none(),
                 "{cut}"
             );
             assert_eq!(buf.len(), cut, "a partial head stays in the buffer");
         }
         let mut buf = BytesMut::from(&full[..]);
-        let head = parse_response_head(&mut buf, false).unwrap().unwrap();
+        let head = parse_response_head(&mut buf, false, &mut 0)
+            .unwrap()
+            .unwrap();
         assert_eq!(head.status, StatusCode::OK);
         assert_eq!(head.headers["x-y"], "z");
         assert!(head.keep_alive);
@@ -678,13 +687,19 @@ mod tests {
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
                HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n"[..],
         );
-        let created = parse_response_head(&mut buf, false).unwrap().unwrap();
+        let created = parse_response_head(&mut buf, false, &mut 0)
+            .unwrap()
+            .unwrap();
         assert_eq!(created.status, StatusCode::CREATED);
         assert!(!created.headers.contains_key("link"));
         assert!(buf.is_empty());
         // An interim answer alone: wait for the final one.
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2"[..]);
-        assert!(parse_response_head(&mut buf, false).unwrap().is_none());
+        assert!(
+            parse_response_head(&mut buf, false, &mut 0)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(&buf[..], b"HTTP/1.1 2");
         assert_eq!(
             head(
@@ -721,7 +736,7 @@ mod tests {
         for (answer, head_request, body, keep_alive) in cases {
             let text = String::from_utf8_lossy(answer);
             let mut buf = BytesMut::from(answer);
-            let mut head = parse_response_head(&mut buf, head_request)
+            let mut head = parse_response_head(&mut buf, head_request, &mut 0)
                 .unwrap()
                 .unwrap();
             assert_eq!(head.keep_alive, keep_alive, "{text}");
@@ -892,6 +907,43 @@ mod tests {
     }
 
     #[test]
+    fn limits_hold_across_reads_and_at_their_edges() {
+        // Endless interim heads count towards the head limit, across calls.
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_HEAD / 25 / 2 + 1);
+        let mut seen = 0;
+        let mut buf = BytesMut::from(interim.as_bytes());
+        assert!(
+            parse_response_head(&mut buf, false, &mut seen)
+                .unwrap()
+                .is_none()
+        );
+        assert!(buf.is_empty() && seen > MAX_HEAD / 2);
+        buf.extend_from_slice(interim.as_bytes());
+        assert_eq!(
+            parse_response_head(&mut buf, false, &mut seen).unwrap_err(),
+            FrameError::HeadTooLarge
+        );
+        // A line at the limit may wait for its LF after the CR.
+        let mut line = BytesMut::from(format!("{}\r", "a".repeat(MAX_CHUNK_LINE)).as_bytes());
+        assert_eq!(take_line(&mut line, MAX_CHUNK_LINE), Ok(None));
+        line.extend_from_slice(b"\n");
+        assert_eq!(
+            take_line(&mut line, MAX_CHUNK_LINE).unwrap().unwrap().len(),
+            MAX_CHUNK_LINE
+        );
+        // Trailers that end a few bytes past their limit neither panic nor pass more.
+        let first = format!("x-a: {}\r\n", "v".repeat(MAX_TRAILERS - 4 - 7));
+        assert_eq!(first.len(), MAX_TRAILERS - 4);
+        let body = format!("0\r\n{first}abcd\r\n\r\n");
+        assert_eq!(
+            decode_all(&mut Decoder::chunked(), body.as_bytes()),
+            Ok(Vec::new())
+        );
+        let body = format!("0\r\n{first}abcd\r\nx\r\n\r\n");
+        assert!(decode_all(&mut Decoder::chunked(), body.as_bytes()).is_err());
+    }
+
+    #[test]
     fn a_length_body_stops_at_its_length_and_a_short_one_is_truncated() {
         let mut decoder = Decoder::length(5);
         let mut buf = BytesMut::from(&b"helloHTTP/1.1 200"[..]);
@@ -958,7 +1010,7 @@ mod against_hyper {
 
     fn ours(wire: &[u8], head_request: bool) -> Outcome {
         let mut buf = BytesMut::from(wire);
-        let head = parse_response_head(&mut buf, head_request)
+        let head = parse_response_head(&mut buf, head_request, &mut 0)
             .map_err(|_| ())?
             .ok_or(())?;
         let mut decoder = head.body;

@@ -216,6 +216,7 @@ impl Pool {
                 request_done: false,
                 write_error: None,
                 answered: false,
+                interim: 0,
                 timeout,
                 armed: false,
                 decoder: Decoder::done(),
@@ -431,6 +432,8 @@ pub struct Exchange<B> {
     write_error: Option<std::io::Error>,
     /// Some byte of an answer has arrived.
     answered: bool,
+    /// Bytes of interim (1xx) heads dropped so far.
+    interim: usize,
     /// How long the upstream may take to accept request bytes, and then to answer.
     timeout: Duration,
     /// The connection's timer runs for the current wait.
@@ -573,7 +576,9 @@ impl<B: SendBody> Exchange<B> {
                 Ok(_) => self.answered = true,
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
-            if let Some(head) = h1::parse_response_head(&mut conn.read, head_request)? {
+            if let Some(head) =
+                h1::parse_response_head(&mut conn.read, head_request, &mut self.interim)?
+            {
                 return Poll::Ready(Ok(head));
             }
         }
