@@ -117,10 +117,14 @@ pub fn rewrite_request(
             _ => None,
         },
     };
-    if consumed_cookie.is_some() || !policy.own_cookies.is_empty() {
-        credential::remove_cookies(headers, |name| {
-            consumed_cookie == Some(name) || policy.own_cookies.iter().any(|own| **own == *name)
-        });
+    let doomed = |name: &str| {
+        consumed_cookie == Some(name) || policy.own_cookies.iter().any(|own| **own == *name)
+    };
+    if consumed_cookie.is_some() {
+        // The credential came from a cookie: it is there, rewrite at once.
+        credential::rewrite_cookies(headers, doomed);
+    } else if !policy.own_cookies.is_empty() {
+        credential::remove_cookies(headers, doomed);
     }
     rewrite_forwarded(headers, client);
     if let Some(identity) = permit.identity() {
