@@ -138,7 +138,7 @@ pub fn rewrite_request(
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `Proxy-Connection`). An
 /// upstream's answer loses the same ones where its head is parsed (`proxy::h1`).
-const HOP_BY_HOP: [&str; 8] = [
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",

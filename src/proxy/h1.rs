@@ -843,6 +843,12 @@ mod tests {
         names.sort_unstable();
         assert_eq!(names, ["content-length", "x-kept"]);
         assert!(head.keep_alive);
+        // The same list as the request side's, one by one.
+        for name in crate::identity::HOP_BY_HOP {
+            let answer = format!("HTTP/1.1 200 OK\r\n{name}: x\r\ncontent-length: 0\r\n\r\n");
+            let head = complete(answer.as_bytes());
+            assert!(!head.headers.contains_key(name), "{name}");
+        }
         // Names in Connection are hop-by-hop wherever they come in the head.
         let head =
             complete(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nconnection: x-a\r\ncontent-length: 0\r\n\r\n");

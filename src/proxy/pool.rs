@@ -703,34 +703,22 @@ mod tests {
     }
 
     async fn raw_upstream(answer: &'static [u8], answers_per_conn: usize) -> RawUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
-        let (accepted, ended) = (Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
-        let (a, e) = (Arc::clone(&accepted), Arc::clone(&ended));
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                a.fetch_add(1, Ordering::SeqCst);
-                let e = e.clone();
-                tokio::spawn(async move {
-                    let (mut seen, mut served, mut buf) = (Vec::new(), 0, [0u8; 4096]);
-                    while served < answers_per_conn {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => {
-                                e.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            stream.write_all(answer).await.unwrap();
-                            served += 1;
-                        }
+        let ended = Arc::<AtomicUsize>::default();
+        let e = ended.clone();
+        let (authority, accepted) = scripted(move |mut stream| {
+            let e = e.clone();
+            async move {
+                let mut seen = Vec::new();
+                for _ in 0..answers_per_conn {
+                    if read_request(&mut stream, &mut seen).await.is_none() {
+                        e.fetch_add(1, Ordering::SeqCst);
+                        return;
                     }
-                });
+                    stream.write_all(answer).await.unwrap();
+                }
             }
-        });
+        })
+        .await;
         RawUpstream {
             authority,
             accepted,

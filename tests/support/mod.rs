@@ -598,9 +598,11 @@ pub fn executor() -> TokioExecutor {
 // ---------------------------------------------------------------------------------------
 // A misbehaving upstream, speaking raw TCP.
 
-/// Answers by path: `/close` closes without a word; `/garbage` sends a non-HTTP line;
-/// `/truncate` promises 1000 body bytes, sends 10 and closes; `/stall-body` sends the head and
-/// 10 bytes, then goes silent for 10 s.
+/// Answers by the last path segment: `close` closes without a word; `garbage` sends a non-HTTP
+/// line; `truncate` promises 1000 body bytes, sends 10 and closes; `stall-body` sends the head
+/// and 10 bytes, then goes silent for 10 s; `switch` (101), `two-lengths`, `huge-head` (70 KB),
+/// `bad-chunk` (then silent), `silent` (reads nothing more, answers nothing), `reason` (a
+/// custom reason phrase), `interim` (a 103 before the 200).
 pub async fn bad_upstream() -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -621,46 +623,39 @@ pub async fn bad_upstream() -> SocketAddr {
                 }
                 let text = String::from_utf8_lossy(&head).into_owned();
                 let path = text.split(' ').nth(1).unwrap_or("").to_owned();
-                let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789";
-                if path.ends_with("/close") {
-                    // dropped
-                } else if path.ends_with("/garbage") {
-                    let _ = stream.write_all(b"I AM NOT HTTP\r\n\r\n").await;
-                } else if path.ends_with("/truncate") {
-                    let _ = stream.write_all(partial).await;
-                } else if path.ends_with("/stall-body") {
-                    let _ = stream.write_all(partial).await;
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                } else if path.ends_with("/switch") {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
-                        .await;
-                } else if path.ends_with("/two-lengths") {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")
-                        .await;
-                } else if path.ends_with("/huge-head") {
-                    let field = format!("X-Big: {}\r\n", "v".repeat(70 * 1024));
-                    let _ = stream
-                        .write_all(format!("HTTP/1.1 200 OK\r\n{field}\r\n").as_bytes())
-                        .await;
-                } else if path.ends_with("/bad-chunk") {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
-                        .await;
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                } else if path.ends_with("/silent") {
+                const PARTIAL: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789";
+                // (what to send, then hold the connection silent for 10 s)
+                let (answer, hold): (Vec<u8>, bool) = match path.rsplit('/').next().unwrap_or("") {
+                    "garbage" => (b"I AM NOT HTTP\r\n\r\n".to_vec(), false),
+                    "truncate" => (PARTIAL.to_vec(), false),
+                    "stall-body" => (PARTIAL.to_vec(), true),
+                    "switch" => (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".to_vec(), false),
+                    "two-lengths" => (
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
+                        false,
+                    ),
+                    "huge-head" => (
+                        format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "v".repeat(70 * 1024)).into_bytes(),
+                        false,
+                    ),
+                    "bad-chunk" => (
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".to_vec(),
+                        true,
+                    ),
                     // Reads nothing more, answers nothing, keeps the connection open.
+                    "silent" => (Vec::new(), true),
+                    "reason" => (b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok".to_vec(), false),
+                    "interim" => (
+                        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                            .to_vec(),
+                        false,
+                    ),
+                    // "close" and anything else: closed without a word.
+                    _ => (Vec::new(), false),
+                };
+                let _ = stream.write_all(&answer).await;
+                if hold {
                     tokio::time::sleep(Duration::from_secs(10)).await;
-                    drop(stream);
-                } else if path.ends_with("/reason") {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok")
-                        .await;
-                } else if path.ends_with("/interim") {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await;
                 }
             });
         }
