@@ -17,7 +17,7 @@ use http::header::{AUTHORIZATION, CONNECTION, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::credential::{self, TokenSource};
-use crate::auth::{Consumed, Permit};
+use crate::auth::{Consumed, Identity, Permit};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -86,6 +86,12 @@ pub struct ClientInfo<'a> {
     pub trusted: bool,
 }
 
+impl ClientInfo<'_> {
+    fn proto(&self) -> &'static HeaderValue {
+        if self.tls { &HTTPS } else { &HTTP }
+    }
+}
+
 /// Steps 1 to 5 above, on the request headers about to be forwarded. Method-override
 /// headers are removed too unless `keep_method_override`.
 pub fn rewrite_request(
@@ -96,6 +102,31 @@ pub fn rewrite_request(
     client: &ClientInfo<'_>,
     keep_method_override: bool,
 ) {
+    strip_request(
+        headers,
+        policy,
+        permit,
+        sources,
+        client,
+        keep_method_override,
+    )
+    .append_to(headers);
+}
+
+/// [`rewrite_request`] for the request path: steps 1 to 3 (and step 4 for a trusted peer)
+/// on `headers`; the fields steps 4 and 5 add come back as [`Added`], which the upstream
+/// encoder writes after the request's own fields instead of inserting them into the map
+/// first. Every name in [`Added`] is one this function has just removed from `headers`
+/// (identity headers by configuration, forwarding headers of an untrusted peer), so writing
+/// them after the map is the same request as inserting them into it.
+pub fn strip_request<'a>(
+    headers: &mut HeaderMap,
+    policy: &'a IdentityPolicy,
+    permit: &'a Permit,
+    sources: &[TokenSource],
+    client: &'a ClientInfo<'a>,
+    keep_method_override: bool,
+) -> Added<'a> {
     // Steps 1-2 (and the method overrides, and untrusted forwarding headers) in one pass
     // over the header names: a handful of byte comparisons per header instead of a hash
     // lookup per name we might remove.
@@ -126,13 +157,57 @@ pub fn rewrite_request(
     } else if !policy.own_cookies.is_empty() {
         credential::remove_cookies(headers, doomed);
     }
-    rewrite_forwarded(headers, client);
-    if let Some(identity) = permit.identity() {
-        for (header, claim) in policy.inject.iter() {
-            if let Some(value) = identity.claims.get(claim).and_then(header_value) {
-                headers.insert(header.clone(), value);
+    let forwarded = if client.trusted {
+        append_forwarded(headers, client);
+        None
+    } else {
+        Some(client)
+    };
+    Added {
+        forwarded,
+        identity: permit.identity().map(|identity| (policy, identity)),
+    }
+}
+
+/// The fields steps 4 and 5 add to a request (see [`strip_request`]).
+pub struct Added<'a> {
+    /// An untrusted peer: its forwarding fields were all removed, ours are added.
+    forwarded: Option<&'a ClientInfo<'a>>,
+    identity: Option<(&'a IdentityPolicy, &'a Identity)>,
+}
+
+impl Added<'_> {
+    /// Nothing to add (a trusted peer on a public route).
+    pub const NONE: Added<'static> = Added {
+        forwarded: None,
+        identity: None,
+    };
+
+    /// Calls `field` for each field, in the order they are added.
+    pub fn for_each(&self, mut field: impl FnMut(&HeaderName, &HeaderValue)) {
+        if let Some(client) = self.forwarded {
+            field(&X_FORWARDED_FOR, &client.peer);
+            field(&X_REAL_IP, &client.peer);
+            field(&X_FORWARDED_PROTO, client.proto());
+            if let Some(host) = client.host {
+                field(&X_FORWARDED_HOST, host);
             }
         }
+        if let Some((policy, identity)) = self.identity {
+            // One header per configured claim (the names are distinct, config checks it).
+            for (header, claim) in policy.inject.iter() {
+                if let Some(value) = identity.claims.get(claim).and_then(header_value) {
+                    field(header, &value);
+                }
+            }
+        }
+    }
+
+    /// Adds the fields to `headers` (which no longer holds any of these names).
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        self.for_each(|name, value| {
+            headers.append(name.clone(), value.clone());
+        });
     }
 }
 
@@ -180,19 +255,10 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
     }
 }
 
-fn rewrite_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
+/// Step 4 for a peer in `trusted_proxies`: its forwarding fields are kept, the peer is
+/// appended to `X-Forwarded-For`, and what it did not send is filled in.
+fn append_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
     let peer = client.peer.clone();
-    let proto = if client.tls { &HTTPS } else { &HTTP };
-    if !client.trusted {
-        // Already removed with the other untrusted headers.
-        headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
-        headers.insert(X_REAL_IP.clone(), peer);
-        headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
-        if let Some(host) = client.host {
-            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-        }
-        return;
-    }
     let chain = join_values(headers, &X_FORWARDED_FOR);
     let forwarded_for = match chain {
         Some(mut chain) => {
@@ -207,7 +273,7 @@ fn rewrite_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
         headers.insert(X_REAL_IP.clone(), peer);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), client.proto().clone());
     }
     if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), client.host) {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
@@ -416,6 +482,54 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.1.2.3");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("forwarded").unwrap(), "for=1.1.1.1");
+    }
+
+    #[test]
+    fn every_added_field_was_stripped_first() {
+        // Added fields are written after the map without looking into it: each name must
+        // be gone from the map, whatever spelling the client used.
+        let mut headers = HeaderMap::new();
+        for name in [
+            "x-forwarded-for",
+            "x_forwarded_for",
+            "x-real-ip",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-auth-user",
+            "x_auth_user",
+            "x-auth-groups",
+        ] {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("spoofed"),
+            );
+        }
+        let host = HeaderValue::from_static("app.example");
+        let client = ClientInfo {
+            host: Some(&host),
+            ..client()
+        };
+        let permit = permit(json!({"sub": "alice", "groups": ["eng"]}));
+        let policy = policy();
+        let added = strip_request(&mut headers, &policy, &permit, &[], &client, false);
+        let mut names = Vec::new();
+        added.for_each(|name, value| {
+            assert!(!headers.contains_key(name), "{name} still in the map");
+            assert_ne!(value, "spoofed");
+            names.push(name.as_str().to_owned());
+        });
+        assert_eq!(
+            names,
+            [
+                "x-forwarded-for",
+                "x-real-ip",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-auth-user",
+                "x-auth-groups"
+            ]
+        );
+        assert!(headers.is_empty(), "{headers:?}");
     }
 
     #[test]

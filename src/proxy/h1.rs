@@ -62,14 +62,16 @@ pub enum RequestFraming {
 
 /// Writes the request head into `out` and says how the body follows. `known_len` is the
 /// body's exact length when it is known (`None`: it streams); `empty`, that it has none.
+/// `extra` hands over fields to write after `headers` (the gateway's own: forwarding and
+/// identity, see `identity::Added`).
 /// `Transfer-Encoding` is never copied (it is hop-by-hop and stripped before): the framing
 /// is ours. A client's `Content-Length` is kept when the body has that exact length.
 pub fn encode_request_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
-    empty: bool,
-    known_len: Option<u64>,
+    extra: impl FnOnce(&mut dyn FnMut(&HeaderName, &HeaderValue)),
+    (empty, known_len): (bool, Option<u64>),
     out: &mut Vec<u8>,
 ) -> RequestFraming {
     let framing = if empty {
@@ -83,15 +85,19 @@ pub fn encode_request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    let mut field = |name: &HeaderName, value: &HeaderValue| {
         if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
-            continue;
+            return;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in headers {
+        field(name, value);
     }
+    extra(&mut field);
     match framing {
         // A client's `Content-Length: 0` on an empty body is kept (some servers want it on
         // a POST); no other length is possible for an empty body.
@@ -628,16 +634,39 @@ mod tests {
         ];
         for (method, empty, len, framing, last) in cases {
             let mut out = Vec::new();
-            let got = encode_request_head(&method, "/a%20b?q=1", &headers, empty, len, &mut out);
+            // The extra fields come after the request's own; framing ones are never copied.
+            let extra = |field: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
+                field(
+                    &HeaderName::from_static("x-gw"),
+                    &HeaderValue::from_static("1"),
+                );
+                field(&TRANSFER_ENCODING, &HeaderValue::from_static("chunked"));
+                field(&CONTENT_LENGTH, &HeaderValue::from_static("9"));
+            };
+            let got = encode_request_head(
+                &method,
+                "/a%20b?q=1",
+                &headers,
+                extra,
+                (empty, len),
+                &mut out,
+            );
             assert_eq!(got, framing);
             let expected = format!(
-                "{method} /a%20b?q=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\n{last}\r\n"
+                "{method} /a%20b?q=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\nx-gw: 1\r\n{last}\r\n"
             );
             assert_eq!(String::from_utf8(out).unwrap(), expected);
         }
         // No Content-Length from the client, no body: no framing field at all.
         let mut out = Vec::new();
-        encode_request_head(&Method::GET, "/", &HeaderMap::new(), true, None, &mut out);
+        encode_request_head(
+            &Method::GET,
+            "/",
+            &HeaderMap::new(),
+            |_| {},
+            (true, None),
+            &mut out,
+        );
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
     }
 

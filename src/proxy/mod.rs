@@ -211,13 +211,14 @@ async fn process(
         RouteAuth::Protected(policy) => &policy.sources[..],
         RouteAuth::Public => &[],
     };
+    let set_cookie = permit.take_set_cookie();
     let client = ClientInfo {
         peer: conn.peer_header.clone(),
         tls: conn.tls,
         host: host_value.as_ref(),
         trusted: snapshot.is_trusted(conn.peer.ip()),
     };
-    identity::rewrite_request(
+    let added = identity::strip_request(
         &mut parts.headers,
         &snapshot.identity,
         &permit,
@@ -225,11 +226,11 @@ async fn process(
         &client,
         route.allow_method_override,
     );
-    if let Some(host_value) = host_value
+    if let Some(host_value) = &host_value
         && !parts.headers.contains_key(HOST)
     {
         // HTTP/2 clients send :authority only; the app sees the host the client asked for.
-        parts.headers.insert(HOST, host_value);
+        parts.headers.insert(HOST, host_value.clone());
     }
 
     // 5. Forward and stream the answer back, the body bounded by the route's limit.
@@ -241,15 +242,18 @@ async fn process(
     }
     let body = body::RequestBody::new(body, limit, snapshot.server.request_body_timeout);
     record.upstream_started = record.timed.then(Instant::now);
-    let set_cookie = permit.take_set_cookie();
-    let mut response = upstream::forward(
+    // The head is written before the future is made: `added` and what it borrows are not
+    // kept in this future.
+    let forwarding = upstream::forward(
         &snapshot.upstreams[route.upstream],
         &permit,
         parts,
+        &added,
         path_and_query,
         body,
-    )
-    .await?;
+    );
+    drop(client);
+    let mut response = forwarding.await?;
     if let Some(cookie) = set_cookie {
         // The renewed session cookie rides on the app's response, beside the app's own.
         response.headers_mut().append(SET_COOKIE, cookie);

@@ -26,6 +26,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Response};
 use tokio::io::AsyncWrite;
@@ -181,6 +182,7 @@ impl Pool {
     pub fn send<B: SendBody>(
         self: &Arc<Self>,
         parts: &http::request::Parts,
+        extra: impl FnOnce(&mut dyn FnMut(&HeaderName, &HeaderValue)),
         body: B,
         timeout: Duration,
     ) -> Sending<B> {
@@ -196,8 +198,11 @@ impl Pool {
             &parts.method,
             target,
             &parts.headers,
-            http_body::Body::is_end_stream(&body),
-            http_body::Body::size_hint(&body).exact(),
+            extra,
+            (
+                http_body::Body::is_end_stream(&body),
+                http_body::Body::size_hint(&body).exact(),
+            ),
             &mut write,
         );
         let reused = conn.is_some();
@@ -690,7 +695,7 @@ mod tests {
 
     fn send<B: SendBody>(pool: &Arc<Pool>, request: Request<B>) -> Sending<B> {
         let (parts, body) = request.into_parts();
-        pool.send(&parts, body, Duration::from_secs(5))
+        pool.send(&parts, |_| {}, body, Duration::from_secs(5))
     }
 
     /// A raw upstream that answers every request head with `answer`. It counts the

@@ -17,6 +17,7 @@ use super::body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
 use super::error::ProxyError;
 use super::pool::{Exchange, Pool, SendError};
 use crate::auth::Permit;
+use crate::identity::Added;
 use crate::metrics::{AtomicHistogram, Metrics};
 use crate::telemetry::error_chain;
 use std::sync::Arc;
@@ -121,7 +122,8 @@ impl Upstream {
     }
 }
 
-/// Sends the rewritten request (`parts` + `body`, for `path_and_query`) upstream.
+/// Sends the rewritten request (`parts` and the `added` fields, + `body`, for
+/// `path_and_query`) upstream.
 /// Takes the request's [`Permit`] as proof of authorization (I1): there is no way to call
 /// it without one, and only `auth::authenticate` makes them.
 ///
@@ -131,18 +133,22 @@ pub fn forward<'a>(
     upstream: &'a Upstream,
     _permit: &Permit,
     parts: &mut http::request::Parts,
+    added: &Added<'_>,
     path_and_query: PathAndQuery,
     body: RequestBody,
 ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
     let sending = match &upstream.target {
-        Target::Echo => Err(echo(parts, &path_and_query)),
+        Target::Echo => {
+            added.append_to(&mut parts.headers);
+            Err(echo(parts, &path_and_query))
+        }
         Target::Http { pool, host } => {
             // Origin-form: the target as the upstream expects it from a gateway, not a proxy.
             parts.uri = Uri::from(path_and_query);
             if !parts.headers.contains_key(HOST) {
                 parts.headers.insert(HOST, host.clone());
             }
-            Ok(pool.send(parts, body, upstream.timeout))
+            Ok(pool.send(parts, |field| added.for_each(field), body, upstream.timeout))
         }
     };
     let started = std::time::Instant::now();
