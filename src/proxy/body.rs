@@ -136,7 +136,7 @@ impl Body for RequestBody {
 /// connection (see [`super::pool`]), which goes back to the pool once the body has ended
 /// cleanly; dropped half-way, it closes the connection.
 pub struct UpstreamBody<B: SendBody = RequestBody> {
-    exchange: Exchange<B>,
+    exchange: Box<Exchange<B>>,
     stall: StallTimer,
     /// A failure held back for one poll (see `fail`).
     failure: Option<BoxError>,
@@ -144,7 +144,7 @@ pub struct UpstreamBody<B: SendBody = RequestBody> {
 }
 
 impl<B: SendBody> UpstreamBody<B> {
-    pub fn new(mut exchange: Exchange<B>, idle: Duration) -> Self {
+    pub fn new(mut exchange: Box<Exchange<B>>, idle: Duration) -> Self {
         if exchange.is_end_stream() {
             // No body at all (204, 304, HEAD, zero length): hyper never polls this one.
             exchange.finish();

@@ -212,47 +212,50 @@ async fn process(
         RouteAuth::Public => &[],
     };
     let set_cookie = permit.take_set_cookie();
-    let client = ClientInfo {
-        peer: conn.peer_header.clone(),
-        tls: conn.tls,
-        host: host_value.as_ref(),
-        trusted: snapshot.is_trusted(conn.peer.ip()),
-    };
-    let added = identity::strip_request(
-        &mut parts.headers,
-        &snapshot.identity,
-        &permit,
-        sources,
-        &client,
-        route.allow_method_override,
-    );
-    if let Some(host_value) = &host_value
-        && !parts.headers.contains_key(HOST)
-    {
-        // HTTP/2 clients send :authority only; the app sees the host the client asked for.
-        parts.headers.insert(HOST, host_value.clone());
-    }
+    // Steps 4 and 5 in one block: the upstream head is written before the future is made,
+    // so what the rewrite borrows (and the permit) is not kept in this future.
+    let forwarding = {
+        let permit = permit;
+        let client = ClientInfo {
+            peer: conn.peer_header.clone(),
+            tls: conn.tls,
+            host: host_value.as_ref(),
+            trusted: snapshot.is_trusted(conn.peer.ip()),
+        };
+        let added = identity::strip_request(
+            &mut parts.headers,
+            &snapshot.identity,
+            &permit,
+            sources,
+            &client,
+            route.allow_method_override,
+        );
+        if let Some(host_value) = &host_value
+            && !parts.headers.contains_key(HOST)
+        {
+            // HTTP/2 clients send :authority only; the app sees the host the client asked
+            // for.
+            parts.headers.insert(HOST, host_value.clone());
+        }
 
-    // 5. Forward and stream the answer back, the body bounded by the route's limit.
-    let limit = route.max_body_size.or(snapshot.server.max_body_size);
-    if let Some(limit) = limit
-        && declared_length(&parts.headers).is_some_and(|len| len > limit)
-    {
-        return Err(ProxyError::PayloadTooLarge);
-    }
-    let body = body::RequestBody::new(body, limit, snapshot.server.request_body_timeout);
-    record.upstream_started = record.timed.then(Instant::now);
-    // The head is written before the future is made: `added` and what it borrows are not
-    // kept in this future.
-    let forwarding = upstream::forward(
-        &snapshot.upstreams[route.upstream],
-        &permit,
-        parts,
-        &added,
-        path_and_query,
-        body,
-    );
-    drop(client);
+        // 5. Forward and stream the answer back, the body bounded by the route's limit.
+        let limit = route.max_body_size.or(snapshot.server.max_body_size);
+        if let Some(limit) = limit
+            && declared_length(&parts.headers).is_some_and(|len| len > limit)
+        {
+            return Err(ProxyError::PayloadTooLarge);
+        }
+        let body = body::RequestBody::new(body, limit, snapshot.server.request_body_timeout);
+        record.upstream_started = record.timed.then(Instant::now);
+        upstream::forward(
+            &snapshot.upstreams[route.upstream],
+            &permit,
+            parts,
+            &added,
+            path_and_query,
+            body,
+        )
+    };
     let mut response = forwarding.await?;
     if let Some(cookie) = set_cookie {
         // The renewed session cookie rides on the app's response, beside the app's own.

@@ -208,7 +208,7 @@ impl Pool {
         let reused = conn.is_some();
         let connecting = conn.is_none().then(|| self.open());
         Sending {
-            exchange: Some(Exchange {
+            exchange: Some(Box::new(Exchange {
                 conn,
                 pool: self.clone(),
                 worker,
@@ -226,7 +226,7 @@ impl Pool {
                 armed: false,
                 decoder: Decoder::done(),
                 keep_alive: false,
-            }),
+            })),
             connecting,
             head_request: parts.method == Method::HEAD,
             idempotent: matches!(
@@ -356,8 +356,9 @@ type Connecting = Pin<Box<dyn Future<Output = Result<Conn, SendError>> + Send>>;
 
 /// The future of [`Pool::send`]: the response head, with the [`Exchange`] as its body.
 pub struct Sending<B> {
-    /// `None` once the answer has been handed out.
-    exchange: Option<Exchange<B>>,
+    /// `None` once the answer has been handed out. Boxed: the response that carries it is
+    /// moved through every layer of the request path, and a pointer is cheaper to move.
+    exchange: Option<Box<Exchange<B>>>,
     /// A connection being opened: the first, or a fresh one to send the request again.
     connecting: Option<Connecting>,
     head_request: bool,
@@ -367,7 +368,7 @@ pub struct Sending<B> {
 }
 
 impl<B: SendBody> Future for Sending<B> {
-    type Output = Result<Response<Exchange<B>>, SendError>;
+    type Output = Result<Response<Box<Exchange<B>>>, SendError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();

@@ -140,7 +140,8 @@ pub fn forward<'a>(
     let sending = match &upstream.target {
         Target::Echo => {
             added.append_to(&mut parts.headers);
-            Err(echo(parts, &path_and_query))
+            // Boxed: the rare echo answer would otherwise size every request's future.
+            Err(Box::new(echo(parts, &path_and_query)))
         }
         Target::Http { pool, host } => {
             // Origin-form: the target as the upstream expects it from a gateway, not a proxy.
@@ -154,7 +155,7 @@ pub fn forward<'a>(
     let started = std::time::Instant::now();
     async move {
         match sending {
-            Err(echo) => Ok(echo),
+            Err(echo) => Ok(*echo),
             Ok(sending) => finish(upstream, sending.await, started),
         }
     }
@@ -162,7 +163,7 @@ pub fn forward<'a>(
 
 fn finish(
     upstream: &Upstream,
-    result: Result<Response<Exchange<RequestBody>>, SendError>,
+    result: Result<Response<Box<Exchange<RequestBody>>>, SendError>,
     started: std::time::Instant,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let response = match result {
