@@ -17,8 +17,14 @@
 //!   (hyper flushes the socket only once its own write buffer is empty);
 //! - nothing moved for a whole [`PARK_AFTER`];
 //! - no byte of a next request head has been read (a slow sender keeps hyper and its
-//!   header timer; a partial pipelined head found at park time resumes at once, and that
-//!   connection is never parked again, so no sender can reset its header timer by pausing).
+//!   header timeout; a partial pipelined head found at park time resumes at once, and that
+//!   connection is never parked again, so no sender can restart its header timeout by
+//!   pausing).
+//!
+//! The header read timeout is the connection's own ([`HeaderWait`]), not hyper's: hyper
+//! makes a new timer for every request head it waits for, and a timer per request was
+//! about 5% of a proxied request's instructions. One timer per connection, moved on only
+//! when it fires, runs both the header timeout and the park check.
 //!
 //! A parked connection keeps the keep-alive bound: it is closed `header_read_timeout` minus
 //! [`PARK_AFTER`] after it parked, that is between `header_read_timeout` and one
@@ -68,17 +74,18 @@ pub struct Builders {
 /// hyper's own limits are hard caps set above the configured ones, which `proxy` checks and
 /// answers with JSON (hyper answers a bare 431/414 past its caps).
 ///
-/// HTTP/1: the header read timer starts whenever the connection waits for a request head,
-/// so it bounds idle keep-alive time as well as slow senders. HTTP/2: bounded concurrent
+/// HTTP/1: the header read timeout runs whenever the connection waits for a request head,
+/// so it bounds idle keep-alive time as well as slow senders (see [`HeaderWait`]). HTTP/2: bounded concurrent
 /// streams, bounded pending/errored resets (the rapid-reset guard), keep-alive pings that
 /// drop dead peers.
 impl Builders {
     pub fn new(settings: &ServerSettings) -> Self {
         let hard_header_bytes = (settings.max_header_bytes + settings.max_uri_bytes) * 2;
         let mut http1 = http1::Builder::new();
+        // No timer for hyper: the header read timeout is the connection's own check
+        // (`serve_http1`), which costs no timer per request.
         http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
+            .header_read_timeout(None)
             .max_headers(settings.max_headers * 2)
             .max_buf_size(hard_header_bytes.max(64 * 1024));
         let mut http2 = http2::Builder::new(TokioExecutor::new());
@@ -232,15 +239,25 @@ where
     S: hyper::service::HttpService<Incoming, ResBody = Tracked<ResponseBody>> + Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // hyper's header timer already bounds a connection that stays idle for less than two
-    // checks; parking it first would only cost a new hyper connection.
+    // The header timeout already closes a connection that stays idle for less than two
+    // park checks; parking it first would only cost a new hyper connection.
     let mut may_park = builders.header_read_timeout > 2 * PARK_AFTER;
+    // One timer per connection, moved on only when it fires: it runs the header timeout and
+    // the park check. It fires every PARK_AFTER, or a fraction of it for a header timeout
+    // under 4 s (checked at least four times); the park check runs every PARK_AFTER.
+    let park_every = PARK_AFTER
+        .as_nanos()
+        .div_ceil((builders.header_read_timeout / 4).max(MIN_CHECK).as_nanos())
+        .clamp(1, PARK_AFTER.as_nanos() / MIN_CHECK.as_nanos()) as u32;
+    let period = PARK_AFTER / park_every;
     loop {
         let mut connection = Box::new(builders.http1.serve_connection(TokioIo::new(io), service));
-        let mut check = may_park.then(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
+        let mut check = Box::pin(tokio::time::sleep(period));
+        let mut wait = HeaderWait::new(&activity);
+        let mut checks = 0u32;
         let mut seen = activity.ticks.load(Ordering::Relaxed);
         let mut stopping = false;
-        // The stop signal and the park timer keep this task's waker once polled (the task,
+        // The stop signal and the check timer keep this task's waker once polled (the task,
         // hence its waker, never changes): after the first poll they are polled again only
         // when they may be ready, not on each of the three or four wake-ups of a request.
         let mut registered = false;
@@ -250,23 +267,27 @@ where
                 && signals.stop.as_mut().poll(cx).is_ready()
             {
                 stopping = true;
-                check = None;
                 Pin::new(&mut *connection).graceful_shutdown();
             }
             if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
                 return Poll::Ready(Some(result));
             }
-            if let Some(timer) = &mut check
-                && (!registered || timer.is_elapsed())
-            {
+            if !registered || check.is_elapsed() {
                 // A fired timer has given its waker away: after a reset it is polled again.
-                while timer.as_mut().poll(cx).is_ready() {
-                    let now = activity.ticks.load(Ordering::Relaxed);
-                    if now == seen && activity.idle() {
-                        return Poll::Ready(None);
+                while check.as_mut().poll(cx).is_ready() {
+                    if wait.timed_out(&activity, period, builders.header_read_timeout) {
+                        // Closed without an answer, as an idle keep-alive connection is.
+                        return Poll::Ready(Some(Ok(())));
                     }
-                    seen = now;
-                    timer.as_mut().reset(Instant::now() + PARK_AFTER);
+                    checks = checks.wrapping_add(1);
+                    if may_park && !stopping && checks % park_every == 0 {
+                        let now = activity.ticks.load(Ordering::Relaxed);
+                        if now == seen && activity.idle() {
+                            return Poll::Ready(None);
+                        }
+                        seen = now;
+                    }
+                    check.as_mut().reset(Instant::now() + period);
                 }
             }
             registered = true;
@@ -289,7 +310,7 @@ where
         if !read_buf.is_empty() {
             // A partial pipelined head that came with the last request (a partial head read
             // later is `unparsed` and never parks): resume at once and never park again, so
-            // the fresh header timer can be had once at most.
+            // the header timeout can start again once at most.
             io = ConnIo::new(io.inner, read_buf, activity.clone());
             may_park = false;
             continue;
@@ -313,7 +334,7 @@ async fn park<I: ClientIo>(
     header_read_timeout: Duration,
     stop: &mut Pin<Box<impl Future<Output = ()>>>,
 ) -> bool {
-    // hyper's header timer had run for at least PARK_AFTER before the park.
+    // The header timeout had counted at least PARK_AFTER before the park.
     let remaining = header_read_timeout.saturating_sub(PARK_AFTER);
     tokio::select! {
         ready = poll_fn(|cx| io.poll_read_ready(cx)) => ready.is_ok(),
@@ -354,12 +375,14 @@ struct Activity {
     /// Bumped by every read or write that moved bytes and every request: the park check
     /// compares two readings a [`PARK_AFTER`] apart.
     ticks: AtomicU64,
+    /// Requests begun on this connection (the header timeout's count starts again on one).
+    requests: AtomicU64,
     /// Requests whose response body has not been dropped yet.
     in_flight: AtomicU32,
     /// The last request came with a body, which hyper may still be reading or draining.
     body_pending: AtomicBool,
     /// Bytes read since the last request began: the start of a next request head (the last
-    /// request had no body), which hyper's header timer is already timing.
+    /// request had no body), which the header timeout is already timing.
     unparsed: AtomicU64,
     /// hyper's last read found nothing to read.
     read_waiting: AtomicBool,
@@ -372,6 +395,7 @@ impl Default for Activity {
     fn default() -> Self {
         Activity {
             ticks: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             body_pending: AtomicBool::new(false),
             unparsed: AtomicU64::new(0),
@@ -386,6 +410,7 @@ impl Activity {
     /// body) is dropped.
     fn begin(self: &Arc<Self>, bodiless: bool) -> InFlight {
         self.ticks.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.body_pending.store(!bodiless, Ordering::Relaxed);
         self.unparsed.store(0, Ordering::Relaxed);
@@ -398,6 +423,49 @@ impl Activity {
             && self.unparsed.load(Ordering::Relaxed) == 0
             && self.read_waiting.load(Ordering::Relaxed)
             && self.flushed.load(Ordering::Relaxed)
+    }
+}
+
+/// Shortest interval between two checks of a connection (a header timeout of a few
+/// milliseconds is checked this often).
+const MIN_CHECK: Duration = Duration::from_millis(10);
+
+/// The header read timeout of an HTTP/1 connection, counted in checks instead of a timer
+/// per request (hyper's own starts one for every request head it waits for).
+///
+/// The connection waits for a head when no request is in flight (from the service call
+/// until its response body is dropped). A check adds its period to the wait when no
+/// request was in flight at this check or the one before, and no request began in between;
+/// anything else starts the count again. So the connection is closed between
+/// `header_read_timeout` and two periods more after its last response went out (one, after
+/// it connected), however slowly a partial head trickles in. The period is at most a
+/// quarter of the timeout and at most [`PARK_AFTER`].
+struct HeaderWait {
+    requests: u64,
+    busy: bool,
+    waited: Duration,
+}
+
+impl HeaderWait {
+    fn new(activity: &Activity) -> Self {
+        HeaderWait {
+            requests: activity.requests.load(Ordering::Relaxed),
+            busy: false,
+            waited: Duration::ZERO,
+        }
+    }
+
+    fn timed_out(&mut self, activity: &Activity, period: Duration, timeout: Duration) -> bool {
+        let requests = activity.requests.load(Ordering::Relaxed);
+        let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+        if busy || self.busy || requests != self.requests {
+            self.waited = Duration::ZERO;
+        } else {
+            self.waited += period;
+        }
+        self.requests = requests;
+        self.busy = busy;
+        self.waited >= timeout
     }
 }
 

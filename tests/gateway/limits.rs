@@ -94,8 +94,8 @@ async fn idle_keep_alive_connections_are_closed() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let closed = closed.expect("an idle keep-alive connection stayed open");
     assert!(
-        closed >= Duration::from_millis(900),
-        "closed too early: {closed:?}"
+        closed >= Duration::from_millis(900) && closed < Duration::from_millis(2500),
+        "closed after {closed:?}, header_read_timeout is 1 s"
     );
 }
 

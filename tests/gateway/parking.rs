@@ -96,6 +96,30 @@ fn complete_response(buf: &[u8], from: usize) -> Option<usize> {
     (buf.len() >= head_end + length).then_some(head_end + length)
 }
 
+/// The header timeout runs only while a connection waits for a request head: an answer
+/// that takes longer than it to stream is not cut, and its connection serves the next one.
+#[tokio::test]
+async fn a_request_slower_than_the_header_timeout_keeps_its_connection() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_with(&upstream, "header_read_timeout = \"1s\"", "")).await;
+    let mut conn = Raw::connect(&gw).await;
+    let started = Instant::now();
+    let answer = conn.get("/public/drip/2500").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("second"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+    assert!(conn.get("/public").await.starts_with("HTTP/1.1 200"));
+    assert_eq!(upstream.count(), 2);
+    // And once idle, the timeout holds again.
+    let (rest, closed) = read_until_closed(&mut conn.stream, Duration::from_secs(5)).await;
+    assert_eq!(rest, "");
+    let closed = closed.expect("an idle connection stayed open");
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_millis(2500),
+        "closed after {closed:?} idle, header_read_timeout is 1 s"
+    );
+}
+
 #[tokio::test]
 async fn an_idle_connection_parks_and_serves_its_next_requests() {
     let upstream = Upstream::start().await;
