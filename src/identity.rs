@@ -237,10 +237,11 @@ const FORWARDING: [&str; 5] = [
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
     let mut names: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| doomed(name.as_str()))
+        .filter(|name| *name == CONNECTION || doomed(name.as_str()))
         .cloned()
         .collect();
-    if headers.contains_key(CONNECTION) {
+    // Found in the same pass over the names: no second lookup for `Connection`.
+    if names.contains(&CONNECTION) {
         names.extend(
             headers
                 .get_all(CONNECTION)

@@ -85,8 +85,13 @@ pub fn encode_request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut client_length = false;
     let mut field = |name: &HeaderName, value: &HeaderValue| {
-        if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
+        if name == CONTENT_LENGTH {
+            client_length = true;
+            return;
+        }
+        if name == TRANSFER_ENCODING {
             return;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -101,7 +106,7 @@ pub fn encode_request_head(
     match framing {
         // A client's `Content-Length: 0` on an empty body is kept (some servers want it on
         // a POST); no other length is possible for an empty body.
-        RequestFraming::Empty if headers.contains_key(CONTENT_LENGTH) => {
+        RequestFraming::Empty if client_length => {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         RequestFraming::Empty => {}
