@@ -112,8 +112,8 @@ impl TokenCache {
         }
     }
 
-    pub fn key(token: &str) -> [u8; 32] {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    pub fn key(token: &[u8]) -> [u8; 32] {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token);
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
         key
@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn the_digest_hash_depends_on_every_key_byte() {
         let hash = |key: [u8; 32]| DigestHash.hash_one(key);
-        let base = TokenCache::key("a.b.c");
+        let base = TokenCache::key(b"a.b.c");
         assert_eq!(hash(base), hash(base));
         for i in 0..32 {
             let mut key = base;

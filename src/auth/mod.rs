@@ -184,9 +184,9 @@ pub async fn authenticate(
     // A JWT first when the route takes one and the request carries one: a present but
     // bad token is refused, never silently replaced by a session.
     if policy.jwt
-        && let Some((source, token)) = credential::find_token(headers, &policy.sources)?
+        && let Some((source, found)) = credential::find_credential(headers, &policy.sources)?
     {
-        let identity = verify_cached(token, policy, ctx.providers, ctx.cache, ctx.now).await?;
+        let identity = verify_cached(found, policy, ctx.providers, ctx.cache, ctx.now).await?;
         check_requirements(policy, &identity.claims)?;
         let consumed = match (&policy.sources[source], policy.forward_token) {
             (_, true) => Consumed::None,
@@ -255,13 +255,13 @@ pub(crate) fn authorize_assumed_claims(
 /// The token's identity from the cache when a still-valid verification is there, else from
 /// a full verification (which is then cached).
 async fn verify_cached(
-    token: &str,
+    found: credential::Found<'_>,
     policy: &Policy,
     providers: &[Provider],
     cache: &TokenCache,
     now: u64,
 ) -> Result<Identity, AuthError> {
-    let key = TokenCache::key(token);
+    let key = TokenCache::key(found.bytes());
     if let Some(hit) = cache.get(&key)
         && policy.providers.contains(&hit.provider)
         && (now as f64) < hit.valid_until
@@ -272,6 +272,9 @@ async fn verify_cached(
             claims: hit.claims.clone(),
         });
     }
+    // A miss: the token's form is checked now (a hit's bytes passed it when they were
+    // verified).
+    let token = found.text()?;
     // Boxed: a miss can wait on a key refetch, whose state would otherwise sit in every
     // request's future (moved on each poll set-up) although hits never need it.
     let verified = Box::pin(jwt::verify_refreshing(

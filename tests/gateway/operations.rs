@@ -95,6 +95,16 @@ async fn admin_reports_health_readiness_and_exact_metrics() {
     for _ in 0..2 {
         assert_eq!(c.get(gw.url("/api/m")).send().await.unwrap().status(), 401);
     }
+    // Not an RFC 6750 b64token: refused for its form (checked on a token-cache miss).
+    assert_eq!(
+        c.get(gw.url("/api/m"))
+            .bearer_auth("abc!def")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     assert_eq!(
         c.post(gw.url("/api/m"))
             .bearer_auth(valid_token())
@@ -116,7 +126,7 @@ async fn admin_reports_health_readiness_and_exact_metrics() {
         ),
         (
             r#"portcullis_requests_total{route="api",method="read",status="4xx"}"#,
-            2.0,
+            3.0,
         ),
         (
             r#"portcullis_requests_total{route="api",method="write",status="2xx"}"#,
@@ -135,6 +145,10 @@ async fn admin_reports_health_readiness_and_exact_metrics() {
             2.0,
         ),
         (
+            r#"portcullis_auth_decisions_total{route="api",outcome="malformed_credential"}"#,
+            1.0,
+        ),
+        (
             r#"portcullis_auth_decisions_total{route="api",outcome="allowed"}"#,
             1.0,
         ),
@@ -148,7 +162,7 @@ async fn admin_reports_health_readiness_and_exact_metrics() {
         ),
         (
             r#"portcullis_token_cache_lookups_total{result="miss"}"#,
-            1.0,
+            2.0,
         ),
     ];
     for (series, value) in expect {
