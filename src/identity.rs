@@ -177,12 +177,6 @@ pub struct Added<'a> {
 }
 
 impl Added<'_> {
-    /// Nothing to add (a trusted peer on a public route).
-    pub const NONE: Added<'static> = Added {
-        forwarded: None,
-        identity: None,
-    };
-
     /// Calls `field` for each field, in the order they are added.
     pub fn for_each(&self, mut field: impl FnMut(&HeaderName, &HeaderValue)) {
         if let Some(client) = self.forwarded {
