@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Interleaved A/B on the pinned setup: the proxy under test on CPU 0 (one worker), the
+# upstream nginx and wrk on CPU 1, rounds alternating A and B (A B B A A B ...), so that
+# this VM's drift (the same row moves 10-25% between runs minutes apart) falls on both
+# sides alike. Prints every round, then the mean req/s and CPU µs per request of each side
+# and the ratio of the means with its range over the round pairs.
+#
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] [BIN_A [BIN_B]]
+#
+# A is the gateway's public route (BIN_A, default target/release/portcullis). B is nginx's
+# plain keep-alive proxy, or the public route of a second build BIN_B (compare two builds).
+# Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+rounds=6 secs=5
+while [ $# -gt 0 ]; do
+    case $1 in
+        --rounds) rounds=$2; shift 2 ;;
+        --seconds) secs=$2; shift 2 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) break ;;
+    esac
+done
+bin_a=${1:-$root/target/release/portcullis}
+bin_b=${2:-}
+for c in wrk nginx taskset curl; do
+    command -v "$c" >/dev/null || { echo "missing $c (apt-get install wrk nginx util-linux curl)" >&2; exit 1; }
+done
+for b in "$bin_a" ${bin_b:+"$bin_b"}; do
+    [ -x "$b" ] || { echo "missing $b: cargo build --release" >&2; exit 1; }
+done
+[ "$(nproc)" -ge 2 ] || { echo "needs 2 CPUs (proxy on one, upstream and wrk on the other)" >&2; exit 1; }
+source "$here/lib.sh"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for f in "$work"/nginx*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+port_up=18681 port_a=18691 port_b=18692
+
+# The upstream, one worker on CPU 1 (wrk shares it, as in the peer harness's pinned setup).
+upstream_nginx "$work" $port_up
+sleep 0.3
+taskset -p -c 1 "$(cat "$work/nginx.pid")" >/dev/null
+for w in $(pgrep -P "$(cat "$work/nginx.pid")"); do taskset -p -c 1 "$w" >/dev/null; done
+
+start_gateway() { # BIN PORT: a gateway with one worker on CPU 0; prints its pid
+    gateway_toml "$2" $port_up > "$work/gw-$2.toml"
+    LOAD_SECRET=ab-load-test-secret-of-32-bytes-xx RUST_LOG=warn taskset -c 0 "$1" serve --config "$work/gw-$2.toml" --workers 1 \
+        > "$work/gw-$2.log" 2>&1 &
+    echo $!
+}
+pid_a=$(start_gateway "$bin_a" $port_a); pids+=("$pid_a")
+if [ -n "$bin_b" ]; then
+    pid_b=$(start_gateway "$bin_b" $port_b); pids+=("$pid_b")
+    label_b="B public route ($bin_b)"
+else
+    cat > "$work/nginx-proxy.conf" <<NGINX
+worker_processes 1;
+worker_cpu_affinity 01;
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy-error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$port_up; keepalive 128; }
+  server { listen 127.0.0.1:$port_b; location / { proxy_pass http://app; proxy_http_version 1.1;
+    proxy_set_header Connection ""; } } }
+NGINX
+    nginx -c "$work/nginx-proxy.conf"
+    sleep 0.3
+    pid_b=$(pgrep -P "$(cat "$work/nginx-proxy.pid")" | head -1)
+    label_b="B nginx plain proxy"
+fi
+for port in $port_a $port_b; do
+    up=""
+    for _ in $(seq 50); do
+        curl -sf -o /dev/null "http://127.0.0.1:$port/plain/" && { up=1; break; }
+        sleep 0.1
+    done
+    [ -n "$up" ] || { echo "nothing answers on port $port:" >&2; cat "$work"/gw-*.log >&2; exit 1; }
+done
+
+# round PID PORT: prints "req/s cpu_us_per_request" for one warmed-up wrk run.
+round() {
+    taskset -c 1 wrk -t1 -c64 -d1s "http://127.0.0.1:$2/plain/" >/dev/null
+    local t0 t1 n
+    t0=$(awk '{print $14 + $15}' "/proc/$1/stat")
+    n=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" "http://127.0.0.1:$2/plain/" |
+        awk '/requests in/ {print $1}')
+    t1=$(awk '{print $14 + $15}' "/proc/$1/stat")
+    awk -v n="$n" -v s="$secs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
+        'BEGIN {printf "%.0f %.1f\n", n / s, t * 1e6 / hz / n}'
+}
+
+echo "A public route ($bin_a) against $label_b; $rounds rounds of ${secs}s, pinned"
+results=()
+for i in $(seq 0 $((rounds - 1))); do
+    # A B, B A, A B, ...: each round has one of each, in alternating order.
+    if [ $((i % 2)) -eq 0 ]; then order="a b"; else order="b a"; fi
+    for side in $order; do
+        if [ "$side" = a ]; then r=$(round "$pid_a" $port_a); else r=$(round "$pid_b" $port_b); fi
+        echo "round $((i + 1)) $side: $r" | awk '{printf "round %s %s %8d req/s %6.1f us/req\n", $2, toupper($3), $4, $5}'
+        results+=("$((i + 1)) $side $r")
+    done
+done
+printf '%s\n' "${results[@]}" | awk '
+    { rps[$1, $2] = $3; cpu[$1, $2] = $4; n = $1 }
+    END {
+        for (i = 1; i <= n; i++) {
+            ra += rps[i, "a"]; rb += rps[i, "b"]; ca += cpu[i, "a"]; cb += cpu[i, "b"]
+            r = rps[i, "a"] / rps[i, "b"]
+            if (i == 1 || r < lo) lo = r
+            if (i == 1 || r > hi) hi = r
+        }
+        printf "mean A %d req/s %.1f us/req; mean B %d req/s %.1f us/req\n", ra / n, ca / n, rb / n, cb / n
+        printf "A/B req/s %.2fx (rounds %.2f-%.2fx); CPU per request A/B %.2fx\n", ra / rb, lo, hi, ca / cb
+    }'
