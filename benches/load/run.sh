@@ -5,6 +5,8 @@
 #   bash benches/load/run.sh            # both CPU setups, 5 s rows (about 9 min after the build)
 #   bash benches/load/run.sh --quick    # shared setup, 3 s rows (~4 min)
 #   PEERS="direct nginx haproxy lua gateway" bash benches/load/run.sh
+#   RUNS=3 bash benches/load/run.sh     # the peer matrix three times (about 6 min a run):
+#                                       # one run puts each row through the VM's drift once
 #
 # Prints the peer table (req/s, p50/p99, CPU us/request of the proxy, ratios to direct
 # and nginx) from ../shared/bench/run-peers.sh, the rows it lacks (extra_rows.sh: HS256 and
@@ -40,7 +42,7 @@ elif [ $quick = 1 ]; then
 else
     # 5 s rows, 2 s latency runs, 1 s warm-up: both setups in about 6 minutes.
     bash "$bench/run-peers.sh" --setups "shared pinned" --duration "${DURATION:-5}" \
-        --lat-duration "${LAT_DURATION:-2}" --warmup "${WARMUP:-1}" \
+        --lat-duration "${LAT_DURATION:-2}" --warmup "${WARMUP:-1}" --runs "${RUNS:-1}" \
         --peers "$peers" --portcullis "$bin" --out "$out/peers"
 fi
 
