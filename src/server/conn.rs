@@ -69,6 +69,10 @@ pub struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    /// How often an HTTP/1 connection's check timer fires (see `serve_http1`).
+    check_period: Duration,
+    /// Checks per park check: the park check runs every [`PARK_AFTER`].
+    park_every: u32,
 }
 
 /// hyper's own limits are hard caps set above the configured ones, which `proxy` checks and
@@ -88,6 +92,13 @@ impl Builders {
             .header_read_timeout(None)
             .max_headers(settings.max_headers * 2)
             .max_buf_size(hard_header_bytes.max(64 * 1024));
+        // One timer per HTTP/1 connection, moved on only when it fires, runs the header
+        // timeout and the park check. It fires every PARK_AFTER, or a fraction of it for a
+        // header timeout under 4 s (checked at least four times).
+        let park_every = PARK_AFTER
+            .as_nanos()
+            .div_ceil((settings.header_read_timeout / 4).max(MIN_CHECK).as_nanos())
+            .clamp(1, PARK_AFTER.as_nanos() / MIN_CHECK.as_nanos()) as u32;
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -101,6 +112,8 @@ impl Builders {
             http1,
             http2,
             header_read_timeout: settings.header_read_timeout,
+            check_period: PARK_AFTER / park_every,
+            park_every,
         }
     }
 }
@@ -242,18 +255,11 @@ where
     // The header timeout already closes a connection that stays idle for less than two
     // park checks; parking it first would only cost a new hyper connection.
     let mut may_park = builders.header_read_timeout > 2 * PARK_AFTER;
-    // One timer per connection, moved on only when it fires: it runs the header timeout and
-    // the park check. It fires every PARK_AFTER, or a fraction of it for a header timeout
-    // under 4 s (checked at least four times); the park check runs every PARK_AFTER.
-    let park_every = PARK_AFTER
-        .as_nanos()
-        .div_ceil((builders.header_read_timeout / 4).max(MIN_CHECK).as_nanos())
-        .clamp(1, PARK_AFTER.as_nanos() / MIN_CHECK.as_nanos()) as u32;
-    let period = PARK_AFTER / park_every;
+    let period = builders.check_period;
     loop {
         let mut connection = Box::new(builders.http1.serve_connection(TokioIo::new(io), service));
         let mut check = Box::pin(tokio::time::sleep(period));
-        let mut wait = HeaderWait::new(&activity);
+        let mut wait = HeaderWait::new(&activity, period, builders.header_read_timeout);
         let mut checks = 0u32;
         let mut seen = activity.ticks.load(Ordering::Relaxed);
         let mut stopping = false;
@@ -275,12 +281,12 @@ where
             if !registered || check.is_elapsed() {
                 // A fired timer has given its waker away: after a reset it is polled again.
                 while check.as_mut().poll(cx).is_ready() {
-                    if wait.timed_out(&activity, period, builders.header_read_timeout) {
+                    if wait.timed_out(&activity) {
                         // Closed without an answer, as an idle keep-alive connection is.
                         return Poll::Ready(Some(Ok(())));
                     }
                     checks = checks.wrapping_add(1);
-                    if may_park && !stopping && checks % park_every == 0 {
+                    if may_park && !stopping && checks % builders.park_every == 0 {
                         let now = activity.ticks.load(Ordering::Relaxed);
                         if now == seen && activity.idle() {
                             return Poll::Ready(None);
@@ -441,31 +447,35 @@ const MIN_CHECK: Duration = Duration::from_millis(10);
 /// it connected), however slowly a partial head trickles in. The period is at most a
 /// quarter of the timeout and at most [`PARK_AFTER`].
 struct HeaderWait {
+    period: Duration,
+    timeout: Duration,
     requests: u64,
     busy: bool,
     waited: Duration,
 }
 
 impl HeaderWait {
-    fn new(activity: &Activity) -> Self {
+    fn new(activity: &Activity, period: Duration, timeout: Duration) -> Self {
         HeaderWait {
+            period,
+            timeout,
             requests: activity.requests.load(Ordering::Relaxed),
             busy: false,
             waited: Duration::ZERO,
         }
     }
 
-    fn timed_out(&mut self, activity: &Activity, period: Duration, timeout: Duration) -> bool {
+    fn timed_out(&mut self, activity: &Activity) -> bool {
         let requests = activity.requests.load(Ordering::Relaxed);
         let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
         if busy || self.busy || requests != self.requests {
             self.waited = Duration::ZERO;
         } else {
-            self.waited += period;
+            self.waited += self.period;
         }
         self.requests = requests;
         self.busy = busy;
-        self.waited >= timeout
+        self.waited >= self.timeout
     }
 }
 
