@@ -3,27 +3,39 @@
 # upstream nginx and wrk on CPU 1, rounds alternating A and B (A B B A A B ...), so that
 # this VM's drift (the same row moves 10-25% between runs minutes apart) falls on both
 # sides alike. Prints every round, then the mean req/s and CPU µs per request of each side
-# and the ratio of the means with its range over the round pairs.
+# and the ratio of the means with the median and range of the per-round ratios.
 #
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] [BIN_A [BIN_B]]
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] --auth rs256|hs256|cookie [BIN_A]
 #
 # A is the gateway's public route (BIN_A, default target/release/portcullis). B is nginx's
 # plain keep-alive proxy, or the public route of a second build BIN_B (compare two builds).
-# Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset.
+# With --auth, A is one token repeated (the verified-token cache hit) on the same gateway:
+# an RS256 Bearer token, an HS256 Bearer token, or an RS256 token in cookie "session"; B is
+# that gateway's public route (issue #7's "cache hit >= 0.95x own public route" and
+# "cookie within 5% of Bearer"; the CPU column is the one process, measured per round).
+# Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset
+# (and python3 with `cryptography` for --auth rs256/cookie).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rounds=6 secs=5
+rounds=6 secs=5 auth=""
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
         --seconds) secs=$2; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --auth) auth=$2; shift 2 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
 bin_a=${1:-$root/target/release/portcullis}
 bin_b=${2:-}
+case $auth in
+    "" | rs256 | hs256 | cookie) ;;
+    *) echo "--auth takes rs256, hs256 or cookie, not $auth" >&2; exit 1 ;;
+esac
+[ -z "$auth" ] || [ -z "$bin_b" ] || { echo "--auth compares routes of one build: give one BIN" >&2; exit 1; }
 for c in wrk nginx taskset curl; do
     command -v "$c" >/dev/null || { echo "missing $c (apt-get install wrk nginx util-linux curl)" >&2; exit 1; }
 done
@@ -49,14 +61,52 @@ sleep 0.3
 taskset -p -c 1 "$(cat "$work/nginx.pid")" >/dev/null
 for w in $(pgrep -P "$(cat "$work/nginx.pid")"); do taskset -p -c 1 "$w" >/dev/null; done
 
+secret=ab-load-test-secret-of-32-bytes-xx
 start_gateway() { # BIN PORT: a gateway with one worker on CPU 0; prints its pid
     gateway_toml "$2" $port_up > "$work/gw-$2.toml"
-    LOAD_SECRET=ab-load-test-secret-of-32-bytes-xx RUST_LOG=warn taskset -c 0 "$1" serve --config "$work/gw-$2.toml" --workers 1 \
+    if [ -f "$work/rs.pub.pem" ]; then
+        cat >> "$work/gw-$2.toml" <<TOML
+[providers.rs]
+issuer = "https://issuer.load"
+audiences = ["app"]
+algorithms = ["RS256"]
+public_keys = ["$work/rs.pub.pem"]
+[[routes]]
+name = "rs"
+path_prefix = "/rs"
+upstream = "app"
+auth = "jwt"
+providers = ["rs"]
+[[routes]]
+name = "cookie"
+path_prefix = "/cookie"
+upstream = "app"
+auth = "jwt"
+providers = ["rs"]
+token_sources = ["cookie:session"]
+TOML
+    fi
+    LOAD_SECRET=$secret RUST_LOG=warn taskset -c 0 "$1" serve --config "$work/gw-$2.toml" --workers 1 \
         > "$work/gw-$2.log" 2>&1 &
     echo $!
 }
+# What side A asks for: the public route, or a cached token (--auth).
+path_a=/plain/ header_a=()
+case $auth in
+    hs256) path_a=/hs/ header_a=(-H "Authorization: Bearer $(python3 "$here/tokens.py" hs256 "$secret" 1)") ;;
+    rs256 | cookie)
+        token=$(python3 "$here/tokens.py" rs256 "$work" 1)
+        if [ "$auth" = rs256 ]; then
+            path_a=/rs/ header_a=(-H "Authorization: Bearer $token")
+        else
+            path_a=/cookie/ header_a=(-H "Cookie: theme=dark; session=$token; lang=en")
+        fi ;;
+esac
 pid_a=$(start_gateway "$bin_a" $port_a); pids+=("$pid_a")
-if [ -n "$bin_b" ]; then
+if [ -n "$auth" ]; then
+    pid_b=$pid_a port_b=$port_a
+    label_b="B public route of the same gateway"
+elif [ -n "$bin_b" ]; then
     pid_b=$(start_gateway "$bin_b" $port_b); pids+=("$pid_b")
     label_b="B public route ($bin_b)"
 else
@@ -85,25 +135,38 @@ for port in $port_a $port_b; do
     [ -n "$up" ] || { echo "nothing answers on port $port:" >&2; cat "$work"/gw-*.log >&2; exit 1; }
 done
 
-# round PID PORT: prints "req/s cpu_us_per_request" for one warmed-up wrk run.
+[ -z "$auth" ] || {
+    code=$(curl -s -o /dev/null -w '%{http_code}' "${header_a[@]}" "http://127.0.0.1:$port_a$path_a")
+    [ "$code" = 200 ] || { echo "the $auth request got $code, not 200" >&2; cat "$work"/gw-*.log >&2; exit 1; }
+}
+
+# round PID PORT PATH [wrk args]: prints "req/s cpu_us_per_request" for one warmed-up wrk run.
 round() {
-    taskset -c 1 wrk -t1 -c64 -d1s "http://127.0.0.1:$2/plain/" >/dev/null
+    local pid=$1 port=$2 path=$3
+    shift 3
+    taskset -c 1 wrk -t1 -c64 -d1s "$@" "http://127.0.0.1:$port$path" >/dev/null
     local t0 t1 n
-    t0=$(awk '{print $14 + $15}' "/proc/$1/stat")
-    n=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" "http://127.0.0.1:$2/plain/" |
+    t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    n=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" "$@" "http://127.0.0.1:$port$path" |
         awk '/requests in/ {print $1}')
-    t1=$(awk '{print $14 + $15}' "/proc/$1/stat")
+    t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     awk -v n="$n" -v s="$secs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
         'BEGIN {printf "%.0f %.1f\n", n / s, t * 1e6 / hz / n}'
 }
 
-echo "A public route ($bin_a) against $label_b; $rounds rounds of ${secs}s, pinned"
+label_a="public route"
+[ -z "$auth" ] || label_a="$auth token, cache hit, $path_a"
+echo "A $label_a ($bin_a) against $label_b; $rounds rounds of ${secs}s, pinned"
 results=()
 for i in $(seq 0 $((rounds - 1))); do
     # A B, B A, A B, ...: each round has one of each, in alternating order.
     if [ $((i % 2)) -eq 0 ]; then order="a b"; else order="b a"; fi
     for side in $order; do
-        if [ "$side" = a ]; then r=$(round "$pid_a" $port_a); else r=$(round "$pid_b" $port_b); fi
+        if [ "$side" = a ]; then
+            r=$(round "$pid_a" $port_a "$path_a" "${header_a[@]}")
+        else
+            r=$(round "$pid_b" $port_b /plain/)
+        fi
         echo "round $((i + 1)) $side: $r" | awk '{printf "round %s %s %8d req/s %6.1f us/req\n", $2, toupper($3), $4, $5}'
         results+=("$((i + 1)) $side $r")
     done
@@ -114,9 +177,11 @@ printf '%s\n' "${results[@]}" | awk '
         for (i = 1; i <= n; i++) {
             ra += rps[i, "a"]; rb += rps[i, "b"]; ca += cpu[i, "a"]; cb += cpu[i, "b"]
             r = rps[i, "a"] / rps[i, "b"]
-            if (i == 1 || r < lo) lo = r
-            if (i == 1 || r > hi) hi = r
+            for (j = i - 1; j >= 1 && sorted[j] > r; j--) sorted[j + 1] = sorted[j]
+            sorted[j + 1] = r
         }
+        med = n % 2 ? sorted[(n + 1) / 2] : (sorted[n / 2] + sorted[n / 2 + 1]) / 2
         printf "mean A %d req/s %.1f us/req; mean B %d req/s %.1f us/req\n", ra / n, ca / n, rb / n, cb / n
-        printf "A/B req/s %.2fx (rounds %.2f-%.2fx); CPU per request A/B %.2fx\n", ra / rb, lo, hi, ca / cb
+        printf "A/B req/s %.2fx (median round %.2fx, rounds %.2f-%.2fx); CPU per request A/B %.2fx\n",
+            ra / rb, med, sorted[1], sorted[n], ca / cb
     }'

@@ -2,6 +2,7 @@
 
     tokens.py hs256 SECRET N        HS256 with SECRET
     tokens.py eddsa KEYDIR N        EdDSA; writes KEYDIR/ed.pub.pem (the key is made here)
+    tokens.py rs256 KEYDIR N        RS256 (2048-bit); writes KEYDIR/rs.pub.pem
 """
 import base64
 import hashlib
@@ -32,6 +33,18 @@ elif alg == "eddsa":
         f.write(pem)
     header = {"alg": "EdDSA", "typ": "JWT"}
     sign = key.sign
+elif alg == "rs256":
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with open(f"{arg}/rs.pub.pem", "wb") as f:
+        f.write(pem)
+    header = {"alg": "RS256", "typ": "JWT"}
+    sign = lambda message: key.sign(message, padding.PKCS1v15(), hashes.SHA256())
 else:
     sys.exit(f"unknown algorithm {alg}")
 
