@@ -6,14 +6,15 @@
 # and the ratio of the means with the median and range of the per-round ratios.
 #
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] [BIN_A [BIN_B]]
-#   bash benches/load/ab.sh [--rounds N] [--seconds S] --auth rs256|hs256|cookie [BIN_A]
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] --auth rs256|hs256|cookie [BIN_A [BIN_B]]
 #
 # A is the gateway's public route (BIN_A, default target/release/portcullis). B is nginx's
 # plain keep-alive proxy, or the public route of a second build BIN_B (compare two builds).
 # With --auth, A is one token repeated (the verified-token cache hit) on the same gateway:
 # an RS256 Bearer token, an HS256 Bearer token, or an RS256 token in cookie "session"; B is
 # that gateway's public route (issue #7's "cache hit >= 0.95x own public route" and
-# "cookie within 5% of Bearer"; the CPU column is the one process, measured per round).
+# "cookie within 5% of Bearer"; the CPU column is the one process, measured per round), or
+# the same request to a second build BIN_B.
 # Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset
 # (and python3 with `cryptography` for --auth rs256/cookie).
 set -euo pipefail
@@ -35,7 +36,6 @@ case $auth in
     "" | rs256 | hs256 | cookie) ;;
     *) echo "--auth takes rs256, hs256 or cookie, not $auth" >&2; exit 1 ;;
 esac
-[ -z "$auth" ] || [ -z "$bin_b" ] || { echo "--auth compares routes of one build: give one BIN" >&2; exit 1; }
 for c in wrk nginx taskset curl; do
     command -v "$c" >/dev/null || { echo "missing $c (apt-get install wrk nginx util-linux curl)" >&2; exit 1; }
 done
@@ -103,12 +103,14 @@ case $auth in
         fi ;;
 esac
 pid_a=$(start_gateway "$bin_a" $port_a); pids+=("$pid_a")
-if [ -n "$auth" ]; then
+path_b=/plain/ header_b=()
+if [ -n "$auth" ] && [ -z "$bin_b" ]; then
     pid_b=$pid_a port_b=$port_a
     label_b="B public route of the same gateway"
 elif [ -n "$bin_b" ]; then
+    [ -z "$auth" ] || { path_b=$path_a header_b=("${header_a[@]}"); }
     pid_b=$(start_gateway "$bin_b" $port_b); pids+=("$pid_b")
-    label_b="B public route ($bin_b)"
+    label_b="B $path_b ($bin_b)"
 else
     cat > "$work/nginx-proxy.conf" <<NGINX
 worker_processes 1;
@@ -135,10 +137,10 @@ for port in $port_a $port_b; do
     [ -n "$up" ] || { echo "nothing answers on port $port:" >&2; cat "$work"/gw-*.log >&2; exit 1; }
 done
 
-[ -z "$auth" ] || {
-    code=$(curl -s -o /dev/null -w '%{http_code}' "${header_a[@]}" "http://127.0.0.1:$port_a$path_a")
+[ -z "$auth" ] || for port in $port_a ${bin_b:+$port_b}; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "${header_a[@]}" "http://127.0.0.1:$port$path_a")
     [ "$code" = 200 ] || { echo "the $auth request got $code, not 200" >&2; cat "$work"/gw-*.log >&2; exit 1; }
-}
+done
 
 # round PID PORT PATH [wrk args]: prints "req/s cpu_us_per_request" for one warmed-up wrk run.
 round() {
@@ -165,7 +167,7 @@ for i in $(seq 0 $((rounds - 1))); do
         if [ "$side" = a ]; then
             r=$(round "$pid_a" $port_a "$path_a" "${header_a[@]}")
         else
-            r=$(round "$pid_b" $port_b /plain/)
+            r=$(round "$pid_b" $port_b "$path_b" "${header_b[@]}")
         fi
         echo "round $((i + 1)) $side: $r" | awk '{printf "round %s %s %8d req/s %6.1f us/req\n", $2, toupper($3), $4, $5}'
         results+=("$((i + 1)) $side $r")

@@ -6,10 +6,11 @@
 #
 # Runs the gateway (one worker) under valgrind --tool=callgrind in front of a local nginx,
 # warms up, zeroes the counters, sends wrk -c16 for 6 s, and divides the instructions by the
-# requests wrk completed. Rows: the public route and a cached HS256 Bearer token (the
-# verified-token cache path; SHA-256 runs without SHA-NI under valgrind, so that row
-# over-weights the digest). The kernel's share (about half the CPU) is not counted: compare
-# builds with this, and compare with nginx with the load harness.
+# requests wrk completed. Rows: the public route and a cached HS256 Bearer token (one token
+# repeated: the worker's memo answers it; a token that misses the memo is hashed with
+# SHA-256, which runs without SHA-NI under valgrind and would over-weight the digest). The
+# kernel's share (about half the CPU) is not counted: compare builds with this, and compare
+# with nginx with the load harness.
 # Needs valgrind, nginx, wrk, python3, curl (apt-get install valgrind nginx wrk).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

@@ -10,12 +10,22 @@
 //! - Entries live until min(exp, the provider's `cache_ttl`); the cache holds at most
 //!   `server.token_cache_size` entries (TinyLFU admission, LRU eviction).
 //! - Only successes are cached; a failed token is verified again every time.
+//! - In front of it, each worker thread keeps a memo of the last tokens it saw hit or verify
+//!   ([`MEMO_SLOTS`] slots, one per token, picked by the token's last bytes): a token repeated
+//!   on that worker (a client on a keep-alive connection, a browser's cookie) is found by a
+//!   plain comparison with the stored token, without the SHA-256 and the shared lookup. These
+//!   slots do hold tokens, at most 64 per worker (the shared cache never does); the
+//!   comparison takes the same time wherever the tokens differ (slots are shared by every
+//!   client of the worker), and a slot answers only for the cache that filled it (a reload
+//!   starts a new cache), only until the entry's own expiry, and not at all when
+//!   `token_cache_size` is 0.
 //!
 //! moka rather than dashmap: it is bounded with a real eviction policy and per-entry expiry,
 //! and its reads take no global lock (sharded hash table, lock-free read path; writes go
 //! through a buffered, amortised policy update). dashmap would need a hand-written eviction
 //! scheme on top.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +42,9 @@ pub struct Cached {
     pub valid_until: f64,
     pub claims: Arc<Claims>,
     ttl: Duration,
+    /// When the entry's time in the cache ends, in whole seconds since the epoch, rounded so
+    /// that the memo never keeps it longer than the shared cache does.
+    expires_at: u64,
 }
 
 impl Cached {
@@ -42,6 +55,7 @@ impl Cached {
             valid_until,
             claims,
             ttl: Duration::ZERO,
+            expires_at: 0,
         }
     }
 }
@@ -96,9 +110,34 @@ impl std::hash::Hasher for DigestHasher {
 
 pub struct TokenCache {
     entries: moka::sync::Cache<[u8; 32], Arc<Cached>, DigestHash>,
+    /// Tells this cache's memo slots from those of an earlier config's cache.
+    id: u64,
+    /// False when `token_cache_size` is 0: nothing is remembered, not even in the memo.
+    memo: bool,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
+
+/// Memo slots per worker thread (a power of two).
+pub const MEMO_SLOTS: usize = 64;
+/// Longer tokens are not kept in the memo (they still are in the shared cache, as a digest).
+const MEMO_MAX_TOKEN: usize = 4096;
+
+/// One memo slot: a token and what the cache said about it.
+#[derive(Default)]
+struct Slot {
+    cache: u64,
+    expires_at: u64,
+    token: Vec<u8>,
+    entry: Option<Arc<Cached>>,
+}
+
+thread_local! {
+    /// The worker's memo (module docs); allocated on the first token the thread sees.
+    static MEMO: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl TokenCache {
     pub fn new(size: u64) -> Self {
@@ -107,6 +146,8 @@ impl TokenCache {
                 .max_capacity(size)
                 .expire_after(PerEntryTtl)
                 .build_with_hasher(DigestHash),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            memo: size > 0,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -119,6 +160,25 @@ impl TokenCache {
         key
     }
 
+    /// What the cache remembers of `token` at `now` (seconds since the epoch): this worker's
+    /// memo first, then the shared cache by digest. A miss hands back the digest, for
+    /// [`TokenCache::insert`] after the token verified.
+    pub fn lookup(&self, token: &[u8], now: u64) -> Result<Arc<Cached>, [u8; 32]> {
+        if let Some(hit) = self.memo_get(token, now) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        let key = Self::key(token);
+        match self.get(&key) {
+            Some(hit) => {
+                self.memo_put(token, &hit);
+                Ok(hit)
+            }
+            None => Err(key),
+        }
+    }
+
+    /// The shared cache alone, by digest (counts a hit or a miss).
     pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Cached>> {
         let found = self.entries.get(key);
         let counter = if found.is_some() {
@@ -130,13 +190,47 @@ impl TokenCache {
         found
     }
 
-    /// Remembers a verification for min(`exp`, `ttl`) from `now`.
-    pub fn insert(&self, key: [u8; 32], mut cached: Cached, now: u64, ttl: Duration) {
+    /// Remembers a verification of `token` (whose digest is `key`) for min(`exp`, `ttl`)
+    /// from `now`.
+    pub fn insert(&self, token: &[u8], key: [u8; 32], mut cached: Cached, now: u64, ttl: Duration) {
         let remaining = (cached.valid_until - now as f64).max(0.0);
         cached.ttl = ttl.min(Duration::from_secs_f64(remaining));
+        // Both clocks read whole seconds: `now` + floor(ttl) ends before the shared entry
+        // does (inserted at now + a fraction, for ttl).
+        cached.expires_at = now + cached.ttl.as_secs();
         if !cached.ttl.is_zero() {
-            self.entries.insert(key, Arc::new(cached));
+            let cached = Arc::new(cached);
+            self.memo_put(token, &cached);
+            self.entries.insert(key, cached);
         }
+    }
+
+    fn memo_get(&self, token: &[u8], now: u64) -> Option<Arc<Cached>> {
+        MEMO.with_borrow(|slots| {
+            let slot = slots.get(slot_index(token))?;
+            if slot.cache == self.id && now < slot.expires_at && same_bytes(&slot.token, token) {
+                slot.entry.clone()
+            } else {
+                None
+            }
+        })
+    }
+
+    fn memo_put(&self, token: &[u8], entry: &Arc<Cached>) {
+        if !self.memo || token.len() > MEMO_MAX_TOKEN {
+            return;
+        }
+        MEMO.with_borrow_mut(|slots| {
+            if slots.is_empty() {
+                slots.resize_with(MEMO_SLOTS, Slot::default);
+            }
+            let slot = &mut slots[slot_index(token)];
+            slot.cache = self.id;
+            slot.expires_at = entry.expires_at;
+            slot.token.clear();
+            slot.token.extend_from_slice(token);
+            slot.entry = Some(entry.clone());
+        });
     }
 
     pub fn len(&self) -> u64 {
@@ -149,11 +243,145 @@ impl TokenCache {
     }
 }
 
+/// The memo slot of a token: its last eight bytes (for a JWT, signature bytes) and its
+/// length, mixed. A client who picks them only picks which slot it evicts.
+fn slot_index(token: &[u8]) -> usize {
+    let tail = &token[token.len().saturating_sub(8)..];
+    let mut word = [0u8; 8];
+    word[..tail.len()].copy_from_slice(tail);
+    let mixed = (u64::from_le_bytes(word) ^ token.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> (64 - MEMO_SLOTS.trailing_zeros())) as usize
+}
+
+/// Equal contents, in a time that depends on the length only: a memo slot holds one
+/// client's token and is compared with any client's.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u64;
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in a_words.remainder().iter().zip(b_words.remainder()) {
+        diff |= u64::from(x ^ y);
+    }
+    for (x, y) in a_words.zip(b_words) {
+        let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().expect("eight bytes"));
+        diff |= word(x) ^ word(y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use std::hash::BuildHasher;
 
     use super::*;
+
+    fn cached() -> Cached {
+        Cached::new(0, 7, 2000.0, Arc::new(Claims::default()))
+    }
+
+    /// Caches `token` at `now` = 1000 for `ttl` seconds (valid until 2000).
+    fn filled(size: u64, token: &[u8], ttl: u64) -> TokenCache {
+        let cache = TokenCache::new(size);
+        let key = TokenCache::key(token);
+        cache.insert(token, key, cached(), 1000, Duration::from_secs(ttl));
+        cache
+    }
+
+    #[test]
+    fn a_repeated_token_is_answered_by_the_memo_until_its_entry_ends() {
+        let token = b"header.payload.signature-bytes";
+        let cache = filled(100, token, 10);
+        let first = cache.lookup(token, 1000).expect("just inserted");
+        assert_eq!(first.key_id, 7);
+        let memo = cache.memo_get(token, 1009).expect("the memo holds it");
+        assert!(Arc::ptr_eq(&first, &memo));
+        assert!(
+            cache.memo_get(token, 1010).is_none(),
+            "past now + cache_ttl"
+        );
+        // Capped by `exp` as well: valid_until 2000 with a ttl of an hour ends at 2000.
+        let cache = filled(100, token, 3600);
+        assert!(cache.memo_get(token, 1999).is_some());
+        assert!(cache.memo_get(token, 2000).is_none());
+        // Hits from the memo are hits.
+        let cache = filled(100, token, 10);
+        for _ in 0..3 {
+            assert!(cache.lookup(token, 1001).is_ok());
+        }
+        assert_eq!(cache.hits.load(Ordering::Relaxed), 3);
+        assert_eq!(cache.misses.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_memo_compares_every_byte() {
+        let token = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl".to_vec();
+        let cache = filled(100, &token, 10);
+        for i in 0..token.len() {
+            let mut other = token.clone();
+            other[i] ^= 0x01;
+            // Same length; the same slot unless the flip is in the last eight bytes.
+            assert!(
+                cache.memo_get(&other, 1000).is_none(),
+                "byte {i} did not count"
+            );
+            assert!(cache.lookup(&other, 1000).is_err(), "byte {i}");
+        }
+        let longer = [&token[..], b"x"].concat();
+        assert!(cache.lookup(&longer, 1000).is_err());
+        assert!(cache.lookup(&token[1..], 1000).is_err());
+        assert!(cache.lookup(&token, 1000).is_ok());
+    }
+
+    #[test]
+    fn the_memo_answers_only_for_the_cache_that_filled_it() {
+        let token = b"a.b.c";
+        let old = filled(100, token, 60);
+        assert!(old.memo_get(token, 1000).is_some());
+        // A reload's new cache, on the same thread: nothing remembered.
+        let new = TokenCache::new(100);
+        assert!(new.memo_get(token, 1000).is_none());
+        assert!(new.lookup(token, 1000).is_err());
+    }
+
+    #[test]
+    fn a_zero_size_cache_remembers_nothing() {
+        let token = b"a.b.c";
+        let cache = filled(0, token, 60);
+        assert!(cache.memo_get(token, 1000).is_none());
+        // A ttl of zero (cache_ttl = "0s", or `exp` already reached) neither.
+        let cache = filled(100, token, 0);
+        assert!(cache.memo_get(token, 1000).is_none());
+        assert!(cache.lookup(token, 1000).is_err());
+    }
+
+    #[test]
+    fn same_bytes_is_equality() {
+        let base: Vec<u8> = (0..40).collect();
+        for len in 0..base.len() {
+            let a = &base[..len];
+            assert!(same_bytes(a, a));
+            assert!(!same_bytes(a, &base[..len + 1]));
+            for i in 0..len {
+                let mut b = a.to_vec();
+                b[i] ^= 0x80;
+                assert!(!same_bytes(a, &b), "len {len}, byte {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn slots_spread_and_stay_in_range() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let index = slot_index(format!("token-{i}").as_bytes());
+            assert!(index < MEMO_SLOTS);
+            seen.insert(index);
+        }
+        assert_eq!(seen.len(), MEMO_SLOTS, "some slots never used");
+        assert!(slot_index(b"") < MEMO_SLOTS);
+    }
 
     #[test]
     fn the_digest_hash_depends_on_every_key_byte() {

@@ -261,17 +261,22 @@ async fn verify_cached(
     cache: &TokenCache,
     now: u64,
 ) -> Result<Identity, AuthError> {
-    let key = TokenCache::key(found.bytes());
-    if let Some(hit) = cache.get(&key)
-        && policy.providers.contains(&hit.provider)
-        && (now as f64) < hit.valid_until
-        && providers[hit.provider].keys.load().contains_key(hit.key_id)
-    {
-        return Ok(Identity {
-            provider: hit.provider,
-            claims: hit.claims.clone(),
-        });
-    }
+    let key = match cache.lookup(found.bytes(), now) {
+        Ok(hit)
+            if policy.providers.contains(&hit.provider)
+                && (now as f64) < hit.valid_until
+                && providers[hit.provider].keys.load().contains_key(hit.key_id) =>
+        {
+            return Ok(Identity {
+                provider: hit.provider,
+                claims: hit.claims.clone(),
+            });
+        }
+        // A hit this route cannot use (another provider, a rotated key, past `exp`) is
+        // verified again in full; the digest is worked out for the insert.
+        Ok(_) => TokenCache::key(found.bytes()),
+        Err(key) => key,
+    };
     // A miss: the token's form is checked now (a hit's bytes passed it when they were
     // verified).
     let token = found.text()?;
@@ -293,7 +298,7 @@ async fn verify_cached(
             verified.valid_until,
             claims.clone(),
         );
-        cache.insert(key, cached, now, ttl);
+        cache.insert(found.bytes(), key, cached, now, ttl);
     }
     Ok(Identity {
         provider: verified.provider,

@@ -406,6 +406,55 @@ async fn an_expired_token_is_refused_even_after_it_was_cached() {
     assert_eq!(response.status(), 401);
 }
 
+/// The counts of the gateway's verified-token cache (misses are full verifications).
+fn cache_counts(gw: &Gateway) -> (u64, u64) {
+    let snapshot = gw.shared.load_full();
+    let cache = &snapshot.token_cache;
+    (
+        cache.misses.load(Ordering::Relaxed),
+        cache.hits.load(Ordering::Relaxed),
+    )
+}
+
+async fn api_status(gw: &Gateway, token: &str) -> u16 {
+    let response = client().get(gw.url("/api")).bearer_auth(token).send();
+    response.await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn cache_ttl_bounds_a_verification_and_a_zero_size_cache_keeps_none() {
+    let upstream = Upstream::start().await;
+    let text = config(upstream.addr, ROUTES)
+        .replace("[providers.rsa]\n", "[providers.rsa]\ncache_ttl = \"1s\"\n");
+    let gw = Gateway::start(&text).await;
+    let valid = valid_token();
+    for _ in 0..3 {
+        assert_eq!(api_status(&gw, &valid).await, 200);
+    }
+    assert_eq!(cache_counts(&gw), (1, 2), "(verifications, cache hits)");
+    // Past cache_ttl the token is verified again, although it is far from `exp` and was
+    // just used on this very thread (the worker's memo answers only while the entry lives).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(api_status(&gw, &valid).await, 200);
+    assert_eq!(
+        cache_counts(&gw),
+        (2, 2),
+        "a verification outlived cache_ttl"
+    );
+
+    let text =
+        config(upstream.addr, ROUTES).replace("[server]\n", "[server]\ntoken_cache_size = 0\n");
+    let gw = Gateway::start(&text).await;
+    for _ in 0..3 {
+        assert_eq!(api_status(&gw, &valid).await, 200);
+    }
+    assert_eq!(
+        cache_counts(&gw),
+        (3, 0),
+        "token_cache_size = 0 remembered a token"
+    );
+}
+
 #[tokio::test]
 async fn https_to_the_idp_trusts_the_ca_file_and_only_then() {
     let upstream = Upstream::start().await;
