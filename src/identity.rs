@@ -148,8 +148,9 @@ pub fn strip_request<'a>(
             _ => None,
         },
     };
-    let doomed = |name: &str| {
-        consumed_cookie == Some(name) || policy.own_cookies.iter().any(|own| **own == *name)
+    let doomed = |name: &[u8]| {
+        consumed_cookie.is_some_and(|consumed| consumed.as_bytes() == name)
+            || policy.own_cookies.iter().any(|own| own.as_bytes() == name)
     };
     if consumed_cookie.is_some() {
         // The credential came from a cookie: it is there, rewrite at once.

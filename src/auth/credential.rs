@@ -100,8 +100,8 @@ pub fn find_credential<'h>(
     for (index, source) in sources.iter().enumerate() {
         let found = match source {
             TokenSource::Bearer => bearer_token(headers)?,
-            TokenSource::Cookie(name) => cookie_value(headers, name)?.map(|value| Found {
-                bytes: value.as_bytes(),
+            TokenSource::Cookie(name) => cookie_bytes(headers, name)?.map(|value| Found {
+                bytes: value,
                 unchecked_bearer: false,
             }),
         };
@@ -176,28 +176,88 @@ fn is_b64token(token: &[u8]) -> bool {
             .all(|block| block.iter().fold(true, |ok, &b| ok & is_b64token_byte(b)))
 }
 
-/// The value of cookie `name` across every `Cookie` header.
+/// The bytes of a header that [`http::HeaderValue::to_str`] accepts (every byte visible
+/// ASCII or a tab), else `None`. The same test without a branch per byte, so that the
+/// compiler checks a block of bytes at a time: a `Cookie` header holding a session JWT is
+/// read twice per request, to find the token and to forward the other cookies.
+fn header_text(value: &http::HeaderValue) -> Option<&[u8]> {
+    let bytes = value.as_bytes();
+    let visible = bytes.chunks(64).all(|block| {
+        block.iter().fold(true, |ok, &b| {
+            ok & ((b.wrapping_sub(b' ') < 0x5f) | (b == b'\t'))
+        })
+    });
+    visible.then_some(bytes)
+}
+
+/// The cookies of one `Cookie` header: its `;`-separated pieces with the spaces around them
+/// trimmed, each as (name, value) split at the first `=` (a piece without one is all name,
+/// value `None`). The `;` are found with `memchr`'s vector search: a session JWT is hundreds
+/// of bytes without one.
+fn cookies(header: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    let mut rest = Some(header);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        let piece = match memchr::memchr(b';', current) {
+            Some(at) => {
+                rest = Some(&current[at + 1..]);
+                &current[..at]
+            }
+            None => {
+                rest = None;
+                current
+            }
+        };
+        let piece = trim_spaces(piece);
+        Some(match memchr::memchr(b'=', piece) {
+            Some(at) => (&piece[..at], Some(&piece[at + 1..])),
+            None => (piece, None),
+        })
+    })
+}
+
+fn trim_spaces(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' '] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+/// The value of cookie `name` across every `Cookie` header (without surrounding quotes).
 pub fn cookie_value<'h>(
     headers: &'h HeaderMap,
     name: &str,
 ) -> Result<Option<&'h str>, CredentialError> {
+    // Visible ASCII (`header_text`), so always UTF-8.
+    Ok(cookie_bytes(headers, name)?.and_then(|value| std::str::from_utf8(value).ok()))
+}
+
+/// [`cookie_value`] as bytes: what a credential is taken from (its text is needed only when
+/// the verified-token cache does not know it).
+fn cookie_bytes<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+) -> Result<Option<&'h [u8]>, CredentialError> {
     let mut found = None;
     for header in headers.get_all(COOKIE) {
-        let Ok(text) = header.to_str() else {
+        let Some(text) = header_text(header) else {
             continue;
         };
-        for pair in text.split(';') {
-            let Some((key, value)) = pair.trim_matches(' ').split_once('=') else {
+        for (key, value) in cookies(text) {
+            let Some(value) = value else {
                 continue;
             };
-            if key == name {
+            if key == name.as_bytes() {
                 if found.is_some() {
                     return Err(CredentialError::Ambiguous);
                 }
                 found = Some(
                     value
-                        .strip_prefix('"')
-                        .and_then(|v| v.strip_suffix('"'))
+                        .strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
                         .unwrap_or(value),
                 );
             }
@@ -210,21 +270,15 @@ pub fn cookie_value<'h>(
 /// header (HTTP/1 upstreams expect a single `Cookie` line). Removes the header when nothing
 /// is left.
 pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
-    remove_cookies(headers, |n| n == name);
+    remove_cookies(headers, |n| n == name.as_bytes());
 }
 
 /// [`remove_cookie`] for every cookie whose name `doomed` picks. Leaves the headers
 /// untouched (no rewrite, no allocation) when no such cookie is present.
-pub fn remove_cookies(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
-    fn name_of(pair: &str) -> &str {
-        let pair = pair.trim_matches(' ');
-        pair.split_once('=').map_or(pair, |(k, _)| k)
-    }
+pub fn remove_cookies(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
     // A header that is not text is dropped by the rewrite below, like a doomed cookie.
     let present = headers.get_all(COOKIE).iter().any(|header| {
-        header.to_str().map_or(true, |text| {
-            text.split(';').any(|pair| doomed(name_of(pair)))
-        })
+        header_text(header).is_none_or(|text| cookies(text).any(|(name, _)| doomed(name)))
     });
     if present {
         rewrite_cookies(headers, doomed);
@@ -234,27 +288,32 @@ pub fn remove_cookies(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
 /// [`remove_cookies`] when a doomed cookie is known to be there (the one a credential was
 /// taken from): the rewrite without the pass that looks for one. That pass reads the whole
 /// header, session JWT included, so it is worth skipping on every cookie-authenticated request.
-pub fn rewrite_cookies(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
-    let mut kept = String::new();
+pub fn rewrite_cookies(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
+    let mut kept: Vec<u8> = Vec::new();
     for header in headers.get_all(COOKIE) {
-        let Ok(text) = header.to_str() else {
+        let Some(text) = header_text(header) else {
             continue;
         };
-        for pair in text.split(';') {
-            let pair = pair.trim_matches(' ');
-            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-            if pair.is_empty() || doomed(key) {
+        for (name, value) in cookies(text) {
+            if (name.is_empty() && value.is_none()) || doomed(name) {
                 continue;
             }
-            if !kept.is_empty() {
-                kept.push_str("; ");
+            if kept.is_empty() {
+                // Room for what is left, at most the header: one allocation, no regrowth.
+                kept.reserve_exact(text.len());
+            } else {
+                kept.extend_from_slice(b"; ");
             }
-            kept.push_str(pair);
+            kept.extend_from_slice(name);
+            if let Some(value) = value {
+                kept.push(b'=');
+                kept.extend_from_slice(value);
+            }
         }
     }
     headers.remove(COOKIE);
     if !kept.is_empty()
-        && let Ok(value) = http::HeaderValue::from_str(&kept)
+        && let Ok(value) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(kept))
     {
         headers.insert(COOKIE, value);
     }
@@ -278,6 +337,43 @@ pub(crate) mod tests {
     }
 
     const BEARER: &[TokenSource] = &[TokenSource::Bearer];
+
+    #[test]
+    fn a_quoted_cookie_value_loses_its_quotes_only() {
+        let value = |header: &str| {
+            let map = headers(&[("cookie", header)]);
+            cookie_value(&map, "a").map(|v| v.map(str::to_owned))
+        };
+        assert_eq!(value("x=1; a=\"tok\"; b=2"), Ok(Some("tok".into())));
+        assert_eq!(value("a=\"\""), Ok(Some("".into())));
+        assert_eq!(value("a=\""), Ok(Some("\"".into())));
+        assert_eq!(value("a=\"tok"), Ok(Some("\"tok".into())));
+        assert_eq!(
+            value(" a = 1"),
+            Ok(None),
+            "a space before `=` is part of the name"
+        );
+        assert_eq!(value("a=1;a=2"), Err(CredentialError::Ambiguous));
+    }
+
+    #[test]
+    fn header_text_is_to_str() {
+        for b in 0..=255u8 {
+            for at in [0, 1, 63, 64, 65, 699] {
+                let mut bytes = vec![b'a'; 700];
+                bytes[at] = b;
+                let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+                    continue;
+                };
+                assert_eq!(
+                    header_text(&value),
+                    value.to_str().ok().map(str::as_bytes),
+                    "byte {b:#x} at {at}"
+                );
+            }
+        }
+        assert_eq!(header_text(&HeaderValue::from_static("")), Some(&b""[..]));
+    }
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
@@ -391,7 +487,83 @@ pub(crate) mod tests {
         assert!(!is_b64token(b"ab=c"));
     }
 
+    /// The `str` version the byte parser replaced: the oracle for the proptest below.
+    fn reference_cookie_value(
+        headers: &HeaderMap,
+        name: &str,
+    ) -> Result<Option<String>, CredentialError> {
+        let mut found = None;
+        for header in headers.get_all(COOKIE) {
+            let Ok(text) = header.to_str() else { continue };
+            for pair in text.split(';') {
+                let Some((key, value)) = pair.trim_matches(' ').split_once('=') else {
+                    continue;
+                };
+                if key == name {
+                    if found.is_some() {
+                        return Err(CredentialError::Ambiguous);
+                    }
+                    let value = value
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(value);
+                    found = Some(value.to_owned());
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn reference_rewrite(headers: &HeaderMap, name: &str) -> Option<String> {
+        let mut kept = String::new();
+        for header in headers.get_all(COOKIE) {
+            let Ok(text) = header.to_str() else { continue };
+            for pair in text.split(';') {
+                let pair = pair.trim_matches(' ');
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                if pair.is_empty() || key == name {
+                    continue;
+                }
+                if !kept.is_empty() {
+                    kept.push_str("; ");
+                }
+                kept.push_str(pair);
+            }
+        }
+        (!kept.is_empty()).then_some(kept)
+    }
+
     proptest::proptest! {
+        #[test]
+        fn the_cookie_parser_agrees_with_the_str_version(
+            values in proptest::collection::vec("[ab=; \"\u{e9}]{0,24}", 1..3),
+            name in proptest::prop_oneof!["a", "b", "ab"],
+        ) {
+            let mut map = HeaderMap::new();
+            for value in &values {
+                map.append(COOKIE, HeaderValue::from_str(value).unwrap());
+            }
+            let ours = cookie_value(&map, &name).map(|v| v.map(str::to_owned));
+            proptest::prop_assert_eq!(ours, reference_cookie_value(&map, &name));
+            let expected = reference_rewrite(&map, &name);
+            // A header that is not text counts as holding a doomed cookie.
+            let present = values.iter().any(|v| {
+                !v.is_ascii()
+                    || v.split(';').any(|p| {
+                        let p = p.trim_matches(' ');
+                        p.split_once('=').map_or(p, |(k, _)| k) == name
+                    })
+            });
+            remove_cookie(&mut map, &name);
+            let after: Vec<String> =
+                map.get_all(COOKIE).iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+            if present {
+                proptest::prop_assert_eq!(after, expected.into_iter().collect::<Vec<_>>());
+            } else {
+                proptest::prop_assert_eq!(after, values, "rewritten without need");
+            }
+        }
+
         #[test]
         fn one_pass_bearer_agrees_with_the_text_rules(
             scheme in proptest::prop_oneof!["Bearer", "bearer", "BEARER", "Basic", "Bearerx", ""],
@@ -416,6 +588,7 @@ pub(crate) mod tests {
                 .and_then(|found| found.map(|f| f.text().map(str::to_owned)).transpose());
             proptest::prop_assert_eq!(fast, reference_bearer(&value), "{:?}", value);
         }
+
     }
 
     #[test]
