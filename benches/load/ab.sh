@@ -65,18 +65,8 @@ secret=ab-load-test-secret-of-32-bytes-xx
 start_gateway() { # BIN PORT: a gateway with one worker on CPU 0; prints its pid
     gateway_toml "$2" $port_up > "$work/gw-$2.toml"
     if [ -f "$work/rs.pub.pem" ]; then
+        jwt_route_toml rs RS256 "$work/rs.pub.pem" >> "$work/gw-$2.toml"
         cat >> "$work/gw-$2.toml" <<TOML
-[providers.rs]
-issuer = "https://issuer.load"
-audiences = ["app"]
-algorithms = ["RS256"]
-public_keys = ["$work/rs.pub.pem"]
-[[routes]]
-name = "rs"
-path_prefix = "/rs"
-upstream = "app"
-auth = "jwt"
-providers = ["rs"]
 [[routes]]
 name = "cookie"
 path_prefix = "/cookie"

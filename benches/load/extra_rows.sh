@@ -55,18 +55,8 @@ token_cache_size = 50000"
 [tls]
 cert = "tls.crt"
 key = "tls.key"
-[providers.ed]
-issuer = "https://issuer.load"
-audiences = ["app"]
-algorithms = ["EdDSA"]
-public_keys = ["ed.pub.pem"]
-[[routes]]
-name = "ed"
-path_prefix = "/ed"
-upstream = "app"
-auth = "jwt"
-providers = ["ed"]
 TOML
+    jwt_route_toml ed EdDSA ed.pub.pem
 } > "$work/gw.toml"
 
 start_gateway() {

@@ -1,4 +1,4 @@
-# Pieces the load scripts share (sourced by run.sh, extra_rows.sh, instructions.sh).
+# Pieces the load scripts share (sourced by run.sh, extra_rows.sh, instructions.sh, ab.sh).
 
 # upstream_nginx WORK PORT [WORKER_CONNECTIONS]: starts a one-worker nginx on 127.0.0.1:PORT
 # answering every path with "ok user=<X-Auth-User>" (the app behind the gateway); its pid is
@@ -47,5 +47,23 @@ path_prefix = "/hs"
 upstream = "app"
 auth = "jwt"
 providers = ["hs"]
+TOML
+}
+
+# jwt_route_toml NAME ALG KEYFILE: a provider NAME (the load configs' issuer and audience)
+# verifying ALG with the public key in KEYFILE, and a Bearer route /NAME that takes it.
+jwt_route_toml() {
+    cat <<TOML
+[providers.$1]
+issuer = "https://issuer.load"
+audiences = ["app"]
+algorithms = ["$2"]
+public_keys = ["$3"]
+[[routes]]
+name = "$1"
+path_prefix = "/$1"
+upstream = "app"
+auth = "jwt"
+providers = ["$1"]
 TOML
 }
