@@ -299,7 +299,8 @@ pub fn rewrite_cookies(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) 
                 continue;
             }
             if kept.is_empty() {
-                // Room for what is left, at most the header: one allocation, no regrowth.
+                // Room for the rest of this header: for the usual single `Cookie` header,
+                // one allocation and no regrowth.
                 kept.reserve_exact(text.len());
             } else {
                 kept.extend_from_slice(b"; ");
