@@ -123,11 +123,10 @@ pub const MEMO_SLOTS: usize = 64;
 /// Longer tokens are not kept in the memo (they still are in the shared cache, as a digest).
 const MEMO_MAX_TOKEN: usize = 4096;
 
-/// One memo slot: a token and what the cache said about it.
+/// One memo slot: a token and what the cache said about it (`cache` 0: empty, ids start at 1).
 #[derive(Default)]
 struct Slot {
     cache: u64,
-    expires_at: u64,
     token: Vec<u8>,
     entry: Option<Arc<Cached>>,
 }
@@ -208,11 +207,9 @@ impl TokenCache {
     fn memo_get(&self, token: &[u8], now: u64) -> Option<Arc<Cached>> {
         MEMO.with_borrow(|slots| {
             let slot = slots.get(slot_index(token))?;
-            if slot.cache == self.id && now < slot.expires_at && same_bytes(&slot.token, token) {
-                slot.entry.clone()
-            } else {
-                None
-            }
+            let entry = slot.entry.as_ref()?;
+            (slot.cache == self.id && now < entry.expires_at && same_bytes(&slot.token, token))
+                .then(|| entry.clone())
         })
     }
 
@@ -226,7 +223,6 @@ impl TokenCache {
             }
             let slot = &mut slots[slot_index(token)];
             slot.cache = self.id;
-            slot.expires_at = entry.expires_at;
             slot.token.clear();
             slot.token.extend_from_slice(token);
             slot.entry = Some(entry.clone());

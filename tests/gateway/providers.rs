@@ -57,15 +57,20 @@ fn other_rsa() -> EncodingKey {
     EncodingKey::from_rsa_pem(keys().rsa_other.serialize_pem().as_bytes()).unwrap()
 }
 
-async fn status(gw: &Gateway, token: &str) -> u16 {
+/// The status of a GET of `path` with `token` as Bearer credential.
+async fn status_at(gw: &Gateway, path: &str, token: &str) -> u16 {
     client()
-        .get(gw.url("/idp/x"))
+        .get(gw.url(path))
         .bearer_auth(token)
         .send()
         .await
         .unwrap()
         .status()
         .as_u16()
+}
+
+async fn status(gw: &Gateway, token: &str) -> u16 {
+    status_at(gw, "/idp/x", token).await
 }
 
 #[tokio::test]
@@ -327,85 +332,6 @@ async fn jwks_files_choose_keys_by_kid_and_alg() {
     );
 }
 
-#[tokio::test]
-async fn the_token_cache_verifies_once_and_never_widens_a_route() {
-    let upstream = Upstream::start().await;
-    let gw = Gateway::standard(&upstream).await;
-    let snapshot = gw.shared.load_full();
-    let cache = &snapshot.token_cache;
-    let valid = valid_token();
-    for _ in 0..5 {
-        let response = client()
-            .get(gw.url("/api"))
-            .bearer_auth(&valid)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-    }
-    assert_eq!(
-        cache.misses.load(Ordering::Relaxed),
-        1,
-        "verified more than once"
-    );
-    assert_eq!(cache.hits.load(Ordering::Relaxed), 4);
-    // An ES256 token verified (and cached) on /api by provider "ec" must not pass /admin,
-    // which only accepts provider "rsa", even with the right scope and role.
-    let es = token(
-        Algorithm::ES256,
-        &claims(json!({"scope": "admin", "role": "admin"})),
-    );
-    let response = client()
-        .get(gw.url("/api"))
-        .bearer_auth(&es)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let response = client()
-        .get(gw.url("/admin"))
-        .bearer_auth(&es)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
-    // Failures are not cached as successes.
-    let bad = format!("{valid}x");
-    for _ in 0..2 {
-        let response = client()
-            .get(gw.url("/api"))
-            .bearer_auth(&bad)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 401);
-    }
-}
-
-#[tokio::test]
-async fn an_expired_token_is_refused_even_after_it_was_cached() {
-    let upstream = Upstream::start().await;
-    let text = config(upstream.addr, ROUTES)
-        .replace("[providers.rsa]\n", "[providers.rsa]\nleeway = \"0s\"\n");
-    let gw = Gateway::start(&text).await;
-    let token = token(Algorithm::RS256, &claims(json!({"exp": now() + 2})));
-    let response = client()
-        .get(gw.url("/api"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    tokio::time::sleep(Duration::from_millis(3100)).await;
-    let response = client()
-        .get(gw.url("/api"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
-}
-
 /// The counts of the gateway's verified-token cache (misses are full verifications).
 fn cache_counts(gw: &Gateway) -> (u64, u64) {
     let snapshot = gw.shared.load_full();
@@ -416,9 +342,41 @@ fn cache_counts(gw: &Gateway) -> (u64, u64) {
     )
 }
 
-async fn api_status(gw: &Gateway, token: &str) -> u16 {
-    let response = client().get(gw.url("/api")).bearer_auth(token).send();
-    response.await.unwrap().status().as_u16()
+#[tokio::test]
+async fn the_token_cache_verifies_once_and_never_widens_a_route() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::standard(&upstream).await;
+    let valid = valid_token();
+    for _ in 0..5 {
+        assert_eq!(status_at(&gw, "/api", &valid).await, 200);
+    }
+    assert_eq!(cache_counts(&gw).0, 1, "verified more than once");
+    assert_eq!(cache_counts(&gw).1, 4);
+    // An ES256 token verified (and cached) on /api by provider "ec" must not pass /admin,
+    // which only accepts provider "rsa", even with the right scope and role.
+    let es = token(
+        Algorithm::ES256,
+        &claims(json!({"scope": "admin", "role": "admin"})),
+    );
+    assert_eq!(status_at(&gw, "/api", &es).await, 200);
+    assert_eq!(status_at(&gw, "/admin", &es).await, 401);
+    // Failures are not cached as successes.
+    let bad = format!("{valid}x");
+    for _ in 0..2 {
+        assert_eq!(status_at(&gw, "/api", &bad).await, 401);
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_even_after_it_was_cached() {
+    let upstream = Upstream::start().await;
+    let text = config(upstream.addr, ROUTES)
+        .replace("[providers.rsa]\n", "[providers.rsa]\nleeway = \"0s\"\n");
+    let gw = Gateway::start(&text).await;
+    let token = token(Algorithm::RS256, &claims(json!({"exp": now() + 2})));
+    assert_eq!(status_at(&gw, "/api", &token).await, 200);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(status_at(&gw, "/api", &token).await, 401);
 }
 
 #[tokio::test]
@@ -429,13 +387,13 @@ async fn cache_ttl_bounds_a_verification_and_a_zero_size_cache_keeps_none() {
     let gw = Gateway::start(&text).await;
     let valid = valid_token();
     for _ in 0..3 {
-        assert_eq!(api_status(&gw, &valid).await, 200);
+        assert_eq!(status_at(&gw, "/api", &valid).await, 200);
     }
     assert_eq!(cache_counts(&gw), (1, 2), "(verifications, cache hits)");
     // Past cache_ttl the token is verified again, although it is far from `exp` and was
     // just used on this very thread (the worker's memo answers only while the entry lives).
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(api_status(&gw, &valid).await, 200);
+    assert_eq!(status_at(&gw, "/api", &valid).await, 200);
     assert_eq!(
         cache_counts(&gw),
         (2, 2),
@@ -446,7 +404,7 @@ async fn cache_ttl_bounds_a_verification_and_a_zero_size_cache_keeps_none() {
         config(upstream.addr, ROUTES).replace("[server]\n", "[server]\ntoken_cache_size = 0\n");
     let gw = Gateway::start(&text).await;
     for _ in 0..3 {
-        assert_eq!(api_status(&gw, &valid).await, 200);
+        assert_eq!(status_at(&gw, "/api", &valid).await, 200);
     }
     assert_eq!(
         cache_counts(&gw),
