@@ -40,7 +40,7 @@ for c in wrk nginx taskset curl; do
     command -v "$c" >/dev/null || { echo "missing $c (apt-get install wrk nginx util-linux curl)" >&2; exit 1; }
 done
 for b in "$bin_a" ${bin_b:+"$bin_b"}; do
-    [ -x "$b" ] || { echo "missing $b: cargo build --release" >&2; exit 1; }
+    [ -x "$b" ] || { echo "missing $b: bash scripts/pgo-build.sh (the shipped build) or cargo build --release" >&2; exit 1; }
 done
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 CPUs (proxy on one, upstream and wrk on the other)" >&2; exit 1; }
 source "$here/lib.sh"

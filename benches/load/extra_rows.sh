@@ -16,7 +16,7 @@ secs=${ROW_SECONDS:-10}
 for c in wrk nginx python3 curl; do
     command -v "$c" >/dev/null || { echo "missing $c (apt-get install wrk nginx python3 curl)" >&2; exit 1; }
 done
-[ -x "$bin" ] || { echo "missing $bin: cargo build --release" >&2; exit 1; }
+[ -x "$bin" ] || { echo "missing $bin: bash scripts/pgo-build.sh (the shipped build) or cargo build --release" >&2; exit 1; }
 source "$here/lib.sh"
 
 work=$(mktemp -d)

@@ -20,7 +20,7 @@ source "$here/lib.sh"
 for c in valgrind callgrind_annotate callgrind_control nginx wrk python3 curl; do
     command -v "$c" >/dev/null || { echo "missing $c (apt-get install valgrind nginx wrk)" >&2; exit 1; }
 done
-[ -x "$bin" ] || { echo "missing $bin: cargo build --release" >&2; exit 1; }
+[ -x "$bin" ] || { echo "missing $bin: bash scripts/pgo-build.sh (the shipped build) or cargo build --release" >&2; exit 1; }
 
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -2,7 +2,9 @@
 # The load harness: Portcullis beside nginx and HAProxy (and any other peer of
 # ../shared/bench that is installed), in one run, on loopback only, bounded in time.
 #
-#   bash benches/load/run.sh            # both CPU setups, 5 s rows (about 9 min after the build)
+#   bash benches/load/run.sh            # both CPU setups, 5 s rows (about 9 min after the build,
+#                                       # scripts/pgo-build.sh, about 11 min)
+#   BIN=target/release/portcullis bash benches/load/run.sh   # measure an existing build
 #   bash benches/load/run.sh --quick    # shared setup, 3 s rows (~4 min)
 #   PEERS="direct nginx haproxy lua gateway" bash benches/load/run.sh
 #   RUNS=3 bash benches/load/run.sh     # the peer matrix three times (about 6 min a run):
@@ -28,8 +30,15 @@ quick=0; [ "${1:-}" = "--quick" ] && quick=1
 source "$here/lib.sh"
 
 cd "$root"
-cargo build --release --locked
-bin=$root/target/release/portcullis
+# The binary under test is the shipped build: PGO, as the Dockerfile makes it (about 11
+# minutes). BIN=path skips the build and measures that binary instead.
+if [ -n "${BIN:-}" ]; then
+    bin=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+    [ -x "$bin" ] || { echo "BIN=$BIN is not an executable" >&2; exit 1; }
+else
+    bash "$root/scripts/pgo-build.sh"
+    bin=$root/target/release/portcullis
+fi
 out=${OUT:-${TMPDIR:-/tmp}/portcullis-load/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 

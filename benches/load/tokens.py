@@ -3,6 +3,7 @@
     tokens.py hs256 SECRET N        HS256 with SECRET
     tokens.py eddsa KEYDIR N        EdDSA; writes KEYDIR/ed.pub.pem (the key is made here)
     tokens.py rs256 KEYDIR N        RS256 (2048-bit); writes KEYDIR/rs.pub.pem
+    tokens.py es256 KEYDIR N        ES256 (P-256); writes KEYDIR/es.pub.pem
 """
 import base64
 import hashlib
@@ -45,6 +46,24 @@ elif alg == "rs256":
         f.write(pem)
     header = {"alg": "RS256", "typ": "JWT"}
     sign = lambda message: key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+elif alg == "es256":
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with open(f"{arg}/es.pub.pem", "wb") as f:
+        f.write(pem)
+    header = {"alg": "ES256", "typ": "JWT"}
+
+    def sign(message):
+        # JWS wants r || s (32 bytes each), not the DER that `cryptography` returns.
+        r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
 else:
     sys.exit(f"unknown algorithm {alg}")
 
