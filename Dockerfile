@@ -1,10 +1,24 @@
 # Multi-stage build: compile in the Rust image, run in a small Debian image as non-root.
+# The binary is built with profile-guided optimisation (scripts/pgo-build.sh: an instrumented
+# build serves a minute of training load on loopback, then the optimised build; README,
+# "Performance"). `docker build --build-arg PGO=0 .` builds plainly with cargo instead.
 FROM rust:1-bookworm AS build
+ARG PGO=1
 WORKDIR /src
-RUN apt-get update && apt-get install -y --no-install-recommends cmake clang && rm -rf /var/lib/apt/lists/*
+# cmake and clang build aws-lc; the rest is the training load's (scripts/pgo-build.sh).
+RUN apt-get update && apt-get install -y --no-install-recommends cmake clang \
+        wrk nghttp2-client nginx curl python3 python3-cryptography \
+    && rm -rf /var/lib/apt/lists/*
+RUN rustup component add llvm-tools
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked --bin portcullis
+# Cargo.toml names the criterion benches, so cargo cannot read it without benches/; the load
+# helpers there, scripts/ and the dev TLS certificate in config/dev/ drive the training load.
+COPY benches ./benches
+COPY scripts ./scripts
+COPY config ./config
+RUN if [ "$PGO" = 1 ]; then bash scripts/pgo-build.sh; \
+    else cargo build --release --locked --bin portcullis; fi
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
