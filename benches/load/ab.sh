@@ -7,6 +7,7 @@
 #
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] [BIN_A [BIN_B]]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --auth rs256|hs256|cookie [BIN_A [BIN_B]]
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] [--auth ...] --against nginx|direct [BIN_A]
 #
 # A is the gateway's public route (BIN_A, default target/release/portcullis). B is nginx's
 # plain keep-alive proxy, or the public route of a second build BIN_B (compare two builds).
@@ -14,24 +15,33 @@
 # an RS256 Bearer token, an HS256 Bearer token, or an RS256 token in cookie "session"; B is
 # that gateway's public route (issue #7's "cache hit >= 0.95x own public route" and
 # "cookie within 5% of Bearer"; the CPU column is the one process, measured per round), or
-# the same request to a second build BIN_B.
+# the same request to a second build BIN_B. --against nginx makes B nginx's plain proxy with
+# --auth too ("cache hit >= 1.0x nginx"); --against direct makes B wrk straight to the
+# upstream (the latency reference: p99 at most 1 ms above direct; B's CPU column is then the
+# upstream's). Every round also records wrk's p99, and the summary gives each side's median.
 # Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset
 # (and python3 with `cryptography` for --auth rs256/cookie).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rounds=6 secs=5 auth=""
+rounds=6 secs=5 auth="" against=""
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
         --seconds) secs=$2; shift 2 ;;
         --auth) auth=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --against) against=$2; shift 2 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
 bin_a=${1:-$root/target/release/portcullis}
 bin_b=${2:-}
+case $against in
+    "") ;;
+    nginx | direct) [ -z "$bin_b" ] || { echo "--against takes one build" >&2; exit 1; } ;;
+    *) echo "--against takes nginx or direct, not $against" >&2; exit 1 ;;
+esac
 case $auth in
     "" | rs256 | hs256 | cookie) ;;
     *) echo "--auth takes rs256, hs256 or cookie, not $auth" >&2; exit 1 ;;
@@ -94,7 +104,11 @@ case $auth in
 esac
 pid_a=$(start_gateway "$bin_a" $port_a); pids+=("$pid_a")
 path_b=/plain/ header_b=()
-if [ -n "$auth" ] && [ -z "$bin_b" ]; then
+if [ "$against" = direct ]; then
+    port_b=$port_up
+    pid_b=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
+    label_b="B straight to the upstream"
+elif [ -n "$auth" ] && [ -z "$bin_b" ] && [ -z "$against" ]; then
     pid_b=$pid_a port_b=$port_a
     label_b="B public route of the same gateway"
 elif [ -n "$bin_b" ]; then
@@ -132,18 +146,20 @@ done
     [ "$code" = 200 ] || { echo "the $auth request got $code, not 200" >&2; cat "$work"/gw-*.log >&2; exit 1; }
 done
 
-# round PID PORT PATH [wrk args]: prints "req/s cpu_us_per_request" for one warmed-up wrk run.
+# round PID PORT PATH [wrk args]: prints "req/s cpu_us_per_request p99_ms" for one warmed-up
+# wrk run.
 round() {
     local pid=$1 port=$2 path=$3
     shift 3
     taskset -c 1 wrk -t1 -c64 -d1s "$@" "http://127.0.0.1:$port$path" >/dev/null
-    local t0 t1 n
+    local t0 t1 n out p99
     t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-    n=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" "$@" "http://127.0.0.1:$port$path" |
-        awk '/requests in/ {print $1}')
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "$@" "http://127.0.0.1:$port$path")
     t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-    awk -v n="$n" -v s="$secs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
-        'BEGIN {printf "%.0f %.1f\n", n / s, t * 1e6 / hz / n}'
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    p99=$(awk '$1 == "99%" { v = $2 + 0; if ($2 ~ /us$/) v /= 1000; else if ($2 ~ /[0-9]s$/) v *= 1000; print v }' <<<"$out")
+    awk -v n="$n" -v s="$secs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v p="$p99" \
+        'BEGIN {printf "%.0f %.1f %.3f\n", n / s, t * 1e6 / hz / n, p}'
 }
 
 label_a="public route"
@@ -159,21 +175,24 @@ for i in $(seq 0 $((rounds - 1))); do
         else
             r=$(round "$pid_b" $port_b "$path_b" "${header_b[@]}")
         fi
-        echo "round $((i + 1)) $side: $r" | awk '{printf "round %s %s %8d req/s %6.1f us/req\n", $2, toupper($3), $4, $5}'
+        echo "round $((i + 1)) $side: $r" | awk '{printf "round %s %s %8d req/s %6.1f us/req  p99 %.2f ms\n", $2, toupper($3), $4, $5, $6}'
         results+=("$((i + 1)) $side $r")
     done
 done
 printf '%s\n' "${results[@]}" | awk '
-    { rps[$1, $2] = $3; cpu[$1, $2] = $4; n = $1 }
+    function median(a, n) { return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+    function insert(a, k, v,  j) { for (j = k - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
+    { rps[$1, $2] = $3; cpu[$1, $2] = $4; p99[$1, $2] = $5; n = $1 }
     END {
         for (i = 1; i <= n; i++) {
+            insert(pa, i, p99[i, "a"]); insert(pb, i, p99[i, "b"])
             ra += rps[i, "a"]; rb += rps[i, "b"]; ca += cpu[i, "a"]; cb += cpu[i, "b"]
-            r = rps[i, "a"] / rps[i, "b"]
-            for (j = i - 1; j >= 1 && sorted[j] > r; j--) sorted[j + 1] = sorted[j]
-            sorted[j + 1] = r
+            insert(sorted, i, rps[i, "a"] / rps[i, "b"])
         }
-        med = n % 2 ? sorted[(n + 1) / 2] : (sorted[n / 2] + sorted[n / 2 + 1]) / 2
+        med = median(sorted, n)
         printf "mean A %d req/s %.1f us/req; mean B %d req/s %.1f us/req\n", ra / n, ca / n, rb / n, cb / n
         printf "A/B req/s %.2fx (median round %.2fx, rounds %.2f-%.2fx); CPU per request A/B %.2fx\n",
             ra / rb, med, sorted[1], sorted[n], ca / cb
+        printf "p99, median of the rounds: A %.2f ms, B %.2f ms (A - B %+.2f ms)\n",
+            median(pa, n), median(pb, n), median(pa, n) - median(pb, n)
     }'
