@@ -102,13 +102,21 @@ wrk.body = string.rep("x", 16384)
 wrk.headers["Content-Type"] = "application/octet-stream"
 LUA
 
-LLVM_PROFILE_FILE="$data/portcullis-%p.profraw" LOAD_SECRET=$secret RUST_LOG=warn \
-    "$root/target/pgo-gen/release/portcullis" serve --config "$work/gw.toml" > "$work/gw.log" 2>&1 &
-gw_pid=$!
 http=http://127.0.0.1:$port_gw https=https://127.0.0.1:$port_tls
-for _ in $(seq 100); do curl -s -o /dev/null "$http/plain/" && break; sleep 0.2; done
-
-fail() { echo "pgo training: $*" >&2; tail -20 "$work/gw.log" >&2; exit 1; }
+fail() { echo "pgo-build: $*" >&2; tail -20 "$work/gw.log" >&2; exit 1; }
+# serve BIN: starts the gateway on the training config and waits until it answers.
+serve() {
+    LOAD_SECRET=$secret RUST_LOG=warn "$1" serve --config "$work/gw.toml" > "$work/gw.log" 2>&1 &
+    gw_pid=$!
+    for _ in $(seq 100); do curl -s -o /dev/null "$http/plain/" && return; sleep 0.2; done
+    fail "$1 does not answer on $http"
+}
+# stop: SIGTERM, and the gateway must drain and exit 0 (the profile is written at exit).
+stop() {
+    kill -TERM "$gw_pid"
+    wait "$gw_pid" || fail "the gateway did not exit cleanly"
+    gw_pid=""
+}
 # status URL WANT [curl args]: one request answers WANT.
 status() {
     local url=$1 want=$2 got
@@ -142,6 +150,7 @@ tampered() {
 }
 first() { head -1 "$work/$1.txt"; }
 
+LLVM_PROFILE_FILE="$data/portcullis-%p.profraw" serve "$root/target/pgo-gen/release/portcullis"
 status "$http/plain/" 200
 load "public" "$http/plain/" ok
 load "public, 16 KiB bodies" "$http/plain/" ok -s "$work/post.lua"
@@ -175,13 +184,24 @@ h2() {
 h2 "$https/plain/"
 h2 "$https/rs/" -H "authorization: Bearer $(first rs256)"
 
-kill -TERM "$gw_pid"
-wait "$gw_pid" || fail "the instrumented gateway did not exit cleanly"
-gw_pid=""
+stop
 ls "$data"/portcullis-*.profraw >/dev/null 2>&1 || fail "the instrumented gateway wrote no profile"
 "$profdata" merge -o "$data/portcullis.profdata" "$data"/portcullis-*.profraw
 
 echo "== 3/3 optimised build (target/release)" >&2
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$data/portcullis.profdata" \
     cargo build --release --locked --bin portcullis
+
+# The optimised binary answers as the instrumented one did.
+serve "$root/target/release/portcullis"
+tok=$(first rs256)
+status "$http/plain/" 200
+status "$http/rs/" 200 -H "$(bearer "$tok")"
+status "$http/rs/" 401 -H "$(bearer "$(tampered "$tok")")"
+status "$http/rs/" 401
+status "$http/nowhere" 404
+status "$https/cookie/" 200 -H "$cookie"
+load "optimised build, public" "$http/plain/" ok
+load "optimised build, rs256" "$http/rs/" ok -H "$(bearer "$tok")"
+stop
 echo "built target/release/portcullis with the profile $data/portcullis.profdata" >&2
