@@ -27,18 +27,8 @@ need nginx nginx
 need curl curl
 need python3 python3
 python3 -c 'import cryptography' 2>/dev/null || missing+=(python3-cryptography)
-if ((${#missing[@]})); then
-    sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
-        echo "installing: ${missing[*]} (Debian packages)" >&2
-        $sudo apt-get update -qq
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "missing: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
-        exit 1
-    fi
-fi
+source scripts/lib.sh
+install_packages ${missing[@]+"${missing[@]}"}
 
 # llvm-profdata must come with the rustc that builds (the profile format follows its LLVM).
 profdata="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
@@ -53,12 +43,7 @@ source "$here/lib.sh"
 work=$(mktemp -d)
 data=$root/target/pgo-data
 gw_pid=""
-cleanup() {
-    [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null || true
-    [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap cleanup_work EXIT
 rm -rf "$data"
 mkdir -p "$data" "$work/build"
 
@@ -87,15 +72,7 @@ for alg in rs256 es256 eddsa; do python3 "$here/tokens.py" $alg "$work" $many > 
 jwt_route_toml rs RS256 "$work/rs.pub.pem" >> "$work/gw.toml"
 jwt_route_toml es ES256 "$work/es.pub.pem" >> "$work/gw.toml"
 jwt_route_toml ed EdDSA "$work/ed.pub.pem" >> "$work/gw.toml"
-cat >> "$work/gw.toml" <<TOML
-[[routes]]
-name = "cookie"
-path_prefix = "/cookie"
-upstream = "app"
-auth = "jwt"
-providers = ["rs"]
-token_sources = ["cookie:session"]
-TOML
+cookie_route_toml rs >> "$work/gw.toml"
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = string.rep("x", 16384)

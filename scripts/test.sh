@@ -15,18 +15,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
-if ((${#missing[@]})); then
-    sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
-        echo "installing: ${missing[*]} (Debian packages)" >&2
-        $sudo apt-get update -qq
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "missing: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
-        exit 1
-    fi
-fi
+source scripts/lib.sh
+install_packages ${missing[@]+"${missing[@]}"}
 npm ci --prefix tests/support/oidc --no-audit --no-fund --loglevel=error
 
 # Unit and property tests, end-to-end tests (real sockets on 127.0.0.1:0, real TLS, a real

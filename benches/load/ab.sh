@@ -76,15 +76,7 @@ start_gateway() { # BIN PORT: a gateway with one worker on CPU 0; prints its pid
     gateway_toml "$2" $port_up > "$work/gw-$2.toml"
     if [ -f "$work/rs.pub.pem" ]; then
         jwt_route_toml rs RS256 "$work/rs.pub.pem" >> "$work/gw-$2.toml"
-        cat >> "$work/gw-$2.toml" <<TOML
-[[routes]]
-name = "cookie"
-path_prefix = "/cookie"
-upstream = "app"
-auth = "jwt"
-providers = ["rs"]
-token_sources = ["cookie:session"]
-TOML
+        cookie_route_toml rs >> "$work/gw-$2.toml"
     fi
     LOAD_SECRET=$secret RUST_LOG=warn taskset -c 0 "$1" serve --config "$work/gw-$2.toml" --workers 1 \
         > "$work/gw-$2.log" 2>&1 &

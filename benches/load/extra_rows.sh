@@ -21,12 +21,7 @@ source "$here/lib.sh"
 
 work=$(mktemp -d)
 gw_pid=""
-cleanup() {
-    [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null || true
-    [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap cleanup_work EXIT
 port_up=18481; port_tls_nginx=18482; port_nginx=18483; port_gw=18491; port_gw_tls=18492
 cp "$root/config/dev/tls.crt" "$root/config/dev/tls.key" "$work/"
 cat > "$work/nginx.conf" <<NGINX

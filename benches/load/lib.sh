@@ -1,4 +1,5 @@
-# Pieces the load scripts share (sourced by run.sh, extra_rows.sh, instructions.sh, ab.sh).
+# Pieces the load scripts share (sourced by run.sh, extra_rows.sh, instructions.sh, ab.sh and
+# scripts/pgo-build.sh).
 
 # upstream_nginx WORK PORT [WORKER_CONNECTIONS]: starts a one-worker nginx on 127.0.0.1:PORT
 # answering every path with "ok user=<X-Auth-User>" (the app behind the gateway); its pid is
@@ -66,4 +67,26 @@ upstream = "app"
 auth = "jwt"
 providers = ["$1"]
 TOML
+}
+
+# cookie_route_toml PROVIDER: a route /cookie taking provider PROVIDER's token from the
+# cookie "session".
+cookie_route_toml() {
+    cat <<TOML
+[[routes]]
+name = "cookie"
+path_prefix = "/cookie"
+upstream = "app"
+auth = "jwt"
+providers = ["$1"]
+token_sources = ["cookie:session"]
+TOML
+}
+
+# cleanup_work: the EXIT trap of a script that keeps its files in $work and runs one gateway
+# ($gw_pid, empty when none runs) and upstream_nginx "$work": stops both, removes $work.
+cleanup_work() {
+    [ -n "${gw_pid:-}" ] && kill "$gw_pid" 2>/dev/null || true
+    [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+    rm -rf "$work"
 }
