@@ -152,6 +152,28 @@ impl Compiler {
         }
     }
 
+    /// A timeout or interval: as [`Self::duration`], and never zero. A zero timeout would
+    /// expire at once, every time (`header_read_timeout = "0s"` closes every connection
+    /// before its first request), and a zero refresh interval would refetch keys in a loop.
+    /// Keys where 0 means something (`leeway`, `shutdown_grace`, `cache_ttl`,
+    /// `pool_idle_timeout`) use [`Self::duration`].
+    fn period(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
+        let period = self.duration(key, value, default);
+        if !period.is_zero() {
+            return period;
+        }
+        let example = if default.subsec_millis() == 0 {
+            format!("{}s", default.as_secs())
+        } else {
+            format!("{}ms", default.as_millis())
+        };
+        self.issue(
+            key,
+            format!("must be more than 0 (0 would expire at once, every time); write e.g. \"{example}\" (the default)"),
+        );
+        default
+    }
+
     fn server(&mut self, raw: &RawServer) -> ServerSettings {
         let mut addr = |key: &str, value: &Option<String>| -> Option<SocketAddr> {
             let text = value.as_ref()?;
@@ -180,12 +202,12 @@ impl Compiler {
             https,
             admin,
             watch_config: raw.watch_config.unwrap_or(true),
-            header_read_timeout: self.duration(
+            header_read_timeout: self.period(
                 "server.header_read_timeout",
                 raw.header_read_timeout.as_ref(),
                 Duration::from_secs(10),
             ),
-            tls_handshake_timeout: self.duration(
+            tls_handshake_timeout: self.period(
                 "server.tls_handshake_timeout",
                 raw.tls_handshake_timeout.as_ref(),
                 Duration::from_secs(10),
@@ -204,7 +226,7 @@ impl Compiler {
                 .size("server.max_uri_bytes", raw.max_uri_bytes.as_ref())
                 .unwrap_or(8 << 10) as usize,
             max_body_size: self.size("server.max_body_size", raw.max_body_size.as_ref()),
-            request_body_timeout: self.duration(
+            request_body_timeout: self.period(
                 "server.request_body_timeout",
                 raw.request_body_timeout.as_ref(),
                 Duration::from_secs(30),
@@ -522,17 +544,17 @@ impl Compiler {
             }
         }
         let refresh = RefreshSettings {
-            refresh_interval: self.duration(
+            refresh_interval: self.period(
                 &format!("{key}.refresh_interval"),
                 raw.refresh_interval.as_ref(),
                 Duration::from_secs(300),
             ),
-            min_refresh_interval: self.duration(
+            min_refresh_interval: self.period(
                 &format!("{key}.min_refresh_interval"),
                 raw.min_refresh_interval.as_ref(),
                 Duration::from_secs(30),
             ),
-            fetch_timeout: self.duration(
+            fetch_timeout: self.period(
                 &format!("{key}.fetch_timeout"),
                 raw.fetch_timeout.as_ref(),
                 Duration::from_secs(10),
@@ -665,18 +687,18 @@ impl Compiler {
         let mut upstreams = Vec::new();
         for (name, raw) in raw {
             let key = format!("upstreams.{name}");
-            let timeout = self.duration(
+            let timeout = self.period(
                 &format!("{key}.timeout"),
                 raw.timeout.as_ref(),
                 Duration::from_secs(30),
             );
-            let body_timeout = self.duration(
+            let body_timeout = self.period(
                 &format!("{key}.body_timeout"),
                 raw.body_timeout.as_ref(),
                 Duration::from_secs(60),
             );
             let pool = PoolSettings {
-                connect_timeout: self.duration(
+                connect_timeout: self.period(
                     &format!("{key}.connect_timeout"),
                     raw.connect_timeout.as_ref(),
                     Duration::from_secs(5),

@@ -167,6 +167,19 @@ fn check_names_the_key_and_the_fix() {
             "[server]\nhttp = \"127.0.0.1:0\"\n[identity]\nheaders = { \"X-Auth-User\" = \"sub\", \"x-auth-user\" = \"email\" }\n",
             "is listed twice",
         ),
+        // A zero timeout or interval would expire at once, every time: refused, by key.
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\nheader_read_timeout = \"0s\"\n",
+            "server.header_read_timeout: must be more than 0 (0 would expire at once, every time); write e.g. \"10s\"",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\nconnect_timeout = \"0ms\"\n",
+            "upstreams.app.connect_timeout: must be more than 0",
+        ),
+        (
+            "[server]\nhttp = \"127.0.0.1:0\"\n[providers.p]\nissuer = \"https://idp.example\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\njwks_url = \"https://idp.example/jwks\"\nmin_refresh_interval = \"0s\"\n",
+            "providers.p.min_refresh_interval: must be more than 0",
+        ),
     ];
     for (text, expected) in cases {
         std::fs::write(&file, text).unwrap();
@@ -177,6 +190,30 @@ fn check_names_the_key_and_the_fix() {
         let (code, _, err) = run(portcullis().args(["serve", "--config"]).arg(&file));
         assert_eq!(code, 64, "{err}");
         assert!(err.contains(expected));
+    }
+}
+
+#[test]
+fn check_names_each_session_duration_that_is_below_a_second() {
+    // The SSO example with sessions shorter than the one-second grain they are kept in.
+    let example = std::fs::read_to_string(repo("config/examples/intranet-sso.toml")).unwrap();
+    let text = example
+        .replace("idle_timeout = \"1h\"", "idle_timeout = \"500ms\"")
+        .replace("lifetime = \"10h\"", "lifetime = \"0s\"");
+    assert!(
+        text.contains("idle_timeout = \"500ms\"") && text.contains("lifetime = \"0s\""),
+        "the example no longer sets both durations"
+    );
+    let dir = fixture_dir();
+    let file = dir.path().join("sso.toml");
+    std::fs::write(&file, text).unwrap();
+    let (code, _, err) = run(portcullis().args(["check", "--config"]).arg(&file));
+    assert_eq!(code, 1, "{err}");
+    for expected in [
+        "login.idle_timeout: must be at least 1s",
+        "login.lifetime: must be at least 1s",
+    ] {
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
     }
 }
 

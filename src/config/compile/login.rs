@@ -151,11 +151,13 @@ impl Compiler {
             raw.lifetime.as_ref(),
             Duration::from_secs(12 * 3600),
         );
-        if idle.as_secs() == 0 || lifetime.as_secs() == 0 {
-            self.issue(
-                "login.lifetime",
-                "idle_timeout and lifetime must be at least 1s",
-            );
+        for (key, value) in [("login.idle_timeout", idle), ("login.lifetime", lifetime)] {
+            if value.as_secs() == 0 {
+                self.issue(
+                    key,
+                    "must be at least 1s (sessions are kept in whole seconds)",
+                );
+            }
         }
         let store = self.session_store(raw, idle, lifetime, previous);
         if self.issues.len() != before || discovery.is_none() {
@@ -274,7 +276,7 @@ impl Compiler {
                         None
                     }
                 }?;
-                let timeout = self.duration(
+                let timeout = self.period(
                     "login.redis_timeout",
                     raw.redis_timeout.as_ref(),
                     Duration::from_secs(2),
