@@ -143,18 +143,23 @@ pub fn strip_request<'a>(
             headers.remove(AUTHORIZATION);
             None
         }
-        Consumed::Cookie(index) => match sources.get(index) {
-            Some(TokenSource::Cookie(name)) => Some(&**name),
+        Consumed::Cookie { source, spot } => match sources.get(source) {
+            Some(TokenSource::Cookie(name)) => Some((&**name, spot)),
             _ => None,
         },
     };
     let doomed = |name: &[u8]| {
-        consumed_cookie.is_some_and(|consumed| consumed.as_bytes() == name)
+        consumed_cookie.is_some_and(|(consumed, _)| consumed.as_bytes() == name)
             || policy.own_cookies.iter().any(|own| own.as_bytes() == name)
     };
-    if consumed_cookie.is_some() {
-        // The credential came from a cookie: it is there, rewrite at once.
-        credential::rewrite_cookies(headers, doomed);
+    if let Some((consumed, spot)) = consumed_cookie {
+        // The credential came from a cookie: it is there, rewrite at once, around it.
+        match spot {
+            Some(spot) => {
+                credential::rewrite_cookies_around(headers, spot, consumed.as_bytes(), doomed)
+            }
+            None => credential::rewrite_cookies(headers, doomed),
+        }
     } else if !policy.own_cookies.is_empty() {
         credential::remove_cookies(headers, doomed);
     }

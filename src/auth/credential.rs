@@ -59,12 +59,30 @@ pub struct Found<'h> {
     bytes: &'h [u8],
     /// A Bearer token whose RFC 6750 form has not been checked yet.
     unchecked_bearer: bool,
+    /// For a cookie: where its `name=value` is (see [`rewrite_cookies_around`]).
+    spot: Option<CookieSpot>,
+}
+
+/// Where a cookie credential was found: the `header`-th `Cookie` field (in
+/// `HeaderMap::get_all` order), its `name=value` at bytes `start..end` (without the spaces
+/// and `;` around it). The rewrite that drops it before forwarding skips those bytes instead
+/// of reading the session JWT a second time (see [`rewrite_cookies_around`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CookieSpot {
+    header: usize,
+    start: usize,
+    end: usize,
 }
 
 impl<'h> Found<'h> {
     /// The credential's bytes as sent: what the verified-token cache is keyed by.
     pub fn bytes(&self) -> &'h [u8] {
         self.bytes
+    }
+
+    /// Where a cookie credential is in the `Cookie` fields; `None` for a Bearer token.
+    pub fn spot(&self) -> Option<CookieSpot> {
+        self.spot
     }
 
     /// The credential as text; a Bearer token that is not an RFC 6750 b64token is refused.
@@ -100,9 +118,10 @@ pub fn find_credential<'h>(
     for (index, source) in sources.iter().enumerate() {
         let found = match source {
             TokenSource::Bearer => bearer_token(headers)?,
-            TokenSource::Cookie(name) => cookie_bytes(headers, name)?.map(|value| Found {
+            TokenSource::Cookie(name) => cookie_found(headers, name)?.map(|(value, spot)| Found {
                 bytes: value,
                 unchecked_bearer: false,
+                spot: Some(spot),
             }),
         };
         if let Some(found) = found {
@@ -139,6 +158,7 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<Found<'_>>, CredentialErro
         return Ok(Some(Found {
             bytes: &bytes[start..],
             unchecked_bearer: true,
+            spot: None,
         }));
     }
     // Not "Bearer <...>": the rules of the text form, errors included.
@@ -192,13 +212,13 @@ fn header_text(value: &http::HeaderValue) -> Option<&[u8]> {
 
 /// The cookies of one `Cookie` header: its `;`-separated pieces with the spaces around them
 /// trimmed, each as (name, value) split at the first `=` (a piece without one is all name,
-/// value `None`). The `;` are found with `memchr`'s vector search: a session JWT is hundreds
-/// of bytes without one.
+/// value `None`). A `;` is looked for with [`find_byte`]; the `=` with a plain loop, since it
+/// ends the (short) name.
 fn cookies(header: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
     let mut rest = Some(header);
     std::iter::from_fn(move || {
         let current = rest?;
-        let piece = match memchr::memchr(b';', current) {
+        let piece = match find_byte(b';', current) {
             Some(at) => {
                 rest = Some(&current[at + 1..]);
                 &current[..at]
@@ -209,11 +229,23 @@ fn cookies(header: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
             }
         };
         let piece = trim_spaces(piece);
-        Some(match memchr::memchr(b'=', piece) {
+        Some(match piece.iter().position(|&b| b == b'=') {
             Some(at) => (&piece[..at], Some(&piece[at + 1..])),
             None => (piece, None),
         })
     })
+}
+
+/// The first `byte` in `haystack`: `memchr`'s vector search where it is long (a session JWT
+/// is hundreds of bytes without a `;`), a plain loop where it is shorter than one vector and
+/// the search would cost less than `memchr`'s dispatch.
+#[inline]
+fn find_byte(byte: u8, haystack: &[u8]) -> Option<usize> {
+    if haystack.len() < 32 {
+        haystack.iter().position(|&b| b == byte)
+    } else {
+        memchr::memchr(byte, haystack)
+    }
 }
 
 fn trim_spaces(mut bytes: &[u8]) -> &[u8] {
@@ -241,8 +273,16 @@ fn cookie_bytes<'h>(
     headers: &'h HeaderMap,
     name: &str,
 ) -> Result<Option<&'h [u8]>, CredentialError> {
+    Ok(cookie_found(headers, name)?.map(|(value, _)| value))
+}
+
+/// [`cookie_bytes`], and where the cookie is.
+fn cookie_found<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+) -> Result<Option<(&'h [u8], CookieSpot)>, CredentialError> {
     let mut found = None;
-    for header in headers.get_all(COOKIE) {
+    for (index, header) in headers.get_all(COOKIE).iter().enumerate() {
         let Some(text) = header_text(header) else {
             continue;
         };
@@ -254,12 +294,19 @@ fn cookie_bytes<'h>(
                 if found.is_some() {
                     return Err(CredentialError::Ambiguous);
                 }
-                found = Some(
-                    value
-                        .strip_prefix(b"\"")
-                        .and_then(|v| v.strip_suffix(b"\""))
-                        .unwrap_or(value),
-                );
+                // `key` and `value` are slices of `text`: their offsets in it.
+                let start = key.as_ptr() as usize - text.as_ptr() as usize;
+                let end = value.as_ptr() as usize + value.len() - text.as_ptr() as usize;
+                let spot = CookieSpot {
+                    header: index,
+                    start,
+                    end,
+                };
+                let unquoted = value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value);
+                found = Some((unquoted, spot));
             }
         }
     }
@@ -290,33 +337,90 @@ pub fn remove_cookies(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
 /// header, session JWT included, so it is worth skipping on every cookie-authenticated request.
 pub fn rewrite_cookies(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
     let mut kept: Vec<u8> = Vec::new();
+    let mut fields = 0;
     for header in headers.get_all(COOKIE) {
-        let Some(text) = header_text(header) else {
-            continue;
-        };
-        for (name, value) in cookies(text) {
-            if (name.is_empty() && value.is_none()) || doomed(name) {
-                continue;
-            }
-            if kept.is_empty() {
-                // Room for the rest of this header: for the usual single `Cookie` header,
-                // one allocation and no regrowth.
-                kept.reserve_exact(text.len());
-            } else {
-                kept.extend_from_slice(b"; ");
-            }
-            kept.extend_from_slice(name);
-            if let Some(value) = value {
-                kept.push(b'=');
-                kept.extend_from_slice(value);
-            }
+        fields += 1;
+        if let Some(text) = header_text(header) {
+            keep_cookies(&mut kept, text, text.len(), &doomed);
         }
     }
-    headers.remove(COOKIE);
-    if !kept.is_empty()
-        && let Ok(value) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(kept))
-    {
-        headers.insert(COOKIE, value);
+    replace_cookies(headers, kept, fields);
+}
+
+/// [`rewrite_cookies`] for the request whose credential, cookie `name` (one of those `doomed`
+/// picks), was found at `spot`: the same fields, but the credential's own bytes (a session
+/// JWT, most of the header) are skipped instead of read again. The pass that found it read
+/// that field's text already. Where the spot does not hold `name=` (the fields changed since),
+/// the field is read whole, as [`rewrite_cookies`] does.
+pub fn rewrite_cookies_around(
+    headers: &mut HeaderMap,
+    spot: CookieSpot,
+    name: &[u8],
+    doomed: impl Fn(&[u8]) -> bool,
+) {
+    let mut kept: Vec<u8> = Vec::new();
+    let mut fields = 0;
+    for (index, header) in headers.get_all(COOKIE).iter().enumerate() {
+        fields += 1;
+        let bytes = header.as_bytes();
+        let at_spot = (index == spot.header)
+            .then(|| bytes.get(spot.start..spot.end))
+            .flatten()
+            .is_some_and(|piece| {
+                piece.get(..name.len()) == Some(name) && piece.get(name.len()) == Some(&b'=')
+            });
+        if at_spot {
+            let room = bytes.len() - (spot.end - spot.start);
+            keep_cookies(&mut kept, &bytes[..spot.start], room, &doomed);
+            keep_cookies(&mut kept, &bytes[spot.end..], room, &doomed);
+        } else if let Some(text) = header_text(header) {
+            keep_cookies(&mut kept, text, text.len(), &doomed);
+        }
+    }
+    replace_cookies(headers, kept, fields);
+}
+
+/// Appends the cookies of `text` that `doomed` does not pick to `kept`, `; `-separated.
+/// `room`: what to reserve when `kept` gets its first cookie (for the usual single `Cookie`
+/// field, one allocation and no regrowth).
+fn keep_cookies(kept: &mut Vec<u8>, text: &[u8], room: usize, doomed: &impl Fn(&[u8]) -> bool) {
+    for (name, value) in cookies(text) {
+        if (name.is_empty() && value.is_none()) || doomed(name) {
+            continue;
+        }
+        if kept.is_empty() {
+            kept.reserve_exact(room);
+        } else {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(name);
+        if let Some(value) = value {
+            kept.push(b'=');
+            kept.extend_from_slice(value);
+        }
+    }
+}
+
+/// The `fields` `Cookie` fields replaced by one holding `kept`, or by none when it is empty.
+/// The usual single field is overwritten in place: one lookup, where removing it and
+/// inserting the new one took two.
+fn replace_cookies(headers: &mut HeaderMap, kept: Vec<u8>, fields: usize) {
+    let value = (!kept.is_empty())
+        .then(|| http::HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)).ok())
+        .flatten();
+    match value {
+        Some(value) if fields == 1 => {
+            if let Some(field) = headers.get_mut(COOKIE) {
+                *field = value;
+            }
+        }
+        // `insert` drops every value the name had.
+        Some(value) => {
+            headers.insert(COOKIE, value);
+        }
+        None => {
+            headers.remove(COOKIE);
+        }
     }
 }
 
@@ -566,6 +670,48 @@ pub(crate) mod tests {
         }
 
         #[test]
+        fn the_rewrite_around_the_found_cookie_agrees_with_the_full_rewrite(
+            before in "[ab=; \"]{0,12}",
+            token in "[a-z0-9._\"-]{0,30}",
+            after in "[ab=; \"]{0,12}",
+            other in proptest::option::of("[ab=; \"\u{e9}]{0,16}"),
+            other_first in proptest::bool::ANY,
+            name in proptest::prop_oneof!["a", "b", "ab"],
+            also in proptest::prop_oneof!["", "a", "b"],
+        ) {
+            // One field holds `name=token` between arbitrary cookies; maybe a second field.
+            let held = format!("{before};  {name}={token} ;{after}");
+            let mut fields = vec![held];
+            if let Some(other) = other {
+                fields.insert(if other_first { 0 } else { 1 }, other);
+            }
+            let mut map = HeaderMap::new();
+            for field in &fields {
+                map.append(COOKIE, HeaderValue::from_str(field).unwrap());
+            }
+            let Ok(Some((_, spot))) = cookie_found(&map, &name) else {
+                // Ambiguous (the name is also in `before`, `after` or `other`): no credential.
+                return Ok(());
+            };
+            // The credential's cookie, and maybe an own cookie of the gateway's.
+            let doomed = |n: &[u8]| n == name.as_bytes() || (!also.is_empty() && n == also.as_bytes());
+            let mut full = map.clone();
+            rewrite_cookies(&mut full, doomed);
+            let mut around = map.clone();
+            rewrite_cookies_around(&mut around, spot, name.as_bytes(), doomed);
+            let text = |m: &HeaderMap| -> Vec<Vec<u8>> {
+                m.get_all(COOKIE).iter().map(|v| v.as_bytes().to_vec()).collect()
+            };
+            proptest::prop_assert_eq!(text(&around), text(&full), "{:?}", fields);
+            let forwarded = text(&around);
+            proptest::prop_assert!(
+                !forwarded.iter().any(|f| cookies(f).any(|(n, _)| n == name.as_bytes())),
+                "the credential's cookie was forwarded: {:?}",
+                forwarded
+            );
+        }
+
+        #[test]
         fn one_pass_bearer_agrees_with_the_text_rules(
             scheme in proptest::prop_oneof!["Bearer", "bearer", "BEARER", "Basic", "Bearerx", ""],
             spaces in 0usize..3,
@@ -590,6 +736,26 @@ pub(crate) mod tests {
             proptest::prop_assert_eq!(fast, reference_bearer(&value), "{:?}", value);
         }
 
+    }
+
+    #[test]
+    fn a_spot_that_no_longer_holds_the_cookie_falls_back_to_reading_the_field() {
+        let map = headers(&[("cookie", "x=1; session=tok.en.sig; y=2")]);
+        let (_, spot) = cookie_found(&map, "session").unwrap().unwrap();
+        let doomed = |n: &[u8]| n == b"session";
+        let forwarded = |map: &HeaderMap| map.get(COOKIE).map(|v| v.to_str().unwrap().to_owned());
+        let mut around = map.clone();
+        rewrite_cookies_around(&mut around, spot, b"session", doomed);
+        assert_eq!(forwarded(&around).as_deref(), Some("x=1; y=2"));
+        // The field changed after the spot was taken: it is read whole, not cut at the spot.
+        let mut changed = headers(&[("cookie", "session=tok.en.sig; x=1; y=22222")]);
+        rewrite_cookies_around(&mut changed, spot, b"session", doomed);
+        assert_eq!(forwarded(&changed).as_deref(), Some("x=1; y=22222"));
+        // The spot names a field that is not there any more.
+        let mut fewer = headers(&[("cookie", "x=1; session=tok.en.sig; y=2")]);
+        let other_field = CookieSpot { header: 1, ..spot };
+        rewrite_cookies_around(&mut fewer, other_field, b"session", doomed);
+        assert_eq!(forwarded(&fewer).as_deref(), Some("x=1; y=2"));
     }
 
     #[test]

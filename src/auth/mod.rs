@@ -66,8 +66,12 @@ pub struct Identity {
 pub enum Consumed {
     None,
     Authorization,
-    /// Index into the route's token sources (a `cookie:NAME` source).
-    Cookie(usize),
+    /// A cookie: `source` indexes the route's token sources (a `cookie:NAME` source); `spot`
+    /// is where the cookie was found, so the rewrite need not read the token again.
+    Cookie {
+        source: usize,
+        spot: Option<credential::CookieSpot>,
+    },
 }
 
 /// Permission to forward one request. Only `authenticate` constructs one.
@@ -191,7 +195,10 @@ pub async fn authenticate(
         let consumed = match (&policy.sources[source], policy.forward_token) {
             (_, true) => Consumed::None,
             (TokenSource::Bearer, false) => Consumed::Authorization,
-            (TokenSource::Cookie(_), false) => Consumed::Cookie(source),
+            (TokenSource::Cookie(_), false) => Consumed::Cookie {
+                source,
+                spot: found.spot(),
+            },
         };
         return Ok(Permit {
             identity: Some(identity),
