@@ -676,11 +676,14 @@ pub(crate) mod tests {
             after in "[ab=; \"]{0,12}",
             other in proptest::option::of("[ab=; \"\u{e9}]{0,16}"),
             other_first in proptest::bool::ANY,
+            lead in proptest::prop_oneof!["", ";", ";  "],
+            trail in proptest::prop_oneof!["", ";", " ;"],
             name in proptest::prop_oneof!["a", "b", "ab"],
             also in proptest::prop_oneof!["", "a", "b"],
         ) {
-            // One field holds `name=token` between arbitrary cookies; maybe a second field.
-            let held = format!("{before};  {name}={token} ;{after}");
+            // One field holds `name=token` among arbitrary cookies (first, last, in the
+            // middle, or alone); maybe a second field.
+            let held = format!("{before}{lead}{name}={token}{trail}{after}");
             let mut fields = vec![held];
             if let Some(other) = other {
                 fields.insert(if other_first { 0 } else { 1 }, other);
