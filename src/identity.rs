@@ -154,12 +154,7 @@ pub fn strip_request<'a>(
     };
     if let Some((consumed, spot)) = consumed_cookie {
         // The credential came from a cookie: it is there, rewrite at once, around it.
-        match spot {
-            Some(spot) => {
-                credential::rewrite_cookies_around(headers, spot, consumed.as_bytes(), doomed)
-            }
-            None => credential::rewrite_cookies(headers, doomed),
-        }
+        credential::rewrite_cookies_around(headers, spot, consumed.as_bytes(), doomed);
     } else if !policy.own_cookies.is_empty() {
         credential::remove_cookies(headers, doomed);
     }

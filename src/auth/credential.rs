@@ -264,19 +264,11 @@ pub fn cookie_value<'h>(
     name: &str,
 ) -> Result<Option<&'h str>, CredentialError> {
     // Visible ASCII (`header_text`), so always UTF-8.
-    Ok(cookie_bytes(headers, name)?.and_then(|value| std::str::from_utf8(value).ok()))
+    Ok(cookie_found(headers, name)?.and_then(|(value, _)| std::str::from_utf8(value).ok()))
 }
 
-/// [`cookie_value`] as bytes: what a credential is taken from (its text is needed only when
-/// the verified-token cache does not know it).
-fn cookie_bytes<'h>(
-    headers: &'h HeaderMap,
-    name: &str,
-) -> Result<Option<&'h [u8]>, CredentialError> {
-    Ok(cookie_found(headers, name)?.map(|(value, _)| value))
-}
-
-/// [`cookie_bytes`], and where the cookie is.
+/// [`cookie_value`] as bytes, and where the cookie is: what a credential is taken from (its
+/// text is needed only when the verified-token cache does not know it).
 fn cookie_found<'h>(
     headers: &'h HeaderMap,
     name: &str,
@@ -336,26 +328,27 @@ pub fn remove_cookies(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
 /// taken from): the rewrite without the pass that looks for one. That pass reads the whole
 /// header, session JWT included, so it is worth skipping on every cookie-authenticated request.
 pub fn rewrite_cookies(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
-    let mut kept: Vec<u8> = Vec::new();
-    let mut fields = 0;
-    for header in headers.get_all(COOKIE) {
-        fields += 1;
-        if let Some(text) = header_text(header) {
-            keep_cookies(&mut kept, text, text.len(), &doomed);
-        }
-    }
-    replace_cookies(headers, kept, fields);
+    rewrite(headers, None, doomed);
 }
 
 /// [`rewrite_cookies`] for the request whose credential, cookie `name` (one of those `doomed`
 /// picks), was found at `spot`: the same fields, but the credential's own bytes (a session
 /// JWT, most of the header) are skipped instead of read again. The pass that found it read
 /// that field's text already. Where the spot does not hold `name=` (the fields changed since),
-/// the field is read whole, as [`rewrite_cookies`] does.
+/// or there is none, the field is read whole, as [`rewrite_cookies`] does.
 pub fn rewrite_cookies_around(
     headers: &mut HeaderMap,
-    spot: CookieSpot,
+    spot: Option<CookieSpot>,
     name: &[u8],
+    doomed: impl Fn(&[u8]) -> bool,
+) {
+    rewrite(headers, spot.map(|spot| (spot, name)), doomed);
+}
+
+/// [`rewrite_cookies_around`], or [`rewrite_cookies`] without a spot.
+fn rewrite(
+    headers: &mut HeaderMap,
+    around: Option<(CookieSpot, &[u8])>,
     doomed: impl Fn(&[u8]) -> bool,
 ) {
     let mut kept: Vec<u8> = Vec::new();
@@ -363,13 +356,13 @@ pub fn rewrite_cookies_around(
     for (index, header) in headers.get_all(COOKIE).iter().enumerate() {
         fields += 1;
         let bytes = header.as_bytes();
-        let at_spot = (index == spot.header)
-            .then(|| bytes.get(spot.start..spot.end))
-            .flatten()
-            .is_some_and(|piece| {
-                piece.get(..name.len()) == Some(name) && piece.get(name.len()) == Some(&b'=')
-            });
-        if at_spot {
+        let spot = around.filter(|&(spot, name)| {
+            index == spot.header
+                && bytes.get(spot.start..spot.end).is_some_and(|piece| {
+                    piece.get(..name.len()) == Some(name) && piece.get(name.len()) == Some(&b'=')
+                })
+        });
+        if let Some((spot, _)) = spot {
             let room = bytes.len() - (spot.end - spot.start);
             keep_cookies(&mut kept, &bytes[..spot.start], room, &doomed);
             keep_cookies(&mut kept, &bytes[spot.end..], room, &doomed);
@@ -701,7 +694,7 @@ pub(crate) mod tests {
             let mut full = map.clone();
             rewrite_cookies(&mut full, doomed);
             let mut around = map.clone();
-            rewrite_cookies_around(&mut around, spot, name.as_bytes(), doomed);
+            rewrite_cookies_around(&mut around, Some(spot), name.as_bytes(), doomed);
             let text = |m: &HeaderMap| -> Vec<Vec<u8>> {
                 m.get_all(COOKIE).iter().map(|v| v.as_bytes().to_vec()).collect()
             };
@@ -748,16 +741,16 @@ pub(crate) mod tests {
         let doomed = |n: &[u8]| n == b"session";
         let forwarded = |map: &HeaderMap| map.get(COOKIE).map(|v| v.to_str().unwrap().to_owned());
         let mut around = map.clone();
-        rewrite_cookies_around(&mut around, spot, b"session", doomed);
+        rewrite_cookies_around(&mut around, Some(spot), b"session", doomed);
         assert_eq!(forwarded(&around).as_deref(), Some("x=1; y=2"));
         // The field changed after the spot was taken: it is read whole, not cut at the spot.
         let mut changed = headers(&[("cookie", "session=tok.en.sig; x=1; y=22222")]);
-        rewrite_cookies_around(&mut changed, spot, b"session", doomed);
+        rewrite_cookies_around(&mut changed, Some(spot), b"session", doomed);
         assert_eq!(forwarded(&changed).as_deref(), Some("x=1; y=22222"));
         // The spot names a field that is not there any more.
         let mut fewer = headers(&[("cookie", "x=1; session=tok.en.sig; y=2")]);
         let other_field = CookieSpot { header: 1, ..spot };
-        rewrite_cookies_around(&mut fewer, other_field, b"session", doomed);
+        rewrite_cookies_around(&mut fewer, Some(other_field), b"session", doomed);
         assert_eq!(forwarded(&fewer).as_deref(), Some("x=1; y=2"));
     }
 

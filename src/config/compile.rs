@@ -162,14 +162,12 @@ impl Compiler {
         if !period.is_zero() {
             return period;
         }
-        let example = if default.subsec_millis() == 0 {
-            format!("{}s", default.as_secs())
-        } else {
-            format!("{}ms", default.as_millis())
-        };
+        // Every default is whole seconds.
+        debug_assert_eq!(default.subsec_nanos(), 0, "{key}");
+        let example = default.as_secs();
         self.issue(
             key,
-            format!("must be more than 0 (0 would expire at once, every time); write e.g. \"{example}\" (the default)"),
+            format!("must be more than 0 (0 would expire at once, every time); write e.g. \"{example}s\" (the default)"),
         );
         default
     }
