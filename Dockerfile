@@ -17,7 +17,7 @@ COPY src ./src
 COPY benches ./benches
 COPY scripts ./scripts
 COPY config ./config
-RUN if [ "$PGO" = 1 ]; then bash scripts/pgo-build.sh; \
+RUN if [ "$PGO" = 1 ]; then bash scripts/pgo-build.sh --lean; \
     else cargo build --release --locked --bin portcullis; fi
 
 FROM debian:bookworm-slim

@@ -7,7 +7,10 @@
 # laid out and inlined for the paths a gateway runs. README "Performance" has what it buys;
 # the Dockerfile builds this way, and the load benchmarks are measured on this binary.
 #
-#   bash scripts/pgo-build.sh        # -> target/release/portcullis
+#   bash scripts/pgo-build.sh          # -> target/release/portcullis
+#   bash scripts/pgo-build.sh --lean   # the same, and the instrumented build (1.3 GB,
+#                                      # target/pgo-gen) is removed once its profile is
+#                                      # merged: for CI and image builds on small disks
 #
 # The training load doubles as a smoke test: every step checks the status it expects.
 # Needs rustup (it adds the llvm-tools component, for llvm-profdata), wrk, h2load, nginx,
@@ -15,6 +18,12 @@
 # says what they are. Loopback only; two release builds and about a minute of load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+lean=0
+case "${1:-}" in
+    --lean) lean=1 ;;
+    "") ;;
+    *) echo "usage: bash scripts/pgo-build.sh [--lean]" >&2; exit 2 ;;
+esac
 root=$PWD
 here=$root/benches/load
 
@@ -164,6 +173,8 @@ h2 "$https/rs/" -H "authorization: Bearer $(first rs256)"
 stop
 ls "$data"/portcullis-*.profraw >/dev/null 2>&1 || fail "the instrumented gateway wrote no profile"
 "$profdata" merge -o "$data/portcullis.profdata" "$data"/portcullis-*.profraw
+rm -f "$data"/portcullis-*.profraw
+[ "$lean" = 0 ] || rm -rf "$root/target/pgo-gen"
 
 echo "== 3/3 optimised build (target/release)" >&2
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$data/portcullis.profdata" \
