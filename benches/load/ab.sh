@@ -3,11 +3,13 @@
 # upstream nginx and wrk on CPU 1, rounds alternating A and B (A B B A A B ...), so that
 # this VM's drift (the same row moves 10-25% between runs minutes apart) falls on both
 # sides alike. Prints every round, then the mean req/s and CPU µs per request of each side
-# and the ratio of the means with the median and range of the per-round ratios.
+# (split into user and kernel time, with the TCP segments a request costs the machine) and
+# the ratio of the means with the median and range of the per-round ratios.
 #
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] [BIN_A [BIN_B]]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --auth rs256|hs256|cookie [BIN_A [BIN_B]]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] [--auth ...] --against nginx|direct [BIN_A]
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] --tls [--auth ...] [--against nginx] [BIN_A [BIN_B]]
 #
 # A is the gateway's public route (BIN_A, default target/release/portcullis). B is nginx's
 # plain keep-alive proxy, or the public route of a second build BIN_B (compare two builds).
@@ -19,19 +21,23 @@
 # --auth too ("cache hit >= 1.0x nginx"); --against direct makes B wrk straight to the
 # upstream (the latency reference: p99 at most 1 ms above direct; B's CPU column is then the
 # upstream's). Every round also records wrk's p99, and the summary gives each side's median.
+# --tls: every side is asked over TLS on keep-alive connections (the gateway's https
+# listener with config/dev's certificate; nginx's `listen ssl` with the same certificate and
+# its default settings), for "TLS >= 1.0x nginx TLS proxy"; not with --against direct.
 # Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset
 # (and python3 with `cryptography` for --auth rs256/cookie).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rounds=6 secs=5 auth="" against=""
+rounds=6 secs=5 auth="" against="" tls=0
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
         --seconds) secs=$2; shift 2 ;;
         --auth) auth=$2; shift 2 ;;
         --against) against=$2; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --tls) tls=1; shift ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -42,6 +48,7 @@ case $against in
     nginx | direct) [ -z "$bin_b" ] || { echo "--against takes one build" >&2; exit 1; } ;;
     *) echo "--against takes nginx or direct, not $against" >&2; exit 1 ;;
 esac
+[ "$tls" = 0 ] || [ "$against" != direct ] || { echo "--tls compares two TLS proxies; the upstream has no TLS (drop --against direct)" >&2; exit 1; }
 case $auth in
     "" | rs256 | hs256 | cookie) ;;
     *) echo "--auth takes rs256, hs256 or cookie, not $auth" >&2; exit 1 ;;
@@ -64,6 +71,12 @@ cleanup() {
 }
 trap cleanup EXIT
 port_up=18681 port_a=18691 port_b=18692
+# What wrk asks on each side: plain HTTP on port_a/port_b, or the TLS listeners (--tls).
+scheme=http load_a=$port_a load_b=$port_b
+if [ "$tls" = 1 ]; then
+    scheme=https load_a=18693 load_b=18694
+    cp "$root/config/dev/tls.crt" "$root/config/dev/tls.key" "$work/"
+fi
 
 # The upstream, one worker on CPU 1 (wrk shares it, as in the peer harness's pinned setup).
 upstream_nginx "$work" $port_up
@@ -72,8 +85,13 @@ taskset -p -c 1 "$(cat "$work/nginx.pid")" >/dev/null
 for w in $(pgrep -P "$(cat "$work/nginx.pid")"); do taskset -p -c 1 "$w" >/dev/null; done
 
 secret=ab-load-test-secret-of-32-bytes-xx
-start_gateway() { # BIN PORT: a gateway with one worker on CPU 0; prints its pid
-    gateway_toml "$2" $port_up > "$work/gw-$2.toml"
+start_gateway() { # BIN PORT [TLS_PORT]: a gateway with one worker on CPU 0; prints its pid
+    if [ -n "${3:-}" ]; then
+        gateway_toml "$2" $port_up "https = \"127.0.0.1:$3\"" > "$work/gw-$2.toml"
+        printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$work/tls.crt" "$work/tls.key" >> "$work/gw-$2.toml"
+    else
+        gateway_toml "$2" $port_up > "$work/gw-$2.toml"
+    fi
     if [ -f "$work/rs.pub.pem" ]; then
         jwt_route_toml rs RS256 "$work/rs.pub.pem" >> "$work/gw-$2.toml"
         cookie_route_toml rs >> "$work/gw-$2.toml"
@@ -94,20 +112,26 @@ case $auth in
             path_a=/cookie/ header_a=(-H "Cookie: theme=dark; session=$token; lang=en")
         fi ;;
 esac
-pid_a=$(start_gateway "$bin_a" $port_a); pids+=("$pid_a")
+tls_port() { [ "$tls" = 1 ] && echo "$1"; return 0; }
+pid_a=$(start_gateway "$bin_a" $port_a "$(tls_port $load_a)"); pids+=("$pid_a")
 path_b=/plain/ header_b=()
 if [ "$against" = direct ]; then
-    port_b=$port_up
+    port_b=$port_up load_b=$port_up
     pid_b=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
     label_b="B straight to the upstream"
 elif [ -n "$auth" ] && [ -z "$bin_b" ] && [ -z "$against" ]; then
-    pid_b=$pid_a port_b=$port_a
+    pid_b=$pid_a port_b=$port_a load_b=$load_a
     label_b="B public route of the same gateway"
 elif [ -n "$bin_b" ]; then
     [ -z "$auth" ] || { path_b=$path_a header_b=("${header_a[@]}"); }
-    pid_b=$(start_gateway "$bin_b" $port_b); pids+=("$pid_b")
+    pid_b=$(start_gateway "$bin_b" $port_b "$(tls_port $load_b)"); pids+=("$pid_b")
     label_b="B $path_b ($bin_b)"
 else
+    # With --tls, nginx also listens on load_b with TLS, its defaults, the same certificate.
+    tls_server() {
+        [ "$tls" = 1 ] || return 0
+        echo "listen 127.0.0.1:$load_b ssl; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key; "
+    }
     cat > "$work/nginx-proxy.conf" <<NGINX
 worker_processes 1;
 worker_cpu_affinity 01;
@@ -116,7 +140,7 @@ error_log $work/nginx-proxy-error.log;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$port_up; keepalive 128; }
-  server { listen 127.0.0.1:$port_b; location / { proxy_pass http://app; proxy_http_version 1.1;
+  server { listen 127.0.0.1:$port_b; $(tls_server)location / { proxy_pass http://app; proxy_http_version 1.1;
     proxy_set_header Connection ""; } } }
 NGINX
     nginx -c "$work/nginx-proxy.conf"
@@ -137,25 +161,39 @@ done
     code=$(curl -s -o /dev/null -w '%{http_code}' "${header_a[@]}" "http://127.0.0.1:$port$path_a")
     [ "$code" = 200 ] || { echo "the $auth request got $code, not 200" >&2; cat "$work"/gw-*.log >&2; exit 1; }
 done
+[ "$tls" = 0 ] || for port in $load_a $load_b; do
+    curl -skf -o /dev/null "https://127.0.0.1:$port/plain/" || { echo "nothing answers TLS on port $port" >&2; cat "$work"/gw-*.log >&2; exit 1; }
+done
 
-# round PID PORT PATH [wrk args]: prints "req/s cpu_us_per_request p99_ms" for one warmed-up
-# wrk run.
+# round PID PORT PATH [wrk args]: prints "req/s cpu_us_per_request p99_ms user_us kernel_us
+# segments" for one warmed-up wrk run: the proxy's CPU per request, and its user and kernel
+# parts; the TCP segments the whole machine sent per request (/proc/net/snmp OutSegs: each
+# hop's data, plus any bare ACK or split write a proxy causes).
 round() {
     local pid=$1 port=$2 path=$3
     shift 3
-    taskset -c 1 wrk -t1 -c64 -d1s "$@" "http://127.0.0.1:$port$path" >/dev/null
-    local t0 t1 n out p99
-    t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-    out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "$@" "http://127.0.0.1:$port$path")
-    t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    taskset -c 1 wrk -t1 -c64 -d1s "$@" "$scheme://127.0.0.1:$port$path" >/dev/null
+    local u0 s0 u1 s1 g0 g1 n out p99
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    g0=$(out_segments)
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "$@" "$scheme://127.0.0.1:$port$path")
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    g1=$(out_segments)
     n=$(awk '/requests in/ {print $1}' <<<"$out")
     p99=$(awk '$1 == "99%" { v = $2 + 0; if ($2 ~ /us$/) v /= 1000; else if ($2 ~ /[0-9]s$/) v *= 1000; print v }' <<<"$out")
-    awk -v n="$n" -v s="$secs" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v p="$p99" \
-        'BEGIN {printf "%.0f %.1f %.3f\n", n / s, t * 1e6 / hz / n, p}'
+    awk -v n="$n" -v s="$secs" -v u=$((u1 - u0)) -v k=$((s1 - s0)) -v g=$((g1 - g0)) \
+        -v hz="$(getconf CLK_TCK)" -v p="$p99" \
+        'BEGIN {printf "%.0f %.1f %.3f %.2f %.2f %.2f\n", n / s, (u + k) * 1e6 / hz / n, p,
+                u * 1e6 / hz / n, k * 1e6 / hz / n, g / n}'
+}
+# out_segments: the machine's TCP segments sent so far.
+out_segments() {
+    awk '/^Tcp:/ { if ($2 ~ /^[0-9]/) print $c; else for (i = 2; i <= NF; i++) if ($i == "OutSegs") c = i }' /proc/net/snmp
 }
 
 label_a="public route"
 [ -z "$auth" ] || label_a="$auth token, cache hit, $path_a"
+[ "$tls" = 0 ] || { label_a="$label_a over TLS"; label_b="$label_b over TLS"; }
 echo "A $label_a ($bin_a) against $label_b; $rounds rounds of ${secs}s, pinned"
 results=()
 for i in $(seq 0 $((rounds - 1))); do
@@ -163,18 +201,19 @@ for i in $(seq 0 $((rounds - 1))); do
     if [ $((i % 2)) -eq 0 ]; then order="a b"; else order="b a"; fi
     for side in $order; do
         if [ "$side" = a ]; then
-            r=$(round "$pid_a" $port_a "$path_a" "${header_a[@]}")
+            r=$(round "$pid_a" $load_a "$path_a" "${header_a[@]}")
         else
-            r=$(round "$pid_b" $port_b "$path_b" "${header_b[@]}")
+            r=$(round "$pid_b" $load_b "$path_b" "${header_b[@]}")
         fi
-        echo "round $((i + 1)) $side: $r" | awk '{printf "round %s %s %8d req/s %6.1f us/req  p99 %.2f ms\n", $2, toupper($3), $4, $5, $6}'
+        echo "round $((i + 1)) $side: $r" | awk '{printf "round %s %s %8d req/s %6.1f us/req (user %.2f, kernel %.2f)  p99 %.2f ms  %.2f segments/req\n", $2, toupper($3), $4, $5, $7, $8, $6, $9}'
         results+=("$((i + 1)) $side $r")
     done
 done
 printf '%s\n' "${results[@]}" | awk '
     function median(a, n) { return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
     function insert(a, k, v,  j) { for (j = k - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-    { rps[$1, $2] = $3; cpu[$1, $2] = $4; p99[$1, $2] = $5; n = $1 }
+    { rps[$1, $2] = $3; cpu[$1, $2] = $4; p99[$1, $2] = $5; n = $1
+      user[$2] += $6; kernel[$2] += $7; segs[$2] += $8 }
     END {
         for (i = 1; i <= n; i++) {
             insert(pa, i, p99[i, "a"]); insert(pb, i, p99[i, "b"])
@@ -187,4 +226,7 @@ printf '%s\n' "${results[@]}" | awk '
             ra / rb, med, sorted[1], sorted[n], ca / cb
         printf "p99, median of the rounds: A %.2f ms, B %.2f ms (A - B %+.2f ms)\n",
             median(pa, n), median(pb, n), median(pa, n) - median(pb, n)
+        printf "CPU per request, user + kernel: A %.2f + %.2f us, B %.2f + %.2f us (A/B %.2fx user, %.2fx kernel); TCP segments per request: A %.2f, B %.2f\n",
+            user["a"] / n, kernel["a"] / n, user["b"] / n, kernel["b"] / n,
+            user["a"] / user["b"], kernel["a"] / kernel["b"], segs["a"] / n, segs["b"] / n
     }'
