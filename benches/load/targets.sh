@@ -46,7 +46,7 @@ measure() {
         cat "$logs/$name" >&2
         exit 1
     }
-    tail -4 "$logs/$name" >&2
+    tail -5 "$logs/$name" >&2
 }
 # ratio NAME mean|median|low|high|cpu: a figure of NAME's "A/B req/s" summary line.
 ratio() {
