@@ -129,21 +129,9 @@ elif [ -n "$bin_b" ]; then
     label_b="B $path_b ($bin_b)"
 else
     # With --tls, nginx also listens on load_b with TLS, its defaults, the same certificate.
-    tls_server() {
-        [ "$tls" = 1 ] || return 0
-        echo "listen 127.0.0.1:$load_b ssl; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key; "
-    }
-    cat > "$work/nginx-proxy.conf" <<NGINX
-worker_processes 1;
-worker_cpu_affinity 01;
-pid $work/nginx-proxy.pid;
-error_log $work/nginx-proxy-error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$port_up; keepalive 128; }
-  server { listen 127.0.0.1:$port_b; $(tls_server)location / { proxy_pass http://app; proxy_http_version 1.1;
-    proxy_set_header Connection ""; } } }
-NGINX
+    tls_lines=""
+    [ "$tls" = 0 ] || tls_lines="listen 127.0.0.1:$load_b ssl; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;"
+    nginx_proxy_conf "$work" $port_b $port_up "worker_cpu_affinity 01;" "$tls_lines" > "$work/nginx-proxy.conf"
     nginx -c "$work/nginx-proxy.conf"
     sleep 0.3
     pid_b=$(pgrep -P "$(cat "$work/nginx-proxy.pid")" | head -1)

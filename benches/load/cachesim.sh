@@ -30,18 +30,7 @@ upstream_nginx "$work" $port_up
 LOAD_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 export LOAD_SECRET
 gateway_toml $port_proxy $port_up > "$work/gw.toml"
-cat > "$work/proxy.conf" <<NGINX
-daemon off;
-master_process off;
-worker_processes 1;
-pid $work/proxy.pid;
-error_log $work/proxy-error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$port_up; keepalive 128; }
-  server { listen 127.0.0.1:$port_proxy; location / { proxy_pass http://app; proxy_http_version 1.1;
-    proxy_set_header Connection ""; } } }
-NGINX
+nginx_proxy_conf "$work" $port_proxy $port_up "daemon off; master_process off;" > "$work/proxy.conf"
 
 # run gateway|nginx SECONDS: prints "requests <cachegrind summary counts>" for one run.
 run() {

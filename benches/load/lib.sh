@@ -1,5 +1,5 @@
-# Pieces the load scripts share (sourced by run.sh, extra_rows.sh, instructions.sh, ab.sh and
-# scripts/pgo-build.sh).
+# Pieces the load scripts share (sourced by run.sh, extra_rows.sh, instructions.sh, ab.sh,
+# cachesim.sh and scripts/pgo-build.sh).
 
 # upstream_nginx WORK PORT [WORKER_CONNECTIONS]: starts a one-worker nginx on 127.0.0.1:PORT
 # answering every path with "ok user=<X-Auth-User>" (the app behind the gateway); its pid is
@@ -16,6 +16,24 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$port; location / { return 200 "ok user=\$http_x_auth_user\n"; } } }
 NGINX
     nginx -c "$work/nginx.conf"
+}
+
+# nginx_proxy_conf WORK PORT PORT_UP [TOP_LINES] [SERVER_LINES]: prints the config of the
+# reference, nginx's plain keep-alive proxy with one worker on 127.0.0.1:PORT in front of
+# 127.0.0.1:PORT_UP; its pid goes to WORK/nginx-proxy.pid. TOP_LINES go before the events
+# block (affinity, no daemon), SERVER_LINES into the server block (a TLS listener).
+nginx_proxy_conf() {
+    cat <<NGINX
+worker_processes 1;
+${4:-}
+pid $1/nginx-proxy.pid;
+error_log $1/nginx-proxy-error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$3; keepalive 128; }
+  server { listen 127.0.0.1:$2; ${5:-}
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGINX
 }
 
 # gateway_toml PORT_GW PORT_UP [SERVER_LINES]: prints a gateway config listening on
