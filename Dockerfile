@@ -11,6 +11,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends cmake clang \
     && rm -rf /var/lib/apt/lists/*
 RUN rustup component add llvm-tools
 COPY Cargo.toml Cargo.lock ./
+# Build settings (jemalloc's compiled-in options).
+COPY .cargo ./.cargo
 COPY src ./src
 # Cargo.toml names the criterion benches, so cargo cannot read it without benches/; the load
 # helpers there, scripts/ and the dev TLS certificate in config/dev/ drive the training load.

@@ -11,6 +11,7 @@
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --auth rs256|hs256|cookie [BIN_A [BIN_B]]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] [--auth ...] --against nginx|direct [BIN_A]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --tls [--auth ...] [--against nginx] [BIN_A [BIN_B]]
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] --close [--tls] [...]   # a new connection per request
 #
 # A is the gateway's public route (BIN_A, default target/release/portcullis). B is nginx's
 # plain keep-alive proxy, or the public route of a second build BIN_B (compare two builds).
@@ -25,12 +26,14 @@
 # --tls: every side is asked over TLS on keep-alive connections (the gateway's https
 # listener with config/dev's certificate; nginx's `listen ssl` with the same certificate and
 # its default settings), for "TLS >= 1.0x nginx TLS proxy"; not with --against direct.
+# --close: every request asks `Connection: close`, so each one is a new connection (with
+# --tls, a handshake; wrk resumes TLS sessions): the cost of accepting, not of keep-alive.
 # Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset
 # (and python3 with `cryptography` for --auth rs256/cookie).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rounds=6 secs=5 auth="" against="" tls=0
+rounds=6 secs=5 auth="" against="" tls=0 close=()
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
@@ -38,7 +41,8 @@ while [ $# -gt 0 ]; do
         --auth) auth=$2; shift 2 ;;
         --against) against=$2; shift 2 ;;
         --tls) tls=1; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        --close) close=(-H "Connection: close"); shift ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -183,6 +187,7 @@ out_segments() {
 label_a="public route"
 [ -z "$auth" ] || label_a="$auth token, cache hit, $path_a"
 [ "$tls" = 0 ] || { label_a="$label_a over TLS"; label_b="$label_b over TLS"; }
+[ ${#close[@]} = 0 ] || { label_a="$label_a, a connection per request"; label_b="$label_b, a connection per request"; }
 echo "A $label_a ($bin_a) against $label_b; $rounds rounds of ${secs}s, pinned"
 results=()
 for i in $(seq 0 $((rounds - 1))); do
@@ -190,9 +195,9 @@ for i in $(seq 0 $((rounds - 1))); do
     if [ $((i % 2)) -eq 0 ]; then order="a b"; else order="b a"; fi
     for side in $order; do
         if [ "$side" = a ]; then
-            r=$(round "$pid_a" $load_a "$path_a" "${header_a[@]}")
+            r=$(round "$pid_a" $load_a "$path_a" "${header_a[@]}" "${close[@]}")
         else
-            r=$(round "$pid_b" $load_b "$path_b" "${header_b[@]}")
+            r=$(round "$pid_b" $load_b "$path_b" "${header_b[@]}" "${close[@]}")
         fi
         echo "round $((i + 1)) $side: $r" | awk '{printf "round %s %s %8d req/s %6.1f us/req (user %.2f, kernel %.2f)  p99 %.2f ms  %.2f segments/req\n", $2, toupper($3), $4, $5, $7, $8, $6, $9}'
         results+=("$((i + 1)) $side $r")

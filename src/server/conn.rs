@@ -29,8 +29,11 @@
 //! A parked connection keeps the keep-alive bound: it is closed `header_read_timeout` minus
 //! [`PARK_AFTER`] after it parked, that is between `header_read_timeout` and one
 //! [`PARK_AFTER`] more after its last request, and at once on shutdown.
-//! Protocol detection reads at most the 24 bytes of the HTTP/2 preface, bounded by
-//! `header_read_timeout` (a client that connects and never sends is cut).
+//! Protocol detection is the connection's first read, bounded by `header_read_timeout` (a
+//! client that connects and never sends is cut): up to [`FIRST_READ`] bytes, which usually
+//! hold the whole first request head, handed to hyper as they are. Reading only the 24
+//! bytes of the HTTP/2 preface cost every new connection a second `recv` for the rest of
+//! the head, and hyper a reallocation of its read buffer (8 KiB copied) to fit it.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -40,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::Request;
 use hyper::body::Incoming;
@@ -63,6 +66,10 @@ use crate::snapshot::SharedSnapshot;
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The most a connection's first read takes: hyper's own first read buffer is this size, so
+/// what it gets from the first read fits without growing it.
+const FIRST_READ: usize = 8 * 1024;
 
 /// The per-worker HTTP builders, configured from `[server]`.
 pub struct Builders {
@@ -354,22 +361,21 @@ async fn stopped(mut stop: Stop) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Reads until the bytes are, or cannot be, the HTTP/2 preface: the bytes read, and
-/// whether they were it.
+/// Reads until the bytes are, or cannot be, the HTTP/2 preface: every byte read (the first
+/// read takes up to [`FIRST_READ`], so usually the whole first head), and whether they
+/// start with the preface.
 async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(Bytes, bool)> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    let mut filled = 0;
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
-        let n = io.read(&mut buf[filled..]).await?;
-        if n == 0 {
+        if io.read_buf(&mut buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        filled += n;
-        if buf[..filled] != H2_PREFACE[..filled] {
-            return Ok((Bytes::copy_from_slice(&buf[..filled]), false));
+        let compared = buf.len().min(H2_PREFACE.len());
+        if buf[..compared] != H2_PREFACE[..compared] {
+            return Ok((buf.freeze(), false));
         }
-        if filled == H2_PREFACE.len() {
-            return Ok((Bytes::from_static(H2_PREFACE), true));
+        if compared == H2_PREFACE.len() {
+            return Ok((buf.freeze(), true));
         }
     }
 }
@@ -546,6 +552,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
         let this = &mut *self;
         if !this.prefix.is_empty() {
             // Counted as unparsed when the prefix was set.
+            // Once the last piece is split off, the prefix holds nothing of the first
+            // read's buffer (`split_to` of the whole leaves an empty `Bytes`).
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));
             this.activity.read_waiting.store(false, Ordering::Relaxed);
@@ -621,7 +629,8 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let (bytes, h2) = sniff(&mut server).await.unwrap();
         assert!(!h2);
-        assert!(b"GET / HTTP/1.1\r\n".starts_with(&bytes));
+        // The first read takes what is there, not just the preface's length.
+        assert_eq!(&bytes[..], b"GET / HTTP/1.1\r\n");
 
         let (mut client, mut server) = tokio::io::duplex(64);
         // The preface in two pieces, split inside the matching part.
@@ -633,6 +642,17 @@ mod tests {
         assert!(h2);
         assert_eq!(&bytes[..], H2_PREFACE);
 
+        // The preface and the client's first frame in one read: every byte is kept.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+        client
+            .write_all(&[&H2_PREFACE[..], &settings].concat())
+            .await
+            .unwrap();
+        let (bytes, h2) = sniff(&mut server).await.unwrap();
+        assert!(h2);
+        assert_eq!(&bytes[..], [&H2_PREFACE[..], &settings].concat());
+
         // "PRI" that turns out not to be the preface is HTTP/1 with every byte kept.
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"PRI * HTTP/1.1\r\n").await.unwrap();
@@ -643,6 +663,29 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(64);
         drop(client);
         assert!(sniff(&mut server).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_prefix_is_read_first_and_its_buffer_let_go() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut first = BytesMut::with_capacity(FIRST_READ);
+        first.extend_from_slice(b"abcdef");
+        let prefix = first.freeze();
+        let witness = prefix.clone();
+        let mut io = ConnIo::new(server, prefix, Arc::new(Activity::default()));
+        client.write_all(b"gh").await.unwrap();
+        // A reader with less room than the prefix gets it in pieces, in order.
+        let mut small = [0u8; 4];
+        assert_eq!(io.read(&mut small).await.unwrap(), 4);
+        assert_eq!(&small, b"abcd");
+        assert!(!witness.is_unique(), "the rest of the prefix is still held");
+        let mut rest = [0u8; 16];
+        let n = io.read(&mut rest).await.unwrap();
+        assert_eq!(&rest[..n], b"ef");
+        // The last piece taken, the connection no longer holds the first read's buffer.
+        assert!(witness.is_unique());
+        let n = io.read(&mut rest).await.unwrap();
+        assert_eq!(&rest[..n], b"gh");
     }
 
     #[test]

@@ -118,6 +118,26 @@ fn every_shipped_config_passes_check() {
     }
 }
 
+/// The allocator options `.cargo/config.toml` compiles into jemalloc are in the binary
+/// (a build that lost them would still work, only slower on new connections).
+#[test]
+fn the_binary_carries_the_allocator_options() {
+    let (code, _, err) = run(portcullis()
+        .args(["check", "--config"])
+        .arg(repo("config/portcullis.toml"))
+        .env("_RJEM_MALLOC_CONF", "stats_print:true"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("opt.tcache_nslots_small_min: 64"),
+        "jemalloc's statistics do not show the option:\n{}",
+        err.lines()
+            .filter(|l| l.contains("opt.") || l.contains("malloc_conf"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(err.contains("opt.background_thread: true"));
+}
+
 #[test]
 fn check_names_the_key_and_the_fix() {
     let dir = fixture_dir();
