@@ -8,7 +8,10 @@
 # why two builds, or two proxies, with the same instruction count differ in time. A model,
 # not the CPU: atomics, TLB misses and the like are not in it.
 #
-#   bash benches/load/cachesim.sh [BIN]     # default target/release/portcullis; ~3 minutes
+#   bash benches/load/cachesim.sh [--close] [BIN]   # default target/release/portcullis; ~3 minutes
+#
+# --close: every request asks `Connection: close`, so each is a new connection (accept,
+# the first read, a new hyper connection, close).
 #
 # Prints, per request: Ir (instructions), I1mr (L1 instruction misses), D1mr / D1mw (L1
 # data read / write misses), DLmr / DLmw (last level), Bcm / Bim (mispredicted conditional /
@@ -16,6 +19,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+close=()
+[ "${1:-}" != --close ] || { close=(-H "Connection: close"); shift; }
 bin=${1:-$root/target/release/portcullis}
 source "$here/lib.sh"
 for c in valgrind nginx wrk python3 curl; do
@@ -46,8 +51,8 @@ run() {
     fi
     vg=$!
     for _ in $(seq 120); do curl -fs -o /dev/null "http://127.0.0.1:$port_proxy/plain/" && break; sleep 0.5; done
-    n=$(wrk -t1 -c16 -d2s "http://127.0.0.1:$port_proxy/plain/" | awk '/requests in/ {print $1}')
-    [ "$secs" = 0 ] || m=$(wrk -t1 -c16 -d"${secs}s" "http://127.0.0.1:$port_proxy/plain/" | awk '/requests in/ {print $1}')
+    n=$(wrk -t1 -c16 -d2s "${close[@]}" "http://127.0.0.1:$port_proxy/plain/" | awk '/requests in/ {print $1}')
+    [ "$secs" = 0 ] || m=$(wrk -t1 -c16 -d"${secs}s" "${close[@]}" "http://127.0.0.1:$port_proxy/plain/" | awk '/requests in/ {print $1}')
     # The gateway drains on SIGTERM; nginx without a master stops gracefully on SIGQUIT.
     if [ "$who" = gateway ]; then kill -TERM $vg; else kill -QUIT $vg; fi
     wait $vg 2>/dev/null || true

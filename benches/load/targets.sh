@@ -12,13 +12,14 @@
 # | cookie within 5% of Bearer              | ab.sh --auth cookie BIN, over the hit's ratio to public      |
 # | p99 <= direct + 1 ms (public, RS256 hit)| ab.sh --against direct [--auth rs256] BIN        |
 # | TLS >= 1.0x nginx TLS proxy, keep-alive | ab.sh --tls BIN (public route over TLS, both)   |
+# | a new connection per request (reported) | ab.sh --close BIN (no target in the issue)       |
 #
 # A verdict compares the mean of the rounds with the target. The median round and the range
 # are printed beside it: a mean and a median on opposite sides of the line mean "at the line",
 # and the table says so. The throughput rows against HAProxy and the memory rows are in
 # run.sh and extra_rows.sh; handshakes per second in extra_rows.sh. The public row's CPU is
 # also split into user and kernel time (the kernel's TCP work is most of a proxy's CPU, and
-# both proxies send the same segments). Defaults: 8 rounds of 4 s per target, about 10 minutes.
+# both proxies send the same segments). Defaults: 8 rounds of 4 s per target, about 11 minutes.
 # Loopback only; needs what ab.sh needs (wrk, nginx, taskset, python3 with cryptography).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
         --seconds) secs=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -68,6 +69,7 @@ measure cookie --auth cookie
 measure p99-public --against direct
 measure p99-hit --auth rs256 --against direct
 measure tls --tls
+measure close --close
 
 # verdict MEAN MEDIAN TARGET: met / not met / at the line (mean and median disagree).
 verdict() {
@@ -99,3 +101,4 @@ for name in public hit; do
     row "p99 <= direct + 1 ms ($name)" "$d ms over direct (medians of the rounds)" "$(awk -v d="$d" 'BEGIN {print (d <= 1.0) ? "met" : "NOT MET"}')"
 done
 row "TLS >= 1.0x nginx TLS, keep-alive" "$(summary tls) (CPU $(ratio tls cpu)x)" "$(verdict "$(ratio tls mean)" "$(ratio tls median)" 1.0)"
+row "new connection per request, vs nginx" "$(summary close) (CPU $(ratio close cpu)x; $(cpu_split close))" "reported"
