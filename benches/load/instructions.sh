@@ -8,7 +8,9 @@
 # warms up, zeroes the counters, sends wrk -c16 for 6 s, and divides the instructions by the
 # requests wrk completed. Rows: the public route and a cached HS256 Bearer token (one token
 # repeated: the worker's memo answers it; a token that misses the memo is hashed with
-# SHA-256, which runs without SHA-NI under valgrind and would over-weight the digest). The
+# SHA-256, which runs without SHA-NI under valgrind and would over-weight the digest), and
+# the public route with `Connection: close` (a new connection per request: accept, first
+# read, a new hyper connection, close). The
 # kernel's share (about half the CPU) is not counted: compare builds with this, and compare
 # with nginx with the load harness.
 # Needs valgrind, nginx, wrk, python3, curl (apt-get install valgrind nginx wrk).
@@ -51,3 +53,4 @@ measure() { # measure LABEL PATH [header]
 }
 measure "public route" /plain/
 measure "HS256 Bearer, cache hit" /hs/ -H "Authorization: Bearer $token"
+measure "public, new connection each" /plain/ -H "Connection: close"
