@@ -324,7 +324,14 @@ async fn serve_listeners(
 /// `TCP_NODELAY` on a listening socket: Linux copies it to every connection accepted from
 /// it, which saves a `setsockopt` a connection (elsewhere each connection sets its own).
 fn nodelay_for_accepted(listener: &TcpListener) -> io::Result<()> {
-    socket2::SockRef::from(listener).set_tcp_nodelay(true)
+    socket2::SockRef::from(listener)
+        .set_tcp_nodelay(true)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot set TCP_NODELAY on a listener: {e}"),
+            )
+        })
 }
 
 /// Aborts a task when dropped: the shutdown waiter ends with the accept loop, also when the
