@@ -249,13 +249,12 @@ async fn serve_listeners(
     // selects cost 1.3k instructions a new connection, the oneshot a few dozen.
     // A dropped sender (the waiter ended without sending) stops too.
     let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
-    let waiter = AbortOnDrop(
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(());
-        })
-        .abort_handle(),
-    );
+    // Aborted when dropped: the waiter ends with the accept loop, also when the loop's
+    // future is dropped rather than finished.
+    let waiter = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    }));
     // Beyond max_connections (process-wide), new connections wait in the kernel's listen
     // backlog: the process stays within its file-descriptor and memory budget.
     loop {
@@ -332,16 +331,6 @@ fn nodelay_for_accepted(listener: &TcpListener) -> io::Result<()> {
                 format!("cannot set TCP_NODELAY on a listener: {e}"),
             )
         })
-}
-
-/// Aborts a task when dropped: the shutdown waiter ends with the accept loop, also when the
-/// loop's future is dropped rather than finished.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
