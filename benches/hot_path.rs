@@ -1,6 +1,7 @@
 //! The per-request steps without the network: route matching (10 / 100 / 1,000 routes),
-//! path canonicalisation, and the identity header rewrite on a realistic header map, up to
-//! the upstream head it ends in.
+//! path canonicalisation, the whole target step with reading agreement (`route_target`:
+//! an ordinary path, one with upper-case letters, one with `;` and `%`), and the identity
+//! header rewrite on a realistic header map, up to the upstream head it ends in.
 //!
 //! cargo bench --bench hot_path
 
@@ -8,8 +9,9 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use portcullis::Snapshot;
 use portcullis::canonical::canonical_path;
-use portcullis::identity::{rewrite_request, strip_request};
+use portcullis::identity::{RouteRules, rewrite_request, strip_request};
 use portcullis::proxy::h1::encode_request_head;
+use portcullis::readings::{PathSemantics, route_target};
 
 /// A config with `n` routes over a few hosts and nested prefixes, compiled like any other.
 fn snapshot_with_routes(n: usize) -> Snapshot {
@@ -90,6 +92,33 @@ fn canonicalisation(c: &mut Criterion) {
     group.finish();
 }
 
+fn target(c: &mut Criterion) {
+    let snapshot = snapshot_with_routes(100);
+    let mut group = c.benchmark_group("route_target");
+    for (name, path) in [
+        ("plain", "/svc1/v2/items99/orders/42"),
+        ("upper_case", "/svc1/v2/items99/Orders/42"),
+        (
+            "params_and_escapes",
+            "/svc1/v2/items99;jsessionid=AB/orders%20x/42",
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                route_target(
+                    &snapshot.routes,
+                    "x.tenant3.example.com",
+                    std::hint::black_box(path),
+                    &Method::GET,
+                    |_| PathSemantics::Strict,
+                )
+                .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
 fn header_rewrite(c: &mut Criterion) {
     let snapshot = snapshot_with_routes(10);
     let mut headers = HeaderMap::new();
@@ -134,7 +163,14 @@ fn header_rewrite(c: &mut Criterion) {
         b.iter_batched(
             || headers.clone(),
             |mut h| {
-                rewrite_request(&mut h, &snapshot.identity, &permit, &[], &client, false);
+                rewrite_request(
+                    &mut h,
+                    &snapshot.identity,
+                    &permit,
+                    &[],
+                    &client,
+                    RouteRules::default(),
+                );
                 out.clear();
                 encode_request_head(&Method::GET, "/app", &h, |_| {}, (true, None), &mut out);
                 h
@@ -147,7 +183,14 @@ fn header_rewrite(c: &mut Criterion) {
         b.iter_batched(
             || headers.clone(),
             |mut h| {
-                let added = strip_request(&mut h, &snapshot.identity, &permit, &[], &client, false);
+                let added = strip_request(
+                    &mut h,
+                    &snapshot.identity,
+                    &permit,
+                    &[],
+                    &client,
+                    RouteRules::default(),
+                );
                 out.clear();
                 let extra =
                     |field: &mut dyn FnMut(&HeaderName, &HeaderValue)| added.for_each(field);
@@ -159,5 +202,5 @@ fn header_rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, canonicalisation, header_rewrite);
+criterion_group!(benches, routing, canonicalisation, target, header_rewrite);
 criterion_main!(benches);

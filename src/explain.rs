@@ -37,6 +37,8 @@ pub struct Evaluation {
     pub requirements: Vec<(String, bool)>,
     pub upstream: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// The other readings of the path a backend could make (I9), and their routes.
+    pub readings: Vec<(String, String, Option<String>, bool)>,
 }
 
 /// Evaluates `method url` with `credential` against `snapshot`.
@@ -62,18 +64,47 @@ pub async fn evaluate(
         requirements: Vec::new(),
         upstream: None,
         headers: Vec::new(),
+        readings: Vec::new(),
     };
-    let path = match canonical_path(uri.path()) {
-        Ok(path) => path,
-        Err(e) => return Ok(evaluation.denied(&ProxyError::BadTarget(e))),
+    let matched = match crate::readings::match_target(&snapshot.routes, &host, uri.path(), &method)
+    {
+        Ok(matched) => matched,
+        Err(refusal) => {
+            if let Ok(path) = canonical_path(uri.path()) {
+                evaluation.considered = candidates(snapshot, &host, &path, &method);
+            }
+            return Ok(evaluation.denied(&refusal.into()));
+        }
     };
-    evaluation.considered = candidates(snapshot, &host, &path, &method);
-    let Some(index) = snapshot.routes.find_index(&host, &path, &method) else {
-        return Ok(evaluation.denied(&ProxyError::NoRoute));
-    };
+    let path = matched.matched();
+    evaluation.considered = candidates(snapshot, &host, path, &method);
+    let index = matched.index;
     let route = &snapshot.routes.routes()[index];
     evaluation.route = Some(route.name.to_string());
     evaluation.upstream = Some(snapshot.upstreams[route.upstream].name.to_string());
+    let readings = crate::readings::list(
+        &snapshot.routes,
+        &host,
+        path,
+        &method,
+        snapshot.upstreams[route.upstream].path_semantics,
+        route.policy,
+    );
+    let Ok(readings) = readings else {
+        return Ok(evaluation.denied(&ProxyError::AmbiguousPath));
+    };
+    evaluation.readings = readings
+        .into_iter()
+        .map(|r| {
+            let name = r
+                .route
+                .map(|i| snapshot.routes.routes()[i].name.to_string());
+            (r.label, r.path, name, r.agrees)
+        })
+        .collect();
+    if evaluation.readings.iter().any(|r| !r.3) {
+        return Ok(evaluation.denied(&ProxyError::AmbiguousPath));
+    }
 
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -160,7 +191,10 @@ pub async fn evaluate(
         &permit,
         sources,
         &client,
-        route.allow_method_override,
+        identity::RouteRules {
+            keep_method_override: route.allow_method_override,
+            original_uri: None,
+        },
     );
     evaluation.headers = headers
         .iter()
@@ -209,6 +243,18 @@ impl Evaluation {
                 .as_deref()
                 .unwrap_or("none (404: deny by default)")
         );
+        for (label, path, route, agrees) in &self.readings {
+            let _ = writeln!(
+                out,
+                "reading:    {path} ({label}) -> {}{}",
+                route.as_deref().unwrap_or("no route"),
+                if *agrees {
+                    ""
+                } else {
+                    ": another policy, refused"
+                }
+            );
+        }
         if let Some(provider) = &self.provider {
             let _ = writeln!(out, "provider:   {provider}");
         }

@@ -4,7 +4,11 @@
 //! 1. hop-by-hop headers and every header named in `Connection` are removed;
 //! 2. every configured identity header is removed in all its spellings (`X-Auth-User`,
 //!    `x-auth-user`, `X_Auth_User`, duplicates): invariant I2;
-//! 3. the consumed credential is removed unless the route forwards it;
+//! 3. every credential source the config names is removed (`Authorization: Bearer` where
+//!    some route reads Bearer tokens, each `cookie:NAME`, the gateway's own cookies),
+//!    except the credential that was verified where the route forwards it (I10); headers
+//!    that name another path (`X-Original-URL`, `X-Rewrite-URL`, ...) are removed too, as
+//!    IIS, Symfony and Zend route by them (I9);
 //! 4. `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are rewritten (kept and appended to only
 //!    for peers in `trusted_proxies`);
 //! 5. the verified identity is injected, one header each (I3). Step 1 ran before, so a
@@ -39,6 +43,12 @@ pub struct IdentityPolicy {
     inject: Box<[(HeaderName, Box<str>)]>,
     /// The gateway's own cookies (session, login state): removed on every route.
     own_cookies: Box<[Box<str>]>,
+    /// Every `cookie:NAME` token source of any route: removed on every route, except the
+    /// verified one where its route forwards it.
+    credential_cookies: Box<[Box<str>]>,
+    /// Some route reads Bearer tokens: `Authorization: Bearer` is removed on every route,
+    /// except where it was verified and is forwarded.
+    strip_bearer: bool,
 }
 
 impl IdentityPolicy {
@@ -46,11 +56,26 @@ impl IdentityPolicy {
         self.own_cookies = names.into_boxed_slice();
     }
 
+    /// The token sources the routes name (see the fields).
+    pub fn set_credential_sources<'a>(&mut self, sources: impl Iterator<Item = &'a TokenSource>) {
+        let mut cookies: Vec<Box<str>> = Vec::new();
+        for source in sources {
+            match source {
+                TokenSource::Bearer => self.strip_bearer = true,
+                TokenSource::Cookie(name) if !cookies.contains(name) => cookies.push(name.clone()),
+                TokenSource::Cookie(_) => {}
+            }
+        }
+        self.credential_cookies = cookies.into_boxed_slice();
+    }
+
     /// `headers`: (header name, claim name). Names must be valid header names.
     pub fn new(headers: Vec<(HeaderName, Box<str>)>) -> Self {
         IdentityPolicy {
             inject: headers.into_boxed_slice(),
             own_cookies: Box::default(),
+            credential_cookies: Box::default(),
+            strip_bearer: false,
         }
     }
 
@@ -92,70 +117,90 @@ impl ClientInfo<'_> {
     }
 }
 
-/// Steps 1 to 5 above, on the request headers about to be forwarded. Method-override
-/// headers are removed too unless `keep_method_override`.
+/// What the route adds to or keeps in the request besides identity (its header rules).
+#[derive(Clone, Copy, Default)]
+pub struct RouteRules<'a> {
+    /// Keep `X-HTTP-Method-Override` and friends (`allow_method_override`).
+    pub keep_method_override: bool,
+    /// The canonical target, sent as `X-Original-URL` (`forward_original_uri`).
+    pub original_uri: Option<&'a str>,
+}
+
+/// Steps 1 to 5 above, on the request headers about to be forwarded.
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     policy: &IdentityPolicy,
     permit: &Permit,
     sources: &[TokenSource],
     client: &ClientInfo<'_>,
-    keep_method_override: bool,
+    rules: RouteRules<'_>,
 ) {
-    strip_request(
-        headers,
-        policy,
-        permit,
-        sources,
-        client,
-        keep_method_override,
-    )
-    .append_to(headers);
+    strip_request(headers, policy, permit, sources, client, rules).append_to(headers);
 }
 
 /// [`rewrite_request`] for the request path: steps 1 to 3 (and step 4 for a trusted peer)
 /// on `headers`; the fields steps 4 and 5 add come back as [`Added`], which the upstream
 /// encoder writes after the request's own fields instead of inserting them into the map
 /// first. Every name in [`Added`] is one this function has just removed from `headers`
-/// (identity headers by configuration, forwarding headers of an untrusted peer), so writing
-/// them after the map is the same request as inserting them into it.
+/// (identity headers by configuration, forwarding headers of an untrusted peer, the
+/// path-naming headers), so writing them after the map is the same request as inserting
+/// them into it.
 pub fn strip_request<'a>(
     headers: &mut HeaderMap,
     policy: &'a IdentityPolicy,
     permit: &'a Permit,
     sources: &[TokenSource],
     client: &'a ClientInfo<'a>,
-    keep_method_override: bool,
+    rules: RouteRules<'_>,
 ) -> Added<'a> {
-    // Steps 1-2 (and the method overrides, and untrusted forwarding headers) in one pass
-    // over the header names: a handful of byte comparisons per header instead of a hash
-    // lookup per name we might remove.
+    // Steps 1-2 (and the method overrides, the path-naming headers, and untrusted
+    // forwarding headers) in one pass over the header names: a handful of byte comparisons
+    // per header instead of a hash lookup per name we might remove.
     let strip_forwarded = !client.trusted;
+    let keep_method_override = rules.keep_method_override;
     remove_where(headers, |name| {
         HOP_BY_HOP.contains(&name)
             || policy.inject.iter().any(|(h, _)| same_header(h, name))
+            || names_a_path(name)
             || (!keep_method_override && METHOD_OVERRIDES.iter().any(|h| same_header(h, name)))
             || (strip_forwarded && FORWARDING.iter().any(|f| same_name(f, name)))
     });
-    let consumed_cookie = match permit.consumed() {
-        Consumed::None => None,
+    // Step 3: the verified credential, and every other source the config names.
+    let (consumed_cookie, kept_cookie) = match permit.consumed() {
+        Consumed::None => (None, None),
         Consumed::Authorization => {
             headers.remove(AUTHORIZATION);
-            None
+            (None, None)
         }
         Consumed::Cookie { source, spot } => match sources.get(source) {
-            Some(TokenSource::Cookie(name)) => Some((&**name, spot)),
-            _ => None,
+            Some(TokenSource::Cookie(name)) => (Some((&**name, spot)), None),
+            _ => (None, None),
+        },
+        Consumed::Kept { source } => match sources.get(source) {
+            Some(TokenSource::Cookie(name)) => (None, Some(&**name)),
+            _ => (None, None),
         },
     };
+    let bearer_kept = matches!(
+        (permit.consumed(), permit.consumed_source(sources)),
+        (Consumed::Kept { .. }, Some(TokenSource::Bearer))
+    );
+    if policy.strip_bearer && !bearer_kept && permit.consumed() != Consumed::Authorization {
+        remove_bearer(headers);
+    }
     let doomed = |name: &[u8]| {
         consumed_cookie.is_some_and(|(consumed, _)| consumed.as_bytes() == name)
             || policy.own_cookies.iter().any(|own| own.as_bytes() == name)
+            || (kept_cookie.is_none_or(|kept| kept.as_bytes() != name)
+                && policy
+                    .credential_cookies
+                    .iter()
+                    .any(|c| c.as_bytes() == name))
     };
     if let Some((consumed, spot)) = consumed_cookie {
         // The credential came from a cookie: it is there, rewrite at once, around it.
         credential::rewrite_cookies_around(headers, spot, consumed.as_bytes(), doomed);
-    } else if !policy.own_cookies.is_empty() {
+    } else if !policy.own_cookies.is_empty() || !policy.credential_cookies.is_empty() {
         credential::remove_cookies(headers, doomed);
     }
     let forwarded = if client.trusted {
@@ -166,14 +211,55 @@ pub fn strip_request<'a>(
     };
     Added {
         forwarded,
+        original_uri: rules
+            .original_uri
+            .and_then(|target| HeaderValue::from_str(target).ok()),
         identity: permit.identity().map(|identity| (policy, identity)),
     }
 }
+
+/// Removes `Authorization` when its scheme is Bearer (another scheme, such as the app's own
+/// Basic auth, is not a credential the gateway reads).
+fn remove_bearer(headers: &mut HeaderMap) {
+    let bearer = headers.get_all(AUTHORIZATION).iter().any(|value| {
+        let bytes = value.as_bytes();
+        let end = bytes
+            .iter()
+            .position(|&b| b == b' ' || b == b'\t')
+            .unwrap_or(bytes.len());
+        bytes[..end].eq_ignore_ascii_case(b"bearer")
+    });
+    if bearer {
+        headers.remove(AUTHORIZATION);
+    }
+}
+
+/// Headers by which IIS (URL Rewrite), Symfony, Zend, Laravel, Spring and Envoy-fronted apps
+/// take the request's path from somewhere else than the request line.
+const PATH_HEADERS: [&str; 8] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "x-envoy-original-path",
+    "x-http-destination",
+];
+
+fn names_a_path(name: &str) -> bool {
+    // All start with "x-" (or "x_"): most names are ruled out by their first byte.
+    name.as_bytes().first() == Some(&b'x') && PATH_HEADERS.iter().any(|p| same_name(p, name))
+}
+
+static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 
 /// The fields steps 4 and 5 add to a request (see [`strip_request`]).
 pub struct Added<'a> {
     /// An untrusted peer: its forwarding fields were all removed, ours are added.
     forwarded: Option<&'a ClientInfo<'a>>,
+    /// `X-Original-URL` with the canonical target (`forward_original_uri`).
+    original_uri: Option<HeaderValue>,
     identity: Option<(&'a IdentityPolicy, &'a Identity)>,
 }
 
@@ -187,6 +273,9 @@ impl Added<'_> {
             if let Some(host) = client.host {
                 field(&X_FORWARDED_HOST, host);
             }
+        }
+        if let Some(target) = &self.original_uri {
+            field(&X_ORIGINAL_URL, target);
         }
         if let Some((policy, identity)) = self.identity {
             // One header per configured claim (the names are distinct, config checks it).
@@ -346,39 +435,61 @@ pub fn peer_value(peer: IpAddr) -> HeaderValue {
     HeaderValue::from_bytes(&text[..len]).expect("digits and dots are a valid header value")
 }
 
-/// The header value for a claim, or `None` when the claim cannot be carried faithfully.
+/// The header value for a claim, or `None` when the claim has no value a header can carry.
 ///
-/// - strings as they are; numbers and booleans in their JSON spelling;
-/// - arrays joined with `,`; an element that is not a scalar, or that contains `,` or a
-///   control character, is dropped (so `["eng,admins"]` can never read as `admins`);
-/// - a scalar containing a control character, objects and null: no header at all.
+/// One rule, so that a value is never trimmed, dropped in part or split (docs/security.md):
+/// - a string, number or boolean is its text (numbers in their JSON spelling), sent as it
+///   is when it is *plain*: visible ASCII and inner spaces only, no leading or trailing
+///   space, not starting with `UTF-8''`;
+/// - any other text is sent RFC 8187-style, `UTF-8''` then the UTF-8 bytes with every byte
+///   outside RFC 8187's attr-char percent-encoded (`"José "` is `UTF-8''Jos%C3%A9%20`), so
+///   a reader knows from the prefix to decode it;
+/// - an array is its elements, each by the rule above, joined with `,`; an element holding
+///   a `,` is always encoded (`["eng,admins"]` is `UTF-8''eng%2Cadmins`, never two groups);
+///   an array with an element that is not a string, number or boolean (an object, an
+///   array, null) gives no header at all: a group list is whole or absent, never partial;
+/// - objects, null and empty arrays give no header.
 pub fn header_value(claim: &Value) -> Option<HeaderValue> {
+    let mut out = String::new();
     match claim {
-        Value::Array(items) => {
-            let mut joined = String::new();
-            for item in items {
-                let Some(text) = scalar_text(item) else {
-                    continue;
-                };
-                if text.contains(',') || has_control(&text) {
-                    continue;
+        Value::Array(items) if !items.is_empty() => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
                 }
-                if !joined.is_empty() {
-                    joined.push(',');
-                }
-                joined.push_str(&text);
+                push_claim_text(&mut out, &scalar_text(item)?, true);
             }
-            if joined.is_empty() {
-                return None;
-            }
-            HeaderValue::from_str(&joined).ok()
         }
-        scalar => {
-            let text = scalar_text(scalar)?;
-            if has_control(&text) {
-                return None;
-            }
-            HeaderValue::from_str(&text).ok()
+        scalar => push_claim_text(&mut out, &scalar_text(scalar)?, false),
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+}
+
+/// The prefix of an encoded value (RFC 8187's ext-value with charset UTF-8, no language).
+pub const ENCODED_PREFIX: &str = "UTF-8''";
+
+/// Appends `text` by the rule of [`header_value`]; `in_list`: a `,` must be encoded too.
+fn push_claim_text(out: &mut String, text: &str, in_list: bool) {
+    let bytes = text.as_bytes();
+    let plain = !text.starts_with(ENCODED_PREFIX)
+        && bytes.first() != Some(&b' ')
+        && bytes.last() != Some(&b' ')
+        && bytes
+            .iter()
+            .all(|&b| (b' '..=b'~').contains(&b) && !(in_list && b == b','));
+    if plain {
+        out.push_str(text);
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push_str(ENCODED_PREFIX);
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
     }
 }
@@ -390,10 +501,6 @@ fn scalar_text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
         Value::Number(n) => Some(n.to_string().into()),
         Value::Null | Value::Array(_) | Value::Object(_) => None,
     }
-}
-
-fn has_control(text: &str) -> bool {
-    text.chars().any(char::is_control)
 }
 
 #[cfg(test)]
@@ -472,7 +579,7 @@ mod tests {
             permit,
             &[TokenSource::Bearer],
             client,
-            false,
+            RouteRules::default(),
         );
         headers
     }
@@ -609,7 +716,14 @@ mod tests {
         };
         let permit = permit(json!({"sub": "alice", "groups": ["eng"]}));
         let policy = policy();
-        let added = strip_request(&mut headers, &policy, &permit, &[], &client, false);
+        let added = strip_request(
+            &mut headers,
+            &policy,
+            &permit,
+            &[],
+            &client,
+            RouteRules::default(),
+        );
         let mut names = Vec::new();
         added.for_each(|name, value| {
             assert!(!headers.contains_key(name), "{name} still in the map");
@@ -632,17 +746,197 @@ mod tests {
 
     #[test]
     fn claim_values_cannot_smuggle_structure() {
-        assert_eq!(header_value(&json!("alice")).unwrap(), "alice");
-        assert_eq!(header_value(&json!(42)).unwrap(), "42");
-        assert_eq!(header_value(&json!(["eng", "ops"])).unwrap(), "eng,ops");
-        assert_eq!(header_value(&json!(["eng,admins", "ops"])).unwrap(), "ops");
+        let value = |v: Value| header_value(&v).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(value(json!("alice")).unwrap(), "alice");
+        assert_eq!(value(json!("Doe, John")).unwrap(), "Doe, John");
+        assert_eq!(value(json!(42)).unwrap(), "42");
+        assert_eq!(value(json!(true)).unwrap(), "true");
+        assert_eq!(value(json!(["eng", "ops"])).unwrap(), "eng,ops");
         assert_eq!(
-            header_value(&json!(["a\nb", "ops", {"x": 1}])).unwrap(),
-            "ops"
+            value(json!(["eng,admins", "ops"])).unwrap(),
+            "UTF-8''eng%2Cadmins,ops"
         );
-        assert!(header_value(&json!("alice\r\nX-Auth-User: admin")).is_none());
-        assert!(header_value(&json!({"a": 1})).is_none());
-        assert!(header_value(&json!(null)).is_none());
+        assert_eq!(
+            value(json!("alice\r\nX-Auth-User: admin")).unwrap(),
+            "UTF-8''alice%0D%0AX-Auth-User%3A%20admin"
+        );
+        assert_eq!(value(json!(" alice")).unwrap(), "UTF-8''%20alice");
+        assert_eq!(value(json!("alice ")).unwrap(), "UTF-8''alice%20");
+        assert_eq!(value(json!("Jos\u{e9}")).unwrap(), "UTF-8''Jos%C3%A9");
+        assert_eq!(value(json!("UTF-8''x")).unwrap(), "UTF-8''UTF-8%27%27x");
+        assert_eq!(value(json!("")).unwrap(), "");
+        // A group list is whole or absent.
+        assert_eq!(value(json!(["a\nb", "ops", {"x": 1}])), None);
+        assert_eq!(value(json!(["ops", null])), None);
+        assert_eq!(value(json!([])), None);
+        assert_eq!(value(json!({"a": 1})), None);
+        assert_eq!(value(json!(null)), None);
+    }
+
+    /// What an app does with the header: split a list on `,`, decode each element that
+    /// carries the prefix.
+    fn read_back(header: &str) -> Vec<String> {
+        header
+            .split(',')
+            .map(|element| match element.strip_prefix(ENCODED_PREFIX) {
+                None => element.to_owned(),
+                Some(encoded) => {
+                    let bytes = encoded.as_bytes();
+                    let mut out = Vec::new();
+                    let mut i = 0;
+                    while i < bytes.len() {
+                        if bytes[i] == b'%' {
+                            out.push(u8::from_str_radix(&encoded[i + 1..i + 3], 16).unwrap());
+                            i += 3;
+                        } else {
+                            out.push(bytes[i]);
+                            i += 1;
+                        }
+                    }
+                    String::from_utf8(out).unwrap()
+                }
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Every string list comes back exactly, element by element, from the one header.
+        #[test]
+        fn a_claim_list_reads_back_exactly(items in proptest::collection::vec("\\PC{0,6}|[ ,%'a-z]{0,6}", 1..4)) {
+            let header = header_value(&json!(items)).expect("a list of strings is carried");
+            let text = header.to_str().expect("visible ASCII");
+            proptest::prop_assert_eq!(read_back(text), items);
+        }
+
+        #[test]
+        fn a_claim_string_reads_back_exactly(item in "\\PC{0,8}|[ ,%'a-zU8F-]{0,8}") {
+            let header = header_value(&json!(item)).expect("a string is carried");
+            let text = header.to_str().expect("visible ASCII");
+            // A single value is not a list: only an encoded one is decoded.
+            let back = match text.strip_prefix(ENCODED_PREFIX) {
+                Some(_) => read_back(&text.replace(',', "%2C")).concat(),
+                None => text.to_owned(),
+            };
+            proptest::prop_assert_eq!(back, item);
+        }
+    }
+
+    #[test]
+    fn headers_that_name_another_path_are_removed_in_every_spelling() {
+        let names = [
+            "x-original-url",
+            "X-Original-URL",
+            "x_original_url",
+            "x-rewrite-url",
+            "x_rewrite_url",
+            "x-original-uri",
+            "x-forwarded-uri",
+            "x-forwarded-path",
+            "x-forwarded-prefix",
+            "x_forwarded_prefix",
+            "x-envoy-original-path",
+            "x-http-destination",
+        ];
+        let pairs: Vec<(&str, &str)> = names.iter().map(|n| (*n, "/admin")).collect();
+        let mut with_dupes = pairs.clone();
+        with_dupes.extend(pairs.iter().copied());
+        for trusted in [false, true] {
+            let client = ClientInfo {
+                trusted,
+                ..client()
+            };
+            let h = rewrite(&with_dupes, &permit(json!({})), &client);
+            for name in names {
+                assert!(h.get(name).is_none(), "{name} kept (trusted: {trusted})");
+            }
+        }
+        // A route that asks for it gets the canonical target, once.
+        let mut headers = HeaderMap::new();
+        headers.append("x-original-url", HeaderValue::from_static("/admin"));
+        let rules = RouteRules {
+            keep_method_override: false,
+            original_uri: Some("/public/x?y=1"),
+        };
+        rewrite_request(
+            &mut headers,
+            &policy(),
+            &permit(json!({})),
+            &[],
+            &client(),
+            rules,
+        );
+        let values: Vec<_> = headers.get_all("x-original-url").iter().collect();
+        assert_eq!(values, ["/public/x?y=1"]);
+    }
+
+    /// The request headers after the rewrite for a permit that consumed `consumed` of the
+    /// route's `sources`, with `bearer` and cookies `at` and `alt` named in the config.
+    fn rewrite_credentials(pairs: &[(&str, &str)], consumed: Consumed) -> HeaderMap {
+        let mut policy = policy();
+        let named = [
+            TokenSource::Bearer,
+            TokenSource::Cookie("at".into()),
+            TokenSource::Cookie("alt".into()),
+        ];
+        policy.set_credential_sources(named.iter());
+        policy.set_own_cookies(vec!["__Host-portcullis".into()]);
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let permit = Permit::with_claims(
+            serde_json::from_value::<Claims>(json!({"sub": "alice"})).unwrap(),
+            consumed,
+        );
+        let sources = [TokenSource::Bearer, TokenSource::Cookie("at".into())];
+        rewrite_request(
+            &mut headers,
+            &policy,
+            &permit,
+            &sources,
+            &client(),
+            RouteRules::default(),
+        );
+        headers
+    }
+
+    #[test]
+    fn only_the_verified_credential_can_reach_the_app() {
+        let all = [
+            ("authorization", "Bearer alice-token"),
+            (
+                "cookie",
+                "at=forged; alt=forged2; app=1; __Host-portcullis=s",
+            ),
+        ];
+        let cookie = |h: &HeaderMap| {
+            h.get(http::header::COOKIE)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        // Bearer verified, not forwarded: no credential at all reaches the app.
+        let h = rewrite_credentials(&all, Consumed::Authorization);
+        assert!(h.get(AUTHORIZATION).is_none());
+        assert_eq!(cookie(&h).as_deref(), Some("app=1"));
+        // Bearer verified and forwarded: it alone.
+        let h = rewrite_credentials(&all, Consumed::Kept { source: 0 });
+        assert_eq!(h.get(AUTHORIZATION).unwrap(), "Bearer alice-token");
+        assert_eq!(cookie(&h).as_deref(), Some("app=1"));
+        // Cookie `at` verified and forwarded: it alone; the Bearer header goes.
+        let h = rewrite_credentials(&all, Consumed::Kept { source: 1 });
+        assert!(h.get(AUTHORIZATION).is_none());
+        assert_eq!(cookie(&h).as_deref(), Some("at=forged; app=1"));
+        // No credential verified (public route, session): every named source goes, and
+        // another scheme (the app's own Basic auth) stays.
+        let h = rewrite_credentials(&all, Consumed::None);
+        assert!(h.get(AUTHORIZATION).is_none());
+        assert_eq!(cookie(&h).as_deref(), Some("app=1"));
+        let h = rewrite_credentials(&[("authorization", "Basic dTpw")], Consumed::None);
+        assert_eq!(h.get(AUTHORIZATION).unwrap(), "Basic dTpw");
+        let h = rewrite_credentials(&[("authorization", "bearer\tx")], Consumed::None);
+        assert!(h.get(AUTHORIZATION).is_none());
     }
 
     #[test]

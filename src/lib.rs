@@ -26,6 +26,7 @@ pub mod identity;
 pub mod metrics;
 pub mod mint;
 pub mod proxy;
+pub mod readings;
 pub mod reload;
 pub mod router;
 pub mod server;

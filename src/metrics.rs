@@ -65,7 +65,7 @@ pub const METHOD_CLASSES: [&str; 3] = ["read", "write", "other"];
 /// Status classes.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Every auth outcome a request can have (`auth::AuthError::reason` and friends).
-pub const AUTH_OUTCOMES: [&str; 24] = [
+pub const AUTH_OUTCOMES: [&str; 28] = [
     "public",
     "allowed",
     "missing",
@@ -74,6 +74,9 @@ pub const AUTH_OUTCOMES: [&str; 24] = [
     "session_store_unavailable",
     "ambiguous_credential",
     "malformed_credential",
+    "malformed_authorization",
+    "ambiguous_path",
+    "csrf_rejected",
     "too_large",
     "malformed",
     "crit_header",
@@ -86,6 +89,7 @@ pub const AUTH_OUTCOMES: [&str; 24] = [
     "not_yet_valid",
     "iat_in_future",
     "wrong_audience",
+    "claim_type",
     "insufficient_scope",
     "claim_mismatch",
     "no_route",
@@ -101,6 +105,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Idle HTTP/1 connections parked without hyper's buffers (see `server::conn`).
     pub parked_connections: Gauge,
+    /// Connections closed because the client read nothing for `client_write_timeout`.
+    pub client_write_timeouts: Counter,
     reloads: Family<ResultLabels, Counter>,
     config: Family<ConfigLabels, Gauge>,
     sessions: Family<SessionLabels, Counter>,
@@ -123,6 +129,7 @@ impl Metrics {
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let connections = Gauge::default();
         let parked_connections = Gauge::default();
+        let client_write_timeouts = Counter::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let config = Family::<ConfigLabels, Gauge>::default();
         let sessions = Family::<SessionLabels, Counter>::default();
@@ -162,6 +169,11 @@ impl Metrics {
             parked_connections.clone(),
         );
         registry.register(
+            "client_write_timeouts",
+            "Client connections closed because a write made no progress for client_write_timeout",
+            client_write_timeouts.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Config reloads by result",
             reloads.clone(),
@@ -179,6 +191,7 @@ impl Metrics {
             upstream_errors,
             connections,
             parked_connections,
+            client_write_timeouts,
             reloads,
             config,
             sessions,
@@ -251,12 +264,18 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
+        self.upstream_error_counter(upstream, kind).inc();
+    }
+
+    /// The counter behind `upstream_errors_total{upstream, kind}`, for a caller that counts
+    /// without a `Metrics` at hand (the pool).
+    pub fn upstream_error_counter(&self, upstream: &str, kind: &'static str) -> Counter {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
                 upstream: upstream.to_owned(),
                 kind,
             })
-            .inc();
+            .clone()
     }
 
     pub fn reload(&self, ok: bool) {

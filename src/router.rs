@@ -12,6 +12,12 @@
 //!
 //! Two routes with the same host, path and overlapping methods are a config error, so no
 //! tie is ever decided by file order.
+//!
+//! Each route also carries a policy class: routes whose auth, requirements and header rules
+//! are equal share one. Reading agreement (`readings.rs`) compares classes, since a backend
+//! that reads a path differently only matters when it lands under another policy. When a
+//! route path has upper-case letters, a second index over the lower-cased paths answers
+//! the case-folded readings (IIS matches `/admin` to an `/Admin` resource).
 
 use std::collections::HashMap;
 
@@ -32,7 +38,13 @@ pub struct Route {
     /// Request body limit in bytes.
     pub max_body_size: Option<u64>,
     pub allow_encoded_slash: bool,
+    /// `;params` in path segments are removed for matching and kept when forwarding.
+    pub allow_path_params: bool,
     pub allow_method_override: bool,
+    /// Send `X-Original-URL` with the canonical target.
+    pub forward_original_uri: bool,
+    /// Routes with equal policies share a class (set by [`RouteTable::new`]).
+    pub policy: u32,
     pub metrics: crate::metrics::RouteMetrics,
 }
 
@@ -106,13 +118,67 @@ fn first_allowing(routes: &[Route], candidates: &[usize], method: &Method) -> Op
         .find(|&i| routes[i].allows(method))
 }
 
-/// All routes of a snapshot.
-pub struct RouteTable {
-    routes: Vec<Route>,
+/// Routes by host group, then path.
+#[derive(Default)]
+struct Index {
     exact_hosts: HashMap<Box<str>, PathTable>,
     wildcard_hosts: HashMap<Box<str>, PathTable>,
     any_host: PathTable,
+}
+
+impl Index {
+    /// The path table `route` belongs in, with `path` as its key.
+    fn slot(&mut self, route: &Route, path: Box<str>, exact: bool) -> &mut Vec<usize> {
+        let paths = match &route.host {
+            HostMatch::Any => &mut self.any_host,
+            HostMatch::Exact(h) => self.exact_hosts.entry(h.clone()).or_default(),
+            HostMatch::Wildcard(s) => self.wildcard_hosts.entry(s.clone()).or_default(),
+        };
+        let map = if exact {
+            &mut paths.exact
+        } else {
+            &mut paths.prefixes
+        };
+        map.entry(path).or_default()
+    }
+
+    fn find(&self, routes: &[Route], host: &str, path: &str, method: &Method) -> Option<usize> {
+        if let Some(found) = self
+            .exact_hosts
+            .get(host)
+            .and_then(|t| t.find(routes, path, method))
+        {
+            return Some(found);
+        }
+        if !self.wildcard_hosts.is_empty() {
+            // Longest suffix first: for a.b.example.com try .b.example.com, then .example.com...
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                let suffix = &rest[dot..];
+                if let Some(found) = self
+                    .wildcard_hosts
+                    .get(suffix)
+                    .and_then(|t| t.find(routes, path, method))
+                {
+                    return Some(found);
+                }
+                rest = &suffix[1..];
+            }
+        }
+        self.any_host.find(routes, path, method)
+    }
+}
+
+/// All routes of a snapshot.
+pub struct RouteTable {
+    routes: Vec<Route>,
+    index: Index,
+    /// The same routes by lower-cased path, when some route path has upper-case letters.
+    folded: Option<Index>,
     any_allows_encoded_slash: bool,
+    any_allows_path_params: bool,
+    exact_with_slash: bool,
+    exact_without_slash: bool,
 }
 
 /// Two routes that can never be told apart (the later one would never match).
@@ -123,27 +189,30 @@ pub struct Conflict {
 }
 
 impl RouteTable {
-    /// Indexes `routes`; fails on routes that match exactly the same requests.
-    pub fn new(routes: Vec<Route>) -> Result<Self, Vec<Conflict>> {
+    /// Indexes `routes` and assigns their policy classes; fails on routes that match
+    /// exactly the same requests.
+    pub fn new(mut routes: Vec<Route>) -> Result<Self, Vec<Conflict>> {
+        let exact_paths = routes.iter().filter_map(|r| match &r.path {
+            PathMatch::Exact(p) if &**p != "/" => Some(p),
+            _ => None,
+        });
         let mut table = RouteTable {
             routes: Vec::new(),
-            exact_hosts: HashMap::new(),
-            wildcard_hosts: HashMap::new(),
-            any_host: PathTable::default(),
+            index: Index::default(),
+            folded: None,
             any_allows_encoded_slash: routes.iter().any(|r| r.allow_encoded_slash),
+            any_allows_path_params: routes.iter().any(|r| r.allow_path_params),
+            exact_with_slash: exact_paths.clone().any(|p| p.ends_with('/')),
+            exact_without_slash: exact_paths.clone().any(|p| !p.ends_with('/')),
+        };
+        let key = |route: &Route| match &route.path {
+            PathMatch::Exact(p) => (p.clone(), true),
+            PathMatch::Prefix(p) => (p.clone(), false),
         };
         let mut conflicts = Vec::new();
         for (index, route) in routes.iter().enumerate() {
-            let paths = match &route.host {
-                HostMatch::Any => &mut table.any_host,
-                HostMatch::Exact(h) => table.exact_hosts.entry(h.clone()).or_default(),
-                HostMatch::Wildcard(s) => table.wildcard_hosts.entry(s.clone()).or_default(),
-            };
-            let (map, key) = match &route.path {
-                PathMatch::Exact(p) => (&mut paths.exact, p),
-                PathMatch::Prefix(p) => (&mut paths.prefixes, p),
-            };
-            let slot = map.entry(key.clone()).or_default();
+            let (path, exact) = key(route);
+            let slot = table.index.slot(route, path, exact);
             if let Some(&first) = slot.iter().find(|&&i| methods_overlap(&routes[i], route)) {
                 conflicts.push(Conflict {
                     first,
@@ -158,6 +227,34 @@ impl RouteTable {
         if !conflicts.is_empty() {
             return Err(conflicts);
         }
+        if routes
+            .iter()
+            .any(|r| key(r).0.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            // Routes that differ only in case share a slot here: the first that allows the
+            // method answers, and a folded reading that lands on the other is refused.
+            let mut folded = Index::default();
+            for (index, route) in routes.iter().enumerate() {
+                let (path, exact) = key(route);
+                let slot = folded.slot(route, path.to_ascii_lowercase().into(), exact);
+                slot.push(index);
+                slot.sort_by_key(|&i| routes[i].methods.is_none());
+            }
+            table.folded = Some(folded);
+        }
+        let mut classes: HashMap<(&RouteAuth, bool), u32> = HashMap::new();
+        let policies: Vec<u32> = routes
+            .iter()
+            .map(|r| {
+                let next = classes.len() as u32;
+                *classes
+                    .entry((&r.auth, r.allow_method_override))
+                    .or_insert(next)
+            })
+            .collect();
+        for (route, policy) in routes.iter_mut().zip(policies) {
+            route.policy = policy;
+        }
         table.routes = routes;
         Ok(table)
     }
@@ -169,34 +266,47 @@ impl RouteTable {
 
     /// Like `find`, as an index into `routes()`.
     pub fn find_index(&self, host: &str, path: &str, method: &Method) -> Option<usize> {
-        if let Some(found) = self
-            .exact_hosts
-            .get(host)
-            .and_then(|t| t.find(&self.routes, path, method))
-        {
-            return Some(found);
-        }
-        if !self.wildcard_hosts.is_empty() {
-            // Longest suffix first: for a.b.example.com try .b.example.com, then .example.com...
-            let mut rest = host;
-            while let Some(dot) = rest.find('.') {
-                let suffix = &rest[dot..];
-                if let Some(found) = self
-                    .wildcard_hosts
-                    .get(suffix)
-                    .and_then(|t| t.find(&self.routes, path, method))
-                {
-                    return Some(found);
-                }
-                rest = &suffix[1..];
-            }
-        }
-        self.any_host.find(&self.routes, path, method)
+        self.index.find(&self.routes, host, path, method)
+    }
+
+    /// Like `find_index` for a lower-cased path, matched against the lower-cased route
+    /// paths (a case-insensitive app's reading).
+    pub fn find_index_folded(&self, host: &str, path: &str, method: &Method) -> Option<usize> {
+        self.folded
+            .as_ref()
+            .unwrap_or(&self.index)
+            .find(&self.routes, host, path, method)
     }
 
     /// Whether some route lets `%2F` through (else such paths are refused before matching).
     pub fn any_allows_encoded_slash(&self) -> bool {
         self.any_allows_encoded_slash
+    }
+
+    /// Whether some route matches with `;params` removed.
+    pub fn any_allows_path_params(&self) -> bool {
+        self.any_allows_path_params
+    }
+
+    /// Some route path has upper-case letters: a case-folded reading can change the route
+    /// of any path.
+    pub fn fold_sensitive(&self) -> bool {
+        self.folded.is_some()
+    }
+
+    /// Some exact route path (other than `/`) ends with `/`.
+    pub fn has_exact_with_slash(&self) -> bool {
+        self.exact_with_slash
+    }
+
+    /// Some exact route path does not end with `/`.
+    pub fn has_exact_without_slash(&self) -> bool {
+        self.exact_without_slash
+    }
+
+    /// Some exact routes (other than `/`): only they tell `/x` from `/x/`.
+    pub fn has_exact(&self) -> bool {
+        self.exact_with_slash || self.exact_without_slash
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -237,7 +347,10 @@ pub(crate) mod tests {
             auth: RouteAuth::Public,
             max_body_size: None,
             allow_encoded_slash: false,
+            allow_path_params: false,
             allow_method_override: false,
+            forward_original_uri: false,
+            policy: 0,
             metrics: crate::metrics::Metrics::new().route(name),
         }
     }

@@ -193,10 +193,13 @@ impl TokenCache {
     /// from `now`.
     pub fn insert(&self, token: &[u8], key: [u8; 32], mut cached: Cached, now: u64, ttl: Duration) {
         let remaining = (cached.valid_until - now as f64).max(0.0);
-        cached.ttl = ttl.min(Duration::from_secs_f64(remaining));
+        // A validly signed token may carry any `exp` (1e300 is a JSON number): too large
+        // for a `Duration` means "later than any ttl", never a panic.
+        let until_exp = Duration::try_from_secs_f64(remaining).unwrap_or(Duration::MAX);
+        cached.ttl = ttl.min(until_exp);
         // Both clocks read whole seconds: `now` + floor(ttl) ends before the shared entry
         // does (inserted at now + a fraction, for ttl).
-        cached.expires_at = now + cached.ttl.as_secs();
+        cached.expires_at = now.saturating_add(cached.ttl.as_secs());
         if !cached.ttl.is_zero() {
             let cached = Arc::new(cached);
             self.memo_put(token, &cached);
@@ -339,6 +342,26 @@ mod tests {
         let new = TokenCache::new(100);
         assert!(new.memo_get(token, 1000).is_none());
         assert!(new.lookup(token, 1000).is_err());
+    }
+
+    #[test]
+    fn any_exp_is_capped_by_the_ttl_without_a_panic() {
+        let cache = TokenCache::new(10);
+        for valid_until in [1e300, f64::MAX, 1e19, f64::INFINITY] {
+            let token = format!("t{valid_until}");
+            let cached = Cached::new(0, 0, valid_until, Arc::new(Claims::default()));
+            let key = TokenCache::key(token.as_bytes());
+            cache.insert(
+                token.as_bytes(),
+                key,
+                cached,
+                1000,
+                Duration::from_secs(300),
+            );
+            let hit = cache.lookup(token.as_bytes(), 1000).expect("cached");
+            assert_eq!(hit.ttl, Duration::from_secs(300));
+            assert_eq!(hit.expires_at, 1300);
+        }
     }
 
     #[test]

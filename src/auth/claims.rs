@@ -52,7 +52,7 @@ impl Claims {
 
 /// One accepted value of a claim requirement. Numbers and booleans in tokens are compared
 /// with their JSON spelling, so `claims = { level = 3 }` and `{ admin = true }` work.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClaimRequirement {
     pub name: Box<str>,
     pub accepted: Box<[Box<str>]>,

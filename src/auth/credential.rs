@@ -1,14 +1,17 @@
 //! Finding the credential a route accepts in the request headers.
 //!
-//! Ambiguity is never resolved in the client's favour: two `Authorization` headers, or two
-//! cookies of the configured name (across all `Cookie` headers, as HTTP/2 splits them), are
-//! refused instead of picking one.
+//! Ambiguity is never resolved in the client's favour (invariant I10): two `Authorization`
+//! headers, two cookies of the configured name (across all `Cookie` headers, as HTTP/2
+//! splits them), or two of the route's sources carrying different tokens are refused
+//! instead of picking one. `Authorization: Bearer` is read strictly: the scheme in any
+//! case, one space, a token68; any other spacing is refused, never read as "no Bearer
+//! token" (which would let a cookie source answer instead).
 
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
 /// Where a route reads its token, from `token_sources`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TokenSource {
     /// `Authorization: Bearer <token>` (scheme case-insensitive, RFC 7235).
     Bearer,
@@ -47,10 +50,12 @@ fn is_cookie_name(name: &str) -> bool {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {
-    #[error("more than one credential of the same kind")]
+    #[error("more than one credential, carrying different tokens")]
     Ambiguous,
-    #[error("the Authorization header is not a valid Bearer credential")]
+    #[error("the Bearer token is not a token68")]
     MalformedBearer,
+    #[error("the Authorization header is not `Bearer`, one space, a token")]
+    MalformedAuthorization,
 }
 
 /// A credential as found in the headers (see [`find_credential`]).
@@ -92,6 +97,10 @@ impl<'h> Found<'h> {
     /// these bytes are those and the check would only read all ~700 of them again.
     pub fn text(&self) -> Result<&'h str, CredentialError> {
         if self.unchecked_bearer && !is_b64token(self.bytes) {
+            // Spacing is a malformed header (400), other bytes a malformed token (401).
+            if self.bytes.iter().any(|&b| b == b' ' || b == b'\t') {
+                return Err(CredentialError::MalformedAuthorization);
+            }
             return Err(CredentialError::MalformedBearer);
         }
         std::str::from_utf8(self.bytes).map_err(|_| CredentialError::MalformedBearer)
@@ -110,11 +119,14 @@ pub fn find_token<'h>(
 }
 
 /// [`find_token`] for the request path: the Bearer token's form is checked by
-/// [`Found::text`], when the token is not a verified-token cache hit.
+/// [`Found::text`], when the token is not a verified-token cache hit. The first source (in
+/// the route's order) that is present answers; any later source that is present too must
+/// carry the same token, else the request is ambiguous.
 pub fn find_credential<'h>(
     headers: &'h HeaderMap,
     sources: &[TokenSource],
 ) -> Result<Option<(usize, Found<'h>)>, CredentialError> {
+    let mut first: Option<(usize, Found<'h>)> = None;
     for (index, source) in sources.iter().enumerate() {
         let found = match source {
             TokenSource::Bearer => bearer_token(headers)?,
@@ -124,21 +136,21 @@ pub fn find_credential<'h>(
                 spot: Some(spot),
             }),
         };
-        if let Some(found) = found {
-            return Ok(Some((index, found)));
+        match (&first, found) {
+            (None, Some(found)) => first = Some((index, found)),
+            (Some((_, kept)), Some(other)) if kept.bytes != other.bytes => {
+                return Err(CredentialError::Ambiguous);
+            }
+            _ => {}
         }
     }
-    Ok(None)
+    Ok(first)
 }
 
 /// The token of an `Authorization: Bearer` header; `None` when there is no Authorization
-/// header or it uses another scheme (e.g. the app's own Basic auth). Its b64token form is
-/// checked by [`Found::text`].
-///
-/// One pass over the bytes on the common path (`Bearer <b64token>`): every b64token byte is
-/// visible ASCII, so a valid token makes the whole value valid text without a separate
-/// `to_str` pass. Measured: this function was 3% of the CPU of a cached-RS256 run (three
-/// passes over a 700-byte token, one of them a 6-way `contains` per byte).
+/// header or it uses another scheme (e.g. the app's own Basic auth). The scheme is the
+/// text up to the first space or tab; a `Bearer` scheme must be followed by exactly one
+/// space and a token without spaces ([`Found::text`] checks the token68 form).
 fn bearer_token(headers: &HeaderMap) -> Result<Option<Found<'_>>, CredentialError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
@@ -148,27 +160,31 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<Found<'_>>, CredentialErro
         return Err(CredentialError::Ambiguous);
     }
     let bytes = value.as_bytes();
-    if let Some(space) = bytes.iter().position(|&b| b == b' ')
-        && bytes[..space].eq_ignore_ascii_case(b"bearer")
-    {
-        let start = bytes[space..]
-            .iter()
-            .position(|&b| b != b' ')
-            .map_or(bytes.len(), |i| space + i);
-        return Ok(Some(Found {
-            bytes: &bytes[start..],
-            unchecked_bearer: true,
-            spot: None,
-        }));
+    let end = bytes
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(bytes.len());
+    if !bytes[..end].eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
     }
-    // Not "Bearer <...>": the rules of the text form, errors included.
-    let value = value
-        .to_str()
-        .map_err(|_| CredentialError::MalformedBearer)?;
-    if value.eq_ignore_ascii_case("bearer") {
-        return Err(CredentialError::MalformedBearer);
+    // One space, then a token that neither starts nor ends with white space (inner white
+    // space fails the token68 check, as a malformed header).
+    let token = match &bytes[end..] {
+        [b' ', token @ ..] => token,
+        _ => return Err(CredentialError::MalformedAuthorization),
+    };
+    match (token.first(), token.last()) {
+        (Some(first), Some(last))
+            if !matches!(first, b' ' | b'\t') && !matches!(last, b' ' | b'\t') =>
+        {
+            Ok(Some(Found {
+                bytes: token,
+                unchecked_bearer: true,
+                spot: None,
+            }))
+        }
+        _ => Err(CredentialError::MalformedAuthorization),
     }
-    Ok(None)
 }
 
 /// RFC 6750 b64token bytes: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/". Compares
@@ -478,11 +494,46 @@ pub(crate) mod tests {
         for v in [
             "Bearer abc.def.ghi",
             "bearer abc.def.ghi",
-            "BEARER  abc.def.ghi",
+            "BEARER abc.def.ghi",
         ] {
             let h = headers(&[("authorization", v)]);
             assert_eq!(find_token(&h, BEARER), Ok(Some((0, "abc.def.ghi"))), "{v}");
         }
+    }
+
+    #[test]
+    fn bearer_spacing_is_strict() {
+        for v in [
+            "Bearer",
+            "Bearer ",
+            "Bearer  abc",
+            "Bearer\tabc",
+            "Bearer abc ",
+            "Bearer abc\t",
+            "Bearer \tabc",
+            "bearer\t abc",
+            "Bearer a b",
+        ] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(
+                find_token(&h, BEARER),
+                Err(CredentialError::MalformedAuthorization),
+                "{v:?}"
+            );
+        }
+        // A malformed Bearer header is never read as "no Bearer token": the cookie source
+        // after it does not answer instead.
+        let sources = [TokenSource::Bearer, TokenSource::Cookie("at".into())];
+        let h = headers(&[("authorization", "Bearer\tx"), ("cookie", "at=y")]);
+        assert_eq!(
+            find_token(&h, &sources),
+            Err(CredentialError::MalformedAuthorization)
+        );
+        let h = headers(&[("authorization", "Bearer a%b")]);
+        assert_eq!(
+            find_token(&h, BEARER),
+            Err(CredentialError::MalformedBearer)
+        );
     }
 
     #[test]
@@ -497,9 +548,9 @@ pub(crate) mod tests {
         let h = headers(&[("authorization", "Bearer")]);
         assert_eq!(
             find_token(&h, BEARER),
-            Err(CredentialError::MalformedBearer)
+            Err(CredentialError::MalformedAuthorization)
         );
-        let h = headers(&[("authorization", "Bearer a b")]);
+        let h = headers(&[("authorization", "Bearer a!b")]);
         assert_eq!(
             find_token(&h, BEARER),
             Err(CredentialError::MalformedBearer)
@@ -520,12 +571,23 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn sources_are_tried_in_order() {
+    fn sources_are_tried_in_order_and_must_agree() {
         let src = [TokenSource::Bearer, TokenSource::Cookie("at".into())];
-        let h = headers(&[("cookie", "at=c"), ("authorization", "Bearer b")]);
+        let h = headers(&[("cookie", "at=b"), ("authorization", "Bearer b")]);
         assert_eq!(find_token(&h, &src), Ok(Some((0, "b"))));
         let h = headers(&[("cookie", "at=c")]);
         assert_eq!(find_token(&h, &src), Ok(Some((1, "c"))));
+        // Two sources, two different tokens: which one the app believes is anyone's guess.
+        let h = headers(&[("cookie", "at=c"), ("authorization", "Bearer b")]);
+        assert_eq!(find_token(&h, &src), Err(CredentialError::Ambiguous));
+        let two = [
+            TokenSource::Cookie("a".into()),
+            TokenSource::Cookie("b".into()),
+        ];
+        let h = headers(&[("cookie", "a=1; b=2")]);
+        assert_eq!(find_token(&h, &two), Err(CredentialError::Ambiguous));
+        let h = headers(&[("cookie", "a=1; b=\"1\"")]);
+        assert_eq!(find_token(&h, &two), Ok(Some((0, "1"))));
     }
 
     #[test]
@@ -539,22 +601,42 @@ pub(crate) mod tests {
         assert!(h.get(COOKIE).is_none());
     }
 
-    /// The text-form rules this file had before the one-pass version, kept as the reference.
+    /// The rules spelled out on text: the reference for the one-pass parser.
     fn reference_bearer(value: &HeaderValue) -> Result<Option<String>, CredentialError> {
-        let value = value
-            .to_str()
-            .map_err(|_| CredentialError::MalformedBearer)?;
-        let Some((scheme, rest)) = value.split_once(' ') else {
-            return if value.eq_ignore_ascii_case("bearer") {
-                Err(CredentialError::MalformedBearer)
+        let Ok(value) = value.to_str() else {
+            // Not text: the scheme is read from the bytes; only a Bearer one is refused.
+            let bytes = value.as_bytes();
+            let end = bytes
+                .iter()
+                .position(|&b| b == b' ' || b == b'\t')
+                .unwrap_or(bytes.len());
+            return if bytes[..end].eq_ignore_ascii_case(b"bearer") {
+                let token = &bytes[end..];
+                let spaced = token.first() != Some(&b' ')
+                    || token.len() < 2
+                    || token[1..].iter().any(|&b| b == b' ' || b == b'\t');
+                Err(if spaced {
+                    CredentialError::MalformedAuthorization
+                } else {
+                    CredentialError::MalformedBearer
+                })
             } else {
                 Ok(None)
             };
         };
+        let (scheme, rest) = match value.find([' ', '\t']) {
+            Some(at) => (&value[..at], &value[at..]),
+            None => (value, ""),
+        };
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Ok(None);
         }
-        let token = rest.trim_start_matches(' ');
+        let Some(token) = rest.strip_prefix(' ') else {
+            return Err(CredentialError::MalformedAuthorization);
+        };
+        if token.is_empty() || token.contains([' ', '\t']) {
+            return Err(CredentialError::MalformedAuthorization);
+        }
         let body = token.trim_end_matches('=');
         let valid = !body.is_empty()
             && body
@@ -710,7 +792,7 @@ pub(crate) mod tests {
         #[test]
         fn one_pass_bearer_agrees_with_the_text_rules(
             scheme in proptest::prop_oneof!["Bearer", "bearer", "BEARER", "Basic", "Bearerx", ""],
-            spaces in 0usize..3,
+            spaces in proptest::prop_oneof![proptest::strategy::Just(" "), proptest::strategy::Just(""), proptest::strategy::Just("  "), proptest::strategy::Just("\t"), proptest::strategy::Just(" \t")],
             token in proptest::collection::vec(
                 proptest::prop_oneof![
                     proptest::sample::select(b"aZ09-._~+/= \t\"%".to_vec()),
@@ -720,7 +802,7 @@ pub(crate) mod tests {
             ),
         ) {
             let mut bytes = scheme.as_bytes().to_vec();
-            bytes.extend(std::iter::repeat_n(b' ', spaces));
+            bytes.extend(spaces.as_bytes());
             bytes.extend(&token);
             let Ok(value) = HeaderValue::from_bytes(&bytes) else {
                 return Ok(());

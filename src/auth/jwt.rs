@@ -101,6 +101,8 @@ pub enum JwtError {
     IssuedInFuture,
     #[error("token audience is not accepted")]
     WrongAudience,
+    #[error("a registered claim has the wrong JSON type")]
+    ClaimType,
 }
 
 impl JwtError {
@@ -119,6 +121,7 @@ impl JwtError {
             JwtError::NotYetValid => "not_yet_valid",
             JwtError::IssuedInFuture => "iat_in_future",
             JwtError::WrongAudience => "wrong_audience",
+            JwtError::ClaimType => "claim_type",
         }
     }
 }
@@ -196,6 +199,7 @@ fn verify_with(
         return Err(JwtError::UnsupportedCritical);
     }
     let claims: Claims = decode_json(payload_b64)?;
+    check_claim_types(&claims)?;
     let issuer = claims
         .get("iss")
         .and_then(Value::as_str)
@@ -377,10 +381,94 @@ fn kid_and_issuer(token: &str) -> Option<(String, String)> {
     Some((header.kid.unwrap_or_default(), issuer))
 }
 
-/// A NumericDate claim: absent is `None`, present but not a number is malformed.
+/// A NumericDate claim: absent is `None`; present, it is a number
+/// ([`check_claim_types`]).
 fn numeric_date(value: Option<&Value>) -> Result<Option<f64>, JwtError> {
     match value {
         None => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or(JwtError::Malformed),
+        Some(v) => v.as_f64().map(Some).ok_or(JwtError::ClaimType),
+    }
+}
+
+/// The registered claims (RFC 7519 section 4.1) have one JSON type each: `iss`, `sub`,
+/// `jti` a string, `aud` a string or an array of strings, `exp`, `nbf`, `iat` a number.
+/// Anything else is refused before it is read: an array `sub` would reach the app as a
+/// joined list, a string `exp` would be skipped as "no expiry" by a lenient reader.
+pub fn check_claim_types(claims: &Claims) -> Result<(), JwtError> {
+    let string = |name| matches!(claims.get(name), None | Some(Value::String(_)));
+    let number = |name| matches!(claims.get(name), None | Some(Value::Number(_)));
+    let audience = match claims.get("aud") {
+        None | Some(Value::String(_)) => true,
+        Some(Value::Array(items)) => items.iter().all(Value::is_string),
+        Some(_) => false,
+    };
+    let typed = ["iss", "sub", "jti"].into_iter().all(string)
+        && ["exp", "nbf", "iat"].into_iter().all(number)
+        && audience;
+    if typed {
+        Ok(())
+    } else {
+        Err(JwtError::ClaimType)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// A JSON value of each type, tagged with its type's name.
+    fn any_json() -> impl Strategy<Value = (&'static str, Value)> {
+        prop_oneof![
+            Just(("null", Value::Null)),
+            any::<bool>().prop_map(|b| ("bool", json!(b))),
+            any::<i64>().prop_map(|n| ("number", json!(n))),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| ("number", json!(f))),
+            "[a-z]{0,8}".prop_map(|s| ("string", json!(s))),
+            prop::collection::vec("[a-z]{0,4}", 0..3).prop_map(|v| ("strings", json!(v))),
+            prop::collection::vec(any::<i32>(), 1..3).prop_map(|v| ("array", json!(v))),
+            Just(("array", json!(["a", 1]))),
+            Just(("array", json!([["a"]]))),
+            Just(("object", json!({"a": "b"}))),
+        ]
+    }
+
+    proptest! {
+        /// Every registered claim with every JSON type: accepted exactly when the type is
+        /// the claim's own, whatever the other claims hold.
+        #[test]
+        fn registered_claims_have_their_type(
+            claim in prop::sample::select(vec!["iss", "sub", "jti", "aud", "exp", "nbf", "iat"]),
+            (kind, value) in any_json(),
+        ) {
+            let mut map = serde_json::Map::new();
+            map.insert("iss".into(), json!("https://issuer"));
+            map.insert("exp".into(), json!(1));
+            map.insert(claim.to_owned(), value);
+            let expected = match claim {
+                "iss" | "sub" | "jti" => kind == "string",
+                "aud" => kind == "string" || kind == "strings",
+                _ => kind == "number",
+            };
+            let verdict = check_claim_types(&Claims::from_map(map));
+            prop_assert_eq!(verdict.is_ok(), expected, "{} as {}", claim, kind);
+            if !expected {
+                prop_assert_eq!(verdict, Err(JwtError::ClaimType));
+            }
+        }
+    }
+
+    #[test]
+    fn unregistered_claims_may_be_anything() {
+        let claims = Claims::from_map(
+            json!({"groups": {"a": 1}, "role": [1, "x"], "email": null})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert_eq!(check_claim_types(&claims), Ok(()));
     }
 }

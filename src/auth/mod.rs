@@ -23,12 +23,15 @@ use credential::{CredentialError, TokenSource};
 use jwt::{JwtError, Provider};
 
 /// What a route demands, compiled from `auth`, `providers`, `token_sources`, `require`.
+/// Equal policies are one policy class (`router`): reading agreement compares them.
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub enum RouteAuth {
     Public,
     Protected(Policy),
 }
 
 /// A protected route: which credentials it takes and what their claims must hold.
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Policy {
     /// A JWT from `sources` is accepted (`auth` names `"jwt"`).
     pub jwt: bool,
@@ -45,7 +48,7 @@ pub struct Policy {
 }
 
 /// `on_unauthenticated`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Unauthenticated {
     /// Browser navigations are sent to log in, other requests get 401.
     Negotiate,
@@ -61,11 +64,16 @@ pub struct Identity {
     pub claims: Arc<Claims>,
 }
 
-/// Which credential was consumed, so it can be removed before forwarding.
+/// Which credential was verified, so that it is removed before forwarding, or kept where
+/// the route forwards it (every other configured credential source is removed: I10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consumed {
+    /// No credential of a token source (public routes, sessions).
     None,
+    /// `Authorization: Bearer`, removed.
     Authorization,
+    /// Verified and forwarded (`forward_token`): `source` indexes the route's token sources.
+    Kept { source: usize },
     /// A cookie: `source` indexes the route's token sources (a `cookie:NAME` source); `spot`
     /// is where the cookie was found, so the rewrite need not read the token again.
     Cookie {
@@ -93,9 +101,18 @@ impl Permit {
         self.identity.as_ref()
     }
 
-    /// The credential to strip before forwarding (`Consumed::None` when it is kept).
+    /// The credential that was verified, and whether it is forwarded.
     pub fn consumed(&self) -> Consumed {
         self.consumed
+    }
+
+    /// The token source of the verified credential, when it came from one.
+    pub fn consumed_source<'s>(&self, sources: &'s [TokenSource]) -> Option<&'s TokenSource> {
+        match self.consumed {
+            Consumed::None => None,
+            Consumed::Authorization => Some(&TokenSource::Bearer),
+            Consumed::Cookie { source, .. } | Consumed::Kept { source } => sources.get(source),
+        }
     }
 
     /// For the criterion benches of the header rewrite only: compiled in with the
@@ -150,6 +167,9 @@ impl AuthError {
             AuthError::MissingCredential => "missing",
             AuthError::BadCredential(CredentialError::Ambiguous) => "ambiguous_credential",
             AuthError::BadCredential(CredentialError::MalformedBearer) => "malformed_credential",
+            AuthError::BadCredential(CredentialError::MalformedAuthorization) => {
+                "malformed_authorization"
+            }
             AuthError::InvalidToken(e) => e.reason(),
             AuthError::MissingScope => "insufficient_scope",
             AuthError::ClaimMismatch => "claim_mismatch",
@@ -193,7 +213,7 @@ pub async fn authenticate(
         let identity = verify_cached(found, policy, ctx.providers, ctx.cache, ctx.now).await?;
         check_requirements(policy, &identity.claims)?;
         let consumed = match (&policy.sources[source], policy.forward_token) {
-            (_, true) => Consumed::None,
+            (_, true) => Consumed::Kept { source },
             (TokenSource::Bearer, false) => Consumed::Authorization,
             (TokenSource::Cookie(_), false) => Consumed::Cookie {
                 source,

@@ -29,6 +29,7 @@ use crate::canonical::{canonical_host, canonical_path};
 use crate::identity::IdentityPolicy;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::{PoolSettings, Upstream};
+use crate::readings::PathSemantics;
 use crate::router::{HostMatch, PathMatch, Route, RouteTable};
 use crate::server::ServerSettings;
 use crate::snapshot::Snapshot;
@@ -88,6 +89,10 @@ pub fn compile(
     }
     let rule_tests = c.rule_tests(&raw.tests);
     let routes = c.routes(&raw.routes, &provider_names, &upstream_names);
+    identity.set_credential_sources(routes.iter().flat_map(|route| match &route.auth {
+        crate::auth::RouteAuth::Protected(policy) => &policy.sources[..],
+        crate::auth::RouteAuth::Public => &[],
+    }));
     let routes = match RouteTable::new(routes) {
         Ok(table) => Some(table),
         Err(conflicts) => {
@@ -234,6 +239,11 @@ impl Compiler {
                 raw.http2_max_concurrent_streams.map(|v| v as usize),
                 100,
             ) as u32,
+            client_write_timeout: self.period(
+                "server.client_write_timeout",
+                raw.client_write_timeout.as_ref(),
+                Duration::from_secs(60),
+            ),
         }
     }
 
@@ -708,6 +718,16 @@ impl Compiler {
                     Duration::from_secs(90),
                 ),
             };
+            let path_semantics = match raw.path_semantics.as_deref() {
+                None => PathSemantics::Strict,
+                Some(text) => PathSemantics::parse(text).unwrap_or_else(|| {
+                    self.issue(
+                        format!("{key}.path_semantics"),
+                        format!("\"{text}\" is not one of \"strict\", \"servlet\", \"iis\""),
+                    );
+                    PathSemantics::Strict
+                }),
+            };
             let upstream = match (&raw.url, raw.builtin.as_deref()) {
                 (Some(url), None) => self
                     .upstream_url(&key, url)
@@ -732,6 +752,10 @@ impl Compiler {
                     None
                 }
             };
+            let upstream = upstream.map(|mut u| {
+                u.path_semantics = path_semantics;
+                u
+            });
             names.insert(
                 name.clone(),
                 upstream.as_ref().map_or(usize::MAX, |_| upstreams.len()),
@@ -909,7 +933,10 @@ impl Compiler {
             auth: auth?,
             max_body_size,
             allow_encoded_slash: raw.allow_encoded_slash,
+            allow_path_params: raw.allow_path_params,
             allow_method_override: raw.allow_method_override,
+            forward_original_uri: raw.forward_original_uri,
+            policy: 0,
             metrics: self.metrics.route(name),
         })
     }
@@ -971,6 +998,10 @@ impl Compiler {
                 );
                 return None;
             }
+        }
+        if let Some(problem) = reading_hazard(value) {
+            self.issue(format!("{key}.{field}"), format!("\"{value}\" {problem}"));
+            return None;
         }
         Some(if exact {
             PathMatch::Exact(value.as_str().into())
@@ -1242,4 +1273,37 @@ fn family_name(family: AlgorithmFamily) -> &'static str {
         AlgorithmFamily::Ec => "EC",
         AlgorithmFamily::Ed => "Ed25519",
     }
+}
+
+/// Why a canonical route path could not be told apart from other readings of it (see
+/// `readings.rs`): a parameter, which servlet containers strip before matching, or an
+/// escape of a visible character, which every backend decodes to that character.
+fn reading_hazard(path: &str) -> Option<String> {
+    if path.contains(';') {
+        return Some(
+            "contains ';': servlet containers remove ;parameters before matching, so this path \
+             is the one without them; write that, and set allow_path_params = true if the \
+             app uses them"
+                .to_owned(),
+        );
+    }
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i + 2 < bytes.len() {
+        if bytes[i] == b'%' {
+            let text = &path[i + 1..i + 3];
+            let value = u8::from_str_radix(text, 16).unwrap_or(0);
+            if (0x21..0x7f).contains(&value) {
+                return Some(format!(
+                    "contains %{text}, which apps decode to '{}' before matching; write '{}'",
+                    char::from(value),
+                    char::from(value)
+                ));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    None
 }

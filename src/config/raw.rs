@@ -160,6 +160,9 @@ pub struct RawServer {
     pub token_cache_size: Option<u64>,
     /// HTTP/2 concurrent streams per connection. Default 100.
     pub http2_max_concurrent_streams: Option<u32>,
+    /// Longest time a write to the client may make no progress (a client that stopped
+    /// reading); then the connection and its upstream connection are closed. Default `"60s"`.
+    pub client_write_timeout: Option<String>,
 }
 
 /// A size: an integer number of bytes or a string such as `"10MiB"`.
@@ -259,6 +262,12 @@ pub struct RawUpstream {
     pub pool_max_idle: Option<usize>,
     /// How long an idle pooled connection is kept. Default `"90s"`.
     pub pool_idle_timeout: Option<String>,
+    /// How the app reads paths, for reading agreement (invariant I9): `"strict"` (every
+    /// reading a common backend makes must land on the authorized route's policy),
+    /// `"servlet"` (Tomcat, Jetty, Spring: `;params` stripped, decoded once, trailing
+    /// slash) or `"iis"` (IIS, ASP.NET: case folded, decoded twice, `\` as `/`, trailing
+    /// slash). Default `"strict"`.
+    pub path_semantics: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -309,6 +318,16 @@ pub struct RawRoute {
     /// removed, since they turn an allowed GET into a DELETE at many frameworks.
     #[serde(default)]
     pub allow_method_override: bool,
+    /// Match with `;params` removed from each path segment (`/app;jsessionid=1/x` matches
+    /// as `/app/x`) and forward the path with them. Default false: a path whose parameters
+    /// would change its route is refused (400 `ambiguous_path`).
+    #[serde(default)]
+    pub allow_path_params: bool,
+    /// Send the app `X-Original-URL` holding the canonical path and query that was
+    /// authorized (for IIS, Symfony and Zend apps that route by it). Default false: every
+    /// client-sent header naming another path is removed and none is added.
+    #[serde(default)]
+    pub forward_original_uri: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

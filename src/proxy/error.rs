@@ -21,6 +21,8 @@ pub enum ProxyError {
     BadTarget(#[from] TargetError),
     #[error("no route matches")]
     NoRoute,
+    #[error("a backend could read the path as another route's (reading agreement)")]
+    AmbiguousPath,
     #[error("request target longer than the limit")]
     UriTooLong,
     #[error("request headers larger than the limit")]
@@ -67,6 +69,17 @@ pub struct Rendering {
     pub blame: Blame,
 }
 
+impl From<crate::readings::Refusal> for ProxyError {
+    fn from(refusal: crate::readings::Refusal) -> Self {
+        use crate::readings::Refusal;
+        match refusal {
+            Refusal::Target(e) => ProxyError::BadTarget(e),
+            Refusal::NoRoute => ProxyError::NoRoute,
+            Refusal::Ambiguous => ProxyError::AmbiguousPath,
+        }
+    }
+}
+
 impl ProxyError {
     pub fn rendering(&self) -> Rendering {
         use AuthError as A;
@@ -75,6 +88,12 @@ impl ProxyError {
                 (StatusCode::BAD_REQUEST, "bad_request", None, Blame::Client)
             }
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "not_found", None, Blame::Client),
+            ProxyError::AmbiguousPath => (
+                StatusCode::BAD_REQUEST,
+                "ambiguous_path",
+                None,
+                Blame::Client,
+            ),
             ProxyError::UriTooLong => (
                 StatusCode::URI_TOO_LONG,
                 "uri_too_long",
@@ -106,6 +125,12 @@ impl ProxyError {
                 Blame::Client,
             ),
             ProxyError::Denied(A::BadCredential(CredentialError::Ambiguous)) => (
+                StatusCode::BAD_REQUEST,
+                "ambiguous_credential",
+                Some(&CHALLENGE_INVALID_REQUEST),
+                Blame::Client,
+            ),
+            ProxyError::Denied(A::BadCredential(CredentialError::MalformedAuthorization)) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 Some(&CHALLENGE_INVALID_REQUEST),
@@ -179,6 +204,12 @@ impl ProxyError {
             ProxyError::Login(LoginError::WrongMethod(_)) => {
                 (StatusCode::BAD_REQUEST, "bad_request", None, Blame::Client)
             }
+            ProxyError::Login(LoginError::Busy) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "login_busy",
+                None,
+                Blame::Upstream,
+            ),
         };
         Rendering {
             status,
@@ -193,6 +224,7 @@ impl ProxyError {
         match self {
             ProxyError::BadTarget(_) => "bad_target",
             ProxyError::NoRoute => "no_route",
+            ProxyError::AmbiguousPath => "ambiguous_path",
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::HeadersTooLarge => "headers_too_large",
             ProxyError::PayloadTooLarge => "payload_too_large",
@@ -211,6 +243,7 @@ impl ProxyError {
                 LoginError::InvalidLogoutToken(_) => "invalid_logout_token",
                 LoginError::NeedsServerStore => "backchannel_needs_server_store",
                 LoginError::WrongMethod(_) => "wrong_method",
+                LoginError::Busy => "login_busy",
             },
         }
     }
@@ -271,13 +304,18 @@ mod tests {
             status(AuthError::MissingCredential.into()),
             (401, "unauthorized", bearer)
         );
+        let invalid_request = Some(r#"Bearer realm="portcullis", error="invalid_request""#);
         assert_eq!(
             status(AuthError::BadCredential(CredentialError::Ambiguous).into()),
-            (
-                400,
-                "invalid_request",
-                Some(r#"Bearer realm="portcullis", error="invalid_request""#)
-            )
+            (400, "ambiguous_credential", invalid_request)
+        );
+        assert_eq!(
+            status(AuthError::BadCredential(CredentialError::MalformedAuthorization).into()),
+            (400, "invalid_request", invalid_request)
+        );
+        assert_eq!(
+            status(ProxyError::AmbiguousPath),
+            (400, "ambiguous_path", None)
         );
         assert_eq!(
             status(AuthError::BadCredential(CredentialError::MalformedBearer).into()),
@@ -347,6 +385,7 @@ mod tests {
                 (400, "invalid_logout_token", None),
             ),
             (LoginError::WrongMethod("POST"), (400, "bad_request", None)),
+            (LoginError::Busy, (503, "login_busy", None)),
         ] {
             assert_eq!(status(ProxyError::Login(error)), expected);
         }

@@ -25,10 +25,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::auth::{self, AuthError, RouteAuth, Unauthenticated};
-use crate::canonical::{
-    TargetError, canonical_host, canonical_path, canonical_path_keeping_encoded_slash,
-};
+use crate::canonical::{TargetError, canonical_host, canonical_path};
 use crate::identity::{self, ClientInfo};
+use crate::readings;
 use crate::server::ConnInfo;
 use crate::session;
 use crate::snapshot::{SharedSnapshot, Snapshot};
@@ -228,7 +227,10 @@ async fn process(
             &permit,
             sources,
             &client,
-            route.allow_method_override,
+            identity::RouteRules {
+                keep_method_override: route.allow_method_override,
+                original_uri: route.forward_original_uri.then(|| path_and_query.as_str()),
+            },
         );
         if let Some(host_value) = &host_value
             && !parts.headers.contains_key(HOST)
@@ -258,10 +260,52 @@ async fn process(
     };
     let mut response = forwarding.await?;
     if let Some(cookie) = set_cookie {
-        // The renewed session cookie rides on the app's response, beside the app's own.
+        // The renewed session cookie rides on the app's response, beside the app's own;
+        // a shared cache must then never keep that response for someone else.
         response.headers_mut().append(SET_COOKIE, cookie);
+        keep_out_of_shared_caches(response.headers_mut());
     }
     Ok(response)
+}
+
+/// Makes a response that carries a session cookie uncacheable by shared caches:
+/// `Cache-Control: private` when the app sent no `Cache-Control`; otherwise `public` and
+/// `s-maxage` are replaced by `private`, unless `private` or `no-store` is there already.
+fn keep_out_of_shared_caches(headers: &mut http::HeaderMap) {
+    use http::header::CACHE_CONTROL;
+    static PRIVATE: HeaderValue = HeaderValue::from_static("private");
+    let mut directives: Vec<String> = Vec::new();
+    for value in headers.get_all(CACHE_CONTROL) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        directives.extend(
+            text.split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    let name = |d: &str| {
+        d.split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    };
+    if directives
+        .iter()
+        .any(|d| matches!(name(d).as_str(), "private" | "no-store"))
+    {
+        return;
+    }
+    let mut kept: Vec<&str> = vec!["private"];
+    kept.extend(
+        directives
+            .iter()
+            .filter(|d| !matches!(name(d).as_str(), "public" | "s-maxage"))
+            .map(String::as_str),
+    );
+    let value = HeaderValue::from_str(&kept.join(", ")).unwrap_or_else(|_| PRIVATE.clone());
+    headers.insert(CACHE_CONTROL, value);
 }
 
 /// Largest body the back-channel logout endpoint reads (a form with one JWT).
@@ -385,29 +429,21 @@ fn decision(status: u16, outcome: &str) -> &'static str {
 }
 
 /// Canonicalises the target and finds its route: (route index, path to forward, host as
-/// received). Borrows of the request end here, before its headers are rewritten.
+/// received). Every other reading of the path a backend could make must land on a route
+/// of the same policy (I9). Borrows of the request end here, before its headers are
+/// rewritten.
 fn resolve(
     parts: &http::request::Parts,
     snapshot: &Snapshot,
 ) -> Result<(usize, PathAndQuery, Option<HeaderValue>), ProxyError> {
     let (host, host_value) = request_host(parts)?;
-    let find = |path: &str| snapshot.routes.find_index(&host, path, &parts.method);
-    let raw_path = parts.uri.path();
-    let (path, index) = match canonical_path(raw_path) {
-        Ok(path) => {
-            let index = find(&path).ok_or(ProxyError::NoRoute)?;
-            (path, index)
-        }
-        // `%2F` passes only on routes that opted in; for all others it stays a 400.
-        Err(TargetError::EncodedSlash) if snapshot.routes.any_allows_encoded_slash() => {
-            let path = canonical_path_keeping_encoded_slash(raw_path)?;
-            match find(&path) {
-                Some(index) if snapshot.routes.routes()[index].allow_encoded_slash => (path, index),
-                _ => return Err(TargetError::EncodedSlash.into()),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (index, path) = readings::route_target(
+        &snapshot.routes,
+        &host,
+        parts.uri.path(),
+        &parts.method,
+        |route| snapshot.upstreams[route.upstream].path_semantics,
+    )?;
     let unchanged = matches!(path, Cow::Borrowed(_));
     let path_and_query = forwarded_path_and_query(&parts.uri, &path, unchanged)?;
     Ok((index, path_and_query, host_value))
@@ -460,4 +496,31 @@ fn forwarded_path_and_query(
         None => path.to_owned(),
     };
     PathAndQuery::try_from(text).map_err(|_| TargetError::NotOriginForm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_out_of_shared_caches;
+    use http::HeaderMap;
+    use http::header::CACHE_CONTROL;
+
+    #[test]
+    fn a_response_with_a_session_cookie_is_private() {
+        for (sent, expected) in [
+            (vec![], "private"),
+            (vec!["public, max-age=3600"], "private, max-age=3600"),
+            (vec!["max-age=60", "s-maxage=600"], "private, max-age=60"),
+            (vec!["no-store"], "no-store"),
+            (vec!["Private, max-age=5"], "Private, max-age=5"),
+            (vec!["no-cache"], "private, no-cache"),
+        ] {
+            let mut headers = HeaderMap::new();
+            for value in &sent {
+                headers.append(CACHE_CONTROL, value.parse().unwrap());
+            }
+            keep_out_of_shared_caches(&mut headers);
+            let got: Vec<_> = headers.get_all(CACHE_CONTROL).iter().collect();
+            assert_eq!(got, [expected], "{sent:?}");
+        }
+    }
 }

@@ -15,9 +15,10 @@
 //!
 //! A request goes out a second time, on a fresh connection, only when a reused connection
 //! failed before the first byte of an answer, and either not one byte of the request had
-//! left, or the request is idempotent and has no body (the race with an upstream closing
-//! an idle connection, RFC 9112 §9.3.1). Never on a new connection, never after an answer
-//! began.
+//! left, or the request is a GET, HEAD, OPTIONS or TRACE without a body (the race with an
+//! upstream closing an idle connection, RFC 9112 §9.3.1; PUT and DELETE are not re-sent
+//! once written, since a legacy app's are often not idempotent). Never on a new
+//! connection, never after an answer began.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +30,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Response};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -123,11 +125,22 @@ impl Conn {
     }
 
     /// An idle connection is usable: nothing unread, and the upstream has not closed it.
-    fn alive(&mut self) -> bool {
-        self.read.is_empty()
-            && self
-                .poll_fill(&mut Context::from_waker(Waker::noop()))
-                .is_pending()
+    /// Bytes the upstream sent while nobody asked (a late body after a `HEAD`, bytes past
+    /// the end of an answer) would be read as the next request's answer: such a connection
+    /// is never used again, and counted in `unsolicited`.
+    fn alive(&mut self, unsolicited: &Counter) -> bool {
+        if !self.read.is_empty() {
+            unsolicited.inc();
+            return false;
+        }
+        match self.poll_fill(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(_)) => {
+                unsolicited.inc();
+                false
+            }
+        }
     }
 }
 
@@ -149,14 +162,23 @@ pub struct Pool {
     authority: Authority,
     settings: PoolSettings,
     slots: Box<[Mutex<Slot>]>,
+    /// Idle connections dropped for bytes nobody asked for
+    /// (`upstream_errors_total{kind="unsolicited_bytes"}`).
+    unsolicited: Counter,
 }
 
 impl Pool {
-    pub fn new(authority: Authority, settings: PoolSettings, workers: usize) -> Arc<Self> {
+    pub fn new(
+        authority: Authority,
+        settings: PoolSettings,
+        workers: usize,
+        unsolicited: Counter,
+    ) -> Arc<Self> {
         Arc::new(Pool {
             authority,
             settings,
             slots: (0..workers).map(|_| Mutex::default()).collect(),
+            unsolicited,
         })
     }
 
@@ -221,6 +243,7 @@ impl Pool {
                 request_done: false,
                 write_error: None,
                 answered: false,
+                early: false,
                 interim: 0,
                 timeout,
                 armed: false,
@@ -229,14 +252,11 @@ impl Pool {
             })),
             connecting,
             head_request: parts.method == Method::HEAD,
+            // PUT and DELETE are idempotent in RFC 9110, but a legacy app's are often not
+            // (a PUT that appends, a DELETE that logs): never sent twice.
             idempotent: matches!(
                 parts.method,
-                Method::GET
-                    | Method::HEAD
-                    | Method::OPTIONS
-                    | Method::TRACE
-                    | Method::PUT
-                    | Method::DELETE
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
             ),
             reused,
         }
@@ -253,7 +273,7 @@ impl Pool {
         loop {
             let idle = lock(&self.slots[worker]).idle.pop()?;
             let mut conn = idle.conn;
-            if idle.since.elapsed() < self.settings.idle_timeout && conn.alive() {
+            if idle.since.elapsed() < self.settings.idle_timeout && conn.alive(&self.unsolicited) {
                 return Some(conn);
             }
         }
@@ -340,8 +360,9 @@ async fn sweep(pool: Weak<Pool>, worker: usize) {
         let Some(pool) = pool.upgrade() else { return };
         let timeout = pool.settings.idle_timeout;
         let mut slot = lock(&pool.slots[worker]);
+        let unsolicited = &pool.unsolicited;
         slot.idle
-            .retain_mut(|idle| idle.since.elapsed() < timeout && idle.conn.alive());
+            .retain_mut(|idle| idle.since.elapsed() < timeout && idle.conn.alive(unsolicited));
         if slot.idle.is_empty() {
             slot.sweeping = false;
             return;
@@ -438,6 +459,9 @@ pub struct Exchange<B> {
     write_error: Option<std::io::Error>,
     /// Some byte of an answer has arrived.
     answered: bool,
+    /// The answer's head came before the whole request was sent: the connection is not
+    /// reused (what the upstream made of the rest of the request is unknown).
+    early: bool,
     /// Bytes of interim (1xx) heads dropped so far.
     interim: usize,
     /// How long the upstream may take to accept request bytes, and then to answer.
@@ -585,6 +609,7 @@ impl<B: SendBody> Exchange<B> {
             if let Some(head) =
                 h1::parse_response_head(&mut conn.read, head_request, &mut self.interim)?
             {
+                self.early = !self.request_done;
                 return Poll::Ready(Ok(head));
             }
         }
@@ -648,13 +673,14 @@ impl<B: SendBody> Exchange<B> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if self.keep_alive
-            && self.request_done
-            && self.write_error.is_none()
-            && conn.read.is_empty()
-        {
-            conn.spare = std::mem::take(&mut self.write);
-            self.pool.put_back(self.worker, conn);
+        if self.keep_alive && self.request_done && !self.early && self.write_error.is_none() {
+            if conn.read.is_empty() {
+                conn.spare = std::mem::take(&mut self.write);
+                self.pool.put_back(self.worker, conn);
+            } else {
+                // Bytes past the answer's end: nobody asked for them.
+                self.pool.unsolicited.inc();
+            }
         }
     }
 
@@ -757,7 +783,7 @@ mod tests {
             max_idle,
             idle_timeout,
         };
-        Pool::new(upstream.authority.clone(), settings, 1)
+        Pool::new(upstream.authority.clone(), settings, 1, Counter::default())
     }
 
     fn get() -> Request<Empty<Bytes>> {
@@ -889,7 +915,7 @@ mod tests {
             max_idle: 8,
             idle_timeout: Duration::from_secs(60),
         };
-        let pool = Pool::new(authority, settings, 1);
+        let pool = Pool::new(authority, settings, 1, Counter::default());
         match send(&pool, get()).await {
             Err(SendError::Connect { .. }) => {}
             other => panic!("{:?}", other.map(|response| response.status())),
@@ -1007,7 +1033,7 @@ mod tests {
             }
         })
         .await;
-        let pool = Pool::new(authority, settings(), 1);
+        let pool = Pool::new(authority, settings(), 1, Counter::default());
         assert_eq!(fetch(&pool).await.0, 200);
         // A GET without a body, on the reused connection: sent again, on a new one.
         assert_eq!(fetch(&pool).await.0, 200);
@@ -1023,7 +1049,7 @@ mod tests {
             read_request(&mut stream, &mut Vec::new()).await;
         })
         .await;
-        let pool = Pool::new(authority, settings(), 1);
+        let pool = Pool::new(authority, settings(), 1, Counter::default());
         assert!(matches!(send(&pool, get()).await, Err(SendError::Closed)));
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
@@ -1061,7 +1087,7 @@ mod tests {
             }
         })
         .await;
-        let pool = Pool::new(authority, settings(), 1);
+        let pool = Pool::new(authority, settings(), 1, Counter::default());
         let cases = [
             (
                 post(&["a=1&", "b=2"], Some(7)),

@@ -33,6 +33,8 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Limit on the silence between two pieces of the response body.
     pub body_timeout: Duration,
+    /// How the app reads paths (`path_semantics`): which readings must agree (I9).
+    pub path_semantics: crate::readings::PathSemantics,
     latency: AtomicHistogram,
     metrics: Arc<Metrics>,
 }
@@ -73,10 +75,16 @@ impl Upstream {
             target: Target::Http {
                 host: HeaderValue::from_str(authority.as_str())
                     .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-                pool: Pool::new(authority, pool, crate::server::MAX_WORKERS),
+                pool: Pool::new(
+                    authority,
+                    pool,
+                    crate::server::MAX_WORKERS,
+                    metrics.upstream_error_counter(name, "unsolicited_bytes"),
+                ),
             },
             timeout: timeouts.0,
             body_timeout: timeouts.1,
+            path_semantics: Default::default(),
             latency: metrics.upstream_latency(name),
             metrics: metrics.clone(),
         }
@@ -88,6 +96,7 @@ impl Upstream {
             target: Target::Echo,
             timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
+            path_semantics: Default::default(),
             latency: metrics.upstream_latency(name),
             metrics: metrics.clone(),
         }

@@ -49,6 +49,7 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -80,6 +81,9 @@ pub struct Builders {
     check_period: Duration,
     /// Checks per park check: the park check runs every [`PARK_AFTER`].
     park_every: u32,
+    /// `client_write_timeout`, and the counter of connections it closed.
+    write_timeout: Duration,
+    write_timeouts: Counter,
 }
 
 /// hyper's own limits are hard caps set above the configured ones, which `proxy` checks and
@@ -90,7 +94,7 @@ pub struct Builders {
 /// streams, bounded pending/errored resets (the rapid-reset guard), keep-alive pings that
 /// drop dead peers.
 impl Builders {
-    pub fn new(settings: &ServerSettings) -> Self {
+    pub fn new(settings: &ServerSettings, write_timeouts: Counter) -> Self {
         let hard_header_bytes = (settings.max_header_bytes + settings.max_uri_bytes) * 2;
         let mut http1 = http1::Builder::new();
         // No timer for hyper: the header read timeout is the connection's own check
@@ -121,7 +125,13 @@ impl Builders {
             header_read_timeout: settings.header_read_timeout,
             check_period: PARK_AFTER / park_every,
             park_every,
+            write_timeout: settings.client_write_timeout,
+            write_timeouts,
         }
+    }
+
+    fn write_stall(&self) -> WriteStall {
+        WriteStall::new(self.write_timeout, self.write_timeouts.clone())
     }
 }
 
@@ -206,7 +216,7 @@ pub async fn serve<I: ClientIo>(
             }
         })
     };
-    let io = ConnIo::new(io, prefix, activity.clone());
+    let io = ConnIo::new(io, prefix, activity.clone(), builders.write_stall());
     if h2 {
         // Boxed here and below: the task's future stays small (what a parked connection
         // keeps), the hyper state lives only while it serves.
@@ -263,10 +273,14 @@ where
     // park checks; parking it first would only cost a new hyper connection.
     let mut may_park = builders.header_read_timeout > 2 * PARK_AFTER;
     let period = builders.check_period;
+    // One wait for the life of the connection: a park and its wake-up do not start it
+    // again, only a request does. A TLS client trickling the bytes of an incomplete record
+    // wakes a parked connection but gives hyper nothing to read, so it parks again: were
+    // the wait started anew at each wake-up, it would hold the connection forever.
+    let mut wait = HeaderWait::new(&activity, period, builders.header_read_timeout);
     loop {
         let mut connection = Box::new(builders.http1.serve_connection(TokioIo::new(io), service));
         let mut check = Box::pin(tokio::time::sleep(period));
-        let mut wait = HeaderWait::new(&activity, period, builders.header_read_timeout);
         let mut checks = 0u32;
         let mut seen = activity.ticks.load(Ordering::Relaxed);
         let mut stopping = false;
@@ -324,7 +338,7 @@ where
             // A partial pipelined head that came with the last request (a partial head read
             // later is `unparsed` and never parks): resume at once and never park again, so
             // the header timeout can start again once at most.
-            io = ConnIo::new(io.inner, read_buf, activity.clone());
+            io = ConnIo::new(io.inner, read_buf, activity.clone(), builders.write_stall());
             may_park = false;
             continue;
         }
@@ -332,7 +346,9 @@ where
         drop(read_buf);
         io.prefix = Bytes::new();
         parked.inc();
-        let woken = park(&io.inner, builders.header_read_timeout, &mut signals.stop).await;
+        let parked_at = Instant::now();
+        let woken = park(&io.inner, wait.remaining(), &mut signals.stop).await;
+        wait.add(parked_at.elapsed());
         parked.dec();
         if !woken {
             let _ = io.inner.shutdown().await;
@@ -342,13 +358,12 @@ where
 }
 
 /// Waits for the next byte of a parked connection: true when there is one to serve.
+/// `remaining`: what is left of the connection's header wait.
 async fn park<I: ClientIo>(
     io: &I,
-    header_read_timeout: Duration,
+    remaining: Duration,
     stop: &mut Pin<Box<impl Future<Output = ()>>>,
 ) -> bool {
-    // The header timeout had counted at least PARK_AFTER before the park.
-    let remaining = header_read_timeout.saturating_sub(PARK_AFTER);
     tokio::select! {
         ready = poll_fn(|cx| io.poll_read_ready(cx)) => ready.is_ok(),
         () = tokio::time::sleep(remaining) => false,
@@ -483,6 +498,71 @@ impl HeaderWait {
         self.busy = busy;
         self.waited >= self.timeout
     }
+
+    /// What is left of the wait.
+    fn remaining(&self) -> Duration {
+        self.timeout.saturating_sub(self.waited)
+    }
+
+    /// Time spent parked counts as waiting (no request can have begun meanwhile).
+    fn add(&mut self, waited: Duration) {
+        self.waited += waited;
+    }
+}
+
+/// `client_write_timeout`: the longest a write to the client may make no progress. A
+/// client that stops reading a large answer would otherwise hold its connection, a
+/// connection slot and an upstream connection for as long as it likes. Armed when a write
+/// finds the socket full, disarmed by any write that moves bytes; when it fires the write
+/// fails, hyper closes the connection, and the response body (with its upstream
+/// connection) is dropped.
+struct WriteStall {
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+    timeouts: Counter,
+}
+
+impl WriteStall {
+    fn new(timeout: Duration, timeouts: Counter) -> Self {
+        WriteStall {
+            timeout,
+            timer: None,
+            armed: false,
+            timeouts,
+        }
+    }
+
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.armed = false;
+            return result;
+        }
+        if !self.armed {
+            self.armed = true;
+            let deadline = Instant::now() + self.timeout;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let fired = self
+            .timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+        if fired {
+            self.timeouts.inc();
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for client_write_timeout",
+            )));
+        }
+        Poll::Pending
+    }
 }
 
 /// Counts a request as in flight until its response body is dropped (written out, or
@@ -528,10 +608,11 @@ struct ConnIo<I> {
     inner: I,
     prefix: Bytes,
     activity: Arc<Activity>,
+    stall: WriteStall,
 }
 
 impl<I> ConnIo<I> {
-    fn new(inner: I, prefix: Bytes, activity: Arc<Activity>) -> Self {
+    fn new(inner: I, prefix: Bytes, activity: Arc<Activity>, stall: WriteStall) -> Self {
         activity
             .unparsed
             .fetch_add(prefix.len() as u64, Ordering::Relaxed);
@@ -539,6 +620,7 @@ impl<I> ConnIo<I> {
             inner,
             prefix,
             activity,
+            stall,
         }
     }
 }
@@ -589,7 +671,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.wrote(&result);
-        result
+        self.stall.check(cx, result)
     }
 
     fn poll_write_vectored(
@@ -599,7 +681,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.wrote(&result);
-        result
+        self.stall.check(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -611,7 +693,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
         if matches!(result, Poll::Ready(Ok(()))) {
             self.activity.flushed.store(true, Ordering::Relaxed);
         }
-        result
+        self.stall.check(cx, result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -665,6 +747,37 @@ mod tests {
         assert!(sniff(&mut server).await.is_err());
     }
 
+    fn stall() -> WriteStall {
+        WriteStall::new(Duration::from_secs(60), Counter::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_progress_fails_after_the_timeout() {
+        let (mut client, server) = tokio::io::duplex(16);
+        let timeouts = Counter::default();
+        let mut io = ConnIo::new(
+            server,
+            Bytes::new(),
+            Arc::new(Activity::default()),
+            WriteStall::new(Duration::from_secs(5), timeouts.clone()),
+        );
+        // Progress keeps it going, however slow.
+        for _ in 0..3 {
+            io.write_all(&[b'x'; 16]).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let mut buf = [0u8; 16];
+            client.read_exact(&mut buf).await.unwrap();
+        }
+        assert_eq!(timeouts.get(), 0);
+        // A reader that stops: the write fails once the timeout has passed, not before.
+        io.write_all(&[b'x'; 16]).await.unwrap();
+        let started = Instant::now();
+        let error = io.write_all(b"more").await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(timeouts.get(), 1);
+    }
+
     #[tokio::test]
     async fn the_prefix_is_read_first_and_its_buffer_let_go() {
         let (mut client, server) = tokio::io::duplex(64);
@@ -672,7 +785,7 @@ mod tests {
         first.extend_from_slice(b"abcdef");
         let prefix = first.freeze();
         let witness = prefix.clone();
-        let mut io = ConnIo::new(server, prefix, Arc::new(Activity::default()));
+        let mut io = ConnIo::new(server, prefix, Arc::new(Activity::default()), stall());
         client.write_all(b"gh").await.unwrap();
         // A reader with less room than the prefix gets it in pieces, in order.
         let mut small = [0u8; 4];
@@ -731,7 +844,7 @@ mod tests {
                 }
             })
         };
-        let io = ConnIo::new(server, Bytes::new(), activity.clone());
+        let io = ConnIo::new(server, Bytes::new(), activity.clone(), stall());
         tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(io), service));
         (client, activity)
     }

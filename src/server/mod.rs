@@ -242,7 +242,10 @@ async fn serve_listeners(
     for listener in [&listeners.http, &listeners.https].into_iter().flatten() {
         nodelay_for_accepted(listener)?;
     }
-    let builders = Arc::new(conn::Builders::new(&settings));
+    let builders = Arc::new(conn::Builders::new(
+        &settings,
+        metrics.client_write_timeouts.clone(),
+    ));
     let drain = conn::Drain::default();
     // The shutdown future (in the binary, two signal streams) waits in a task of its own,
     // and the accept loop watches a oneshot: polling the signal streams in the loop's two
@@ -357,6 +360,8 @@ pub struct ServerSettings {
     pub max_body_size: Option<u64>,
     pub request_body_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
+    /// Longest time a write to the client may make no progress.
+    pub client_write_timeout: Duration,
 }
 
 /// One connection's work, boxed: a plain connection's future has no room for the TLS

@@ -19,6 +19,7 @@
 
 pub mod cookie;
 pub mod redirect;
+pub mod states;
 pub mod store;
 
 use std::sync::Arc;
@@ -77,7 +78,7 @@ pub struct Login {
     pub allowed_redirect_hosts: Box<[Box<str>]>,
     pub post_logout_redirect_url: Option<Box<str>>,
     /// States already used at the callback (replay guard); in Redis when the store is.
-    pub used_states: moka::sync::Cache<Box<str>, ()>,
+    pub used_states: Arc<states::UsedStates>,
     /// `store = "cookie"`: sessions already opened, by SHA-256 of the cookie value, so a
     /// browser's next requests skip the decryption and JSON parsing. An entry only answers
     /// while its session needs no write (no touch, no refresh); bounded, and short-lived
@@ -136,6 +137,8 @@ pub enum LoginError {
     NeedsServerStore,
     #[error("this endpoint takes {0}")]
     WrongMethod(&'static str),
+    #[error("too many logins in progress to remember their states")]
+    Busy,
 }
 
 /// A gateway endpoint, recognised by its exact (canonical) path.
@@ -217,6 +220,11 @@ impl Login {
         return_to: &str,
         now: u64,
     ) -> Result<Response<Full<Bytes>>, LoginError> {
+        // Its callback could not be remembered (see `states`): say so now, not after the
+        // user typed a password at the IdP.
+        if !matches!(self.store, Store::Redis(_)) && self.used_states.is_full(now) {
+            return Err(LoginError::Busy);
+        }
         let endpoints = self.endpoints().await?;
         let state = random_token();
         let nonce = random_token();
@@ -287,7 +295,7 @@ impl Login {
         if !state_ok || now >= login.created + LOGIN_TTL {
             return Err(LoginError::InvalidState);
         }
-        self.consume_state(&login.state).await?;
+        self.consume_state(&login.state, now).await?;
         if let Some(error) = param("error") {
             return Err(LoginError::Refused(printable(error)));
         }
@@ -360,17 +368,17 @@ impl Login {
     }
 
     /// Marks a state used; a second callback with it is refused.
-    async fn consume_state(&self, state: &str) -> Result<(), LoginError> {
+    async fn consume_state(&self, state: &str, now: u64) -> Result<(), LoginError> {
         let key = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA256,
             state.as_bytes(),
         ));
         let fresh = match &self.store {
             Store::Redis(redis) => redis.claim_once(&key, LOGIN_TTL).await?,
-            _ => {
-                let entry = self.used_states.entry(key.into()).or_insert(());
-                entry.is_fresh()
-            }
+            Store::Cookie | Store::Memory(_) => self
+                .used_states
+                .claim(&key, now, LOGIN_TTL)
+                .map_err(|states::Full| LoginError::Busy)?,
         };
         if fresh {
             Ok(())
@@ -897,7 +905,7 @@ mod tests {
             lifetime: 600,
             allowed_redirect_hosts: Box::default(),
             post_logout_redirect_url: None,
-            used_states: moka::sync::Cache::new(10),
+            used_states: Arc::new(states::UsedStates::new(10)),
             opened: moka::sync::Cache::new(10),
         };
         (login, vec![provider])

@@ -358,7 +358,15 @@ async fn tokens_are_read_from_the_configured_sources_only() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
-    // /both: Bearer first; an invalid Bearer is not rescued by a valid cookie.
+    // /both: an invalid Bearer is not rescued by a valid cookie; two different tokens in
+    // the route's two sources are refused as ambiguous (I10).
+    let response = client()
+        .get(gw.url("/both"))
+        .bearer_auth("bad.bad.bad")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
     let response = client()
         .get(gw.url("/both"))
         .header("cookie", format!("at={token}"))
@@ -366,7 +374,18 @@ async fn tokens_are_read_from_the_configured_sources_only() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_error(response, 400, "ambiguous_credential").await;
+    // The same token in both: one credential, and neither copy reaches the app.
+    let response = client()
+        .get(gw.url("/both"))
+        .header("cookie", format!("at={token}; theme=dark"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(upstream.last().header_values("authorization").is_empty());
+    assert_eq!(upstream.last().header_values("cookie"), ["theme=dark"]);
     let response = client()
         .get(gw.url("/both"))
         .header("cookie", format!("at={token}"))

@@ -8,6 +8,7 @@ mod attacks;
 mod auth;
 mod cli;
 mod headers;
+mod legacy;
 mod limits;
 mod operations;
 mod parking;

@@ -829,6 +829,15 @@ async fn sessions_renew_with_the_refresh_token_after_the_id_token_expires() {
     let page = s.browser.get(&s.url("/app/x")).await;
     assert_eq!(page.status, 200, "renewed, not sent to log in");
     assert!(grants().await >= 1, "the gateway used the refresh token");
+    // The renewed session cookie rides on the app's answer: no shared cache may keep it.
+    assert!(
+        page.set_cookies()
+            .iter()
+            .any(|c| c.starts_with("portcullis=")),
+        "{:?}",
+        page.headers
+    );
+    assert_eq!(page.headers["cache-control"], "private");
     assert_eq!(s.upstream.last().header_values("x-auth-user"), ["alice"]);
 }
 

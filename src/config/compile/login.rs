@@ -190,12 +190,7 @@ impl Compiler {
             post_logout_redirect_url: raw.post_logout_redirect_url.as_deref().map(Into::into),
             // Kept across reloads, so a reload does not reopen the replay window.
             used_states: previous_login.map_or_else(
-                || {
-                    moka::sync::Cache::builder()
-                        .max_capacity(100_000)
-                        .time_to_live(Duration::from_secs(600))
-                        .build()
-                },
+                || Arc::new(session::states::UsedStates::new(100_000)),
                 |p| p.used_states.clone(),
             ),
             opened: moka::sync::Cache::builder()
