@@ -10,14 +10,17 @@ command -v cargo >/dev/null 2>&1 || {
 }
 
 # The login tests run a real OpenID provider (the pinned npm package oidc-provider, under
-# Node.js) and a real redis-server. Install what is missing, or say exactly what it is.
+# Node.js) and a real redis-server; the browser test drives Debian's headless Chromium with
+# the pinned playwright-core. Install what is missing, or say exactly what it is.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 source scripts/lib.sh
 install_packages ${missing[@]+"${missing[@]}"}
 npm ci --prefix tests/support/oidc --no-audit --no-fund --loglevel=error
+npm ci --prefix tests/support/browser --no-audit --no-fund --loglevel=error
 
 # Unit and property tests, end-to-end tests (real sockets on 127.0.0.1:0, real TLS, a real
 # recording upstream, a real JWKS/discovery server), CLI tests against the built binary,

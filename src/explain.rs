@@ -39,14 +39,18 @@ pub struct Evaluation {
     pub headers: Vec<(String, String)>,
     /// The other readings of the path a backend could make (I9), and their routes.
     pub readings: Vec<(String, String, Option<String>, bool)>,
+    /// The cross-site request check, when the credential is a cookie.
+    pub csrf: Option<crate::csrf::Verdict>,
 }
 
-/// Evaluates `method url` with `credential` against `snapshot`.
+/// Evaluates `method url` with `credential` and the request headers `extra` against
+/// `snapshot`.
 pub async fn evaluate(
     snapshot: &Snapshot,
     method: &str,
     url: &str,
     credential: &Credential,
+    extra: &[(String, String)],
 ) -> Result<Evaluation, String> {
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| format!("\"{method}\" is not a method"))?;
@@ -65,6 +69,7 @@ pub async fn evaluate(
         upstream: None,
         headers: Vec::new(),
         readings: Vec::new(),
+        csrf: None,
     };
     let matched = match crate::readings::match_target(&snapshot.routes, &host, uri.path(), &method)
     {
@@ -107,6 +112,13 @@ pub async fn evaluate(
     }
 
     let mut headers = HeaderMap::new();
+    for (name, value) in extra {
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("\"{name}\" is not a header name"))?,
+            HeaderValue::from_str(value).map_err(|_| format!("the {name} value is not valid"))?,
+        );
+    }
     headers.insert(
         http::header::HOST,
         HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
@@ -169,6 +181,28 @@ pub async fn evaluate(
         Ok(permit) => permit,
         Err(error) => return Ok(evaluation.denied(&ProxyError::Denied(error))),
     };
+    // The credential is a cookie when it came from one, or stands for a session.
+    let ambient = permit.ambient()
+        || matches!(
+            (&route.auth, credential),
+            (RouteAuth::Protected(p), Credential::Claims(_))
+                if (!p.jwt && p.session) || matches!(p.sources.first(), Some(TokenSource::Cookie(_)))
+        );
+    if let (true, RouteAuth::Protected(policy)) = (ambient, &route.auth) {
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let own = crate::csrf::Origin::of(scheme, authority.as_str());
+        let verdict = crate::csrf::check(
+            &policy.csrf,
+            &method,
+            &headers,
+            own.as_ref(),
+            &snapshot.server.trusted_origins,
+        );
+        evaluation.csrf = Some(verdict);
+        if verdict.refused() {
+            return Ok(evaluation.denied(&ProxyError::CsrfRejected));
+        }
+    }
     evaluation.provider = permit
         .identity()
         .map(|i| snapshot.providers[i.provider].name.to_string());
@@ -264,6 +298,18 @@ impl Evaluation {
                 "require:    {requirement}: {}",
                 if *holds { "holds" } else { "FAILS" }
             );
+        }
+        match self.csrf {
+            Some(crate::csrf::Verdict::NotChecked(why)) => {
+                let _ = writeln!(out, "csrf:       not checked ({why})");
+            }
+            Some(crate::csrf::Verdict::Allowed(why)) => {
+                let _ = writeln!(out, "csrf:       allowed ({why})");
+            }
+            Some(crate::csrf::Verdict::Refused(why)) => {
+                let _ = writeln!(out, "csrf:       REFUSED ({why})");
+            }
+            None => {}
         }
         let _ = writeln!(
             out,

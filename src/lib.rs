@@ -21,6 +21,7 @@ pub mod admin;
 pub mod auth;
 pub mod canonical;
 pub mod config;
+pub mod csrf;
 pub mod explain;
 pub mod identity;
 pub mod metrics;

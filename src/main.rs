@@ -73,6 +73,10 @@ enum Command {
         /// Claims as JSON, taken as verified (the signature is not checked).
         #[arg(long)]
         claims: Option<String>,
+        /// A request header, "Name: value" (repeatable), e.g. --header "Origin: https://evil.example"
+        /// to see the cross-site request check.
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
     },
     /// Mint a signed JWT for local testing and print it on stdout.
     ///
@@ -147,7 +151,8 @@ fn main() -> ExitCode {
             url,
             token,
             claims,
-        } => explain(config, &method, &url, token, claims),
+            headers,
+        } => explain(config, &method, &url, token, claims, &headers),
         Command::Token(args) => token(args),
     }
 }
@@ -219,6 +224,7 @@ fn run_rule_tests(snapshot: &Snapshot) -> usize {
             &test.method,
             &test.url,
             &credential,
+            &[],
         ));
         let problems: Vec<String> = match outcome {
             Err(error) => vec![error],
@@ -264,7 +270,16 @@ fn explain(
     url: &str,
     token: Option<String>,
     claims: Option<String>,
+    headers: &[String],
 ) -> ExitCode {
+    let mut extra = Vec::new();
+    for header in headers {
+        let Some((name, value)) = header.split_once(':') else {
+            eprintln!("--header {header:?}: write \"Name: value\"");
+            return ExitCode::from(2);
+        };
+        extra.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
     let snapshot = match Snapshot::load(&config) {
         Ok(snapshot) => snapshot,
         Err(error) => {
@@ -294,7 +309,7 @@ fn explain(
         if matches!(credential, explain::Credential::Token(_)) {
             snapshot.start_key_refresh().await?;
         }
-        explain::evaluate(&snapshot, method, url, &credential).await
+        explain::evaluate(&snapshot, method, url, &credential, &extra).await
     });
     match result {
         Ok(evaluation) => {

@@ -602,6 +602,7 @@ mod agreement {
             forward_token: false,
             scopes: Box::new([scope.into()]),
             claims: Box::new([]),
+            csrf: crate::csrf::CsrfPolicy::default(),
         })
     }
 

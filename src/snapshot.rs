@@ -203,6 +203,25 @@ impl Snapshot {
                 }
             }
         }
+        for route in routes {
+            let RouteAuth::Protected(policy) = &route.auth else {
+                continue;
+            };
+            let cookie = policy.session
+                || (policy.jwt
+                    && policy
+                        .sources
+                        .iter()
+                        .any(|s| matches!(s, crate::auth::credential::TokenSource::Cookie(_))));
+            if cookie && !policy.csrf.enabled {
+                warnings.push(format!(
+                    "route \"{}\" takes a cookie credential and has csrf = \"off\": another site's \
+                     page can make a logged-in browser send it state-changing requests; \
+                     list partner origins in server.trusted_origins instead",
+                    route.name
+                ));
+            }
+        }
         if let Some(login) = &self.login
             && !login.store.is_server_side()
         {
@@ -294,6 +313,11 @@ impl Snapshot {
                         }
                         if policy.forward_token {
                             text.push_str("; forwards the token");
+                        }
+                        if !policy.csrf.enabled {
+                            text.push_str("; csrf off");
+                        } else if policy.csrf.allow_same_site {
+                            text.push_str("; csrf allows same-site");
                         }
                         text
                     }

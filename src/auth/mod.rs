@@ -45,6 +45,8 @@ pub struct Policy {
     pub forward_token: bool,
     pub scopes: Box<[Box<str>]>,
     pub claims: Box<[ClaimRequirement]>,
+    /// Where a request authenticated by a cookie must come from (`csrf`, ...).
+    pub csrf: crate::csrf::CsrfPolicy,
 }
 
 /// `on_unauthenticated`.
@@ -87,6 +89,9 @@ pub enum Consumed {
 pub struct Permit {
     identity: Option<Identity>,
     consumed: Consumed,
+    /// The credential came from a cookie (a session or a `cookie:NAME` source): the
+    /// browser attaches it to requests other sites make it send (see `csrf`).
+    ambient: bool,
     /// A renewed session cookie to send with the response.
     set_cookie: Option<http::HeaderValue>,
 }
@@ -99,6 +104,11 @@ impl Permit {
 
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
+    }
+
+    /// The credential came from a cookie, which browsers send on their own.
+    pub fn ambient(&self) -> bool {
+        self.ambient
     }
 
     /// The credential that was verified, and whether it is forwarded.
@@ -126,6 +136,7 @@ impl Permit {
                 claims: Arc::new(claims),
             }),
             consumed: Consumed::Authorization,
+            ambient: false,
             set_cookie: None,
         }
     }
@@ -138,6 +149,7 @@ impl Permit {
                 claims: Arc::new(claims),
             }),
             consumed,
+            ambient: false,
             set_cookie: None,
         }
     }
@@ -200,6 +212,7 @@ pub async fn authenticate(
             return Ok(Permit {
                 identity: None,
                 consumed: Consumed::None,
+                ambient: false,
                 set_cookie: None,
             });
         }
@@ -223,6 +236,7 @@ pub async fn authenticate(
         return Ok(Permit {
             identity: Some(identity),
             consumed,
+            ambient: matches!(policy.sources[source], TokenSource::Cookie(_)),
             set_cookie: None,
         });
     }
@@ -245,6 +259,7 @@ pub async fn authenticate(
                 }),
                 // The session cookie is one of the gateway's own: always stripped.
                 consumed: Consumed::None,
+                ambient: true,
                 set_cookie: found.set_cookie,
             });
         }
@@ -275,6 +290,7 @@ pub(crate) fn authorize_assumed_claims(
             claims: Arc::new(claims.clone()),
         }),
         consumed: Consumed::None,
+        ambient: false,
         set_cookie: None,
     })
 }

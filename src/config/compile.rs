@@ -26,6 +26,7 @@ use crate::auth::jwt::{Provider, VerifyKey};
 use crate::auth::keys::{KeySet, RefreshSettings, Remote, RemoteSource};
 use crate::auth::{Policy, RouteAuth, Unauthenticated};
 use crate::canonical::{canonical_host, canonical_path};
+use crate::csrf::CsrfPolicy;
 use crate::identity::IdentityPolicy;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::{PoolSettings, Upstream};
@@ -244,7 +245,22 @@ impl Compiler {
                 raw.client_write_timeout.as_ref(),
                 Duration::from_secs(60),
             ),
+            trusted_origins: self.trusted_origins(&raw.trusted_origins),
         }
+    }
+
+    fn trusted_origins(&mut self, raw: &[String]) -> Vec<crate::csrf::Origin> {
+        let mut origins = Vec::new();
+        for (i, text) in raw.iter().enumerate() {
+            match crate::csrf::Origin::parse(text) {
+                Some(origin) => origins.push(origin),
+                None => self.issue(
+                    format!("server.trusted_origins[{i}]"),
+                    format!("\"{text}\" is not an origin; write scheme://host[:port], e.g. \"https://portal.example.com\" (no path)"),
+                ),
+            }
+        }
+        origins
     }
 
     fn rule_tests(&mut self, raw: &[RawRuleTest]) -> Vec<crate::snapshot::RuleTest> {
@@ -1090,6 +1106,9 @@ impl Compiler {
                 ("require", raw.require.is_some()),
                 ("forward_token", raw.forward_token),
                 ("on_unauthenticated", raw.on_unauthenticated.is_some()),
+                ("csrf", raw.csrf.is_some()),
+                ("csrf_allow_same_site", raw.csrf_allow_same_site),
+                ("csrf_unsafe_methods", raw.csrf_unsafe_methods.is_some()),
             ];
             for (field, set) in protected_only {
                 if set {
@@ -1142,11 +1161,48 @@ impl Compiler {
                 Unauthenticated::Deny
             }
         };
+        let csrf = self.route_csrf(key, raw);
         let mut policy = self.jwt_policy(key, raw, providers, jwt)?;
         policy.jwt = jwt;
         policy.session = session;
         policy.on_unauthenticated = on_unauthenticated;
+        policy.csrf = csrf?;
         Some(RouteAuth::Protected(policy))
+    }
+
+    /// `csrf`, `csrf_allow_same_site`, `csrf_unsafe_methods` of a protected route.
+    fn route_csrf(&mut self, key: &str, raw: &RawRoute) -> Option<CsrfPolicy> {
+        let enabled = match raw.csrf.as_deref() {
+            None | Some("origin") => true,
+            Some("off") => false,
+            Some(other) => {
+                self.issue(
+                    format!("{key}.csrf"),
+                    format!("\"{other}\" is not a choice; use \"origin\" (the default) or \"off\""),
+                );
+                return None;
+            }
+        };
+        let mut unsafe_methods = Vec::new();
+        for (i, text) in raw.csrf_unsafe_methods.iter().flatten().enumerate() {
+            match text.as_str() {
+                "GET" => unsafe_methods.push(http::Method::GET),
+                "HEAD" => unsafe_methods.push(http::Method::HEAD),
+                "OPTIONS" => unsafe_methods.push(http::Method::OPTIONS),
+                other => {
+                    self.issue(
+                        format!("{key}.csrf_unsafe_methods[{i}]"),
+                        format!("\"{other}\": list GET, HEAD or OPTIONS (every other method is checked already)"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(CsrfPolicy {
+            enabled,
+            allow_same_site: raw.csrf_allow_same_site,
+            unsafe_methods: unsafe_methods.into(),
+        })
     }
 
     fn jwt_policy(
@@ -1254,6 +1310,7 @@ impl Compiler {
             forward_token: raw.forward_token,
             scopes: scopes.into(),
             claims: claims.into(),
+            csrf: CsrfPolicy::default(),
         })
     }
 }

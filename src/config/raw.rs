@@ -163,6 +163,11 @@ pub struct RawServer {
     /// Longest time a write to the client may make no progress (a client that stopped
     /// reading); then the connection and its upstream connection are closed. Default `"60s"`.
     pub client_write_timeout: Option<String>,
+    /// Origins (`https://portal.example.com`) whose pages may send cookie-authenticated
+    /// state-changing requests to this gateway (a partner's form, an SSO portal). Default:
+    /// none, only the request's own origin.
+    #[serde(default)]
+    pub trusted_origins: Vec<String>,
 }
 
 /// A size: an integer number of bytes or a string such as `"10MiB"`.
@@ -323,6 +328,16 @@ pub struct RawRoute {
     /// would change its route is refused (400 `ambiguous_path`).
     #[serde(default)]
     pub allow_path_params: bool,
+    /// Cross-site request forgery check for requests authenticated by a cookie (session or
+    /// `cookie:NAME`): `"origin"` (default) refuses a state-changing request another site
+    /// made the browser send (403 `csrf_rejected`); `"off"` turns it off for this route.
+    pub csrf: Option<String>,
+    /// Let `Sec-Fetch-Site: same-site` requests through (sibling subdomains). Default false.
+    #[serde(default)]
+    pub csrf_allow_same_site: bool,
+    /// Safe methods this app changes state on (e.g. `["GET"]`): refused when the browser
+    /// marks them cross-site. Default none.
+    pub csrf_unsafe_methods: Option<Vec<String>>,
     /// Send the app `X-Original-URL` holding the canonical path and query that was
     /// authorized (for IIS, Symfony and Zend apps that route by it). Default false: every
     /// client-sent header naming another path is removed and none is added.

@@ -23,6 +23,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("a backend could read the path as another route's (reading agreement)")]
     AmbiguousPath,
+    #[error("a cookie-authenticated request came from another site (CSRF)")]
+    CsrfRejected,
     #[error("request target longer than the limit")]
     UriTooLong,
     #[error("request headers larger than the limit")]
@@ -94,6 +96,9 @@ impl ProxyError {
                 None,
                 Blame::Client,
             ),
+            ProxyError::CsrfRejected => {
+                (StatusCode::FORBIDDEN, "csrf_rejected", None, Blame::Client)
+            }
             ProxyError::UriTooLong => (
                 StatusCode::URI_TOO_LONG,
                 "uri_too_long",
@@ -225,6 +230,7 @@ impl ProxyError {
             ProxyError::BadTarget(_) => "bad_target",
             ProxyError::NoRoute => "no_route",
             ProxyError::AmbiguousPath => "ambiguous_path",
+            ProxyError::CsrfRejected => "csrf_rejected",
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::HeadersTooLarge => "headers_too_large",
             ProxyError::PayloadTooLarge => "payload_too_large",

@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 
 use crate::auth::{self, AuthError, RouteAuth, Unauthenticated};
 use crate::canonical::{TargetError, canonical_host, canonical_path};
+use crate::csrf;
 use crate::identity::{self, ClientInfo};
 use crate::readings;
 use crate::server::ConnInfo;
@@ -197,6 +198,25 @@ async fn process(
         }
         other => other?,
     };
+    // 3b. A credential the browser attaches on its own (a cookie): a state-changing request
+    // must come from a page of this origin, or one the config trusts (CSRF).
+    if permit.ambient()
+        && let RouteAuth::Protected(policy) = &route.auth
+    {
+        let trusted = snapshot.is_trusted(conn.peer.ip());
+        let own = request_origin(conn.tls, trusted, &parts.headers, host_value.as_ref());
+        let verdict = csrf::check(
+            &policy.csrf,
+            &parts.method,
+            &parts.headers,
+            own.as_ref(),
+            &snapshot.server.trusted_origins,
+        );
+        if let csrf::Verdict::Refused(why) = verdict {
+            tracing::debug!(reason = why, "cross-site request refused");
+            return Err(ProxyError::CsrfRejected);
+        }
+    }
     record.auth = if permit.identity().is_some() {
         "allowed"
     } else {
@@ -308,6 +328,32 @@ fn keep_out_of_shared_caches(headers: &mut http::HeaderMap) {
     headers.insert(CACHE_CONTROL, value);
 }
 
+/// The origin the client addressed: its scheme (TLS or not; a trusted proxy's
+/// `X-Forwarded-Proto`) and host (`Host`; a trusted proxy's `X-Forwarded-Host`).
+fn request_origin(
+    tls: bool,
+    trusted: bool,
+    headers: &http::HeaderMap,
+    host: Option<&HeaderValue>,
+) -> Option<csrf::Origin> {
+    let forwarded = |name: &str| {
+        trusted
+            .then(|| headers.get(name))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+    };
+    let scheme = match forwarded("x-forwarded-proto") {
+        Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
+        Some(proto) if proto.eq_ignore_ascii_case("http") => "http",
+        _ if tls => "https",
+        _ => "http",
+    };
+    let host = forwarded("x-forwarded-host").or_else(|| host.and_then(|h| h.to_str().ok()))?;
+    csrf::Origin::of(scheme, host)
+}
+
 /// Largest body the back-channel logout endpoint reads (a form with one JWT).
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
 
@@ -355,6 +401,9 @@ async fn login_endpoint(
                 .await
         }
         Endpoint::Callback => Err(LoginError::WrongMethod("GET")),
+        Endpoint::Logout if post && logout_forged(parts, conn, snapshot, &host_value) => {
+            return Err(ProxyError::CsrfRejected);
+        }
         Endpoint::Logout if get || post => login.logout(&info, &parts.headers, now).await,
         Endpoint::Logout => Err(LoginError::WrongMethod("GET or POST")),
         Endpoint::Backchannel if post => {
@@ -385,6 +434,26 @@ async fn login_endpoint(
         snapshot.metrics.session_event(event);
     }
     Ok(response?)
+}
+
+/// A logout POST another site made the browser send (the session cookie is ambient): the
+/// same rules as a route's default `csrf = "origin"`.
+fn logout_forged(
+    parts: &http::request::Parts,
+    conn: &ConnInfo,
+    snapshot: &Snapshot,
+    host: &Option<HeaderValue>,
+) -> bool {
+    let trusted = snapshot.is_trusted(conn.peer.ip());
+    let own = request_origin(conn.tls, trusted, &parts.headers, host.as_ref());
+    csrf::check(
+        &csrf::CsrfPolicy::default(),
+        &parts.method,
+        &parts.headers,
+        own.as_ref(),
+        &snapshot.server.trusted_origins,
+    )
+    .refused()
 }
 
 /// 414 / 431 before any other work. hyper enforces larger hard caps itself (see

@@ -362,6 +362,8 @@ pub struct ServerSettings {
     pub http2_max_concurrent_streams: u32,
     /// Longest time a write to the client may make no progress.
     pub client_write_timeout: Duration,
+    /// Origins allowed to send cookie-authenticated unsafe requests (`csrf`).
+    pub trusted_origins: Vec<crate::csrf::Origin>,
 }
 
 /// One connection's work, boxed: a plain connection's future has no room for the TLS

@@ -552,3 +552,46 @@ fn explain_shows_route_requirements_decision_and_headers() {
     ]);
     assert!(out.contains("decision:   DENY 401 (malformed)"), "{out}");
 }
+
+#[test]
+fn explain_prints_the_readings_and_refuses_a_disagreeing_one() {
+    let config = repo("config/portcullis.toml");
+    let explain = |args: &[&str]| {
+        run(portcullis()
+            .args(["explain", "--config"])
+            .arg(&config)
+            .args(args))
+    };
+    let (code, out, err) = explain(&[
+        "GET",
+        "http://127.0.0.1:8080/ADMIN;x/users",
+        "--claims",
+        r#"{"sub":"alice"}"#,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("route:      app"), "{out}");
+    assert!(
+        out.contains("reading:    /admin/users (parameters removed, case folded) -> admin: another policy, refused"),
+        "{out}"
+    );
+    assert!(
+        out.contains("reading:    /ADMIN/users (parameters removed) -> app\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("decision:   DENY 400 (ambiguous_path)"),
+        "{out}"
+    );
+    // An ordinary upper-case path: its folded reading is the same route.
+    let (_, out, _) = explain(&[
+        "GET",
+        "http://127.0.0.1:8080/Reports/Q1.pdf",
+        "--claims",
+        r#"{"sub":"alice"}"#,
+    ]);
+    assert!(
+        out.contains("reading:    /reports/q1.pdf (case folded) -> app\n"),
+        "{out}"
+    );
+    assert!(out.contains("decision:   ALLOW 200 (allowed)"), "{out}");
+}

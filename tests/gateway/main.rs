@@ -6,7 +6,9 @@ mod support;
 
 mod attacks;
 mod auth;
+mod browser;
 mod cli;
+mod csrf;
 mod headers;
 mod legacy;
 mod limits;

@@ -796,6 +796,26 @@ async fn a_memory_store_session_ends_with_back_channel_logout_and_logout() {
     let pages = s.browser.visit_and_login(&s.url("/app/x"), "alice").await;
     assert_upstream_page(&pages, "/app/x");
     let cookie = s.session_cookie().unwrap();
+    // Another site cannot log the user out with a POST (the session cookie is ambient),
+    // nor post to a session route with it.
+    let forged = [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    for path in ["/_portcullis/logout", "/app/transfer"] {
+        let url = Url::parse(&s.url(path)).unwrap();
+        let page = s
+            .browser
+            .send(reqwest::Method::POST, url, Some(&[("a", "1")]), &forged)
+            .await;
+        assert_eq!(page.status, 403, "{path}: {}", page.body);
+        assert_eq!(page.json()["error"], "csrf_rejected");
+    }
+    assert_eq!(
+        s.browser.get(&s.url("/app/x")).await.status,
+        200,
+        "still logged in"
+    );
     let page = s.browser.get(&s.url("/_portcullis/logout")).await;
     assert_eq!(page.status, 302);
     let replayed = Browser::new();
