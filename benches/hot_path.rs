@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use portcullis::Snapshot;
 use portcullis::canonical::canonical_path;
 use portcullis::identity::{RouteRules, rewrite_request, strip_request};
-use portcullis::proxy::h1::encode_request_head;
 use portcullis::readings::{PathSemantics, route_target};
+use portcullis::upstream::h1::encode_request_head;
 
 /// A config with `n` routes over a few hosts and nested prefixes, compiled like any other.
 fn snapshot_with_routes(n: usize) -> Snapshot {

@@ -9,11 +9,11 @@ use std::fmt::Write as _;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::auth::claims::Claims;
-use crate::auth::credential::TokenSource;
-use crate::auth::{self, AuthError, Permit, RouteAuth};
+use crate::auth::{self, AuthError, Permit};
 use crate::canonical::{canonical_host, canonical_path};
+use crate::error::ProxyError;
 use crate::identity::{self, ClientInfo};
-use crate::proxy::ProxyError;
+use crate::policy::{RouteAuth, TokenSource};
 use crate::router::{HostMatch, PathMatch};
 use crate::snapshot::Snapshot;
 

@@ -20,8 +20,9 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, CONNECTION, HeaderName, HeaderValue};
 use serde_json::Value;
 
-use crate::auth::credential::{self, TokenSource};
+use crate::auth::credential;
 use crate::auth::{Consumed, Identity, Permit};
+use crate::policy::TokenSource;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -158,7 +159,7 @@ pub fn strip_request<'a>(
     // per header instead of a hash lookup per name we might remove.
     let strip_forwarded = !client.trusted;
     let keep_method_override = rules.keep_method_override;
-    remove_where(headers, |name| {
+    let authorization = remove_where(headers, |name| {
         HOP_BY_HOP.contains(&name)
             || policy.inject.iter().any(|(h, _)| same_header(h, name))
             || names_a_path(name)
@@ -185,7 +186,11 @@ pub fn strip_request<'a>(
         (permit.consumed(), permit.consumed_source(sources)),
         (Consumed::Kept { .. }, Some(TokenSource::Bearer))
     );
-    if policy.strip_bearer && !bearer_kept && permit.consumed() != Consumed::Authorization {
+    if authorization
+        && policy.strip_bearer
+        && !bearer_kept
+        && permit.consumed() != Consumed::Authorization
+    {
         remove_bearer(headers);
     }
     let doomed = |name: &[u8]| {
@@ -296,7 +301,7 @@ impl Added<'_> {
 }
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `Proxy-Connection`). An
-/// upstream's answer loses the same ones where its head is parsed (`proxy::h1`).
+/// upstream's answer loses the same ones where its head is parsed (`upstream::h1`).
 pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -318,14 +323,19 @@ const FORWARDING: [&str; 5] = [
 ];
 
 /// Removes the headers `doomed` selects, plus every header the `Connection` header names.
-fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+/// Returns whether the request has an `Authorization` field (seen in the same pass, so the
+/// credential strip needs no lookup of its own when there is none).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) -> bool {
     // Usually empty (clients do not send identity fields): no allocation then.
     let mut names: Vec<HeaderName> = Vec::new();
     let mut connection = false;
+    let mut authorization = false;
     for name in headers.keys() {
         if *name == CONNECTION {
             // Found in the same pass over the names: no second lookup for `Connection`.
             connection = true;
+        } else if *name == AUTHORIZATION {
+            authorization = true;
         } else if doomed(name.as_str()) {
             names.push(name.clone());
         }
@@ -334,7 +344,7 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
         headers.remove(name);
     }
     if !connection {
-        return;
+        return authorization;
     }
     // The fields `Connection` names, removed by their text: a lookup by `&str` makes no
     // `HeaderName` (which allocates for a name that is not a standard one, and
@@ -343,7 +353,7 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
     // them out costs no copy.
     let mut listed = match headers.entry(CONNECTION) {
         http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1,
-        http::header::Entry::Vacant(_) => return,
+        http::header::Entry::Vacant(_) => return authorization,
     };
     let first = listed.next();
     let more: Vec<HeaderValue> = listed.collect();
@@ -357,6 +367,7 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
             }
         }
     }
+    authorization
 }
 
 /// Step 4 for a peer in `trusted_proxies`: its forwarding fields are kept, the peer is

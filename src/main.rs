@@ -158,7 +158,7 @@ fn main() -> ExitCode {
 }
 
 fn check(config: PathBuf, strict: bool) -> ExitCode {
-    let snapshot = match Snapshot::load(&config) {
+    let snapshot = match portcullis::config::load(config.clone()) {
         Ok(snapshot) => snapshot,
         Err(error) => {
             eprintln!("{error}");
@@ -280,7 +280,7 @@ fn explain(
         };
         extra.push((name.trim().to_owned(), value.trim().to_owned()));
     }
-    let snapshot = match Snapshot::load(&config) {
+    let snapshot = match portcullis::config::load(config.clone()) {
         Ok(snapshot) => snapshot,
         Err(error) => {
             eprintln!("{error}");
@@ -324,7 +324,7 @@ fn explain(
 }
 
 fn serve(config: PathBuf, workers: Option<usize>) -> ExitCode {
-    let snapshot = match Snapshot::load(&config) {
+    let snapshot = match portcullis::config::load(config.clone()) {
         Ok(snapshot) => snapshot,
         Err(error) => {
             eprintln!("{error}");
@@ -334,7 +334,7 @@ fn serve(config: PathBuf, workers: Option<usize>) -> ExitCode {
     let workers = workers
         .or_else(|| std::env::var("TOKIO_WORKER_THREADS").ok()?.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, portcullis::server::MAX_WORKERS);
+        .clamp(1, portcullis::worker::MAX_WORKERS);
     let result = serve_thread_per_core(config, snapshot, workers);
     match result {
         Ok(()) => {
@@ -382,7 +382,7 @@ fn serve_thread_per_core(
             std::thread::Builder::new()
                 .name(format!("portcullis-worker-{}", index + 1))
                 .spawn(move || {
-                    portcullis::server::set_worker(index + 1);
+                    portcullis::worker::set_worker(index + 1);
                     runtime.block_on(async move {
                         let listeners = set.into_tokio()?;
                         let stopped = async move {

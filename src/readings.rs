@@ -588,7 +588,7 @@ mod tests {
 #[cfg(test)]
 mod agreement {
     use super::*;
-    use crate::auth::{Policy, RouteAuth, Unauthenticated};
+    use crate::policy::{Policy, RouteAuth, TokenSource, Unauthenticated};
     use crate::router::{HostMatch, PathMatch};
     use proptest::prelude::*;
 
@@ -598,7 +598,7 @@ mod agreement {
             session: false,
             on_unauthenticated: Unauthenticated::Negotiate,
             providers: Box::new([0]),
-            sources: Box::new([crate::auth::credential::TokenSource::Bearer]),
+            sources: Box::new([TokenSource::Bearer]),
             forward_token: false,
             scopes: Box::new([scope.into()]),
             claims: Box::new([]),

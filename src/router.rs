@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use http::Method;
 
-use crate::auth::RouteAuth;
+use crate::policy::RouteAuth;
 
 /// One compiled route.
 pub struct Route {

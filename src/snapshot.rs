@@ -4,9 +4,10 @@
 //! identity policy, trusted proxies, TLS config) lives in one `Snapshot`, loaded once per
 //! request, so a request never sees half of one config and half of another.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
@@ -15,9 +16,8 @@ use crate::auth::cache::TokenCache;
 use crate::auth::jwt::Provider;
 use crate::identity::IdentityPolicy;
 use crate::metrics::{Metrics, RouteMetrics, write_family};
-use crate::proxy::upstream::Upstream;
 use crate::router::RouteTable;
-use crate::server::ServerSettings;
+use crate::upstream::Upstream;
 
 /// The config in force.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -59,11 +59,6 @@ pub struct RuleTest {
 }
 
 impl Snapshot {
-    /// Reads, validates and compiles the config file at `path`.
-    pub fn load(path: impl Into<PathBuf>) -> Result<Snapshot, crate::config::ConfigError> {
-        crate::config::load(path.into())
-    }
-
     pub fn shared(self) -> SharedSnapshot {
         Arc::new(ArcSwap::from_pointee(self))
     }
@@ -175,7 +170,7 @@ impl Snapshot {
     /// prefix covers a protected route's prefix, so paths that miss the protected prefix by
     /// one segment (`/apix`, `/api-v2`) are public.
     pub fn lint(&self) -> Vec<String> {
-        use crate::auth::RouteAuth;
+        use crate::policy::RouteAuth;
         use crate::router::PathMatch;
         let routes = self.routes.routes();
         let mut warnings = Vec::new();
@@ -212,7 +207,7 @@ impl Snapshot {
                     && policy
                         .sources
                         .iter()
-                        .any(|s| matches!(s, crate::auth::credential::TokenSource::Cookie(_))));
+                        .any(|s| matches!(s, crate::policy::TokenSource::Cookie(_))));
             if cookie && !policy.csrf.enabled {
                 warnings.push(format!(
                     "route \"{}\" takes a cookie credential and has csrf = \"off\": another site's \
@@ -244,7 +239,7 @@ impl Snapshot {
 impl Snapshot {
     /// One line per route, for `portcullis check`.
     pub fn route_summaries(&self) -> Vec<String> {
-        use crate::auth::RouteAuth;
+        use crate::policy::RouteAuth;
         use crate::router::{HostMatch, PathMatch};
         self.routes
             .routes()
@@ -285,7 +280,7 @@ impl Snapshot {
                             ));
                         }
                         if policy.session {
-                            use crate::auth::Unauthenticated;
+                            use crate::policy::Unauthenticated;
                             parts.push(
                                 match policy.on_unauthenticated {
                                     Unauthenticated::Negotiate => {
@@ -331,4 +326,27 @@ impl Snapshot {
             })
             .collect()
     }
+}
+
+/// Connection-level settings from `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub watch_config: bool,
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_size: Option<u64>,
+    pub request_body_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+    /// Longest time a write to the client may make no progress.
+    pub client_write_timeout: Duration,
+    /// Origins allowed to send cookie-authenticated unsafe requests (`csrf`).
+    pub trusted_origins: Vec<crate::csrf::Origin>,
 }

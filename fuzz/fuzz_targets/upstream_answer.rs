@@ -1,11 +1,11 @@
-//! The upstream answer parser (`proxy::h1`) never panics on any bytes, however they are
+//! The upstream answer parser (`upstream::h1`) never panics on any bytes, however they are
 //! split across reads, and never hands out more body than it was given: what it decodes
 //! comes from the bytes after the head, in order.
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use portcullis::proxy::h1::{Decoded, parse_response_head};
+use portcullis::upstream::h1::{Decoded, parse_response_head};
 
 fuzz_target!(|input: &[u8]| {
     // First byte: HEAD or not, and where the bytes are split into two reads.

@@ -5,6 +5,8 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
+pub use crate::policy::ClaimRequirement;
+
 /// The top-level claims of a verified token.
 ///
 /// Deserialisation refuses duplicate top-level names: `{"sub":"alice","sub":"admin"}` means
@@ -48,14 +50,6 @@ impl Claims {
         });
         in_scope || in_scp
     }
-}
-
-/// One accepted value of a claim requirement. Numbers and booleans in tokens are compared
-/// with their JSON spelling, so `claims = { level = 3 }` and `{ admin = true }` work.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClaimRequirement {
-    pub name: Box<str>,
-    pub accepted: Box<[Box<str>]>,
 }
 
 impl ClaimRequirement {

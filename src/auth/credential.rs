@@ -10,43 +10,7 @@
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
-/// Where a route reads its token, from `token_sources`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TokenSource {
-    /// `Authorization: Bearer <token>` (scheme case-insensitive, RFC 7235).
-    Bearer,
-    /// The value of the cookie with this name.
-    Cookie(Box<str>),
-}
-
-impl TokenSource {
-    pub fn parse(spec: &str) -> Option<Self> {
-        match spec {
-            "bearer" => Some(TokenSource::Bearer),
-            _ => {
-                let name = spec.strip_prefix("cookie:")?;
-                is_cookie_name(name).then(|| TokenSource::Cookie(name.into()))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for TokenSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TokenSource::Bearer => f.write_str("bearer"),
-            TokenSource::Cookie(name) => write!(f, "cookie:{name}"),
-        }
-    }
-}
-
-/// RFC 6265 cookie-name: an RFC 7230 token.
-fn is_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
+pub use crate::policy::TokenSource;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {

@@ -16,47 +16,11 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::session::Login;
+pub use crate::policy::{Policy, RouteAuth, TokenSource, Unauthenticated};
 use cache::TokenCache;
-use claims::{ClaimRequirement, Claims};
-use credential::{CredentialError, TokenSource};
+use claims::Claims;
+use credential::CredentialError;
 use jwt::{JwtError, Provider};
-
-/// What a route demands, compiled from `auth`, `providers`, `token_sources`, `require`.
-/// Equal policies are one policy class (`router`): reading agreement compares them.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub enum RouteAuth {
-    Public,
-    Protected(Policy),
-}
-
-/// A protected route: which credentials it takes and what their claims must hold.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct Policy {
-    /// A JWT from `sources` is accepted (`auth` names `"jwt"`).
-    pub jwt: bool,
-    /// A login session is accepted (`auth` names `"session"`); tried when no JWT is present.
-    pub session: bool,
-    /// What a request without a credential gets on a session route.
-    pub on_unauthenticated: Unauthenticated,
-    /// Indices into `Snapshot::providers`.
-    pub providers: Box<[usize]>,
-    pub sources: Box<[TokenSource]>,
-    pub forward_token: bool,
-    pub scopes: Box<[Box<str>]>,
-    pub claims: Box<[ClaimRequirement]>,
-    /// Where a request authenticated by a cookie must come from (`csrf`, ...).
-    pub csrf: crate::csrf::CsrfPolicy,
-}
-
-/// `on_unauthenticated`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Unauthenticated {
-    /// Browser navigations are sent to log in, other requests get 401.
-    Negotiate,
-    Redirect,
-    Deny,
-}
 
 /// A verified principal.
 #[derive(Debug, Clone)]
@@ -190,12 +154,41 @@ impl AuthError {
     }
 }
 
+/// An error of a session store or of the IdP behind a session, as text for the log.
+pub type SessionError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A session found for a request, and the renewed cookie to send back when it was touched.
+pub struct SessionFound {
+    pub claims: Arc<Claims>,
+    pub set_cookie: Option<http::HeaderValue>,
+}
+
+/// Browser sessions as `authenticate` needs them. Implemented by `session::Login`: auth
+/// owns the question and session answers it, so that auth never imports session (which
+/// builds on auth's JWT verification).
+pub trait Sessions: Send + Sync {
+    /// Index into `Snapshot::providers`: the provider that vouched for the sessions.
+    fn provider(&self) -> usize;
+
+    /// The session of this request, if it has a valid one. Boxed: a lookup can refresh the
+    /// session at the IdP, a large future that requests without a session never carry.
+    fn find<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+        tls: bool,
+        providers: &'a [Provider],
+        now: u64,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Option<SessionFound>, SessionError>> + Send + 'a>,
+    >;
+}
+
 /// What `authenticate` consults besides the route's policy.
 pub struct AuthContext<'a> {
     pub providers: &'a [Provider],
     pub cache: &'a TokenCache,
     /// The `[login]` client, when sessions are configured.
-    pub login: Option<&'a Login>,
+    pub login: Option<&'a dyn Sessions>,
     /// The request came over TLS (picks the session cookie's name).
     pub tls: bool,
     pub now: u64,
@@ -243,8 +236,8 @@ pub async fn authenticate(
     if policy.session
         && let Some(login) = ctx.login
     {
-        // Boxed: a lookup can refresh the session at the IdP (a large future).
-        let found = Box::pin(login.find(headers, ctx.tls, ctx.providers, ctx.now))
+        let found = login
+            .find(headers, ctx.tls, ctx.providers, ctx.now)
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "session lookup failed; denying");
@@ -254,7 +247,7 @@ pub async fn authenticate(
             check_requirements(policy, &found.claims)?;
             return Ok(Permit {
                 identity: Some(Identity {
-                    provider: login.provider,
+                    provider: login.provider(),
                     claims: found.claims,
                 }),
                 // The session cookie is one of the gateway's own: always stripped.

@@ -20,20 +20,18 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use super::duration;
 use super::error::{ConfigError, ConfigIssue};
 use super::raw::*;
-use crate::auth::claims::ClaimRequirement;
-use crate::auth::credential::TokenSource;
 use crate::auth::jwt::{Provider, VerifyKey};
 use crate::auth::keys::{KeySet, RefreshSettings, Remote, RemoteSource};
-use crate::auth::{Policy, RouteAuth, Unauthenticated};
 use crate::canonical::{canonical_host, canonical_path};
 use crate::csrf::CsrfPolicy;
 use crate::identity::IdentityPolicy;
 use crate::metrics::Metrics;
-use crate::proxy::upstream::{PoolSettings, Upstream};
+use crate::policy::{ClaimRequirement, Policy, RouteAuth, TokenSource, Unauthenticated};
 use crate::readings::PathSemantics;
 use crate::router::{HostMatch, PathMatch, Route, RouteTable};
-use crate::server::ServerSettings;
+use crate::snapshot::ServerSettings;
 use crate::snapshot::Snapshot;
+use crate::upstream::{PoolSettings, Upstream};
 
 mod login;
 
@@ -91,8 +89,8 @@ pub fn compile(
     let rule_tests = c.rule_tests(&raw.tests);
     let routes = c.routes(&raw.routes, &provider_names, &upstream_names);
     identity.set_credential_sources(routes.iter().flat_map(|route| match &route.auth {
-        crate::auth::RouteAuth::Protected(policy) => &policy.sources[..],
-        crate::auth::RouteAuth::Public => &[],
+        RouteAuth::Protected(policy) => &policy.sources[..],
+        RouteAuth::Public => &[],
     }));
     let routes = match RouteTable::new(routes) {
         Ok(table) => Some(table),
@@ -372,7 +370,7 @@ impl Compiler {
             }
             (Some(raw), true) => {
                 let (cert, key) = (self.path(&raw.cert), self.path(&raw.key));
-                match crate::server::tls::server_config(&cert, &key) {
+                match crate::tls::server_config(&cert, &key) {
                     Ok(config) => Some(config),
                     Err(message) => {
                         self.issue("tls", message);

@@ -6,12 +6,6 @@
 //! Every failure is a [`ProxyError`], turned into a response by the one mapping in
 //! `error.rs`. The snapshot is loaded once, so a request sees one config from start to end.
 
-pub mod body;
-pub mod error;
-pub mod h1;
-pub mod pool;
-pub mod upstream;
-
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,16 +18,27 @@ use http::{Method, Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::auth::{self, AuthError, RouteAuth, Unauthenticated};
+use crate::auth::{self, AuthError};
 use crate::canonical::{TargetError, canonical_host, canonical_path};
 use crate::csrf;
 use crate::identity::{self, ClientInfo};
+use crate::policy::{RouteAuth, Unauthenticated};
 use crate::readings;
-use crate::server::ConnInfo;
 use crate::session;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-pub use error::ProxyError;
-pub use upstream::ResponseBody;
+/// What a request handler knows about its connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+    /// The peer address as a header value, formatted once per connection.
+    pub peer_header: http::HeaderValue,
+}
+
+use crate::error;
+pub use crate::error::ProxyError;
+pub use crate::upstream::ResponseBody;
+use crate::upstream::{self, body};
 
 /// What the access log line reports about one request, filled in as the steps run.
 #[derive(Default)]
@@ -162,7 +167,7 @@ async fn process(
     let ctx = auth::AuthContext {
         providers: &snapshot.providers,
         cache: &snapshot.token_cache,
-        login: snapshot.login.as_ref(),
+        login: snapshot.login.as_ref().map(|l| l as &dyn auth::Sessions),
         tls: conn.tls,
         now: auth::unix_now(),
     };
@@ -460,7 +465,7 @@ fn logout_forged(
 /// `server::connection_builder`); these are the configured, JSON-answered ones.
 fn check_limits(
     parts: &http::request::Parts,
-    settings: &crate::server::ServerSettings,
+    settings: &crate::snapshot::ServerSettings,
 ) -> Result<(), ProxyError> {
     let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target > settings.max_uri_bytes {

@@ -57,9 +57,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
-use super::{ConnInfo, ServerSettings};
-use crate::proxy::ResponseBody;
+use crate::proxy::ConnInfo;
+use crate::snapshot::ServerSettings;
 use crate::snapshot::SharedSnapshot;
+use crate::upstream::ResponseBody;
 
 /// Quiet time after which an idle HTTP/1 connection is parked (between one and two of
 /// these after its last byte). Long enough that a busy keep-alive client never pays for a

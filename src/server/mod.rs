@@ -6,7 +6,8 @@
 //! grace to finish their requests.
 
 pub mod conn;
-pub mod tls;
+
+use crate::tls;
 
 use std::future::Future;
 use std::io;
@@ -20,7 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::snapshot::SharedSnapshot;
+use crate::proxy::ConnInfo;
+use crate::snapshot::{ServerSettings, SharedSnapshot};
 
 /// Already-bound listeners (tests bind 127.0.0.1:0 and pass them in).
 #[derive(Default)]
@@ -62,23 +64,6 @@ impl Listeners {
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
-}
-
-/// Worker threads a process may run (each its own current-thread runtime).
-pub const MAX_WORKERS: usize = 64;
-
-thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the calling thread as worker `index` (thread-per-core `serve`).
-pub fn set_worker(index: usize) {
-    WORKER.with(|w| w.set(index % MAX_WORKERS));
-}
-
-/// The worker the calling thread serves as (0 outside thread-per-core `serve`).
-pub fn worker_id() -> usize {
-    WORKER.with(|w| w.get())
 }
 
 /// Listeners not yet registered with a runtime: one set per worker thread, all bound to the
@@ -154,15 +139,6 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
-}
-
-/// What a request handler knows about its connection.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-    /// The peer address as a header value, formatted once per connection.
-    pub peer_header: http::HeaderValue,
 }
 
 /// Serves `listeners` with the config in `shared` until `shutdown` resolves, then drains.
@@ -341,29 +317,6 @@ async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, Socket
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
     }
-}
-
-/// Connection-level settings from `[server]`.
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    pub http: Option<SocketAddr>,
-    pub https: Option<SocketAddr>,
-    pub admin: Option<SocketAddr>,
-    pub watch_config: bool,
-    pub header_read_timeout: Duration,
-    pub tls_handshake_timeout: Duration,
-    pub shutdown_grace: Duration,
-    pub max_connections: usize,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_uri_bytes: usize,
-    pub max_body_size: Option<u64>,
-    pub request_body_timeout: Duration,
-    pub http2_max_concurrent_streams: u32,
-    /// Longest time a write to the client may make no progress.
-    pub client_write_timeout: Duration,
-    /// Origins allowed to send cookie-authenticated unsafe requests (`csrf`).
-    pub trusted_origins: Vec<crate::csrf::Origin>,
 }
 
 /// One connection's work, boxed: a plain connection's future has no room for the TLS

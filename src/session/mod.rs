@@ -112,7 +112,7 @@ struct LoginState {
     created: u64,
 }
 
-/// Why a login, logout or session lookup failed. Rendered by `proxy::error`.
+/// Why a login, logout or session lookup failed. Rendered by `crate::error`.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
     #[error("login state missing, forged, expired or already used")]
@@ -159,10 +159,24 @@ pub struct RequestInfo<'a> {
     pub query: Option<&'a str>,
 }
 
-/// A session found for a request, and the renewed cookie to send back when it was touched.
-pub struct Found {
-    pub claims: Arc<Claims>,
-    pub set_cookie: Option<HeaderValue>,
+use crate::auth::SessionFound as Found;
+
+impl crate::auth::Sessions for Login {
+    fn provider(&self) -> usize {
+        self.provider
+    }
+
+    fn find<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+        tls: bool,
+        providers: &'a [Provider],
+        now: u64,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Option<Found>, crate::auth::SessionError>> + Send + 'a>,
+    > {
+        Box::pin(async move { Ok(self.find_session(headers, tls, providers, now).await?) })
+    }
 }
 
 impl Login {
@@ -424,7 +438,7 @@ impl Login {
 
     /// The session of this request, if it has a valid one. A cookie that does not open,
     /// an expired or idle session, or a session deleted by a logout is `None`.
-    pub async fn find(
+    pub async fn find_session(
         &self,
         headers: &HeaderMap,
         tls: bool,

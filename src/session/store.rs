@@ -16,7 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::server::{MAX_WORKERS, worker_id};
+use crate::worker::{MAX_WORKERS, worker_id};
 
 /// One logged-in browser. `Debug` leaves the tokens out (I7).
 #[derive(Clone, Serialize, Deserialize, PartialEq)]

@@ -240,7 +240,7 @@ fn check_names_each_session_duration_that_is_below_a_second() {
 #[tokio::test]
 async fn the_readme_flow_works_on_the_default_config() {
     // The default config, on port-0 listeners instead of 8080/8443.
-    let snapshot = portcullis::Snapshot::load(repo("config/portcullis.toml")).unwrap();
+    let snapshot = portcullis::config::load(repo("config/portcullis.toml")).unwrap();
     let listeners = portcullis::Listeners {
         http: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
         https: None,

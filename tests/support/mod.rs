@@ -408,7 +408,7 @@ impl Gateway {
         let dir = fixture_dir();
         let path: PathBuf = dir.path().join("portcullis.toml");
         std::fs::write(&path, config_text).unwrap();
-        let snapshot = portcullis::Snapshot::load(&path).map_err(|e| e.to_string())?;
+        let snapshot = portcullis::config::load(path.clone()).map_err(|e| e.to_string())?;
         let listeners = portcullis::Listeners::bind(&snapshot.server).await.unwrap();
         let (http, https) = (listeners.http_addr().unwrap(), listeners.https_addr());
         let admin = listeners.admin_addr();
@@ -716,7 +716,7 @@ impl Idp {
         let scheme = if tls { "https" } else { "http" };
         let acceptor = tls.then(|| {
             let k = keys_pem_pair();
-            let mut config = (*portcullis::server::tls::server_config(&k.0, &k.1).unwrap()).clone();
+            let mut config = (*portcullis::tls::server_config(&k.0, &k.1).unwrap()).clone();
             config.alpn_protocols = vec![b"http/1.1".to_vec()]; // this IdP speaks HTTP/1.1 only
             tokio_rustls::TlsAcceptor::from(Arc::new(config))
         });

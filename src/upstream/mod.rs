@@ -13,13 +13,20 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Response, Uri};
 use http_body_util::{Either, Full};
 
-use super::body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
-use super::error::ProxyError;
-use super::pool::{Exchange, Pool, SendError};
+pub mod body;
+pub mod exchange;
+pub mod h1;
+pub mod pool;
+
 use crate::auth::Permit;
+use crate::error::ProxyError;
 use crate::identity::Added;
 use crate::metrics::{AtomicHistogram, Metrics};
 use crate::telemetry::error_chain;
+use body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
+use exchange::Exchange;
+pub use pool::PoolSettings;
+use pool::{Pool, SendError};
 use std::sync::Arc;
 
 /// What the client receives: the upstream's streamed body, or a body we made.
@@ -54,14 +61,6 @@ pub enum Target {
     Echo,
 }
 
-/// Connection settings of an HTTP upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolSettings {
-    pub connect_timeout: Duration,
-    pub max_idle: usize,
-    pub idle_timeout: Duration,
-}
-
 impl Upstream {
     pub fn http(
         name: &str,
@@ -78,7 +77,7 @@ impl Upstream {
                 pool: Pool::new(
                     authority,
                     pool,
-                    crate::server::MAX_WORKERS,
+                    crate::worker::MAX_WORKERS,
                     metrics.upstream_error_counter(name, "unsolicited_bytes"),
                 ),
             },
@@ -158,7 +157,13 @@ pub fn forward<'a>(
             if !parts.headers.contains_key(HOST) {
                 parts.headers.insert(HOST, host.clone());
             }
-            Ok(pool.send(parts, |field| added.for_each(field), body, upstream.timeout))
+            Ok(exchange::send(
+                pool,
+                parts,
+                |field| added.for_each(field),
+                body,
+                upstream.timeout,
+            ))
         }
     };
     let started = std::time::Instant::now();

@@ -1,17 +1,13 @@
-//! Upstream connections: a keep-alive pool per upstream and worker thread, each connection
-//! driven by the request that uses it, speaking HTTP/1.1 through [`super::h1`].
+//! One request and its answer on one upstream connection, driven by the request's own task
+//! (no connection task, no channel), speaking HTTP/1.1 through [`super::h1`].
 //!
-//! - [`Pool::send`] checks a connection out of the calling worker's idle list (or opens
-//!   one), writes the request head and body, and reads until the response head, all in the
-//!   request's own task: no connection task, no channel.
+//! - [`send`] checks a connection out of the pool (or opens one), writes the request head
+//!   and body, and reads until the response head.
 //! - The response body ([`Exchange`], held by `UpstreamBody`) reads the rest. It also keeps
 //!   sending the request body, for an upstream that answers while the upload goes on. Once
-//!   the answer has ended where its framing said, with the whole request sent and no byte
-//!   left over, the connection goes back to the pool. Any other end closes it.
-//! - An idle connection is polled by nobody. It is checked (one read attempt, which costs
-//!   no system call while the reactor has seen nothing on it) when it is checked out, and
-//!   by a sweeper task that runs only while the worker has idle connections, which closes
-//!   the dead ones and those idle for longer than `pool_idle_timeout`.
+//!   the answer has ended where its framing said, with the whole request sent before its
+//!   head arrived and no byte left over, the connection goes back to the pool. Any other end
+//!   closes it (I11: a pooled connection carries exactly one answer per request).
 //!
 //! A request goes out a second time, on a fresh connection, only when a reused connection
 //! failed before the first byte of an answer, and either not one byte of the request had
@@ -22,24 +18,19 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker, ready};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http::uri::Authority;
 use http::{Method, Response};
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
-use super::body::BoxError;
 use super::h1::{self, Decoded, Decoder, FrameError, RequestFraming};
-use super::upstream::PoolSettings;
+use super::pool::{BoxError, Conn, Connecting, Pool, SendError};
 
-/// What a pool can send: the gateway sends `RequestBody`; the unit tests send plain bodies.
+/// What an exchange can send: the gateway sends `RequestBody`; the unit tests send plain bodies.
 pub trait SendBody:
     http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
 {
@@ -49,333 +40,82 @@ impl<B> SendBody for B where
 {
 }
 
-/// Why a request got no (complete) answer from the upstream. The texts name the upstream
-/// and an OS error at most, never a header or a token (I7).
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("cannot connect to {authority}: {reason}")]
-    Connect {
-        authority: Authority,
-        reason: String,
-    },
-    /// The request body failed on the client's side (too large, stalled, cut).
-    #[error("the request body failed")]
-    Body(#[source] BoxError),
-    #[error("connection to the upstream failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("the upstream closed the connection before answering")]
-    Closed,
-    #[error("no answer from the upstream within its timeout")]
-    Timeout,
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-}
-
-/// Bytes read from the upstream at a time, at least.
-const READ_SIZE: usize = 16 * 1024;
 /// Request body bytes buffered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
-/// A read buffer left larger than this by a big answer is not kept in the idle list.
-const MAX_IDLE_BUFFER: usize = 64 * 1024;
 
-/// One HTTP/1.1 connection to the upstream, with its buffers (kept across requests).
-struct Conn {
-    io: TcpStream,
-    read: BytesMut,
-    /// The write buffer of the last exchange, for the next one.
-    spare: Vec<u8>,
-    /// The response timeout of the current exchange. One per connection, moved to a
-    /// later deadline by each request: in tokio that costs an atomic store, where a new
-    /// timer per request is an insertion into the timer wheel and a removal.
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl Conn {
-    fn new(io: TcpStream) -> Self {
-        Conn {
-            io,
-            read: BytesMut::new(),
-            spare: Vec::new(),
-            timer: None,
-        }
-    }
-
-    /// Reads what the upstream sent into `read`; `Ok(0)`: it closed the connection.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
-            self.read.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
-    }
-
-    /// Sets the timer to `timeout` from now.
-    fn arm(&mut self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        match &mut self.timer {
-            Some(timer) => timer.as_mut().reset(deadline),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-    }
-
-    /// The timer has gone off (registers `cx` to be woken when it does).
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.timer
-            .as_mut()
-            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
-    }
-
-    /// An idle connection is usable: nothing unread, and the upstream has not closed it.
-    /// Bytes the upstream sent while nobody asked (a late body after a `HEAD`, bytes past
-    /// the end of an answer) would be read as the next request's answer: such a connection
-    /// is never used again, and counted in `unsolicited`.
-    fn alive(&mut self, unsolicited: &Counter) -> bool {
-        if !self.read.is_empty() {
-            unsolicited.inc();
-            return false;
-        }
-        match self.poll_fill(&mut Context::from_waker(Waker::noop())) {
-            Poll::Pending => true,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(_)) => {
-                unsolicited.inc();
-                false
-            }
-        }
-    }
-}
-
-struct Idle {
-    conn: Conn,
-    since: Instant,
-}
-
-#[derive(Default)]
-struct Slot {
-    /// Most recently used last: checkout takes the warmest connection.
-    idle: Vec<Idle>,
-    sweeping: bool,
-}
-
-/// The connections of one upstream: one idle list per worker thread. Only that worker's
-/// requests use a list, so its lock is never contended.
-pub struct Pool {
-    authority: Authority,
-    settings: PoolSettings,
-    slots: Box<[Mutex<Slot>]>,
-    /// Idle connections dropped for bytes nobody asked for
-    /// (`upstream_errors_total{kind="unsolicited_bytes"}`).
-    unsolicited: Counter,
-}
-
-impl Pool {
-    pub fn new(
-        authority: Authority,
-        settings: PoolSettings,
-        workers: usize,
-        unsolicited: Counter,
-    ) -> Arc<Self> {
-        Arc::new(Pool {
-            authority,
-            settings,
-            slots: (0..workers).map(|_| Mutex::default()).collect(),
-            unsolicited,
-        })
-    }
-
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
-    }
-
-    /// Sends the request (`parts.uri` is the origin-form target) on a pooled or new connection
-    /// of the calling worker; the future reads until the response head has arrived. The
-    /// answer's body is the [`Exchange`], which reads the rest.
-    ///
-    /// The request head is encoded here, before the first poll, so the future holds bytes
-    /// and not the request: it is a few hundred bytes, moved and polled on every request.
-    /// The version in `parts` is not looked at: the upstream always gets HTTP/1.1.
-    ///
-    /// `timeout` bounds each wait on the upstream before the answer's head: for it to take
-    /// more request bytes while it takes none, and for the head once the request has all
-    /// been sent. Waits on the client's body are bounded by the body (`RequestBody`).
-    pub fn send<B: SendBody>(
-        self: &Arc<Self>,
-        parts: &http::request::Parts,
-        extra: impl FnOnce(&mut dyn FnMut(&HeaderName, &HeaderValue)),
-        body: B,
-        timeout: Duration,
-    ) -> Sending<B> {
-        let worker = crate::server::worker_id() % self.slots.len();
-        let mut conn = self.checkout(worker);
-        let mut write = conn
-            .as_mut()
-            .map(|conn| std::mem::take(&mut conn.spare))
-            .unwrap_or_default();
-        write.clear();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let framing = h1::encode_request_head(
-            &parts.method,
-            target,
-            &parts.headers,
-            extra,
-            (
-                http_body::Body::is_end_stream(&body),
-                http_body::Body::size_hint(&body).exact(),
-            ),
-            &mut write,
-        );
-        let reused = conn.is_some();
-        let connecting = conn.is_none().then(|| self.open());
-        Sending {
-            exchange: Some(Box::new(Exchange {
-                conn,
-                pool: self.clone(),
-                worker,
-                body: (framing != RequestFraming::Empty).then_some(body),
-                framing,
-                write,
-                sent: 0,
-                written: 0,
-                wrote: false,
-                request_done: false,
-                write_error: None,
-                answered: false,
-                early: false,
-                interim: 0,
-                timeout,
-                armed: false,
-                decoder: Decoder::done(),
-                keep_alive: false,
-            })),
-            connecting,
-            head_request: parts.method == Method::HEAD,
-            // PUT and DELETE are idempotent in RFC 9110, but a legacy app's are often not
-            // (a PUT that appends, a DELETE that logs): never sent twice.
-            idempotent: matches!(
-                parts.method,
-                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-            ),
-            reused,
-        }
-    }
-
-    /// Opens a connection. Boxed: most requests find one in the pool, and the future of
-    /// a connect would otherwise enlarge every request's.
-    fn open(self: &Arc<Self>) -> Connecting {
-        let pool = self.clone();
-        Box::pin(async move { pool.connect().await })
-    }
-
-    fn checkout(&self, worker: usize) -> Option<Conn> {
-        loop {
-            let idle = lock(&self.slots[worker]).idle.pop()?;
-            let mut conn = idle.conn;
-            if idle.since.elapsed() < self.settings.idle_timeout && conn.alive(&self.unsolicited) {
-                return Some(conn);
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<Conn, SendError> {
-        let failed = |reason: String| SendError::Connect {
-            authority: self.authority.clone(),
-            reason,
-        };
-        let host = self.authority.host();
-        // An IPv6 literal comes bracketed in an authority, not in a socket address.
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let port = self.authority.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(
-            self.settings.connect_timeout,
-            TcpStream::connect((host, port)),
-        )
-        .await
-        .map_err(|_| {
-            failed(format!(
-                "no answer within {:?}",
-                self.settings.connect_timeout
-            ))
-        })?
-        .map_err(|e| failed(e.to_string()))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| failed(e.to_string()))?;
-        Ok(Conn::new(stream))
-    }
-
-    /// Keeps `conn` for the next request of `worker`, if there is room.
-    fn put_back(self: &Arc<Self>, worker: usize, mut conn: Conn) {
-        if conn.read.capacity() > MAX_IDLE_BUFFER {
-            conn.read = BytesMut::new();
-        }
-        let start_sweeper = {
-            let mut slot = lock(&self.slots[worker]);
-            if slot.idle.len() >= self.settings.max_idle {
-                return;
-            }
-            slot.idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
-            !std::mem::replace(&mut slot.sweeping, true)
-        };
-        if start_sweeper {
-            // Called from the worker's runtime: the body is dropped by the client
-            // connection's task. Without a runtime (never on the request path) the list is
-            // still swept at the next checkout.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(sweep(Arc::downgrade(self), worker));
-            } else {
-                lock(&self.slots[worker]).sweeping = false;
-            }
-        }
-    }
-
-    #[cfg(test)]
-    fn idle(&self, worker: usize) -> usize {
-        lock(&self.slots[worker]).idle.len()
+/// Sends the request (`parts.uri` is the origin-form target) on a pooled or new connection
+/// of the calling worker; the future reads until the response head has arrived. The
+/// answer's body is the [`Exchange`], which reads the rest.
+///
+/// The request head is encoded here, before the first poll, so the future holds bytes
+/// and not the request: it is a few hundred bytes, moved and polled on every request.
+/// The version in `parts` is not looked at: the upstream always gets HTTP/1.1.
+///
+/// `timeout` bounds each wait on the upstream before the answer's head: for it to take
+/// more request bytes while it takes none, and for the head once the request has all
+/// been sent. Waits on the client's body are bounded by the body (`RequestBody`).
+pub fn send<B: SendBody>(
+    pool: &Arc<Pool>,
+    parts: &http::request::Parts,
+    extra: impl FnOnce(&mut dyn FnMut(&HeaderName, &HeaderValue)),
+    body: B,
+    timeout: Duration,
+) -> Sending<B> {
+    let worker = crate::worker::worker_id() % pool.slots.len();
+    let mut conn = pool.checkout(worker);
+    let mut write = conn
+        .as_mut()
+        .map(|conn| std::mem::take(&mut conn.spare))
+        .unwrap_or_default();
+    write.clear();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let framing = h1::encode_request_head(
+        &parts.method,
+        target,
+        &parts.headers,
+        extra,
+        (
+            http_body::Body::is_end_stream(&body),
+            http_body::Body::size_hint(&body).exact(),
+        ),
+        &mut write,
+    );
+    let reused = conn.is_some();
+    let connecting = conn.is_none().then(|| pool.open());
+    Sending {
+        exchange: Some(Box::new(Exchange {
+            conn,
+            pool: pool.clone(),
+            worker,
+            body: (framing != RequestFraming::Empty).then_some(body),
+            framing,
+            write,
+            sent: 0,
+            written: 0,
+            wrote: false,
+            request_done: false,
+            write_error: None,
+            answered: false,
+            early: false,
+            interim: 0,
+            timeout,
+            armed: false,
+            decoder: Decoder::done(),
+            keep_alive: false,
+        })),
+        connecting,
+        head_request: parts.method == Method::HEAD,
+        // PUT and DELETE are idempotent in RFC 9110, but a legacy app's are often not
+        // (a PUT that appends, a DELETE that logs): never sent twice.
+        idempotent: matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        ),
+        reused,
     }
 }
 
-fn lock(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
-    // The lists hold no invariant a panic could break half-way.
-    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Closes the idle connections of one worker that timed out or that the upstream closed;
-/// ends when the list is empty (the next `put_back` starts another) or the pool is gone.
-async fn sweep(pool: Weak<Pool>, worker: usize) {
-    let period = match pool.upgrade() {
-        Some(pool) => (pool.settings.idle_timeout / 2).clamp(MIN_SWEEP, MAX_SWEEP),
-        None => return,
-    };
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(pool) = pool.upgrade() else { return };
-        let timeout = pool.settings.idle_timeout;
-        let mut slot = lock(&pool.slots[worker]);
-        let unsolicited = &pool.unsolicited;
-        slot.idle
-            .retain_mut(|idle| idle.since.elapsed() < timeout && idle.conn.alive(unsolicited));
-        if slot.idle.is_empty() {
-            slot.sweeping = false;
-            return;
-        }
-    }
-}
-
-const MIN_SWEEP: Duration = Duration::from_millis(50);
-const MAX_SWEEP: Duration = Duration::from_secs(5);
-
-type Connecting = Pin<Box<dyn Future<Output = Result<Conn, SendError>> + Send>>;
-
-/// The future of [`Pool::send`]: the response head, with the [`Exchange`] as its body.
+/// The future of [`send`]: the response head, with the [`Exchange`] as its body.
 pub struct Sending<B> {
     /// `None` once the answer has been handed out. Boxed: the response that carries it is
     /// moved through every layer of the request path, and a pointer is cheaper to move.
@@ -711,18 +451,24 @@ fn compact(write: &mut Vec<u8>, written: &mut usize) {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::uri::Authority;
+    use prometheus_client::metrics::counter::Counter;
+    use tokio::net::TcpStream;
+
+    use crate::upstream::pool::PoolSettings;
+
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::proxy::body::UpstreamBody;
+    use crate::upstream::body::UpstreamBody;
     use http::Request;
 
     fn send<B: SendBody>(pool: &Arc<Pool>, request: Request<B>) -> Sending<B> {
         let (parts, body) = request.into_parts();
-        pool.send(&parts, |_| {}, body, Duration::from_secs(5))
+        super::send(pool, &parts, |_| {}, body, Duration::from_secs(5))
     }
 
     /// A raw upstream that answers every request head with `answer`. It counts the

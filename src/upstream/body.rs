@@ -20,9 +20,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::pool::{Exchange, SendBody};
-
-pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::exchange::{Exchange, SendBody};
+use super::pool::BoxError;
 
 /// The request body went over the route's `max_body_size`.
 #[derive(Debug, thiserror::Error)]
