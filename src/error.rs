@@ -12,6 +12,7 @@ use http_body_util::Full;
 use crate::auth::AuthError;
 use crate::auth::credential::CredentialError;
 use crate::canonical::TargetError;
+use crate::outcome::Outcome;
 use crate::session::LoginError;
 
 /// Everything that can stop a request before or while forwarding.
@@ -224,32 +225,32 @@ impl ProxyError {
         }
     }
 
-    /// The reason recorded in the access log (never sent to the client).
-    pub fn reason(&self) -> &'static str {
+    /// The outcome recorded in the access log and metrics (never sent to the client).
+    pub fn outcome(&self) -> Outcome {
         match self {
-            ProxyError::BadTarget(_) => "bad_target",
-            ProxyError::NoRoute => "no_route",
-            ProxyError::AmbiguousPath => "ambiguous_path",
-            ProxyError::CsrfRejected => "csrf_rejected",
-            ProxyError::UriTooLong => "uri_too_long",
-            ProxyError::HeadersTooLarge => "headers_too_large",
-            ProxyError::PayloadTooLarge => "payload_too_large",
-            ProxyError::RequestBodyStalled => "request_body_stalled",
-            ProxyError::Denied(e) => e.reason(),
-            ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
-            ProxyError::UpstreamTimeout => "upstream_timeout",
-            ProxyError::UpstreamFailed(_) => "upstream_failed",
+            ProxyError::BadTarget(_) => Outcome::BadTarget,
+            ProxyError::NoRoute => Outcome::NoRoute,
+            ProxyError::AmbiguousPath => Outcome::AmbiguousPath,
+            ProxyError::CsrfRejected => Outcome::CsrfRejected,
+            ProxyError::UriTooLong => Outcome::UriTooLong,
+            ProxyError::HeadersTooLarge => Outcome::HeadersTooLarge,
+            ProxyError::PayloadTooLarge => Outcome::PayloadTooLarge,
+            ProxyError::RequestBodyStalled => Outcome::RequestBodyStalled,
+            ProxyError::Denied(e) => e.outcome(),
+            ProxyError::UpstreamUnavailable(_) => Outcome::UpstreamUnavailable,
+            ProxyError::UpstreamTimeout => Outcome::UpstreamTimeout,
+            ProxyError::UpstreamFailed(_) => Outcome::UpstreamFailed,
             ProxyError::Login(e) => match e {
-                LoginError::InvalidState => "invalid_login_state",
-                LoginError::Refused(_) => "login_refused",
-                LoginError::InvalidIdToken(_) => "invalid_id_token",
-                LoginError::IdpUnavailable(_) => "idp_unavailable",
-                LoginError::SessionTooLarge(_) => "session_too_large",
-                LoginError::Store(_) => "session_store_unavailable",
-                LoginError::InvalidLogoutToken(_) => "invalid_logout_token",
-                LoginError::NeedsServerStore => "backchannel_needs_server_store",
-                LoginError::WrongMethod(_) => "wrong_method",
-                LoginError::Busy => "login_busy",
+                LoginError::InvalidState => Outcome::InvalidLoginState,
+                LoginError::Refused(_) => Outcome::LoginRefused,
+                LoginError::InvalidIdToken(_) => Outcome::InvalidIdToken,
+                LoginError::IdpUnavailable(_) => Outcome::IdpUnavailable,
+                LoginError::SessionTooLarge(_) => Outcome::SessionTooLarge,
+                LoginError::Store(_) => Outcome::SessionStoreUnavailable,
+                LoginError::InvalidLogoutToken(_) => Outcome::InvalidLogoutToken,
+                LoginError::NeedsServerStore => Outcome::BackchannelNeedsServerStore,
+                LoginError::WrongMethod(_) => Outcome::WrongMethod,
+                LoginError::Busy => Outcome::LoginBusy,
             },
         }
     }

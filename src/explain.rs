@@ -1,18 +1,22 @@
 //! What the gateway would do with a request, without sending it: `portcullis explain`, and
 //! the `[[tests]]` tables `portcullis check` runs.
 //!
-//! The evaluation goes through the same canonicalisation, route table, verification,
-//! requirement checks and header rewrite as the proxy; only the network is missing.
+//! The decision is the proxy's own (`decide.rs`): the same limits, gateway endpoints,
+//! canonical target, route, readings, verification, requirements, cross-site check and
+//! header rewrite. Only the network is missing; this module builds the request, presents
+//! the credential, and reports.
 
 use std::fmt::Write as _;
 
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 
 use crate::auth::claims::Claims;
-use crate::auth::{self, AuthError, Permit};
 use crate::canonical::{canonical_host, canonical_path};
+use crate::csrf::Verdict;
+use crate::decide::{self, Decision, Facts, Trace};
 use crate::error::ProxyError;
 use crate::identity::{self, ClientInfo};
+use crate::outcome::Outcome;
 use crate::policy::{RouteAuth, TokenSource};
 use crate::router::{HostMatch, PathMatch};
 use crate::snapshot::Snapshot;
@@ -36,11 +40,15 @@ pub struct Evaluation {
     pub provider: Option<String>,
     pub requirements: Vec<(String, bool)>,
     pub upstream: Option<String>,
+    /// The request line's target and headers the upstream would receive.
+    pub target: Option<String>,
     pub headers: Vec<(String, String)>,
     /// The other readings of the path a backend could make (I9), and their routes.
     pub readings: Vec<(String, String, Option<String>, bool)>,
     /// The cross-site request check, when the credential is a cookie.
-    pub csrf: Option<crate::csrf::Verdict>,
+    pub csrf: Option<Verdict>,
+    /// A gateway endpoint or a login redirect, in words.
+    pub note: Option<String>,
 }
 
 /// Evaluates `method url` with `credential` and the request headers `extra` against
@@ -57,8 +65,10 @@ pub async fn evaluate(
     let uri: Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL"))?;
     let authority = uri
         .authority()
-        .ok_or("the URL needs a host, e.g. https://crm.example.com/api")?;
+        .ok_or("the URL needs a host, e.g. https://crm.example.com/api")?
+        .clone();
     let host = canonical_host(authority.as_str()).map_err(|e| e.to_string())?;
+    let tls = uri.scheme_str() == Some("https");
     let mut evaluation = Evaluation {
         route: None,
         considered: Vec::new(),
@@ -67,50 +77,14 @@ pub async fn evaluate(
         provider: None,
         requirements: Vec::new(),
         upstream: None,
+        target: None,
         headers: Vec::new(),
         readings: Vec::new(),
         csrf: None,
+        note: None,
     };
-    let matched = match crate::readings::match_target(&snapshot.routes, &host, uri.path(), &method)
-    {
-        Ok(matched) => matched,
-        Err(refusal) => {
-            if let Ok(path) = canonical_path(uri.path()) {
-                evaluation.considered = candidates(snapshot, &host, &path, &method);
-            }
-            return Ok(evaluation.denied(&refusal.into()));
-        }
-    };
-    let path = matched.matched();
-    evaluation.considered = candidates(snapshot, &host, path, &method);
-    let index = matched.index;
-    let route = &snapshot.routes.routes()[index];
-    evaluation.route = Some(route.name.to_string());
-    evaluation.upstream = Some(snapshot.upstreams[route.upstream].name.to_string());
-    let readings = crate::readings::list(
-        &snapshot.routes,
-        &host,
-        path,
-        &method,
-        snapshot.upstreams[route.upstream].path_semantics,
-        route.policy,
-    );
-    let Ok(readings) = readings else {
-        return Ok(evaluation.denied(&ProxyError::AmbiguousPath));
-    };
-    evaluation.readings = readings
-        .into_iter()
-        .map(|r| {
-            let name = r
-                .route
-                .map(|i| snapshot.routes.routes()[i].name.to_string());
-            (r.label, r.path, name, r.agrees)
-        })
-        .collect();
-    if evaluation.readings.iter().any(|r| !r.3) {
-        return Ok(evaluation.denied(&ProxyError::AmbiguousPath));
-    }
 
+    // The request as a client would send it: the target in origin form, `Host` from the URL.
     let mut headers = HeaderMap::new();
     for (name, value) in extra {
         headers.append(
@@ -119,141 +93,162 @@ pub async fn evaluate(
             HeaderValue::from_str(value).map_err(|_| format!("the {name} value is not valid"))?,
         );
     }
-    headers.insert(
-        http::header::HOST,
-        HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
-    );
-    let sources: &[TokenSource] = match &route.auth {
-        RouteAuth::Protected(policy) => &policy.sources,
-        RouteAuth::Public => &[],
-    };
-    let ctx = auth::AuthContext {
-        providers: &snapshot.providers,
-        cache: &snapshot.token_cache,
-        // explain presents tokens or assumed claims, never a browser session.
-        login: None,
-        tls: false,
-        now: auth::unix_now(),
-    };
-    let permit = match (&route.auth, credential) {
-        (RouteAuth::Protected(policy), Credential::Claims(claims)) => {
-            auth::authorize_assumed_claims(policy, claims)
-        }
-        (_, Credential::Token(token)) => {
-            // Presented the way the route reads tokens: the first configured source.
-            match sources.first() {
-                Some(TokenSource::Cookie(name)) => {
-                    let value = HeaderValue::from_str(&format!("{name}={token}"))
-                        .map_err(|e| e.to_string())?;
-                    headers.insert(http::header::COOKIE, value);
-                }
-                _ => {
-                    let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                        .map_err(|e| e.to_string())?;
-                    headers.insert(http::header::AUTHORIZATION, value);
-                }
-            }
-            auth::authenticate(&route.auth, &headers, &ctx).await
-        }
-        _ => auth::authenticate(&route.auth, &headers, &ctx).await,
-    };
-    if let (RouteAuth::Protected(policy), Some(claims)) =
-        (&route.auth, claims_of(credential, &permit))
-    {
-        for scope in policy.scopes.iter() {
-            evaluation.requirements.push((
-                format!("scope {scope}"),
-                claims.has_scopes(std::slice::from_ref(scope)),
-            ));
-        }
-        for requirement in policy.claims.iter() {
-            evaluation.requirements.push((
-                format!(
-                    "claim {} in [{}]",
-                    requirement.name,
-                    requirement.accepted.join(", ")
-                ),
-                requirement.holds(&claims),
-            ));
-        }
+    if !headers.contains_key(http::header::HOST) {
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+        headers.insert(http::header::HOST, value);
     }
-    let permit = match permit {
-        Ok(permit) => permit,
-        Err(error) => return Ok(evaluation.denied(&ProxyError::Denied(error))),
-    };
-    // The credential is a cookie when it came from one, or stands for a session.
-    let ambient = permit.ambient()
-        || matches!(
-            (&route.auth, credential),
-            (RouteAuth::Protected(p), Credential::Claims(_))
-                if (!p.jwt && p.session) || matches!(p.sources.first(), Some(TokenSource::Cookie(_)))
-        );
-    if let (true, RouteAuth::Protected(policy)) = (ambient, &route.auth) {
-        let scheme = uri.scheme_str().unwrap_or("http");
-        let own = crate::csrf::Origin::of(scheme, authority.as_str());
-        let verdict = crate::csrf::check(
-            &policy.csrf,
-            &method,
-            &headers,
-            own.as_ref(),
-            &snapshot.server.trusted_origins,
-        );
-        evaluation.csrf = Some(verdict);
-        if verdict.refused() {
-            return Ok(evaluation.denied(&ProxyError::CsrfRejected));
-        }
-    }
-    evaluation.provider = permit
-        .identity()
-        .map(|i| snapshot.providers[i.provider].name.to_string());
-    evaluation.status = 200;
-    evaluation.reason = if permit.identity().is_some() {
-        "allowed"
-    } else {
-        "public"
-    };
-    let host_value = headers.get(http::header::HOST).cloned();
-    let client = ClientInfo {
-        peer: identity::peer_value("192.0.2.1".parse().expect("a documentation address")),
-        tls: uri.scheme_str() == Some("https"),
-        host: host_value.as_ref(),
-        trusted: false,
-    };
-    identity::rewrite_request(
-        &mut headers,
-        &snapshot.identity,
-        &permit,
-        sources,
-        &client,
-        identity::RouteRules {
-            keep_method_override: route.allow_method_override,
-            original_uri: None,
-        },
-    );
-    evaluation.headers = headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    Ok(evaluation)
-}
+    let origin_form = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let (mut parts, ()) = Request::builder()
+        .method(method.clone())
+        .uri(origin_form)
+        .body(())
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    parts.headers = headers;
 
-fn claims_of(credential: &Credential, permit: &Result<Permit, AuthError>) -> Option<Claims> {
-    match (credential, permit) {
-        (Credential::Claims(claims), _) => Some(claims.clone()),
-        (_, Ok(permit)) => permit.identity().map(|i| (*i.claims).clone()),
-        _ => None,
+    // The credential, presented the way the matched route reads tokens (its first source).
+    let matched = crate::readings::match_target(&snapshot.routes, &host, uri.path(), &method);
+    let route = matched
+        .as_ref()
+        .ok()
+        .map(|m| &snapshot.routes.routes()[m.index]);
+    if let (Credential::Token(token), Some(route)) = (credential, route) {
+        let sources: &[TokenSource] = match &route.auth {
+            RouteAuth::Protected(policy) => &policy.sources,
+            RouteAuth::Public => &[],
+        };
+        let (name, value) = match sources.first() {
+            Some(TokenSource::Cookie(name)) => (http::header::COOKIE, format!("{name}={token}")),
+            _ => (http::header::AUTHORIZATION, format!("Bearer {token}")),
+        };
+        let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+        parts.headers.append(name, value);
+    }
+
+    let facts = Facts {
+        tls,
+        trusted: false,
+        now: crate::auth::unix_now(),
+        assumed: match credential {
+            Credential::Claims(claims) => Some(claims.clone()),
+            Credential::None | Credential::Token(_) => None,
+        },
+    };
+    let mut trace = Trace {
+        timed: true,
+        ..Trace::default()
+    };
+    let decided = decide::decide(snapshot, &parts, &facts, &mut trace).await;
+
+    // What led there, for the report.
+    if let Ok(matched) = &matched {
+        evaluation.considered = candidates(snapshot, &host, matched.matched(), &method);
+        let route = &snapshot.routes.routes()[matched.index];
+        let semantics = snapshot.upstreams[route.upstream].path_semantics;
+        if let Ok(readings) = crate::readings::list(
+            &snapshot.routes,
+            &host,
+            matched.matched(),
+            &method,
+            semantics,
+            route.policy,
+        ) {
+            evaluation.readings = readings
+                .into_iter()
+                .map(|r| {
+                    let name = r
+                        .route
+                        .map(|i| snapshot.routes.routes()[i].name.to_string());
+                    (r.label, r.path, name, r.agrees)
+                })
+                .collect();
+        }
+    } else if let Ok(path) = canonical_path(uri.path()) {
+        evaluation.considered = candidates(snapshot, &host, &path, &method);
+    }
+    if let Some(index) = trace.route {
+        let route = &snapshot.routes.routes()[index];
+        evaluation.route = Some(route.name.to_string());
+        evaluation.upstream = Some(snapshot.upstreams[route.upstream].name.to_string());
+        let claims = match credential {
+            Credential::Claims(claims) => Some(claims.clone()),
+            _ => trace.subject.as_ref().map(|c| (**c).clone()),
+        };
+        if let (RouteAuth::Protected(policy), Some(claims)) = (&route.auth, claims) {
+            for scope in policy.scopes.iter() {
+                evaluation.requirements.push((
+                    format!("scope {scope}"),
+                    claims.has_scopes(std::slice::from_ref(scope)),
+                ));
+            }
+            for requirement in policy.claims.iter() {
+                evaluation.requirements.push((
+                    format!(
+                        "claim {} in [{}]",
+                        requirement.name,
+                        requirement.accepted.join(", ")
+                    ),
+                    requirement.holds(&claims),
+                ));
+            }
+        }
+    }
+    evaluation.provider = trace
+        .provider
+        .map(|p| snapshot.providers[p].name.to_string());
+    evaluation.csrf = trace.csrf;
+    evaluation.reason = trace.outcome.as_label();
+
+    match decided {
+        Err(error) => Ok(evaluation.denied(&error, trace.outcome)),
+        Ok(Decision::Endpoint(endpoint)) => {
+            evaluation.status = 200;
+            evaluation.note = Some(format!(
+                "the gateway's own {endpoint:?} endpoint answers (no upstream)"
+            ));
+            Ok(evaluation)
+        }
+        Ok(Decision::LogIn { return_to, .. }) => {
+            evaluation.status = 302;
+            evaluation.note = Some(format!(
+                "no session: the browser is sent to log in, then back to {return_to}"
+            ));
+            Ok(evaluation)
+        }
+        Ok(Decision::Forward(forward)) => {
+            evaluation.status = 200;
+            let client = ClientInfo {
+                peer: identity::peer_value("192.0.2.1".parse().expect("a documentation address")),
+                tls,
+                host: forward.host_value.as_ref(),
+                trusted: false,
+            };
+            let added = decide::rewrite(snapshot, &forward, &mut parts, &client);
+            added.append_to(&mut parts.headers);
+            evaluation.target = Some(forward.path_and_query.to_string());
+            evaluation.headers = parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            Ok(evaluation)
+        }
     }
 }
 
 impl Evaluation {
-    fn denied(mut self, error: &ProxyError) -> Evaluation {
+    fn denied(mut self, error: &ProxyError, outcome: Outcome) -> Evaluation {
         self.status = error.rendering().status.as_u16();
-        self.reason = error.reason();
+        self.reason = if outcome == Outcome::Other {
+            error.outcome().as_label()
+        } else {
+            outcome.as_label()
+        };
         self
     }
 
@@ -300,13 +295,13 @@ impl Evaluation {
             );
         }
         match self.csrf {
-            Some(crate::csrf::Verdict::NotChecked(why)) => {
+            Some(Verdict::NotChecked(why)) => {
                 let _ = writeln!(out, "csrf:       not checked ({why})");
             }
-            Some(crate::csrf::Verdict::Allowed(why)) => {
+            Some(Verdict::Allowed(why)) => {
                 let _ = writeln!(out, "csrf:       allowed ({why})");
             }
-            Some(crate::csrf::Verdict::Refused(why)) => {
+            Some(Verdict::Refused(why)) => {
                 let _ = writeln!(out, "csrf:       REFUSED ({why})");
             }
             None => {}
@@ -316,10 +311,11 @@ impl Evaluation {
             "decision:   {decision} {} ({})",
             self.status, self.reason
         );
-        if let Some(upstream) = &self.upstream
-            && self.status < 400
-        {
-            let _ = writeln!(out, "upstream {upstream} would receive:");
+        if let Some(note) = &self.note {
+            let _ = writeln!(out, "            {note}");
+        }
+        if let (Some(upstream), Some(target)) = (&self.upstream, &self.target) {
+            let _ = writeln!(out, "upstream {upstream} would receive {target} with:");
             for (name, value) in &self.headers {
                 let _ = writeln!(out, "  {name}: {value}");
             }

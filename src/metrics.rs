@@ -34,6 +34,8 @@ pub struct AuthLabels {
     pub outcome: &'static str,
 }
 
+use crate::outcome::Outcome;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub upstream: String,
@@ -64,38 +66,6 @@ pub struct ConfigLabels {
 pub const METHOD_CLASSES: [&str; 3] = ["read", "write", "other"];
 /// Status classes.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// Every auth outcome a request can have (`auth::AuthError::reason` and friends).
-pub const AUTH_OUTCOMES: [&str; 28] = [
-    "public",
-    "allowed",
-    "missing",
-    "login_redirect",
-    "login_endpoint",
-    "session_store_unavailable",
-    "ambiguous_credential",
-    "malformed_credential",
-    "malformed_authorization",
-    "ambiguous_path",
-    "csrf_rejected",
-    "too_large",
-    "malformed",
-    "crit_header",
-    "unknown_issuer",
-    "alg_not_allowed",
-    "unknown_kid",
-    "bad_signature",
-    "missing_exp",
-    "expired",
-    "not_yet_valid",
-    "iat_in_future",
-    "wrong_audience",
-    "claim_type",
-    "insufficient_scope",
-    "claim_mismatch",
-    "no_route",
-    "other",
-];
-
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -207,7 +177,7 @@ impl Metrics {
         RouteMetrics {
             name: name.to_owned(),
             requests: Default::default(),
-            auth: Default::default(),
+            auth: std::array::from_fn(|_| OnceLock::new()),
         }
     }
 
@@ -217,7 +187,7 @@ impl Metrics {
         route: &RouteMetrics,
         method: &http::Method,
         status: u16,
-        outcome: &'static str,
+        outcome: Outcome,
     ) {
         let m = match *method {
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS => 0,
@@ -238,16 +208,13 @@ impl Metrics {
                     .clone()
             })
             .inc();
-        let o = AUTH_OUTCOMES
-            .iter()
-            .position(|known| *known == outcome)
-            .unwrap_or(AUTH_OUTCOMES.len() - 1);
-        route.auth[o]
+        let outcome = outcome.metric();
+        route.auth[outcome.index()]
             .get_or_init(|| {
                 self.auth
                     .get_or_create(&AuthLabels {
                         route: route.name.clone(),
-                        outcome: AUTH_OUTCOMES[o],
+                        outcome: outcome.as_label(),
                     })
                     .clone()
             })
@@ -306,7 +273,7 @@ impl Metrics {
 pub struct RouteMetrics {
     name: String,
     requests: [OnceLock<Counter>; 15],
-    auth: [OnceLock<Counter>; AUTH_OUTCOMES.len()],
+    auth: [OnceLock<Counter>; Outcome::ALL.len()],
 }
 
 /// Bucket bounds in seconds, from 100 µs to 30 s.

@@ -24,6 +24,7 @@ use serde_json::Value;
 use super::claims::Claims;
 pub use super::keys::VerifyKey;
 use super::keys::{KeySet, Remote};
+use crate::outcome::Outcome;
 
 /// Tokens longer than this are refused before decoding (a bound on work per request).
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -106,22 +107,22 @@ pub enum JwtError {
 }
 
 impl JwtError {
-    /// Short stable name for logs and metrics.
-    pub fn reason(self) -> &'static str {
+    /// The outcome of a request refused for it (logs and metrics).
+    pub fn outcome(self) -> Outcome {
         match self {
-            JwtError::TooLarge => "too_large",
-            JwtError::Malformed => "malformed",
-            JwtError::UnsupportedCritical => "crit_header",
-            JwtError::UnknownIssuer => "unknown_issuer",
-            JwtError::AlgorithmNotAllowed => "alg_not_allowed",
-            JwtError::UnknownKey => "unknown_kid",
-            JwtError::BadSignature => "bad_signature",
-            JwtError::MissingExpiry => "missing_exp",
-            JwtError::Expired => "expired",
-            JwtError::NotYetValid => "not_yet_valid",
-            JwtError::IssuedInFuture => "iat_in_future",
-            JwtError::WrongAudience => "wrong_audience",
-            JwtError::ClaimType => "claim_type",
+            JwtError::TooLarge => Outcome::TooLarge,
+            JwtError::Malformed => Outcome::Malformed,
+            JwtError::UnsupportedCritical => Outcome::CritHeader,
+            JwtError::UnknownIssuer => Outcome::UnknownIssuer,
+            JwtError::AlgorithmNotAllowed => Outcome::AlgNotAllowed,
+            JwtError::UnknownKey => Outcome::UnknownKid,
+            JwtError::BadSignature => Outcome::BadSignature,
+            JwtError::MissingExpiry => Outcome::MissingExp,
+            JwtError::Expired => Outcome::Expired,
+            JwtError::NotYetValid => Outcome::NotYetValid,
+            JwtError::IssuedInFuture => Outcome::IatInFuture,
+            JwtError::WrongAudience => Outcome::WrongAudience,
+            JwtError::ClaimType => Outcome::ClaimType,
         }
     }
 }

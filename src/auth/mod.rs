@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
+use crate::outcome::Outcome;
+
 pub use crate::policy::{Policy, RouteAuth, TokenSource, Unauthenticated};
 use cache::TokenCache;
 use claims::Claims;
@@ -137,19 +139,21 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// Short stable reason for logs and metrics.
-    pub fn reason(self) -> &'static str {
+    /// The outcome of a request refused for it (logs and metrics).
+    pub fn outcome(self) -> Outcome {
         match self {
-            AuthError::MissingCredential => "missing",
-            AuthError::BadCredential(CredentialError::Ambiguous) => "ambiguous_credential",
-            AuthError::BadCredential(CredentialError::MalformedBearer) => "malformed_credential",
-            AuthError::BadCredential(CredentialError::MalformedAuthorization) => {
-                "malformed_authorization"
+            AuthError::MissingCredential => Outcome::Missing,
+            AuthError::BadCredential(CredentialError::Ambiguous) => Outcome::AmbiguousCredential,
+            AuthError::BadCredential(CredentialError::MalformedBearer) => {
+                Outcome::MalformedCredential
             }
-            AuthError::InvalidToken(e) => e.reason(),
-            AuthError::MissingScope => "insufficient_scope",
-            AuthError::ClaimMismatch => "claim_mismatch",
-            AuthError::SessionUnavailable => "session_store_unavailable",
+            AuthError::BadCredential(CredentialError::MalformedAuthorization) => {
+                Outcome::MalformedAuthorization
+            }
+            AuthError::InvalidToken(e) => e.outcome(),
+            AuthError::MissingScope => Outcome::InsufficientScope,
+            AuthError::ClaimMismatch => Outcome::ClaimMismatch,
+            AuthError::SessionUnavailable => Outcome::SessionStoreUnavailable,
         }
     }
 }
@@ -271,7 +275,9 @@ fn check_requirements(policy: &Policy, claims: &Claims) -> Result<(), AuthError>
 }
 
 /// For `explain --claims` and `[[tests]]` only: the route's requirements checked against
-/// claims that were *not* verified here. Never reachable from the proxy's request path.
+/// claims that were *not* verified here (the proxy never sets `decide::Facts::assumed`).
+/// The claims stand for the route's first credential: a session on a session-only route,
+/// else the first token source, so the cross-site check applies as it would.
 pub(crate) fn authorize_assumed_claims(
     policy: &Policy,
     claims: &Claims,
@@ -283,7 +289,8 @@ pub(crate) fn authorize_assumed_claims(
             claims: Arc::new(claims.clone()),
         }),
         consumed: Consumed::None,
-        ambient: false,
+        ambient: (!policy.jwt && policy.session)
+            || (policy.jwt && matches!(policy.sources.first(), Some(TokenSource::Cookie(_)))),
         set_cookie: None,
     })
 }

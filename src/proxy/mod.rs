@@ -1,31 +1,36 @@
 //! The request handler: one flat list of steps from a client request to a response.
 //!
 //! ```text
-//! snapshot ─► canonicalize ─► route ─► authenticate ─► rewrite headers ─► forward ─► log
+//! snapshot ─► decide (limits, route, readings, authenticate, csrf) ─► rewrite headers
+//!          ─► forward ─► log
 //! ```
-//! Every failure is a [`ProxyError`], turned into a response by the one mapping in
-//! `error.rs`. The snapshot is loaded once, so a request sees one config from start to end.
+//! The decision is `decide.rs`'s, the same one `explain` and `[[tests]]` report. Every
+//! failure is a [`ProxyError`], turned into a response by the one mapping in `error.rs`.
+//! The snapshot is loaded once, so a request sees one config from start to end.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue, SET_COOKIE};
-use http::uri::PathAndQuery;
-use http::{Method, Request, Response, Version};
+use http::header::{HeaderValue, SET_COOKIE};
+use http::{Method, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::auth::{self, AuthError};
-use crate::canonical::{TargetError, canonical_host, canonical_path};
+use crate::auth;
+use crate::canonical::canonical_host;
 use crate::csrf;
-use crate::identity::{self, ClientInfo};
-use crate::policy::{RouteAuth, Unauthenticated};
-use crate::readings;
+use crate::decide::{self, Decision, Facts, Trace, request_host};
+use crate::error;
+pub use crate::error::ProxyError;
+use crate::identity::ClientInfo;
+use crate::outcome::Outcome;
 use crate::session;
 use crate::snapshot::{SharedSnapshot, Snapshot};
+pub use crate::upstream::ResponseBody;
+use crate::upstream::{self, body};
+
 /// What a request handler knows about its connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -33,25 +38,6 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer address as a header value, formatted once per connection.
     pub peer_header: http::HeaderValue,
-}
-
-use crate::error;
-pub use crate::error::ProxyError;
-pub use crate::upstream::ResponseBody;
-use crate::upstream::{self, body};
-
-/// What the access log line reports about one request, filled in as the steps run.
-#[derive(Default)]
-struct Record {
-    path: Option<PathAndQuery>,
-    route: Option<usize>,
-    subject: Option<Arc<auth::claims::Claims>>,
-    auth: &'static str,
-    provider: Option<usize>,
-    auth_us: u64,
-    upstream_started: Option<Instant>,
-    /// Time the steps (only when the decision log is on: clock reads are not free).
-    timed: bool,
 }
 
 /// Entry point for every request on every listener.
@@ -71,18 +57,28 @@ pub fn handle(
         let raw_path = tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
             .then(|| parts.uri.path().to_owned());
         let started = raw_path.as_ref().map(|_| Instant::now());
-        let mut record = Record {
+        let mut trace = Trace {
             timed: started.is_some(),
-            ..Record::default()
+            ..Trace::default()
         };
+        let mut upstream_started = None;
 
-        let response = match process(&mut parts, body, &conn, &snapshot, &mut record).await {
+        let processed = process(
+            &mut parts,
+            body,
+            &conn,
+            &snapshot,
+            &mut trace,
+            &mut upstream_started,
+        );
+        let response = match processed.await {
             Ok(response) => response,
             Err(error) => {
-                record.auth = match (&error, record.auth) {
-                    (ProxyError::Denied(_), _) | (_, "") => error.reason(),
-                    (_, outcome) => outcome,
-                };
+                // A failure after the decision (the upstream, the body) keeps the decision's
+                // outcome; a request that failed before one gets the failure's.
+                if trace.outcome == Outcome::Other {
+                    trace.outcome = error.outcome();
+                }
                 match error.rendering().blame {
                     error::Blame::Upstream => tracing::warn!(%error, "upstream error"),
                     error::Blame::Client => tracing::debug!(%error, "request refused"),
@@ -91,36 +87,30 @@ pub fn handle(
             }
         };
         let status = response.status().as_u16();
-        let route = record.route.map(|i| &snapshot.routes.routes()[i]);
-        let outcome = if record.auth.is_empty() {
-            "other"
-        } else {
-            record.auth
-        };
+        let route = trace.route.map(|i| &snapshot.routes.routes()[i]);
         snapshot.metrics.record(
             route.map_or(&snapshot.unrouted, |r| &r.metrics),
             &method,
             status,
-            outcome,
+            trace.outcome,
         );
         if let Some(raw_path) = raw_path {
             // The decision log: one line per request, never a credential.
-            let path = record.path.as_ref().map_or(raw_path.as_str(), |p| p.path());
-            let upstream_us = record
-                .upstream_started
-                .map_or(0, |t| t.elapsed().as_micros() as u64);
+            let path = trace.path.as_ref().map_or(raw_path.as_str(), |p| p.path());
+            let upstream_us =
+                upstream_started.map_or(0, |t: Instant| t.elapsed().as_micros() as u64);
             tracing::info!(
                 target: "portcullis::access",
                 method = %method,
                 path,
                 route = route.map_or("-", |r| &*r.name),
                 status,
-                decision = decision(status, outcome),
-                reason = outcome,
-                provider = record.provider.map_or("-", |p| &*snapshot.providers[p].name),
-                sub = record.subject.as_ref().and_then(|c| c.subject()).unwrap_or("-"),
+                decision = trace.outcome.decision(status),
+                reason = trace.outcome.as_label(),
+                provider = trace.provider.map_or("-", |p| &*snapshot.providers[p].name),
+                sub = trace.subject.as_ref().and_then(|c| c.subject()).unwrap_or("-"),
                 peer = %conn.peer.ip(),
-                auth_us = record.auth_us,
+                auth_us = trace.auth_us,
                 upstream_us,
                 latency_us = started.map_or(0, |t| t.elapsed().as_micros() as u64),
             );
@@ -135,58 +125,38 @@ async fn process(
     body: Incoming,
     conn: &ConnInfo,
     snapshot: &Snapshot,
-    record: &mut Record,
+    trace: &mut Trace,
+    upstream_started: &mut Option<Instant>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    check_limits(parts, &snapshot.server)?;
-
-    // The gateway's own login endpoints come before the routes.
-    if let Some(login) = &snapshot.login
-        && let Some(endpoint) = canonical_path(parts.uri.path())
-            .ok()
-            .and_then(|path| login.endpoint(&path))
-    {
-        record.auth = "login_endpoint";
-        // Boxed, like the login redirect below: rare, and large futures that would
-        // otherwise make every request's future larger.
-        return Box::pin(login_endpoint(endpoint, login, parts, body, conn, snapshot))
-            .await
-            .map(|response| response.map(Either::Right));
-    }
-
-    // 1-2. One canonical host and path, matched against the routes: what is matched is
-    // what is forwarded (I4); no route, no upstream.
-    let (index, path_and_query, host_value) = resolve(parts, snapshot)?;
-    if record.timed {
-        record.path = Some(path_and_query.clone());
-    }
-    record.route = Some(index);
-    let route = &snapshot.routes.routes()[index];
-
-    // 3. Authenticate: the permit is the only ticket to the upstream (I1).
-    let auth_started = record.timed.then(Instant::now);
-    let ctx = auth::AuthContext {
-        providers: &snapshot.providers,
-        cache: &snapshot.token_cache,
-        login: snapshot.login.as_ref().map(|l| l as &dyn auth::Sessions),
+    // 1-3. The decision: the same one explain and [[tests]] report.
+    let trusted = snapshot.is_trusted(conn.peer.ip());
+    let facts = Facts {
         tls: conn.tls,
+        trusted,
         now: auth::unix_now(),
+        assumed: None,
     };
-    let permit = auth::authenticate(&route.auth, &parts.headers, &ctx).await;
-    record.auth_us = auth_started.map_or(0, |t| t.elapsed().as_micros() as u64);
-    let mut permit = match permit {
-        Err(AuthError::MissingCredential)
-            if let (RouteAuth::Protected(policy), Some(login)) = (&route.auth, &snapshot.login)
-                && policy.session
-                && match policy.on_unauthenticated {
-                    Unauthenticated::Negotiate => {
-                        session::wants_redirect(&parts.method, &parts.headers)
-                    }
-                    Unauthenticated::Redirect => true,
-                    Unauthenticated::Deny => false,
-                } =>
-        {
-            // A browser without a session: off to log in, back to this very URL.
-            record.auth = "login_redirect";
+    let forward = match decide::decide(snapshot, parts, &facts, trace).await? {
+        Decision::Forward(forward) => forward,
+        Decision::Endpoint(endpoint) => {
+            let login = snapshot
+                .login
+                .as_ref()
+                .expect("endpoints exist with [login]");
+            // Boxed, like the login redirect below: rare, and large futures that would
+            // otherwise make every request's future larger.
+            return Box::pin(login_endpoint(endpoint, login, parts, body, conn, snapshot))
+                .await
+                .map(|response| response.map(Either::Right));
+        }
+        Decision::LogIn {
+            return_to,
+            host_value,
+        } => {
+            let login = snapshot
+                .login
+                .as_ref()
+                .expect("sessions exist with [login]");
             let host = host_value
                 .as_ref()
                 .and_then(|h| h.to_str().ok())
@@ -198,74 +168,26 @@ async fn process(
                 tls: conn.tls,
                 query: None,
             };
-            let response = Box::pin(login.start(&info, path_and_query.as_str(), ctx.now)).await?;
+            let response = Box::pin(login.start(&info, return_to.as_str(), facts.now)).await?;
             return Ok(response.map(Either::Right));
         }
-        other => other?,
     };
-    // 3b. A credential the browser attaches on its own (a cookie): a state-changing request
-    // must come from a page of this origin, or one the config trusts (CSRF).
-    if permit.ambient()
-        && let RouteAuth::Protected(policy) = &route.auth
-    {
-        let trusted = snapshot.is_trusted(conn.peer.ip());
-        let own = request_origin(conn.tls, trusted, &parts.headers, host_value.as_ref());
-        let verdict = csrf::check(
-            &policy.csrf,
-            &parts.method,
-            &parts.headers,
-            own.as_ref(),
-            &snapshot.server.trusted_origins,
-        );
-        if let csrf::Verdict::Refused(why) = verdict {
-            tracing::debug!(reason = why, "cross-site request refused");
-            return Err(ProxyError::CsrfRejected);
-        }
-    }
-    record.auth = if permit.identity().is_some() {
-        "allowed"
-    } else {
-        "public"
-    };
-    record.subject = permit.identity().map(|i| i.claims.clone());
-    record.provider = permit.identity().map(|i| i.provider);
+    let route = &snapshot.routes.routes()[forward.route];
 
-    // 4. Strip, then inject (I2, I3).
-    let sources = match &route.auth {
-        RouteAuth::Protected(policy) => &policy.sources[..],
-        RouteAuth::Public => &[],
-    };
-    let set_cookie = permit.take_set_cookie();
-    // Steps 4 and 5 in one block: the upstream head is written before the future is made,
-    // so what the rewrite borrows (and the permit) is not kept in this future.
+    // 4-5. Strip, then inject (I2, I3, I10), and forward, the answer streamed back, the
+    // body bounded by the route's limit. In one block: the upstream head is written before
+    // the future is made, so what the rewrite borrows (and the permit) is not kept in it.
+    let mut forward = forward;
+    let set_cookie = forward.permit.take_set_cookie();
     let forwarding = {
-        let permit = permit;
+        let forward = forward;
         let client = ClientInfo {
             peer: conn.peer_header.clone(),
             tls: conn.tls,
-            host: host_value.as_ref(),
-            trusted: snapshot.is_trusted(conn.peer.ip()),
+            host: forward.host_value.as_ref(),
+            trusted,
         };
-        let added = identity::strip_request(
-            &mut parts.headers,
-            &snapshot.identity,
-            &permit,
-            sources,
-            &client,
-            identity::RouteRules {
-                keep_method_override: route.allow_method_override,
-                original_uri: route.forward_original_uri.then(|| path_and_query.as_str()),
-            },
-        );
-        if let Some(host_value) = &host_value
-            && !parts.headers.contains_key(HOST)
-        {
-            // HTTP/2 clients send :authority only; the app sees the host the client asked
-            // for.
-            parts.headers.insert(HOST, host_value.clone());
-        }
-
-        // 5. Forward and stream the answer back, the body bounded by the route's limit.
+        let added = decide::rewrite(snapshot, &forward, parts, &client);
         let limit = route.max_body_size.or(snapshot.server.max_body_size);
         if let Some(limit) = limit
             && declared_length(&parts.headers).is_some_and(|len| len > limit)
@@ -273,13 +195,13 @@ async fn process(
             return Err(ProxyError::PayloadTooLarge);
         }
         let body = body::RequestBody::new(body, limit, snapshot.server.request_body_timeout);
-        record.upstream_started = record.timed.then(Instant::now);
+        *upstream_started = trace.timed.then(Instant::now);
         upstream::forward(
             &snapshot.upstreams[route.upstream],
-            &permit,
+            &forward.permit,
             parts,
             &added,
-            path_and_query,
+            forward.path_and_query.clone(),
             body,
         )
     };
@@ -331,32 +253,6 @@ fn keep_out_of_shared_caches(headers: &mut http::HeaderMap) {
     );
     let value = HeaderValue::from_str(&kept.join(", ")).unwrap_or_else(|_| PRIVATE.clone());
     headers.insert(CACHE_CONTROL, value);
-}
-
-/// The origin the client addressed: its scheme (TLS or not; a trusted proxy's
-/// `X-Forwarded-Proto`) and host (`Host`; a trusted proxy's `X-Forwarded-Host`).
-fn request_origin(
-    tls: bool,
-    trusted: bool,
-    headers: &http::HeaderMap,
-    host: Option<&HeaderValue>,
-) -> Option<csrf::Origin> {
-    let forwarded = |name: &str| {
-        trusted
-            .then(|| headers.get(name))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-    };
-    let scheme = match forwarded("x-forwarded-proto") {
-        Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
-        Some(proto) if proto.eq_ignore_ascii_case("http") => "http",
-        _ if tls => "https",
-        _ => "http",
-    };
-    let host = forwarded("x-forwarded-host").or_else(|| host.and_then(|h| h.to_str().ok()))?;
-    csrf::Origin::of(scheme, host)
 }
 
 /// Largest body the back-channel logout endpoint reads (a form with one JWT).
@@ -449,8 +345,13 @@ fn logout_forged(
     snapshot: &Snapshot,
     host: &Option<HeaderValue>,
 ) -> bool {
-    let trusted = snapshot.is_trusted(conn.peer.ip());
-    let own = request_origin(conn.tls, trusted, &parts.headers, host.as_ref());
+    let facts = Facts {
+        tls: conn.tls,
+        trusted: snapshot.is_trusted(conn.peer.ip()),
+        now: 0,
+        assumed: None,
+    };
+    let own = decide::request_origin(&facts, &parts.headers, host.as_ref());
     csrf::check(
         &csrf::CsrfPolicy::default(),
         &parts.method,
@@ -461,115 +362,11 @@ fn logout_forged(
     .refused()
 }
 
-/// 414 / 431 before any other work. hyper enforces larger hard caps itself (see
-/// `server::connection_builder`); these are the configured, JSON-answered ones.
-fn check_limits(
-    parts: &http::request::Parts,
-    settings: &crate::snapshot::ServerSettings,
-) -> Result<(), ProxyError> {
-    let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target > settings.max_uri_bytes {
-        return Err(ProxyError::UriTooLong);
-    }
-    if parts.headers.len() > settings.max_headers {
-        return Err(ProxyError::HeadersTooLarge);
-    }
-    let bytes: usize = parts
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if bytes > settings.max_header_bytes {
-        return Err(ProxyError::HeadersTooLarge);
-    }
-    Ok(())
-}
-
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-}
-
-/// The decision in one word, for the log.
-fn decision(status: u16, outcome: &str) -> &'static str {
-    match outcome {
-        "allowed" => "allow",
-        "public" => "public",
-        _ if status < 400 => "allow",
-        _ => "deny",
-    }
-}
-
-/// Canonicalises the target and finds its route: (route index, path to forward, host as
-/// received). Every other reading of the path a backend could make must land on a route
-/// of the same policy (I9). Borrows of the request end here, before its headers are
-/// rewritten.
-fn resolve(
-    parts: &http::request::Parts,
-    snapshot: &Snapshot,
-) -> Result<(usize, PathAndQuery, Option<HeaderValue>), ProxyError> {
-    let (host, host_value) = request_host(parts)?;
-    let (index, path) = readings::route_target(
-        &snapshot.routes,
-        &host,
-        parts.uri.path(),
-        &parts.method,
-        |route| snapshot.upstreams[route.upstream].path_semantics,
-    )?;
-    let unchanged = matches!(path, Cow::Borrowed(_));
-    let path_and_query = forwarded_path_and_query(&parts.uri, &path, unchanged)?;
-    Ok((index, path_and_query, host_value))
-}
-
-/// The host the client addressed, canonical for matching and as received for forwarding.
-/// `Host` and the URI authority (absolute-form, HTTP/2 `:authority`) must agree.
-fn request_host(
-    parts: &http::request::Parts,
-) -> Result<(Cow<'_, str>, Option<HeaderValue>), TargetError> {
-    let mut hosts = parts.headers.get_all(HOST).iter();
-    let header = hosts.next();
-    if hosts.next().is_some() {
-        return Err(TargetError::DuplicateHost);
-    }
-    let header_text = header
-        .map(|h| h.to_str().map_err(|_| TargetError::InvalidHost))
-        .transpose()?;
-    let authority = parts.uri.authority().map(|a| a.as_str());
-    match (header_text, authority) {
-        (Some(h), Some(a)) => {
-            let host = canonical_host(h)?;
-            if host != canonical_host(a)? {
-                return Err(TargetError::HostMismatch);
-            }
-            Ok((host, header.cloned()))
-        }
-        (Some(h), None) => Ok((canonical_host(h)?, header.cloned())),
-        (None, Some(a)) => {
-            let value = HeaderValue::from_str(a).map_err(|_| TargetError::InvalidHost)?;
-            Ok((canonical_host(a)?, Some(value)))
-        }
-        (None, None) if parts.version == Version::HTTP_10 => Ok((Cow::Borrowed(""), None)),
-        (None, None) => Err(TargetError::MissingHost),
-    }
-}
-
-/// The canonical path plus the untouched query string. Reuses the request's own bytes when
-/// canonicalisation changed nothing.
-fn forwarded_path_and_query(
-    uri: &http::Uri,
-    path: &str,
-    unchanged: bool,
-) -> Result<PathAndQuery, TargetError> {
-    if let (true, Some(pq)) = (unchanged, uri.path_and_query()) {
-        return Ok(pq.clone());
-    }
-    let text = match uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_owned(),
-    };
-    PathAndQuery::try_from(text).map_err(|_| TargetError::NotOriginForm)
 }
 
 #[cfg(test)]

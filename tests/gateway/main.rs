@@ -9,6 +9,7 @@ mod auth;
 mod browser;
 mod cli;
 mod csrf;
+mod decision;
 mod headers;
 mod legacy;
 mod limits;
