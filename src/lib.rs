@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod auth;
 pub mod canonical;
+pub mod check;
 pub mod config;
 pub mod csrf;
 pub mod decide;

@@ -165,7 +165,7 @@ fn check(config: PathBuf, strict: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let routes = snapshot.route_summaries();
+    let routes = portcullis::check::route_summaries(&snapshot);
     println!(
         "{}: ok ({} routes, {} providers, {} upstreams)",
         config.display(),
@@ -187,7 +187,7 @@ fn check(config: PathBuf, strict: bool) -> ExitCode {
             login.redirect_path
         );
     }
-    let warnings = snapshot.lint();
+    let warnings = portcullis::check::lint(&snapshot);
     for warning in &warnings {
         println!("warning: {warning}");
     }
@@ -213,55 +213,16 @@ fn run_rule_tests(snapshot: &Snapshot) -> usize {
         eprintln!("cannot start a runtime for the rule tests");
         return snapshot.rule_tests.len();
     };
-    let (mut passed, mut failed) = (0, 0);
-    for test in &snapshot.rule_tests {
-        let credential = match &test.claims {
-            Some(claims) => explain::Credential::Claims(claims.clone()),
-            None => explain::Credential::None,
-        };
-        let outcome = runtime.block_on(explain::evaluate(
-            snapshot,
-            &test.method,
-            &test.url,
-            &credential,
-            &[],
-        ));
-        let problems: Vec<String> = match outcome {
-            Err(error) => vec![error],
-            Ok(evaluation) => {
-                let mut problems = Vec::new();
-                if let Some(status) = test.expect_status
-                    && status != evaluation.status
-                {
-                    problems.push(format!(
-                        "status {} ({}), expected {status}",
-                        evaluation.status, evaluation.reason
-                    ));
-                }
-                let route = evaluation.route.as_deref().unwrap_or("-");
-                if let Some(expected) = &test.expect_route
-                    && expected != route
-                {
-                    problems.push(format!("route {route}, expected {expected}"));
-                }
-                problems
-            }
-        };
-        if problems.is_empty() {
-            passed += 1;
-        } else {
-            failed += 1;
-            println!(
-                "FAIL test \"{}\" ({} {}): {}",
-                test.name,
-                test.method,
-                test.url,
-                problems.join("; ")
-            );
-        }
+    let report = runtime.block_on(portcullis::check::run_rule_tests(snapshot));
+    for failure in &report.failures {
+        println!("FAIL {failure}");
     }
-    println!("tests: {passed} passed, {failed} failed");
-    failed
+    println!(
+        "tests: {} passed, {} failed",
+        report.passed,
+        report.failures.len()
+    );
+    report.failures.len()
 }
 
 fn explain(

@@ -82,7 +82,7 @@ impl Snapshot {
                     // Discovery and JWKS: two requests.
                     settings.fetch_timeout * 2
                 };
-                crate::auth::keys::start(remote, deadline)
+                crate::auth::remote::start(remote, deadline)
                     .await
                     .map_err(|e| format!("providers.{}: {e}", provider.name))?;
             }
@@ -166,165 +166,9 @@ impl Snapshot {
         self.metrics.render(&extra)
     }
 
-    /// Warnings `check` prints (with `--strict` they fail the check): a public route whose
-    /// prefix covers a protected route's prefix, so paths that miss the protected prefix by
-    /// one segment (`/apix`, `/api-v2`) are public.
-    pub fn lint(&self) -> Vec<String> {
-        use crate::policy::RouteAuth;
-        use crate::router::PathMatch;
-        let routes = self.routes.routes();
-        let mut warnings = Vec::new();
-        for public in routes
-            .iter()
-            .filter(|r| matches!(r.auth, RouteAuth::Public))
-        {
-            let PathMatch::Prefix(p) = &public.path else {
-                continue;
-            };
-            for protected in routes
-                .iter()
-                .filter(|r| !matches!(r.auth, RouteAuth::Public))
-            {
-                let q = match &protected.path {
-                    PathMatch::Prefix(q) | PathMatch::Exact(q) => q,
-                };
-                let covers = **p == *"/" || q.starts_with(&format!("{p}/"));
-                if covers && public.host == protected.host {
-                    warnings.push(format!(
-                        "route \"{}\" is public and its prefix {p} covers protected route \"{}\" ({q}): \
-                         requests next to {q} (e.g. {q}x) are public; make sure that is intended",
-                        public.name, protected.name
-                    ));
-                }
-            }
-        }
-        for route in routes {
-            let RouteAuth::Protected(policy) = &route.auth else {
-                continue;
-            };
-            let cookie = policy.session
-                || (policy.jwt
-                    && policy
-                        .sources
-                        .iter()
-                        .any(|s| matches!(s, crate::policy::TokenSource::Cookie(_))));
-            if cookie && !policy.csrf.enabled {
-                warnings.push(format!(
-                    "route \"{}\" takes a cookie credential and has csrf = \"off\": another site's \
-                     page can make a logged-in browser send it state-changing requests; \
-                     list partner origins in server.trusted_origins instead",
-                    route.name
-                ));
-            }
-        }
-        if let Some(login) = &self.login
-            && !login.store.is_server_side()
-        {
-            warnings.push(
-                "login.store is \"cookie\": sessions live only in the browser, so a logout elsewhere \
-                 (back-channel logout, another instance) cannot end them before they expire; \
-                 use store = \"redis\" when that matters"
-                    .to_owned(),
-            );
-        }
-        warnings
-    }
-
     /// Whether `peer` is one of `server.trusted_proxies`.
     pub fn is_trusted(&self, peer: IpAddr) -> bool {
         !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|n| n.contains(&peer))
-    }
-}
-
-impl Snapshot {
-    /// One line per route, for `portcullis check`.
-    pub fn route_summaries(&self) -> Vec<String> {
-        use crate::policy::RouteAuth;
-        use crate::router::{HostMatch, PathMatch};
-        self.routes
-            .routes()
-            .iter()
-            .map(|route| {
-                let host = match &route.host {
-                    HostMatch::Any => "any host".to_owned(),
-                    HostMatch::Exact(h) => format!("host {h}"),
-                    HostMatch::Wildcard(s) => format!("host *{s}"),
-                };
-                let path = match &route.path {
-                    PathMatch::Exact(p) => format!("path {p}"),
-                    PathMatch::Prefix(p) => format!("prefix {p}"),
-                };
-                let methods = route
-                    .methods
-                    .as_ref()
-                    .map_or("all methods".to_owned(), |m| {
-                        m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
-                    });
-                let upstream = &self.upstreams[route.upstream];
-                let auth = match &route.auth {
-                    RouteAuth::Public => "public".to_owned(),
-                    RouteAuth::Protected(policy) => {
-                        let providers: Vec<&str> = policy
-                            .providers
-                            .iter()
-                            .map(|&i| &*self.providers[i].name)
-                            .collect();
-                        let sources: Vec<String> =
-                            policy.sources.iter().map(ToString::to_string).collect();
-                        let mut parts = Vec::new();
-                        if policy.jwt {
-                            parts.push(format!(
-                                "jwt from {} via {}",
-                                sources.join(", "),
-                                providers.join(", ")
-                            ));
-                        }
-                        if policy.session {
-                            use crate::policy::Unauthenticated;
-                            parts.push(
-                                match policy.on_unauthenticated {
-                                    Unauthenticated::Negotiate => {
-                                        "session (without one: browsers log in, other requests 401)"
-                                    }
-                                    Unauthenticated::Redirect => "session (without one: log in)",
-                                    Unauthenticated::Deny => "session (without one: 401)",
-                                }
-                                .to_owned(),
-                            );
-                        }
-                        let mut text = parts.join(" or ");
-                        if !policy.scopes.is_empty() {
-                            text.push_str(&format!(
-                                "; requires scopes {}",
-                                policy.scopes.join(" ")
-                            ));
-                        }
-                        for claim in policy.claims.iter() {
-                            text.push_str(&format!(
-                                "; requires {} in [{}]",
-                                claim.name,
-                                claim.accepted.join(", ")
-                            ));
-                        }
-                        if policy.forward_token {
-                            text.push_str("; forwards the token");
-                        }
-                        if !policy.csrf.enabled {
-                            text.push_str("; csrf off");
-                        } else if policy.csrf.allow_same_site {
-                            text.push_str("; csrf allows same-site");
-                        }
-                        text
-                    }
-                };
-                format!(
-                    "route {}: {host}, {path}, {methods} -> {} ({}); auth {auth}",
-                    route.name,
-                    upstream.name,
-                    upstream.describe()
-                )
-            })
-            .collect()
     }
 }
 

@@ -22,8 +22,9 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::claims::Claims;
+use super::keys::KeySet;
 pub use super::keys::VerifyKey;
-use super::keys::{KeySet, Remote};
+use super::remote::Remote;
 use crate::outcome::Outcome;
 
 /// Tokens longer than this are refused before decoding (a bound on work per request).
@@ -335,7 +336,7 @@ fn validate_claims(
 }
 
 /// [`verify`], and when no key matched, one refetch of the keys of the remote providers
-/// that could have issued the token (rate-limited and single-flight in `keys::Remote`).
+/// that could have issued the token (rate-limited and single-flight in `remote::Remote`).
 pub async fn verify_refreshing(
     token: &str,
     allowed: &[usize],

@@ -10,6 +10,7 @@ pub mod claims;
 pub mod credential;
 pub mod jwt;
 pub mod keys;
+pub mod remote;
 pub mod verifier;
 
 use std::sync::Arc;

@@ -1,0 +1,192 @@
+//! Raw config to runtime types. All validation happens here, once, never per request.
+//!
+//! Each problem becomes a [`ConfigIssue`] naming its TOML key and the fix; compiling goes on
+//! after a problem so that one run reports them all.
+
+use std::sync::Arc;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::duration;
+use super::error::{ConfigError, ConfigIssue};
+use super::raw::*;
+use crate::metrics::Metrics;
+use crate::policy::RouteAuth;
+use crate::router::RouteTable;
+use crate::snapshot::Snapshot;
+
+mod identity;
+mod login;
+mod providers;
+mod routes;
+mod rule_tests;
+mod server;
+mod upstreams;
+
+struct Compiler {
+    base: PathBuf,
+    issues: Vec<ConfigIssue>,
+    metrics: Arc<Metrics>,
+    /// A `[login]` table is present (routes may name "session").
+    login_configured: bool,
+}
+
+/// What a new snapshot inherits from the one it replaces.
+pub struct Inherited<'a> {
+    pub metrics: Arc<Metrics>,
+    pub previous: Option<&'a Snapshot>,
+}
+
+pub fn compile(
+    raw: RawConfig,
+    source: PathBuf,
+    config_hash: String,
+    inherited: Inherited<'_>,
+) -> Result<Snapshot, ConfigError> {
+    let base = source.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut c = Compiler {
+        base,
+        issues: Vec::new(),
+        metrics: inherited.metrics.clone(),
+        login_configured: raw.login.is_some(),
+    };
+    let server = c.server(&raw.server);
+    let trusted_proxies = c.trusted_proxies(&raw.server.trusted_proxies);
+    let tls = c.tls(raw.tls.as_ref(), server.https.is_some());
+    let (provider_names, providers) = c.providers(&raw.providers);
+    let (upstream_names, mut upstreams) = c.upstreams(&raw.upstreams);
+    if let Some(previous) = inherited.previous {
+        for upstream in &mut upstreams {
+            upstream.adopt_pool(&previous.upstreams);
+        }
+    }
+    let login = c.login(
+        raw.login.as_ref(),
+        &raw.providers,
+        &provider_names,
+        &providers,
+        inherited.previous,
+    );
+    let mut identity = c.identity(&raw.identity);
+    if let Some(login) = &login {
+        identity.set_own_cookies(login.own_cookie_names());
+    }
+    let rule_tests = c.rule_tests(&raw.tests);
+    let routes = c.routes(&raw.routes, &provider_names, &upstream_names);
+    identity.set_credential_sources(routes.iter().flat_map(|route| match &route.auth {
+        RouteAuth::Protected(policy) => &policy.sources[..],
+        RouteAuth::Public => &[],
+    }));
+    let routes = match RouteTable::new(routes) {
+        Ok(table) => Some(table),
+        Err(conflicts) => {
+            for conflict in conflicts {
+                let first = raw.routes[conflict.first].name.as_deref().unwrap_or("?");
+                c.issue(
+                    format!("routes[{}]", conflict.second),
+                    format!(
+                        "matches exactly the same host, path and methods as routes[{}] (\"{first}\"), \
+                         so one of them could never match; change its host, path or methods, or merge them",
+                        conflict.first
+                    ),
+                );
+            }
+            None
+        }
+    };
+    match (routes, c.issues.is_empty()) {
+        (Some(routes), true) => Ok(Snapshot {
+            token_cache: crate::auth::cache::TokenCache::new(
+                raw.server.token_cache_size.unwrap_or(100_000),
+            ),
+            server,
+            routes,
+            providers,
+            upstreams,
+            identity,
+            login,
+            trusted_proxies,
+            tls,
+            source,
+            config_hash,
+            rule_tests,
+            key_refresh_started: Default::default(),
+            unrouted: inherited.metrics.route("-"),
+            metrics: inherited.metrics,
+        }),
+        _ => Err(ConfigError::Invalid {
+            path: source,
+            issues: c.issues,
+        }),
+    }
+}
+
+impl Compiler {
+    fn issue(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue::new(key, message));
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.base.join(file)
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
+        match value.map(|v| duration::parse(v)) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(message)) => {
+                self.issue(key, message);
+                default
+            }
+        }
+    }
+
+    /// A timeout or interval: as [`Self::duration`], and never zero. A zero timeout would
+    /// expire at once, every time (`header_read_timeout = "0s"` closes every connection
+    /// before its first request), and a zero refresh interval would refetch keys in a loop.
+    /// Keys where 0 means something (`leeway`, `shutdown_grace`, `cache_ttl`,
+    /// `pool_idle_timeout`) use [`Self::duration`].
+    fn period(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
+        let period = self.duration(key, value, default);
+        if !period.is_zero() {
+            return period;
+        }
+        // Every default is whole seconds.
+        debug_assert_eq!(default.subsec_nanos(), 0, "{key}");
+        let example = default.as_secs();
+        self.issue(
+            key,
+            format!("must be more than 0 (0 would expire at once, every time); write e.g. \"{example}s\" (the default)"),
+        );
+        default
+    }
+
+    fn positive(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
+        match value {
+            None => default,
+            Some(0) => {
+                self.issue(key, "must be at least 1");
+                default
+            }
+            Some(v) => v,
+        }
+    }
+
+    fn size(&mut self, key: &str, value: Option<&RawSize>) -> Option<u64> {
+        match value? {
+            RawSize::Bytes(0) => None.or_else(|| {
+                self.issue(key, "must be more than 0");
+                None
+            }),
+            RawSize::Bytes(n) => Some(*n),
+            RawSize::Text(text) => match super::size::parse(text) {
+                Ok(n) => Some(n),
+                Err(message) => {
+                    self.issue(key, message);
+                    None
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! `[[routes]]`: host, path, methods, upstream, auth policy and header rules.
+
+use std::collections::HashMap;
+
+use http::Method;
+
+use crate::canonical::{canonical_host, canonical_path};
+use crate::config::raw::*;
+use crate::csrf::CsrfPolicy;
+use crate::policy::{ClaimRequirement, Policy, RouteAuth, TokenSource, Unauthenticated};
+use crate::router::{HostMatch, PathMatch, Route};
+
+use super::Compiler;
+
+impl Compiler {
+    pub(super) fn routes(
+        &mut self,
+        raw: &[RawRoute],
+        providers: &HashMap<String, usize>,
+        upstreams: &HashMap<String, usize>,
+    ) -> Vec<Route> {
+        let mut routes = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, raw_route) in raw.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if let Some(name) = raw_route.name.as_deref()
+                && let Some(first) = names.insert(name, i)
+            {
+                self.issue(
+                    format!("{key}.name"),
+                    format!(
+                        "\"{name}\" is already the name of routes[{first}]; names must be unique"
+                    ),
+                );
+            }
+            if let Some(route) = self.route(&key, raw_route, providers, upstreams) {
+                routes.push(route);
+            }
+        }
+        routes
+    }
+
+    pub(super) fn route(
+        &mut self,
+        key: &str,
+        raw: &RawRoute,
+        providers: &HashMap<String, usize>,
+        upstreams: &HashMap<String, usize>,
+    ) -> Option<Route> {
+        let before = self.issues.len();
+        let name = match raw.name.as_deref() {
+            Some(n) if !n.is_empty() => n,
+            _ => {
+                self.issue(
+                    format!("{key}.name"),
+                    "required; give the route a unique name for logs and metrics",
+                );
+                ""
+            }
+        };
+        let host = self.route_host(key, raw.host.as_deref());
+        let path = self.route_path(key, raw);
+        let methods = self.route_methods(key, raw.methods.as_deref());
+        let upstream = match raw.upstream.as_deref() {
+            None => {
+                self.issue(
+                    format!("{key}.upstream"),
+                    "required; name one of the [upstreams.NAME] tables",
+                );
+                None
+            }
+            Some(u) => {
+                match upstreams.get(u) {
+                    Some(&index) => Some(index),
+                    None => {
+                        let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                        known.sort_unstable();
+                        self.issue(
+                        format!("{key}.upstream"),
+                        format!("no upstream named \"{u}\"; define [upstreams.{u}] or use one of: {}", known.join(", ")),
+                    );
+                        None
+                    }
+                }
+            }
+        };
+        let auth = self.route_auth(key, raw, providers);
+        let max_body_size = self.size(&format!("{key}.max_body_size"), raw.max_body_size.as_ref());
+        if self.issues.len() != before {
+            return None;
+        }
+        Some(Route {
+            name: name.into(),
+            host: host?,
+            path: path?,
+            methods: methods?,
+            upstream: upstream.filter(|&u| u != usize::MAX)?,
+            auth: auth?,
+            max_body_size,
+            allow_encoded_slash: raw.allow_encoded_slash,
+            allow_path_params: raw.allow_path_params,
+            allow_method_override: raw.allow_method_override,
+            forward_original_uri: raw.forward_original_uri,
+            policy: 0,
+            metrics: self.metrics.route(name),
+        })
+    }
+
+    pub(super) fn route_host(&mut self, key: &str, host: Option<&str>) -> Option<HostMatch> {
+        let Some(host) = host else {
+            return Some(HostMatch::Any);
+        };
+        let (wildcard, bare) = match host.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, host),
+        };
+        let plain = !bare.contains('*') && (bare.starts_with('[') || !bare.contains(':'));
+        match canonical_host(bare) {
+            Ok(h) if plain => Some(if wildcard {
+                HostMatch::Wildcard(format!(".{h}").into())
+            } else {
+                HostMatch::Exact(h.into())
+            }),
+            _ => {
+                self.issue(
+                    format!("{key}.host"),
+                    format!("\"{host}\" is not a host; write \"crm.example.com\" or \"*.example.com\" (no port, no scheme)"),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn route_path(&mut self, key: &str, raw: &RawRoute) -> Option<PathMatch> {
+        let (field, value, exact) = match (&raw.path, &raw.path_prefix) {
+            (Some(p), None) => ("path", p, true),
+            (None, Some(p)) => ("path_prefix", p, false),
+            (Some(_), Some(_)) => {
+                self.issue(key, "set either path (exact) or path_prefix, not both");
+                return None;
+            }
+            (None, None) => {
+                self.issue(
+                    key,
+                    "needs path_prefix (e.g. \"/api\"; \"/\" for every path) or an exact path",
+                );
+                return None;
+            }
+        };
+        match canonical_path(value) {
+            Ok(canonical) if canonical == *value => {}
+            Ok(canonical) => {
+                self.issue(
+                    format!("{key}.{field}"),
+                    format!("\"{value}\" is not in canonical form; requests are matched as \"{canonical}\", write that"),
+                );
+                return None;
+            }
+            Err(e) => {
+                self.issue(
+                    format!("{key}.{field}"),
+                    format!("\"{value}\": {e}; paths start with '/'"),
+                );
+                return None;
+            }
+        }
+        if let Some(problem) = reading_hazard(value) {
+            self.issue(format!("{key}.{field}"), format!("\"{value}\" {problem}"));
+            return None;
+        }
+        Some(if exact {
+            PathMatch::Exact(value.as_str().into())
+        } else {
+            let trimmed = match value.strip_suffix('/') {
+                Some(t) if !t.is_empty() => t,
+                _ => value,
+            };
+            PathMatch::Prefix(trimmed.into())
+        })
+    }
+
+    pub(super) fn route_methods(
+        &mut self,
+        key: &str,
+        methods: Option<&[String]>,
+    ) -> Option<Option<Box<[Method]>>> {
+        let Some(methods) = methods else {
+            return Some(None);
+        };
+        if methods.is_empty() {
+            self.issue(
+                format!("{key}.methods"),
+                "is empty, so the route would never match; list methods or remove the key",
+            );
+            return None;
+        }
+        let mut parsed = Vec::new();
+        for (i, m) in methods.iter().enumerate() {
+            match Method::from_bytes(m.as_bytes()) {
+                Ok(method) if m.bytes().all(|b| !b.is_ascii_lowercase()) => parsed.push(method),
+                _ => {
+                    self.issue(
+                        format!("{key}.methods[{i}]"),
+                        format!("\"{m}\" is not a method; methods are upper-case, e.g. \"GET\""),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(Some(parsed.into()))
+    }
+
+    pub(super) fn route_auth(
+        &mut self,
+        key: &str,
+        raw: &RawRoute,
+        providers: &HashMap<String, usize>,
+    ) -> Option<RouteAuth> {
+        let modes: Vec<&str> = match &raw.auth {
+            None => {
+                self.issue(
+                    format!("{key}.auth"),
+                    "required (there is no default); set auth = \"jwt\" to demand a token, \"session\" for a browser login, or \"public\"",
+                );
+                return None;
+            }
+            Some(RawAuth::One(mode)) => vec![mode.as_str()],
+            Some(RawAuth::Many(modes)) => modes.iter().map(String::as_str).collect(),
+        };
+        let known = ["public", "jwt", "session"];
+        if let Some(other) = modes.iter().find(|m| !known.contains(m)) {
+            self.issue(
+                format!("{key}.auth"),
+                format!(
+                    "\"{other}\" is not an auth mode; use \"public\", \"jwt\", \"session\" or [\"jwt\", \"session\"]"
+                ),
+            );
+            return None;
+        }
+        let duplicated = modes
+            .iter()
+            .enumerate()
+            .any(|(i, m)| modes[..i].contains(m));
+        if modes.is_empty() || duplicated || (modes.contains(&"public") && modes.len() > 1) {
+            self.issue(
+                format!("{key}.auth"),
+                "list \"jwt\" and/or \"session\" once each; \"public\" stands alone",
+            );
+            return None;
+        }
+        if modes == ["public"] {
+            let protected_only = [
+                ("providers", raw.providers.is_some()),
+                ("token_sources", raw.token_sources.is_some()),
+                ("require", raw.require.is_some()),
+                ("forward_token", raw.forward_token),
+                ("on_unauthenticated", raw.on_unauthenticated.is_some()),
+                ("csrf", raw.csrf.is_some()),
+                ("csrf_allow_same_site", raw.csrf_allow_same_site),
+                ("csrf_unsafe_methods", raw.csrf_unsafe_methods.is_some()),
+            ];
+            for (field, set) in protected_only {
+                if set {
+                    self.issue(
+                        format!("{key}.{field}"),
+                        "only applies to protected routes (auth = \"jwt\" or \"session\"); remove it from this public route",
+                    );
+                }
+            }
+            return Some(RouteAuth::Public);
+        }
+        let jwt = modes.contains(&"jwt");
+        let session = modes.contains(&"session");
+        if session && !self.login_configured {
+            self.issue(
+                format!("{key}.auth"),
+                "names \"session\" but there is no [login] table (the OpenID Connect client that creates sessions); add one or use auth = \"jwt\"",
+            );
+        }
+        if !jwt {
+            for (field, set) in [
+                ("providers", raw.providers.is_some()),
+                ("token_sources", raw.token_sources.is_some()),
+                ("forward_token", raw.forward_token),
+            ] {
+                if set {
+                    self.issue(
+                        format!("{key}.{field}"),
+                        "only applies to JWTs; add \"jwt\" to auth or remove it",
+                    );
+                }
+            }
+        }
+        let on_unauthenticated = match raw.on_unauthenticated.as_deref() {
+            None => Unauthenticated::Negotiate,
+            Some(_) if !session => {
+                self.issue(
+                    format!("{key}.on_unauthenticated"),
+                    "only applies to session routes; add \"session\" to auth or remove it",
+                );
+                Unauthenticated::Deny
+            }
+            Some("redirect") => Unauthenticated::Redirect,
+            Some("deny") => Unauthenticated::Deny,
+            Some(other) => {
+                self.issue(
+                    format!("{key}.on_unauthenticated"),
+                    format!("\"{other}\" is not a choice; use \"redirect\" or \"deny\" (or remove it: browsers are redirected, API calls get 401)"),
+                );
+                Unauthenticated::Deny
+            }
+        };
+        let csrf = self.route_csrf(key, raw);
+        let mut policy = self.jwt_policy(key, raw, providers, jwt)?;
+        policy.jwt = jwt;
+        policy.session = session;
+        policy.on_unauthenticated = on_unauthenticated;
+        policy.csrf = csrf?;
+        Some(RouteAuth::Protected(policy))
+    }
+
+    /// `csrf`, `csrf_allow_same_site`, `csrf_unsafe_methods` of a protected route.
+    pub(super) fn route_csrf(&mut self, key: &str, raw: &RawRoute) -> Option<CsrfPolicy> {
+        let enabled = match raw.csrf.as_deref() {
+            None | Some("origin") => true,
+            Some("off") => false,
+            Some(other) => {
+                self.issue(
+                    format!("{key}.csrf"),
+                    format!("\"{other}\" is not a choice; use \"origin\" (the default) or \"off\""),
+                );
+                return None;
+            }
+        };
+        let mut unsafe_methods = Vec::new();
+        for (i, text) in raw.csrf_unsafe_methods.iter().flatten().enumerate() {
+            match text.as_str() {
+                "GET" => unsafe_methods.push(http::Method::GET),
+                "HEAD" => unsafe_methods.push(http::Method::HEAD),
+                "OPTIONS" => unsafe_methods.push(http::Method::OPTIONS),
+                other => {
+                    self.issue(
+                        format!("{key}.csrf_unsafe_methods[{i}]"),
+                        format!("\"{other}\": list GET, HEAD or OPTIONS (every other method is checked already)"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(CsrfPolicy {
+            enabled,
+            allow_same_site: raw.csrf_allow_same_site,
+            unsafe_methods: unsafe_methods.into(),
+        })
+    }
+
+    pub(super) fn jwt_policy(
+        &mut self,
+        key: &str,
+        raw: &RawRoute,
+        providers: &HashMap<String, usize>,
+        jwt: bool,
+    ) -> Option<Policy> {
+        let before = self.issues.len();
+        let mut indices = Vec::new();
+        match &raw.providers {
+            _ if !jwt => {}
+            None if providers.is_empty() => {
+                self.issue(
+                    format!("{key}.auth"),
+                    "is \"jwt\" but no [providers.NAME] is defined",
+                );
+            }
+            None => {
+                let mut all: Vec<usize> = providers.values().copied().collect();
+                all.sort_unstable();
+                indices = all;
+            }
+            Some(list) if list.is_empty() => {
+                self.issue(
+                    format!("{key}.providers"),
+                    "is empty, so no token could pass; name providers or remove the key",
+                );
+            }
+            Some(list) => {
+                for (i, name) in list.iter().enumerate() {
+                    match providers.get(name) {
+                        Some(&index) => indices.push(index),
+                        None => self.issue(
+                            format!("{key}.providers[{i}]"),
+                            format!("no provider named \"{name}\"; define [providers.{name}]"),
+                        ),
+                    }
+                }
+            }
+        }
+        let mut sources = Vec::new();
+        let default_sources = if jwt {
+            vec!["bearer".to_owned()]
+        } else {
+            Vec::new()
+        };
+        let specs = raw.token_sources.clone().unwrap_or(default_sources);
+        if specs.is_empty() && jwt {
+            self.issue(
+                format!("{key}.token_sources"),
+                "is empty; use [\"bearer\"] and/or [\"cookie:NAME\"]",
+            );
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            match TokenSource::parse(spec) {
+                Some(s) if sources.contains(&s) => {
+                    self.issue(
+                        format!("{key}.token_sources[{i}]"),
+                        format!("\"{spec}\" is listed twice"),
+                    );
+                }
+                Some(s) => sources.push(s),
+                None => self.issue(
+                    format!("{key}.token_sources[{i}]"),
+                    format!("\"{spec}\" is not a token source; use \"bearer\" or \"cookie:NAME\""),
+                ),
+            }
+        }
+        let require = raw.require.as_ref();
+        let scopes: Vec<Box<str>> = require.map_or(Vec::new(), |r| {
+            r.scopes.iter().map(|s| s.as_str().into()).collect()
+        });
+        if scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+            self.issue(
+                format!("{key}.require.scopes"),
+                "scopes are single words without spaces",
+            );
+        }
+        let mut claims = Vec::new();
+        for (claim, values) in require.map(|r| &r.claims).into_iter().flatten() {
+            let accepted: Vec<Box<str>> = match values {
+                RawClaimValues::One(v) => vec![scalar(v)],
+                RawClaimValues::Many(vs) => vs.iter().map(scalar).collect(),
+            };
+            if accepted.is_empty() {
+                self.issue(
+                    format!("{key}.require.claims.{claim}"),
+                    "lists no accepted value, so the route would always deny",
+                );
+                continue;
+            }
+            claims.push(ClaimRequirement {
+                name: claim.as_str().into(),
+                accepted: accepted.into(),
+            });
+        }
+        (self.issues.len() == before).then(|| Policy {
+            jwt,
+            session: false,
+            on_unauthenticated: Unauthenticated::Negotiate,
+            providers: indices.into_iter().filter(|&i| i != usize::MAX).collect(),
+            sources: sources.into(),
+            forward_token: raw.forward_token,
+            scopes: scopes.into(),
+            claims: claims.into(),
+            csrf: CsrfPolicy::default(),
+        })
+    }
+}
+
+fn scalar(value: &RawScalar) -> Box<str> {
+    match value {
+        RawScalar::Str(s) => s.as_str().into(),
+        RawScalar::Int(i) => i.to_string().into(),
+        RawScalar::Bool(b) => b.to_string().into(),
+    }
+}
+
+/// Why a canonical route path could not be told apart from other readings of it (see
+/// `readings.rs`): a parameter, which servlet containers strip before matching, or an
+/// escape of a visible character, which every backend decodes to that character.
+fn reading_hazard(path: &str) -> Option<String> {
+    if path.contains(';') {
+        return Some(
+            "contains ';': servlet containers remove ;parameters before matching, so this path \
+             is the one without them; write that, and set allow_path_params = true if the \
+             app uses them"
+                .to_owned(),
+        );
+    }
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i + 2 < bytes.len() {
+        if bytes[i] == b'%' {
+            let text = &path[i + 1..i + 3];
+            let value = u8::from_str_radix(text, 16).unwrap_or(0);
+            if (0x21..0x7f).contains(&value) {
+                return Some(format!(
+                    "contains %{text}, which apps decode to '{}' before matching; write '{}'",
+                    char::from(value),
+                    char::from(value)
+                ));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}

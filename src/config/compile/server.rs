@@ -1,0 +1,141 @@
+//! `[server]` and `[tls]`: listeners, limits, trusted proxies and origins, the certificate.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::config::raw::*;
+use crate::snapshot::ServerSettings;
+
+use super::Compiler;
+
+impl Compiler {
+    pub(super) fn server(&mut self, raw: &RawServer) -> ServerSettings {
+        let mut addr = |key: &str, value: &Option<String>| -> Option<SocketAddr> {
+            let text = value.as_ref()?;
+            match text.parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.issue(
+                        key,
+                        format!("\"{text}\" is not a listen address; write IP:PORT such as \"127.0.0.1:8080\" or \"[::]:8443\""),
+                    );
+                    None
+                }
+            }
+        };
+        let http = addr("server.http", &raw.http);
+        let https = addr("server.https", &raw.https);
+        let admin = addr("server.admin", &raw.admin);
+        if raw.http.is_none() && raw.https.is_none() {
+            self.issue(
+                "server",
+                "no listener; set server.http = \"127.0.0.1:8080\" and/or server.https",
+            );
+        }
+        ServerSettings {
+            http,
+            https,
+            admin,
+            watch_config: raw.watch_config.unwrap_or(true),
+            header_read_timeout: self.period(
+                "server.header_read_timeout",
+                raw.header_read_timeout.as_ref(),
+                Duration::from_secs(10),
+            ),
+            tls_handshake_timeout: self.period(
+                "server.tls_handshake_timeout",
+                raw.tls_handshake_timeout.as_ref(),
+                Duration::from_secs(10),
+            ),
+            shutdown_grace: self.duration(
+                "server.shutdown_grace",
+                raw.shutdown_grace.as_ref(),
+                Duration::from_secs(30),
+            ),
+            max_connections: self.positive("server.max_connections", raw.max_connections, 10_000),
+            max_header_bytes: self
+                .size("server.max_header_bytes", raw.max_header_bytes.as_ref())
+                .unwrap_or(32 << 10) as usize,
+            max_headers: self.positive("server.max_headers", raw.max_headers, 100),
+            max_uri_bytes: self
+                .size("server.max_uri_bytes", raw.max_uri_bytes.as_ref())
+                .unwrap_or(8 << 10) as usize,
+            max_body_size: self.size("server.max_body_size", raw.max_body_size.as_ref()),
+            request_body_timeout: self.period(
+                "server.request_body_timeout",
+                raw.request_body_timeout.as_ref(),
+                Duration::from_secs(30),
+            ),
+            http2_max_concurrent_streams: self.positive(
+                "server.http2_max_concurrent_streams",
+                raw.http2_max_concurrent_streams.map(|v| v as usize),
+                100,
+            ) as u32,
+            client_write_timeout: self.period(
+                "server.client_write_timeout",
+                raw.client_write_timeout.as_ref(),
+                Duration::from_secs(60),
+            ),
+            trusted_origins: self.trusted_origins(&raw.trusted_origins),
+        }
+    }
+
+    pub(super) fn trusted_origins(&mut self, raw: &[String]) -> Vec<crate::csrf::Origin> {
+        let mut origins = Vec::new();
+        for (i, text) in raw.iter().enumerate() {
+            match crate::csrf::Origin::parse(text) {
+                Some(origin) => origins.push(origin),
+                None => self.issue(
+                    format!("server.trusted_origins[{i}]"),
+                    format!("\"{text}\" is not an origin; write scheme://host[:port], e.g. \"https://portal.example.com\" (no path)"),
+                ),
+            }
+        }
+        origins
+    }
+
+    pub(super) fn trusted_proxies(&mut self, raw: &[String]) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for (i, text) in raw.iter().enumerate() {
+            match IpNet::from_str(text).or_else(|_| IpAddr::from_str(text).map(IpNet::from)) {
+                Ok(net) => nets.push(net),
+                Err(_) => self.issue(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("\"{text}\" is not an IP address or CIDR such as \"10.0.0.0/8\""),
+                ),
+            }
+        }
+        nets
+    }
+
+    pub(super) fn tls(
+        &mut self,
+        raw: Option<&RawTls>,
+        https: bool,
+    ) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+        match (raw, https) {
+            (None, false) => None,
+            (None, true) => {
+                self.issue("tls", "server.https is set but [tls] is missing; add [tls] with cert and key PEM files");
+                None
+            }
+            (Some(_), false) => {
+                self.issue("tls", "[tls] is set but server.https is not; add server.https = \"127.0.0.1:8443\" or remove [tls]");
+                None
+            }
+            (Some(raw), true) => {
+                let (cert, key) = (self.path(&raw.cert), self.path(&raw.key));
+                match crate::tls::server_config(&cert, &key) {
+                    Ok(config) => Some(config),
+                    Err(message) => {
+                        self.issue("tls", message);
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
