@@ -70,3 +70,6 @@ fn config_hash(text: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

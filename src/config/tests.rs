@@ -1,0 +1,430 @@
+//! Every config problem names the key to fix: one invalid fragment per issue site of
+//! `compile/`, and the exact key it must be reported under.
+
+use std::path::PathBuf;
+
+use super::{ConfigError, load_str};
+
+/// A valid config: one listener, a remote provider (no file needed), an upstream, a route.
+const BASE: &str = r#"
+[server]
+http = "127.0.0.1:0"
+{server}
+
+[providers.p]
+issuer = "https://issuer.test"
+audiences = ["app"]
+algorithms = ["RS256"]
+jwks_url = "http://127.0.0.1:9/jwks"
+{provider}
+
+[upstreams.app]
+url = "http://127.0.0.1:9"
+{upstream}
+
+[[routes]]
+name = "base"
+path_prefix = "/"
+upstream = "app"
+auth = "jwt"
+
+{tables}
+"#;
+
+#[derive(Default)]
+struct Fragment {
+    server: &'static str,
+    provider: &'static str,
+    upstream: &'static str,
+    tables: &'static str,
+}
+
+fn text(f: &Fragment) -> String {
+    BASE.replace("{server}", f.server)
+        .replace("{provider}", f.provider)
+        .replace("{upstream}", f.upstream)
+        .replace("{tables}", f.tables)
+}
+
+fn server(lines: &'static str) -> Fragment {
+    Fragment {
+        server: lines,
+        ..Fragment::default()
+    }
+}
+
+fn provider(lines: &'static str) -> Fragment {
+    Fragment {
+        provider: lines,
+        ..Fragment::default()
+    }
+}
+
+fn upstream(lines: &'static str) -> Fragment {
+    Fragment {
+        upstream: lines,
+        ..Fragment::default()
+    }
+}
+
+fn tables(lines: &'static str) -> Fragment {
+    Fragment {
+        tables: lines,
+        ..Fragment::default()
+    }
+}
+
+/// The keys of the issues a config text is refused for.
+fn issue_keys(text: &str) -> Result<Vec<String>, String> {
+    match load_str(text, PathBuf::from("/nonexistent/portcullis.toml")) {
+        Ok(_) => Err("accepted".to_owned()),
+        Err(ConfigError::Invalid { issues, .. }) => Ok(issues.into_iter().map(|i| i.key).collect()),
+        Err(other) => Err(format!("not an issue list: {other}")),
+    }
+}
+
+#[test]
+fn the_base_is_valid() {
+    let text = text(&Fragment::default());
+    if let Err(e) = load_str(&text, PathBuf::from("/nonexistent/portcullis.toml")) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn every_issue_names_its_key() {
+    let route = |lines: &'static str| {
+        tables(Box::leak(
+            format!("[[routes]]\nname = \"x\"\nupstream = \"app\"\n{lines}").into_boxed_str(),
+        ))
+    };
+    let cases: Vec<(Fragment, &str)> = vec![
+        // [server]
+        (server(r#"https = "nowhere""#), "server.https"),
+        (server(r#"admin = "1.2.3.4""#), "server.admin"),
+        (
+            server(r#"header_read_timeout = "0s""#),
+            "server.header_read_timeout",
+        ),
+        (
+            server(r#"header_read_timeout = "soon""#),
+            "server.header_read_timeout",
+        ),
+        (
+            server(r#"client_write_timeout = "0s""#),
+            "server.client_write_timeout",
+        ),
+        (
+            server(r#"request_body_timeout = "0s""#),
+            "server.request_body_timeout",
+        ),
+        (
+            server(r#"tls_handshake_timeout = "0s""#),
+            "server.tls_handshake_timeout",
+        ),
+        (server("max_connections = 0"), "server.max_connections"),
+        (server("max_headers = 0"), "server.max_headers"),
+        (
+            server(r#"max_header_bytes = "lots""#),
+            "server.max_header_bytes",
+        ),
+        (
+            server(r#"max_body_size = "10 parsecs""#),
+            "server.max_body_size",
+        ),
+        (
+            server(r#"trusted_proxies = ["not-an-ip"]"#),
+            "server.trusted_proxies[0]",
+        ),
+        (
+            server(r#"trusted_origins = ["https://x/path"]"#),
+            "server.trusted_origins[0]",
+        ),
+        (server(r#"https = "127.0.0.1:0""#), "tls"),
+        (
+            tables("[tls]\ncert = \"missing.crt\"\nkey = \"missing.key\""),
+            "tls",
+        ),
+        // [providers.NAME]
+        (provider(r#"leeway = "a while""#), "providers.p.leeway"),
+        (
+            provider(r#"refresh_interval = "0s""#),
+            "providers.p.refresh_interval",
+        ),
+        (
+            provider(r#"cache_ttl = "forever""#),
+            "providers.p.cache_ttl",
+        ),
+        (
+            provider(r#"discovery = "http://127.0.0.1:9""#),
+            "providers.p.discovery",
+        ),
+        (
+            tables(
+                "[providers.q]\nissuer = \"\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\njwks_url = \"http://127.0.0.1:9/j\"",
+            ),
+            "providers.q.issuer",
+        ),
+        (
+            tables(
+                "[providers.q]\nissuer = \"i\"\nalgorithms = [\"RS256\"]\njwks_url = \"http://127.0.0.1:9/j\"",
+            ),
+            "providers.q.audiences",
+        ),
+        (
+            tables(
+                "[providers.q]\nissuer = \"i\"\naudiences = [\"a\"]\njwks_url = \"http://127.0.0.1:9/j\"",
+            ),
+            "providers.q.algorithms",
+        ),
+        (
+            tables(
+                "[providers.q]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\", \"RS256\"]\njwks_url = \"http://127.0.0.1:9/j\"",
+            ),
+            "providers.q.algorithms[1]",
+        ),
+        (
+            tables(
+                "[providers.q]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"none\"]\njwks_url = \"http://127.0.0.1:9/j\"",
+            ),
+            "providers.q.algorithms[0]",
+        ),
+        (
+            tables("[providers.q]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]"),
+            "providers.q.hmac_secret_env",
+        ),
+        (
+            tables("[providers.q]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"ES256\"]"),
+            "providers.q.algorithms",
+        ),
+        (
+            tables(
+                "[providers.q]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\npublic_keys = [\"missing.pem\"]",
+            ),
+            "providers.q.public_keys[0]",
+        ),
+        (
+            tables(
+                "[providers.q]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\njwks_file = \"missing.json\"",
+            ),
+            "providers.q.jwks_file",
+        ),
+        (
+            tables(
+                "[providers.q]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\njwks_url = \"ftp://x\"",
+            ),
+            "providers.q.jwks_url",
+        ),
+        // [upstreams.NAME]
+        (upstream(r#"timeout = "0s""#), "upstreams.app.timeout"),
+        (
+            upstream(r#"connect_timeout = "0s""#),
+            "upstreams.app.connect_timeout",
+        ),
+        (
+            upstream(r#"path_semantics = "tomcat""#),
+            "upstreams.app.path_semantics",
+        ),
+        (
+            tables("[upstreams.b]\nbuiltin = \"mirror\""),
+            "upstreams.b.builtin",
+        ),
+        (
+            tables("[upstreams.b]\nbuiltin = \"echo\"\nurl = \"http://127.0.0.1:9\""),
+            "upstreams.b",
+        ),
+        (tables("[upstreams.b]"), "upstreams.b"),
+        (tables("[upstreams.b]\nurl = \"::\""), "upstreams.b.url"),
+        (
+            tables("[upstreams.b]\nurl = \"ftp://h:1\""),
+            "upstreams.b.url",
+        ),
+        (
+            tables("[upstreams.b]\nurl = \"http://h:1/app\""),
+            "upstreams.b.url",
+        ),
+        // [identity]
+        (
+            tables("[identity]\nheaders = { \"X Auth\" = \"sub\" }"),
+            "identity.headers.\"X Auth\"",
+        ),
+        (
+            tables("[identity]\nheaders = { \"X_Auth_User\" = \"sub\" }"),
+            "identity.headers.\"X_Auth_User\"",
+        ),
+        (
+            tables("[identity]\nheaders = { \"X-Forwarded-For\" = \"sub\" }"),
+            "identity.headers.\"X-Forwarded-For\"",
+        ),
+        (
+            tables("[identity]\nheaders = { \"X-A\" = \"sub\", \"x-a\" = \"email\" }"),
+            "identity.headers.\"x-a\"",
+        ),
+        (
+            tables("[identity]\nheaders = { \"X-A\" = \"\" }"),
+            "identity.headers.\"X-A\"",
+        ),
+        // [[routes]]
+        (
+            tables(
+                "[[routes]]\nname = \"base\"\npath_prefix = \"/b\"\nupstream = \"app\"\nauth = \"public\"",
+            ),
+            "routes[1].name",
+        ),
+        (
+            tables("[[routes]]\npath_prefix = \"/b\"\nupstream = \"app\"\nauth = \"public\""),
+            "routes[1].name",
+        ),
+        (
+            tables(
+                "[[routes]]\nname = \"x\"\npath_prefix = \"/b\"\nauth = \"public\"\nupstream = \"nope\"",
+            ),
+            "routes[1].upstream",
+        ),
+        (
+            tables("[[routes]]\nname = \"x\"\npath_prefix = \"/b\"\nauth = \"public\""),
+            "routes[1].upstream",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"public\"\nhost = \"x.test:80\""),
+            "routes[1].host",
+        ),
+        (route("auth = \"public\""), "routes[1]"),
+        (
+            route("path = \"/a\"\npath_prefix = \"/a\"\nauth = \"public\""),
+            "routes[1]",
+        ),
+        (
+            route("path_prefix = \"/a/../b\"\nauth = \"public\""),
+            "routes[1].path_prefix",
+        ),
+        (route("path = \"a\"\nauth = \"public\""), "routes[1].path"),
+        (
+            route("path_prefix = \"/a;b\"\nauth = \"public\""),
+            "routes[1].path_prefix",
+        ),
+        (
+            route("path_prefix = \"/a%3Ab\"\nauth = \"public\""),
+            "routes[1].path_prefix",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"public\"\nmethods = []"),
+            "routes[1].methods",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"public\"\nmethods = [\"get\"]"),
+            "routes[1].methods[0]",
+        ),
+        (route("path_prefix = \"/b\""), "routes[1].auth"),
+        (
+            route("path_prefix = \"/b\"\nauth = \"magic\""),
+            "routes[1].auth",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = [\"jwt\", \"jwt\"]"),
+            "routes[1].auth",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"session\""),
+            "routes[1].auth",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"public\"\nproviders = [\"p\"]"),
+            "routes[1].providers",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"public\"\nforward_token = true"),
+            "routes[1].forward_token",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"public\"\ncsrf = \"off\""),
+            "routes[1].csrf",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"public\"\ncsrf_allow_same_site = true"),
+            "routes[1].csrf_allow_same_site",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"jwt\"\ncsrf = \"strict\""),
+            "routes[1].csrf",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"jwt\"\ncsrf_unsafe_methods = [\"POST\"]"),
+            "routes[1].csrf_unsafe_methods[0]",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"jwt\"\non_unauthenticated = \"deny\""),
+            "routes[1].on_unauthenticated",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"jwt\"\nproviders = []"),
+            "routes[1].providers",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"jwt\"\nproviders = [\"nope\"]"),
+            "routes[1].providers[0]",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"jwt\"\ntoken_sources = []"),
+            "routes[1].token_sources",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"jwt\"\ntoken_sources = [\"bearer\", \"bearer\"]"),
+            "routes[1].token_sources[1]",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"jwt\"\ntoken_sources = [\"header:x\"]"),
+            "routes[1].token_sources[0]",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"jwt\"\n[routes.require]\nscopes = [\"a b\"]"),
+            "routes[1].require.scopes",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"jwt\"\n[routes.require]\nclaims = { role = [] }"),
+            "routes[1].require.claims.role",
+        ),
+        (
+            route("path_prefix = \"/b\"\nauth = \"public\"\nmax_body_size = \"big\""),
+            "routes[1].max_body_size",
+        ),
+        (
+            tables(
+                "[[routes]]\nname = \"dup\"\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"public\"",
+            ),
+            "routes[1]",
+        ),
+        // [[tests]]
+        (
+            tables("[[tests]]\nrequest = \"GET http://x/\"\nexpect_status = 200"),
+            "tests[0].name",
+        ),
+        (
+            tables("[[tests]]\nname = \"t\"\nexpect_status = 200"),
+            "tests[0].request",
+        ),
+        (
+            tables("[[tests]]\nname = \"t\"\nrequest = \"GET http://x/\""),
+            "tests[0]",
+        ),
+        // [login]
+        (
+            tables("[login]\nprovider = \"nope\"\nclient_id = \"c\"\ncookie_keys_env = \"X\""),
+            "login.provider",
+        ),
+        (
+            tables("[login]\nprovider = \"p\"\nclient_id = \"c\"\ncookie_keys_env = \"X\""),
+            "login.provider",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (fragment, key) in &cases {
+        let text = text(fragment);
+        match issue_keys(&text) {
+            Ok(keys) if keys.iter().any(|k| k == key) => {}
+            got => failures.push(format!("expected {key}, got {got:?} for:\n{text}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+    assert!(cases.len() >= 80, "{} cases", cases.len());
+}
