@@ -14,8 +14,8 @@ COPY Cargo.toml Cargo.lock ./
 # Build settings (jemalloc's compiled-in options).
 COPY .cargo ./.cargo
 COPY src ./src
-# Cargo.toml names the criterion benches, so cargo cannot read it without benches/; the load
-# helpers there, scripts/ and the dev TLS certificate in config/dev/ drive the training load.
+# Cargo.toml names the criterion benches, so cargo cannot read it without benches/ (the
+# training load itself needs only scripts/ and the dev TLS certificate in config/dev/).
 COPY benches ./benches
 COPY scripts ./scripts
 COPY config ./config

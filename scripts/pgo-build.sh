@@ -25,7 +25,6 @@ case "${1:-}" in
     *) echo "usage: bash scripts/pgo-build.sh [--lean]" >&2; exit 2 ;;
 esac
 root=$PWD
-here=$root/benches/load
 
 command -v cargo >/dev/null 2>&1 || { echo "missing: cargo (https://rustup.rs)" >&2; exit 1; }
 missing=()
@@ -48,7 +47,6 @@ if [ ! -x "$profdata" ]; then
     }
 fi
 
-source "$here/lib.sh"
 work=$(mktemp -d)
 data=$root/target/pgo-data
 gw_pid=""
@@ -76,8 +74,8 @@ cert = "$root/config/dev/tls.crt"
 key = "$root/config/dev/tls.key"
 TOML
 many=2000
-python3 "$here/tokens.py" hs256 "$secret" $many > "$work/hs.txt"
-for alg in rs256 es256 eddsa; do python3 "$here/tokens.py" $alg "$work" $many > "$work/$alg.txt"; done
+python3 scripts/tokens.py hs256 "$secret" $many > "$work/hs.txt"
+for alg in rs256 es256 eddsa; do python3 scripts/tokens.py $alg "$work" $many > "$work/$alg.txt"; done
 jwt_route_toml rs RS256 "$work/rs.pub.pem" >> "$work/gw.toml"
 jwt_route_toml es ES256 "$work/es.pub.pem" >> "$work/gw.toml"
 jwt_route_toml ed EdDSA "$work/ed.pub.pem" >> "$work/gw.toml"
@@ -94,8 +92,7 @@ fail() { echo "pgo-build: $*" >&2; tail -20 "$work/gw.log" >&2; exit 1; }
 serve() {
     LOAD_SECRET=$secret RUST_LOG=warn "$1" serve --config "$work/gw.toml" > "$work/gw.log" 2>&1 &
     gw_pid=$!
-    for _ in $(seq 100); do curl -s -o /dev/null "$http/plain/" && return; sleep 0.2; done
-    fail "$1 does not answer on $http"
+    wait_ready "$http/plain/" || fail "$1 does not answer on $http"
 }
 # stop: SIGTERM, and the gateway must drain and exit 0 (the profile is written at exit).
 stop() {

@@ -124,7 +124,7 @@ pub async fn decide(
         (Some(claims), RouteAuth::Protected(policy)) => {
             auth::authorize_assumed_claims(policy, claims)
         }
-        _ => {
+        (None, _) | (Some(_), RouteAuth::Public) => {
             let ctx = auth::AuthContext {
                 providers: &snapshot.providers,
                 cache: &snapshot.token_cache,

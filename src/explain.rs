@@ -119,7 +119,9 @@ pub async fn evaluate(
         };
         let (name, value) = match sources.first() {
             Some(TokenSource::Cookie(name)) => (http::header::COOKIE, format!("{name}={token}")),
-            _ => (http::header::AUTHORIZATION, format!("Bearer {token}")),
+            Some(TokenSource::Bearer) | None => {
+                (http::header::AUTHORIZATION, format!("Bearer {token}"))
+            }
         };
         let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
         parts.headers.append(name, value);
@@ -172,7 +174,9 @@ pub async fn evaluate(
         evaluation.upstream = Some(snapshot.upstreams[route.upstream].name.to_string());
         let claims = match credential {
             Credential::Claims(claims) => Some(claims.clone()),
-            _ => trace.subject.as_ref().map(|c| (**c).clone()),
+            Credential::None | Credential::Token(_) => {
+                trace.subject.as_ref().map(|c| (**c).clone())
+            }
         };
         if let (RouteAuth::Protected(policy), Some(claims)) = (&route.auth, claims) {
             for scope in policy.scopes.iter() {

@@ -175,11 +175,11 @@ pub fn strip_request<'a>(
         }
         Consumed::Cookie { source, spot } => match sources.get(source) {
             Some(TokenSource::Cookie(name)) => (Some((&**name, spot)), None),
-            _ => (None, None),
+            Some(TokenSource::Bearer) | None => (None, None),
         },
         Consumed::Kept { source } => match sources.get(source) {
             Some(TokenSource::Cookie(name)) => (None, Some(&**name)),
-            _ => (None, None),
+            Some(TokenSource::Bearer) | None => (None, None),
         },
     };
     let bearer_kept = matches!(
@@ -360,10 +360,10 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) -> bool 
     for value in first.iter().chain(&more) {
         for token in value.as_bytes().split(|&b| b == b',') {
             // Invalid names cannot be fields of the map: a lookup by them finds nothing.
-            if let Ok(token) = std::str::from_utf8(token.trim_ascii()) {
-                if !token.is_empty() {
-                    headers.remove(token);
-                }
+            if let Ok(token) = std::str::from_utf8(token.trim_ascii())
+                && !token.is_empty()
+            {
+                headers.remove(token);
             }
         }
     }

@@ -108,9 +108,9 @@ start_gateway() { # BIN PORT [TLS_PORT]: a gateway with one worker on CPU 0; pri
 # What side A asks for: the public route, or a cached token (--auth).
 path_a=/plain/ header_a=()
 case $auth in
-    hs256) path_a=/hs/ header_a=(-H "Authorization: Bearer $(python3 "$here/tokens.py" hs256 "$secret" 1)") ;;
+    hs256) path_a=/hs/ header_a=(-H "Authorization: Bearer $(python3 "$here/../../scripts/tokens.py" hs256 "$secret" 1)") ;;
     rs256 | cookie)
-        token=$(python3 "$here/tokens.py" rs256 "$work" 1)
+        token=$(python3 "$here/../../scripts/tokens.py" rs256 "$work" 1)
         if [ "$auth" = rs256 ]; then
             path_a=/rs/ header_a=(-H "Authorization: Bearer $token")
         else
@@ -142,12 +142,8 @@ else
     label_b="B nginx plain proxy"
 fi
 for port in $port_a $port_b; do
-    up=""
-    for _ in $(seq 50); do
-        curl -sf -o /dev/null "http://127.0.0.1:$port/plain/" && { up=1; break; }
-        sleep 0.1
-    done
-    [ -n "$up" ] || { echo "nothing answers on port $port:" >&2; cat "$work"/gw-*.log >&2; exit 1; }
+    wait_ready "http://127.0.0.1:$port/plain/" ||
+        { echo "nothing answers on port $port:" >&2; cat "$work"/gw-*.log >&2; exit 1; }
 done
 
 [ -z "$auth" ] || for port in $port_a ${bin_b:+$port_b}; do

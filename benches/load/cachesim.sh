@@ -50,7 +50,7 @@ run() {
             --cachegrind-out-file="$out" nginx -c "$work/proxy.conf" > "$work/vg.log" 2>&1 &
     fi
     vg=$!
-    for _ in $(seq 120); do curl -fs -o /dev/null "http://127.0.0.1:$port_proxy/plain/" && break; sleep 0.5; done
+    wait_ready "http://127.0.0.1:$port_proxy/plain/" || { echo "nothing answers on $port_proxy" >&2; exit 1; }
     n=$(wrk -t1 -c16 -d2s "${close[@]}" "http://127.0.0.1:$port_proxy/plain/" | awk '/requests in/ {print $1}')
     [ "$secs" = 0 ] || m=$(wrk -t1 -c16 -d"${secs}s" "${close[@]}" "http://127.0.0.1:$port_proxy/plain/" | awk '/requests in/ {print $1}')
     # The gateway drains on SIGTERM; nginx without a master stops gracefully on SIGQUIT.

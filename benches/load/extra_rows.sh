@@ -41,8 +41,8 @@ NGINX
 nginx -c "$work/nginx.conf"
 
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-python3 "$here/tokens.py" hs256 "$secret" 10000 > "$work/hs.txt"
-python3 "$here/tokens.py" eddsa "$work" 10000 > "$work/ed.txt"
+python3 "$here/../../scripts/tokens.py" hs256 "$secret" 10000 > "$work/hs.txt"
+python3 "$here/../../scripts/tokens.py" eddsa "$work" 10000 > "$work/ed.txt"
 {
     gateway_toml $port_gw $port_up "https = \"127.0.0.1:$port_gw_tls\"
 token_cache_size = 50000"
@@ -57,7 +57,7 @@ TOML
 start_gateway() {
     LOAD_SECRET=$secret RUST_LOG=warn "$bin" serve --config "$work/gw.toml" --workers "$1" > "$work/gw.log" 2>&1 &
     gw_pid=$!
-    for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port_gw/plain/" >/dev/null && return; sleep 0.1; done
+    wait_ready "http://127.0.0.1:$port_gw/plain/" && return
     echo "the gateway did not start:" >&2; cat "$work/gw.log" >&2; exit 1
 }
 stop_gateway() { kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; gw_pid=""; }

@@ -30,7 +30,7 @@ port_up=18581; port_gw=18591
 upstream_nginx "$work" $port_up
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 gateway_toml $port_gw $port_up > "$work/gw.toml"
-token=$(python3 "$here/tokens.py" hs256 "$secret" 1)
+token=$(python3 "$here/../../scripts/tokens.py" hs256 "$secret" 1)
 
 measure() { # measure LABEL PATH [header]
     local label=$1 path=$2; shift 2
@@ -39,7 +39,7 @@ measure() { # measure LABEL PATH [header]
         > "$work/gw.log" 2>&1 &
     local vg=$!
     echo $vg > "$work/vg.pid"
-    for _ in $(seq 120); do curl -fs -o /dev/null "http://127.0.0.1:$port_gw/plain/" && break; sleep 0.5; done
+    wait_ready "http://127.0.0.1:$port_gw/plain/" || { echo "the gateway did not start" >&2; exit 1; }
     wrk -t1 -c16 -d3s "$@" "http://127.0.0.1:$port_gw$path" > /dev/null
     callgrind_control -z $vg > /dev/null 2>&1
     local n

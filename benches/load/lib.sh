@@ -1,22 +1,8 @@
-# Pieces the load scripts share (sourced by run.sh, extra_rows.sh, instructions.sh, ab.sh,
-# cachesim.sh and scripts/pgo-build.sh).
+# Pieces the load scripts share (sourced by run.sh, extra_rows.sh, instructions.sh, ab.sh and
+# cachesim.sh), on top of scripts/lib.sh (the upstream nginx, the gateway configs,
+# wait_ready), which the shipped build script uses too.
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/scripts/lib.sh"
 
-# upstream_nginx WORK PORT [WORKER_CONNECTIONS]: starts a one-worker nginx on 127.0.0.1:PORT
-# answering every path with "ok user=<X-Auth-User>" (the app behind the gateway); its pid is
-# WORK/nginx.pid.
-upstream_nginx() {
-    local work=$1 port=$2 conns=${3:-1024}
-    cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-worker_rlimit_nofile $((conns + 5000));
-events { worker_connections $conns; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$port; location / { return 200 "ok user=\$http_x_auth_user\n"; } } }
-NGINX
-    nginx -c "$work/nginx.conf"
-}
 
 # nginx_proxy_conf WORK PORT PORT_UP [TOP_LINES] [SERVER_LINES]: prints the config of the
 # reference, nginx's plain keep-alive proxy with one worker on 127.0.0.1:PORT in front of
@@ -36,75 +22,6 @@ http { access_log off; keepalive_requests 1000000;
 NGINX
 }
 
-# gateway_toml PORT_GW PORT_UP [SERVER_LINES]: prints a gateway config listening on
-# 127.0.0.1:PORT_GW in front of 127.0.0.1:PORT_UP, with a public route /plain and an HS256
-# route /hs (provider "hs", secret from $LOAD_SECRET). SERVER_LINES go into [server]; callers
-# append their own tables.
-gateway_toml() {
-    cat <<TOML
-[server]
-http = "127.0.0.1:$1"
-watch_config = false
-${3:-}
-[providers.hs]
-issuer = "https://issuer.load"
-audiences = ["app"]
-algorithms = ["HS256"]
-hmac_secret_env = "LOAD_SECRET"
-[upstreams.app]
-url = "http://127.0.0.1:$2"
-[identity]
-headers = { "X-Auth-User" = "sub" }
-[[routes]]
-name = "plain"
-path_prefix = "/plain"
-upstream = "app"
-auth = "public"
-[[routes]]
-name = "hs"
-path_prefix = "/hs"
-upstream = "app"
-auth = "jwt"
-providers = ["hs"]
-TOML
-}
 
-# jwt_route_toml NAME ALG KEYFILE: a provider NAME (the load configs' issuer and audience)
-# verifying ALG with the public key in KEYFILE, and a Bearer route /NAME that takes it.
-jwt_route_toml() {
-    cat <<TOML
-[providers.$1]
-issuer = "https://issuer.load"
-audiences = ["app"]
-algorithms = ["$2"]
-public_keys = ["$3"]
-[[routes]]
-name = "$1"
-path_prefix = "/$1"
-upstream = "app"
-auth = "jwt"
-providers = ["$1"]
-TOML
-}
 
-# cookie_route_toml PROVIDER: a route /cookie taking provider PROVIDER's token from the
-# cookie "session".
-cookie_route_toml() {
-    cat <<TOML
-[[routes]]
-name = "cookie"
-path_prefix = "/cookie"
-upstream = "app"
-auth = "jwt"
-providers = ["$1"]
-token_sources = ["cookie:session"]
-TOML
-}
 
-# cleanup_work: the EXIT trap of a script that keeps its files in $work and runs one gateway
-# ($gw_pid, empty when none runs) and upstream_nginx "$work": stops both, removes $work.
-cleanup_work() {
-    [ -n "${gw_pid:-}" ] && kill "$gw_pid" 2>/dev/null || true
-    [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-    rm -rf "$work"
-}

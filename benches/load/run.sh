@@ -76,7 +76,7 @@ ulimit -n 65536 2>/dev/null || true
 LOAD_SECRET=$secret RUST_LOG=warn "$bin" serve --config "$work/gw.toml" > "$work/gw.log" 2>&1 &
 echo $! > "$work/gw.pid"
 gw_pid=$(cat "$work/gw.pid")
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port_gw/plain/" >/dev/null && break; sleep 0.1; done
+wait_ready "http://127.0.0.1:$port_gw/plain/" || { echo "the gateway did not start" >&2; exit 1; }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status"; }
 
 idle=${IDLE_CONNS:-10000}
@@ -87,7 +87,7 @@ echo "== idle keep-alive connections"
 echo "RSS before: $((before / 1024)) MiB; $(cat "$work/idle.txt")"
 
 many=${MANY_TOKENS:-1000000}
-python3 "$here/tokens.py" hs256 "$secret" "$many" > "$work/tokens.txt"
+python3 "$here/../../scripts/tokens.py" hs256 "$secret" "$many" > "$work/tokens.txt"
 duration=$([ $quick = 1 ] && echo 10 || echo 60)
 echo
 echo "== $many distinct HS256 tokens for ${duration}s (token_cache_size 50000)"

@@ -240,7 +240,16 @@ fn most_specific(previous: Option<JwtError>, new: JwtError) -> JwtError {
         JwtError::BadSignature => 3,
         JwtError::UnknownKey => 2,
         JwtError::AlgorithmNotAllowed => 1,
-        _ => 0,
+        JwtError::TooLarge
+        | JwtError::Malformed
+        | JwtError::UnsupportedCritical
+        | JwtError::UnknownIssuer
+        | JwtError::MissingExpiry
+        | JwtError::Expired
+        | JwtError::NotYetValid
+        | JwtError::IssuedInFuture
+        | JwtError::WrongAudience
+        | JwtError::ClaimType => 0,
     };
     match previous {
         Some(p) if rank(p) >= rank(new) => p,

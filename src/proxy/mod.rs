@@ -329,7 +329,7 @@ async fn login_endpoint(
         (Endpoint::Logout, true) => Some("logout"),
         (Endpoint::Backchannel, true) => Some("backchannel_logout"),
         (Endpoint::Backchannel, false) => Some("backchannel_refused"),
-        _ => None,
+        (Endpoint::Login, _) | (Endpoint::Logout, false) => None,
     };
     if let Some(event) = event {
         snapshot.metrics.session_event(event);

@@ -308,7 +308,7 @@ where
                         return Poll::Ready(Some(Ok(())));
                     }
                     checks = checks.wrapping_add(1);
-                    if may_park && !stopping && checks % builders.park_every == 0 {
+                    if may_park && !stopping && checks.is_multiple_of(builders.park_every) {
                         let now = activity.ticks.load(Ordering::Relaxed);
                         if now == seen && activity.idle() {
                             return Poll::Ready(None);

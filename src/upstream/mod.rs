@@ -115,7 +115,7 @@ impl Upstream {
             {
                 Some(p.clone())
             }
-            _ => None,
+            Target::Http { .. } | Target::Echo => None,
         });
         if let Some(old_pool) = same {
             *pool = old_pool;
