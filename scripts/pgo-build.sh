@@ -146,7 +146,7 @@ for pair in hs:hs rs:rs256 es:es256 ed:eddsa; do
     status "$http/$route/" 200 -H "$(bearer "$tok")"
     status "$http/$route/" 401 -H "$(bearer "$(tampered "$tok")")"
     load "$file, one token" "$http/$route/" ok -H "$(bearer "$tok")"
-    load "$file, $many tokens" "$http/$route/" ok -s "$here/stream_tokens.lua" -- "$work/$file.txt" 1
+    load "$file, $many tokens" "$http/$route/" ok -s scripts/stream_tokens.lua -- "$work/$file.txt" 1
     load "$file, bad signature" "$http/$route/" rejected -H "$(bearer "$(tampered "$tok")")"
 done
 load "no token" "$http/rs/" rejected

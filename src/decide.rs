@@ -34,8 +34,9 @@ pub struct Facts {
     pub tls: bool,
     /// Its peer is in `trusted_proxies`.
     pub trusted: bool,
-    /// Seconds since the epoch.
-    pub now: u64,
+    /// Seconds since the epoch; `None`: read the clock if a credential needs it (a public
+    /// request never does, and a clock read is not free).
+    pub now: Option<u64>,
     /// Claims to take as verified instead of a credential: only `explain --claims` and
     /// `[[tests]]` set it, never the proxy.
     pub assumed: Option<Claims>,
@@ -130,7 +131,11 @@ pub async fn decide(
                 cache: &snapshot.token_cache,
                 login: snapshot.login.as_ref().map(|l| l as &dyn auth::Sessions),
                 tls: facts.tls,
-                now: facts.now,
+                now: match (&route.auth, facts.now) {
+                    (_, Some(now)) => now,
+                    (RouteAuth::Protected(_), None) => auth::unix_now(),
+                    (RouteAuth::Public, None) => 0,
+                },
             };
             auth::authenticate(&route.auth, &parts.headers, &ctx).await
         }
@@ -195,15 +200,20 @@ pub async fn decide(
     }))
 }
 
-/// Step 4 for a forwarded request: strip, then inject (I2, I3, I10). Rewrites the headers
-/// in `parts` and returns the fields to add after them (see [`identity::strip_request`]).
+/// Step 4 for a forwarded request (the parts of a [`Forward`]): strip, then inject (I2, I3,
+/// I10). Rewrites the headers in `parts` and returns the fields to add after them (see
+/// [`identity::strip_request`]). Takes the pieces rather than the `Forward`, so that the
+/// proxy can move the path on to the upstream without copying it.
 pub fn rewrite<'a>(
     snapshot: &'a Snapshot,
-    forward: &'a Forward,
+    route: usize,
+    permit: &'a Permit,
+    path_and_query: &PathAndQuery,
+    host_value: Option<&HeaderValue>,
     parts: &mut http::request::Parts,
     client: &'a ClientInfo<'a>,
 ) -> Added<'a> {
-    let route = &snapshot.routes.routes()[forward.route];
+    let route = &snapshot.routes.routes()[route];
     let sources: &[TokenSource] = match &route.auth {
         RouteAuth::Protected(policy) => &policy.sources,
         RouteAuth::Public => &[],
@@ -211,17 +221,15 @@ pub fn rewrite<'a>(
     let added = identity::strip_request(
         &mut parts.headers,
         &snapshot.identity,
-        &forward.permit,
+        permit,
         sources,
         client,
         identity::RouteRules {
             keep_method_override: route.allow_method_override,
-            original_uri: route
-                .forward_original_uri
-                .then(|| forward.path_and_query.as_str()),
+            original_uri: route.forward_original_uri.then(|| path_and_query.as_str()),
         },
     );
-    if let Some(host_value) = &forward.host_value
+    if let Some(host_value) = host_value
         && !parts.headers.contains_key(HOST)
     {
         // HTTP/2 clients send :authority only; the app sees the host the client asked for.

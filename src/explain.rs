@@ -130,7 +130,7 @@ pub async fn evaluate(
     let facts = Facts {
         tls,
         trusted: false,
-        now: crate::auth::unix_now(),
+        now: Some(crate::auth::unix_now()),
         assumed: match credential {
             Credential::Claims(claims) => Some(claims.clone()),
             Credential::None | Credential::Token(_) => None,
@@ -227,7 +227,15 @@ pub async fn evaluate(
                 host: forward.host_value.as_ref(),
                 trusted: false,
             };
-            let added = decide::rewrite(snapshot, &forward, &mut parts, &client);
+            let added = decide::rewrite(
+                snapshot,
+                forward.route,
+                &forward.permit,
+                &forward.path_and_query,
+                forward.host_value.as_ref(),
+                &mut parts,
+                &client,
+            );
             added.append_to(&mut parts.headers);
             evaluation.target = Some(forward.path_and_query.to_string());
             evaluation.headers = parts

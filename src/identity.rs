@@ -182,14 +182,13 @@ pub fn strip_request<'a>(
             Some(TokenSource::Bearer) | None => (None, None),
         },
     };
-    let bearer_kept = matches!(
-        (permit.consumed(), permit.consumed_source(sources)),
-        (Consumed::Kept { .. }, Some(TokenSource::Bearer))
-    );
     if authorization
         && policy.strip_bearer
-        && !bearer_kept
         && permit.consumed() != Consumed::Authorization
+        && !matches!(
+            (permit.consumed(), permit.consumed_source(sources)),
+            (Consumed::Kept { .. }, Some(TokenSource::Bearer))
+        )
     {
         remove_bearer(headers);
     }

@@ -2,18 +2,23 @@
 //!
 //! The request path, one module per step:
 //! ```text
-//! server (accept, tls, h1/h2 detection, idle HTTP/1 parking, graceful drain)
+//! server (accept, tls, h1/h2 detection, idle HTTP/1 parking, timeouts, graceful drain)
 //!   └─ proxy::handle ── one Arc<Snapshot> per request (snapshot.rs)
-//!        1. canonical  ── canonical host and path; 400 when ambiguous
-//!        2. router     ── most specific route; none → 404, upstream untouched
-//!        3. auth       ── credential → verified Identity, or Public; 401/403 otherwise
-//!                         (a session from `session`: OIDC login, sealed cookies, stores)
-//!        4. identity   ── strip hop-by-hop + spoofed identity + consumed credential, inject
-//!        5. proxy::upstream ── pooled keep-alive client, streamed bodies; 502/504
-//!        └─ proxy::error ── the one status mapping; access log line (no secrets)
+//!        └─ decide ── the decision, shared with `explain` and `[[tests]]`:
+//!             limits ─ the gateway's own endpoints (session)
+//!             canonical ─ router ─ readings: one path, its route, every reading agrees (I4, I9)
+//!             auth: credential → verified Identity, or Public; 401/403 otherwise
+//!             csrf: a cookie-authenticated unsafe request must come from this origin
+//!           decide::rewrite ── identity: strip, then inject (I2, I3, I10)
+//!        └─ upstream::forward ── pooled HTTP/1.1, streamed bodies; 502/504
+//!        └─ error ── the one status mapping; outcome ── the decision log's reason
 //! ```
-//! `config` turns the TOML file into a `Snapshot` (all validation at load time);
-//! `telemetry` sets up logging.
+//! `config` turns the TOML file into a `Snapshot` (all validation at load time); `check`
+//! and `explain` report on it; `telemetry` sets up logging. The modules form an acyclic
+//! graph (`tests/layout.rs`): leaves first (`canonical`, `policy`, `csrf`, `outcome`,
+//! `worker`, `tls`, `metrics`), then the domain (`router`, `readings`, `auth`, `identity`,
+//! `session`), the connectors (`upstream`), the state (`snapshot`, `error`), the decision,
+//! the handler, and the listeners on top.
 
 #![forbid(unsafe_code)]
 

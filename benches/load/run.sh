@@ -91,7 +91,7 @@ python3 "$here/../../scripts/tokens.py" hs256 "$secret" "$many" > "$work/tokens.
 duration=$([ $quick = 1 ] && echo 10 || echo 60)
 echo
 echo "== $many distinct HS256 tokens for ${duration}s (token_cache_size 50000)"
-timeout $((duration + 30)) wrk -t2 -c64 -d${duration}s -s "$here/stream_tokens.lua" \
+timeout $((duration + 30)) wrk -t2 -c64 -d${duration}s -s "$here/../../scripts/stream_tokens.lua" \
     "http://127.0.0.1:$port_gw/hs/" -- "$work/tokens.txt" 2 > "$work/wrk-many.txt" &
 wrk_pid=$!
 samples=()

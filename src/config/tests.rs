@@ -428,3 +428,118 @@ fn every_issue_names_its_key() {
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
     assert!(cases.len() >= 80, "{} cases", cases.len());
 }
+
+#[test]
+fn every_login_issue_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("cookie.keys");
+    std::fs::write(&keys, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
+    let bad_keys = dir.path().join("bad.keys");
+    std::fs::write(&bad_keys, "not base64 at all\n").unwrap();
+    let login = |lines: &str, keys_line: Option<String>| {
+        let keys_line =
+            keys_line.unwrap_or_else(|| format!("cookie_keys_file = \"{}\"", keys.display()));
+        let tables = format!(
+            "[providers.idp]\nissuer = \"http://127.0.0.1:9\"\naudiences = [\"a\"]\n\
+             algorithms = [\"RS256\"]\ndiscovery = \"http://127.0.0.1:9\"\n\n\
+             [login]\nprovider = \"idp\"\nclient_id = \"c\"\n{keys_line}\n{lines}\n"
+        );
+        BASE.replace("{server}", "")
+            .replace("{provider}", "")
+            .replace("{upstream}", "")
+            .replace("{tables}", &tables)
+    };
+    assert!(
+        load_str(&login("", None), PathBuf::from("/nonexistent/p.toml")).is_ok(),
+        "the login base is valid"
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (login("", Some(String::new())), "login.cookie_keys_env"),
+        (
+            login("", Some("cookie_keys_file = \"/nonexistent/keys\"".into())),
+            "login.cookie_keys_file",
+        ),
+        (
+            login(
+                "",
+                Some(format!("cookie_keys_file = \"{}\"", bad_keys.display())),
+            ),
+            "login.cookie_keys_file",
+        ),
+        (
+            login(
+                "",
+                Some("cookie_keys_env = \"PORTCULLIS_TEST_NO_SUCH_VARIABLE\"".into()),
+            ),
+            "login.cookie_keys_env",
+        ),
+        (
+            login(
+                "client_secret_env = \"PORTCULLIS_TEST_NO_SUCH_VARIABLE\"",
+                None,
+            ),
+            "login.client_secret_env",
+        ),
+        (
+            login("client_secret_file = \"/nonexistent/secret\"", None),
+            "login.client_secret_file",
+        ),
+        (
+            login("redirect_path = \"callback\"", None),
+            "login.redirect_path",
+        ),
+        (
+            login("redirect_path = \"/_portcullis/login\"", None),
+            "login.redirect_path",
+        ),
+        (
+            login("redirect_url = \"ftp://x/cb\"", None),
+            "login.redirect_url",
+        ),
+        (
+            login("post_logout_redirect_url = \"nope\"", None),
+            "login.post_logout_redirect_url",
+        ),
+        (login("scopes = \"email profile\"", None), "login.scopes"),
+        (login("cookie_name = \"a b\"", None), "login.cookie_name"),
+        (login("idle_timeout = \"0s\"", None), "login.idle_timeout"),
+        (login("lifetime = \"soon\"", None), "login.lifetime"),
+        (login("store = \"disk\"", None), "login.store"),
+        (login("store = \"redis\"", None), "login.redis_url"),
+        (
+            login(
+                "store = \"redis\"\nredis_url_env = \"PORTCULLIS_TEST_NO_SUCH_VARIABLE\"",
+                None,
+            ),
+            "login.redis_url_env",
+        ),
+        (
+            login(
+                "store = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_timeout = \"0s\"",
+                None,
+            ),
+            "login.redis_timeout",
+        ),
+        (
+            login(
+                "store = \"redis\"\nredis_url = \"rediss://127.0.0.1:6379\"\nredis_ca_file = \"/nonexistent/ca.pem\"",
+                None,
+            ),
+            "login.redis_ca_file",
+        ),
+        (login("max_sessions = 10", None), "login.max_sessions"),
+        (login("redis_prefix = \"p:\"", None), "login.redis_prefix"),
+        (
+            login("client_id = \"\"", None).replace("client_id = \"c\"\n", ""),
+            "login.client_id",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (text, key) in &cases {
+        match issue_keys(text) {
+            Ok(keys) if keys.iter().any(|k| k == key) => {}
+            got => failures.push(format!("expected {key}, got {got:?} for:\n{text}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}

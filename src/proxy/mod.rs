@@ -133,16 +133,16 @@ async fn process(
     let facts = Facts {
         tls: conn.tls,
         trusted,
-        now: auth::unix_now(),
+        now: None,
         assumed: None,
     };
     let forward = match decide::decide(snapshot, parts, &facts, trace).await? {
         Decision::Forward(forward) => forward,
         Decision::Endpoint(endpoint) => {
-            let login = snapshot
-                .login
-                .as_ref()
-                .expect("endpoints exist with [login]");
+            // decide names an endpoint only when there is a [login]; without one, fail closed.
+            let Some(login) = &snapshot.login else {
+                return Err(ProxyError::NoRoute);
+            };
             // Boxed, like the login redirect below: rare, and large futures that would
             // otherwise make every request's future larger.
             return Box::pin(login_endpoint(endpoint, login, parts, body, conn, snapshot))
@@ -153,10 +153,9 @@ async fn process(
             return_to,
             host_value,
         } => {
-            let login = snapshot
-                .login
-                .as_ref()
-                .expect("sessions exist with [login]");
+            let Some(login) = &snapshot.login else {
+                return Err(ProxyError::NoRoute);
+            };
             let host = host_value
                 .as_ref()
                 .and_then(|h| h.to_str().ok())
@@ -168,26 +167,40 @@ async fn process(
                 tls: conn.tls,
                 query: None,
             };
-            let response = Box::pin(login.start(&info, return_to.as_str(), facts.now)).await?;
+            let now = auth::unix_now();
+            let response = Box::pin(login.start(&info, return_to.as_str(), now)).await?;
             return Ok(response.map(Either::Right));
         }
     };
-    let route = &snapshot.routes.routes()[forward.route];
+    let decide::Forward {
+        route: index,
+        path_and_query,
+        host_value,
+        mut permit,
+    } = forward;
+    let route = &snapshot.routes.routes()[index];
 
     // 4-5. Strip, then inject (I2, I3, I10), and forward, the answer streamed back, the
     // body bounded by the route's limit. In one block: the upstream head is written before
     // the future is made, so what the rewrite borrows (and the permit) is not kept in it.
-    let mut forward = forward;
-    let set_cookie = forward.permit.take_set_cookie();
+    let set_cookie = permit.take_set_cookie();
     let forwarding = {
-        let forward = forward;
+        let permit = permit;
         let client = ClientInfo {
             peer: conn.peer_header.clone(),
             tls: conn.tls,
-            host: forward.host_value.as_ref(),
+            host: host_value.as_ref(),
             trusted,
         };
-        let added = decide::rewrite(snapshot, &forward, parts, &client);
+        let added = decide::rewrite(
+            snapshot,
+            index,
+            &permit,
+            &path_and_query,
+            host_value.as_ref(),
+            parts,
+            &client,
+        );
         let limit = route.max_body_size.or(snapshot.server.max_body_size);
         if let Some(limit) = limit
             && declared_length(&parts.headers).is_some_and(|len| len > limit)
@@ -198,10 +211,10 @@ async fn process(
         *upstream_started = trace.timed.then(Instant::now);
         upstream::forward(
             &snapshot.upstreams[route.upstream],
-            &forward.permit,
+            &permit,
             parts,
             &added,
-            forward.path_and_query.clone(),
+            path_and_query,
             body,
         )
     };
@@ -348,7 +361,7 @@ fn logout_forged(
     let facts = Facts {
         tls: conn.tls,
         trusted: snapshot.is_trusted(conn.peer.ip()),
-        now: 0,
+        now: None,
         assumed: None,
     };
     let own = decide::request_origin(&facts, &parts.headers, host.as_ref());

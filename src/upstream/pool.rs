@@ -72,6 +72,10 @@ pub(super) struct Conn {
     /// later deadline by each request: in tokio that costs an atomic store, where a new
     /// timer per request is an insertion into the timer wheel and a removal.
     pub(super) timer: Option<Pin<Box<Sleep>>>,
+    /// When the timer was last armed (the last request was sent): the connection's idle
+    /// time is counted from there when it goes back to the pool, a little early, which
+    /// only ever closes it sooner, and saves a clock read per request.
+    armed_at: Option<Instant>,
 }
 
 impl Conn {
@@ -81,6 +85,7 @@ impl Conn {
             read: BytesMut::new(),
             spare: Vec::new(),
             timer: None,
+            armed_at: None,
         }
     }
 
@@ -94,7 +99,9 @@ impl Conn {
 
     /// Sets the timer to `timeout` from now.
     pub(super) fn arm(&mut self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        self.armed_at = Some(now.into_std());
+        let deadline = now + timeout;
         match &mut self.timer {
             Some(timer) => timer.as_mut().reset(deadline),
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -231,10 +238,8 @@ impl Pool {
             if slot.idle.len() >= self.settings.max_idle {
                 return;
             }
-            slot.idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            let since = conn.armed_at.unwrap_or_else(Instant::now);
+            slot.idle.push(Idle { conn, since });
             !std::mem::replace(&mut slot.sweeping, true)
         };
         if start_sweeper {

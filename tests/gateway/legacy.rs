@@ -782,3 +782,68 @@ auth = "public"
         }
     }
 }
+
+/// The shipped default config itself (`config/portcullis.toml`, its echo upstream and dev
+/// key), on free ports: ordinary browser and API requests pass as they did.
+#[tokio::test]
+async fn the_shipped_default_config_still_serves_ordinary_requests() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(repo.join("config/portcullis.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:8443", "127.0.0.1:0")
+        .replace("\"dev/", &format!("\"{}/config/dev/", repo.display()));
+    let gw = Gateway::start(&text).await;
+    let key = std::fs::read(repo.join("config/dev/signing.key.pem")).unwrap();
+    let claims = json!({
+        "iss": "https://portcullis.dev.local", "aud": "echo", "sub": "alice",
+        "iat": now(), "exp": now() + 600, "scope": "admin",
+    });
+    let token = token_with(
+        Algorithm::RS256,
+        &claims,
+        Some("dev-1"),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&key).unwrap(),
+    );
+    let http = client();
+    for path in [
+        "/",
+        "/hello",
+        "/hello/",
+        "/hello?name=World&redirect=%2Fhome",
+        "/reports/Q1%202026.pdf",
+        "/Reports/Q1.pdf",
+        "/caf%C3%A9/men%C3%BC",
+        "/app/page;jsessionid=ABC123",
+        "/static/app.js?v=1.2.3",
+        "/public/",
+        "/public/Readme.md",
+        "/admin/",
+        "/admin/users/42",
+    ] {
+        for cookie in [false, true] {
+            let mut request = http.get(gw.url(path));
+            request = if cookie && !path.starts_with("/admin") {
+                request.header("cookie", format!("access_token={token}"))
+            } else {
+                request.bearer_auth(&token)
+            };
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path} (cookie: {cookie})");
+            let echo: serde_json::Value = response.json().await.unwrap();
+            let sent = path.split('?').next().unwrap();
+            assert_eq!(echo["path"], sent, "{path}");
+        }
+    }
+    // A browser's form POST from the gateway's own page, with the cookie.
+    let response = http
+        .post(gw.url("/transfer"))
+        .header("cookie", format!("access_token={token}"))
+        .header("origin", format!("http://{}", gw.http))
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("amount", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
