@@ -147,8 +147,12 @@ pub fn route_summaries(snapshot: &Snapshot) -> Vec<String> {
                     text
                 }
             };
+            let mapped = match (upstream.mapping.prefix.as_deref(), &route.strip_prefix) {
+                (None, None) => String::new(),
+                (prefix, _) => format!(", {} as {}", route.mount(), prefix.unwrap_or("/")),
+            };
             format!(
-                "route {}: {host}, {path}, {methods} -> {} ({}); auth {auth}",
+                "route {}: {host}, {path}, {methods} -> {} ({}){mapped}; auth {auth}",
                 route.name,
                 upstream.name,
                 upstream.describe()
@@ -192,6 +196,12 @@ pub async fn run_rule_tests(snapshot: &Snapshot) -> RuleTestReport {
                     && expected != route
                 {
                     problems.push(format!("route {route}, expected {expected}"));
+                }
+                let target = evaluation.target.as_deref().unwrap_or("-");
+                if let Some(expected) = &test.expect_upstream_target
+                    && expected != target
+                {
+                    problems.push(format!("upstream target {target}, expected {expected}"));
                 }
                 problems
             }

@@ -27,6 +27,7 @@ use crate::policy::{RouteAuth, TokenSource, Unauthenticated};
 use crate::readings;
 use crate::session;
 use crate::snapshot::{ServerSettings, Snapshot};
+use crate::upstream;
 
 /// What the connection tells about a request.
 pub struct Facts {
@@ -229,7 +230,10 @@ pub fn rewrite<'a>(
             original_uri: route.forward_original_uri.then(|| path_and_query.as_str()),
         },
     );
-    if let Some(host_value) = host_value
+    if let Some(host) = &snapshot.upstreams[route.upstream].host {
+        // `host`: the name the app knows itself by.
+        parts.headers.insert(HOST, host.clone());
+    } else if let Some(host_value) = host_value
         && !parts.headers.contains_key(HOST)
     {
         // HTTP/2 clients send :authority only; the app sees the host the client asked for.
@@ -336,13 +340,51 @@ fn forwarded_path_and_query(
     PathAndQuery::try_from(text).map_err(|_| TargetError::NotOriginForm)
 }
 
-/// The origin the client addressed: its scheme (TLS or not; a trusted proxy's
-/// `X-Forwarded-Proto`) and host (`Host`; a trusted proxy's `X-Forwarded-Host`).
-pub fn request_origin(
+/// The path the upstream receives for the authorized `path_and_query` on `route`: mapped
+/// from the route's mount onto the upstream's `path_prefix` when either is configured
+/// (`upstream::mapping`), else unchanged (and not copied).
+pub fn upstream_target(
+    snapshot: &Snapshot,
+    route: usize,
+    path_and_query: PathAndQuery,
+) -> PathAndQuery {
+    let route = &snapshot.routes.routes()[route];
+    let prefix = snapshot.upstreams[route.upstream].mapping.prefix.as_deref();
+    if prefix.is_none() && route.strip_prefix.is_none() {
+        return path_and_query;
+    }
+    upstream::mapping::map_request(prefix.unwrap_or("/"), route.mount(), &path_and_query)
+}
+
+/// What an answer's rewrite needs (`upstream::mapping`), or `None` when the route's
+/// upstream rewrites nothing in answers. Taken before the request's headers are rewritten.
+pub fn answer_rewrite<'a>(
+    snapshot: &'a Snapshot,
+    route: usize,
     facts: &Facts,
     headers: &HeaderMap,
     host: Option<&HeaderValue>,
-) -> Option<csrf::Origin> {
+) -> Option<(String, Option<&'a str>, &'a str)> {
+    let route = &snapshot.routes.routes()[route];
+    let mapping = &snapshot.upstreams[route.upstream].mapping;
+    let prefix = mapping
+        .prefix
+        .as_deref()
+        .or(route.strip_prefix.as_ref().map(|_| "/"));
+    if !(mapping.rewrite_redirects || (mapping.rewrite_cookie_paths && prefix.is_some())) {
+        return None;
+    }
+    let (scheme, host) = client_scheme_and_host(facts, headers, host)?;
+    Some((format!("{scheme}://{host}"), prefix, route.mount()))
+}
+
+/// The scheme (TLS or not; a trusted proxy's `X-Forwarded-Proto`) and host (`Host`; a
+/// trusted proxy's `X-Forwarded-Host`) the client addressed, as it wrote them.
+fn client_scheme_and_host<'h>(
+    facts: &Facts,
+    headers: &'h HeaderMap,
+    host: Option<&'h HeaderValue>,
+) -> Option<(&'static str, &'h str)> {
     let forwarded = |name: &str| {
         facts
             .trusted
@@ -359,5 +401,16 @@ pub fn request_origin(
         _ => "http",
     };
     let host = forwarded("x-forwarded-host").or_else(|| host.and_then(|h| h.to_str().ok()))?;
+    Some((scheme, host))
+}
+
+/// The origin the client addressed: its scheme (TLS or not; a trusted proxy's
+/// `X-Forwarded-Proto`) and host (`Host`; a trusted proxy's `X-Forwarded-Host`).
+pub fn request_origin(
+    facts: &Facts,
+    headers: &HeaderMap,
+    host: Option<&HeaderValue>,
+) -> Option<csrf::Origin> {
+    let (scheme, host) = client_scheme_and_host(facts, headers, host)?;
     csrf::Origin::of(scheme, host)
 }

@@ -40,6 +40,8 @@ pub enum ProxyError {
     UpstreamUnavailable(String),
     #[error("upstream timed out")]
     UpstreamTimeout,
+    #[error("upstream TLS failed: {0}")]
+    UpstreamTls(String),
     #[error("upstream failed: {0}")]
     UpstreamFailed(String),
     #[error("login: {0}")]
@@ -161,6 +163,12 @@ impl ProxyError {
                 None,
                 Blame::Upstream,
             ),
+            ProxyError::UpstreamTls(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_tls",
+                None,
+                Blame::Upstream,
+            ),
             ProxyError::UpstreamTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway_timeout",
@@ -239,6 +247,7 @@ impl ProxyError {
             ProxyError::Denied(e) => e.outcome(),
             ProxyError::UpstreamUnavailable(_) => Outcome::UpstreamUnavailable,
             ProxyError::UpstreamTimeout => Outcome::UpstreamTimeout,
+            ProxyError::UpstreamTls(_) => Outcome::UpstreamTls,
             ProxyError::UpstreamFailed(_) => Outcome::UpstreamFailed,
             ProxyError::Login(e) => match e {
                 LoginError::InvalidState => Outcome::InvalidLoginState,
@@ -354,6 +363,10 @@ mod tests {
         assert_eq!(
             status(ProxyError::UpstreamFailed("x".into())),
             (502, "bad_gateway", None)
+        );
+        assert_eq!(
+            status(ProxyError::UpstreamTls("x".into())),
+            (502, "upstream_tls", None)
         );
         assert_eq!(
             status(ProxyError::UpstreamTimeout),

@@ -237,7 +237,10 @@ pub async fn evaluate(
                 &client,
             );
             added.append_to(&mut parts.headers);
-            evaluation.target = Some(forward.path_and_query.to_string());
+            evaluation.target = Some(
+                decide::upstream_target(snapshot, forward.route, forward.path_and_query.clone())
+                    .to_string(),
+            );
             evaluation.headers = parts
                 .headers
                 .iter()

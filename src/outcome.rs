@@ -50,6 +50,7 @@ pub enum Outcome {
     UpstreamUnavailable,
     UpstreamTimeout,
     UpstreamFailed,
+    UpstreamTls,
     // Login flows.
     InvalidLoginState,
     LoginRefused,
@@ -64,7 +65,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in declaration order.
-    pub const ALL: [Outcome; 45] = [
+    pub const ALL: [Outcome; 46] = [
         Outcome::Other,
         Outcome::Public,
         Outcome::Allowed,
@@ -101,6 +102,7 @@ impl Outcome {
         Outcome::UpstreamUnavailable,
         Outcome::UpstreamTimeout,
         Outcome::UpstreamFailed,
+        Outcome::UpstreamTls,
         Outcome::InvalidLoginState,
         Outcome::LoginRefused,
         Outcome::InvalidIdToken,
@@ -151,6 +153,7 @@ impl Outcome {
             Outcome::UpstreamUnavailable => "upstream_unavailable",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::UpstreamTls => "upstream_tls",
             Outcome::InvalidLoginState => "invalid_login_state",
             Outcome::LoginRefused => "login_refused",
             Outcome::InvalidIdToken => "invalid_id_token",
@@ -204,6 +207,7 @@ impl Outcome {
             | Outcome::UpstreamUnavailable
             | Outcome::UpstreamTimeout
             | Outcome::UpstreamFailed
+            | Outcome::UpstreamTls
             | Outcome::InvalidLoginState
             | Outcome::LoginRefused
             | Outcome::InvalidIdToken

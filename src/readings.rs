@@ -619,6 +619,7 @@ mod agreement {
             allow_path_params: false,
             allow_method_override: false,
             forward_original_uri: false,
+            strip_prefix: None,
             policy: 0,
             metrics: crate::metrics::Metrics::new().route(name),
         }

@@ -49,6 +49,8 @@ pub struct Route {
     pub allow_method_override: bool,
     /// Send `X-Original-URL` with the canonical target.
     pub forward_original_uri: bool,
+    /// `strip_prefix`: where the upstream is mounted, when not the whole matched path.
+    pub strip_prefix: Option<Box<str>>,
     /// Routes with equal policies share a class (set by [`RouteTable::new`]).
     pub policy: u32,
     pub metrics: crate::metrics::RouteMetrics,
@@ -72,6 +74,15 @@ pub enum PathMatch {
 impl Route {
     fn allows(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+
+    /// Where the route's upstream is mounted (see `upstream::mapping`): its `strip_prefix`,
+    /// else its whole path.
+    pub fn mount(&self) -> &str {
+        match (&self.strip_prefix, &self.path) {
+            (Some(mount), _) => mount,
+            (None, PathMatch::Exact(path) | PathMatch::Prefix(path)) => path,
+        }
     }
 }
 
@@ -356,6 +367,7 @@ pub(crate) mod tests {
             allow_path_params: false,
             allow_method_override: false,
             forward_original_uri: false,
+            strip_prefix: None,
             policy: 0,
             metrics: crate::metrics::Metrics::new().route(name),
         }

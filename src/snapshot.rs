@@ -56,6 +56,7 @@ pub struct RuleTest {
     pub claims: Option<crate::auth::claims::Claims>,
     pub expect_status: Option<u16>,
     pub expect_route: Option<String>,
+    pub expect_upstream_target: Option<String>,
 }
 
 impl Snapshot {

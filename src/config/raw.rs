@@ -119,6 +119,8 @@ pub struct RawRuleTest {
     pub expect_status: Option<u16>,
     /// Expected route name (`"-"`: no route).
     pub expect_route: Option<String>,
+    /// Expected path and query the app receives (after `path_prefix` / `strip_prefix`).
+    pub expect_upstream_target: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,7 +254,8 @@ pub struct RawKeyFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
-    /// `http://host:port` of the app. Exactly one of `url` and `builtin`.
+    /// `http://host:port` or `https://host:port` of the app. Exactly one of `url` and
+    /// `builtin`.
     pub url: Option<String>,
     /// A built-in upstream instead of `url`; only `"echo"` exists.
     pub builtin: Option<String>,
@@ -273,6 +276,28 @@ pub struct RawUpstream {
     /// slash) or `"iis"` (IIS, ASP.NET: case folded, decoded twice, `\` as `/`, trailing
     /// slash). Default `"strict"`.
     pub path_semantics: Option<String>,
+    /// `https://` only: PEM CA certificates trusted for this upstream in addition to the
+    /// system's roots (there is no option to skip verification).
+    pub ca_file: Option<String>,
+    /// `https://` only: the name the app's certificate must carry and the SNI sent; default
+    /// the URL's host (an IP address is verified against the certificate's IP addresses).
+    pub server_name: Option<String>,
+    /// `https://` only: PEM client certificate chain for mTLS to the app (with `client_key`).
+    pub client_cert: Option<String>,
+    /// `https://` only: PEM private key of `client_cert`.
+    pub client_key: Option<String>,
+    /// The app's own path prefix: a route's mount (its `strip_prefix`, else its matched
+    /// prefix) is replaced by it, segment-wise (`/crm/x` -> `/x` with `"/"`). Default: paths
+    /// are forwarded as they are.
+    pub path_prefix: Option<String>,
+    /// The `Host` sent to the app. Default: the client's.
+    pub host: Option<String>,
+    /// `Location`, `Content-Location` and `Refresh` pointing at the app's own origin are
+    /// rewritten to the client's origin (and paths under `path_prefix` back under the
+    /// mount). Default true.
+    pub rewrite_redirects: Option<bool>,
+    /// `Set-Cookie` paths under `path_prefix` are mapped back under the mount. Default true.
+    pub rewrite_cookie_paths: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -343,6 +368,10 @@ pub struct RawRoute {
     /// client-sent header naming another path is removed and none is added.
     #[serde(default)]
     pub forward_original_uri: bool,
+    /// The part of the route's path that is where its upstream is mounted: replaced by the
+    /// upstream's `path_prefix` (default `"/"` when this is set). Default: the route's
+    /// `path_prefix` (or `path`) when the upstream has a `path_prefix`.
+    pub strip_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -243,6 +243,61 @@ fn every_issue_names_its_key() {
             tables("[upstreams.b]\nurl = \"http://h:1/app\""),
             "upstreams.b.url",
         ),
+        (
+            tables("[upstreams.b]\nurl = \"https://user@h:1\""),
+            "upstreams.b.url",
+        ),
+        (upstream(r#"ca_file = "ca.pem""#), "upstreams.app.ca_file"),
+        (
+            upstream(r#"server_name = "app.test""#),
+            "upstreams.app.server_name",
+        ),
+        (
+            upstream(r#"client_cert = "c.pem""#),
+            "upstreams.app.client_cert",
+        ),
+        (
+            upstream(r#"client_key = "k.pem""#),
+            "upstreams.app.client_key",
+        ),
+        (
+            tables("[upstreams.b]\nbuiltin = \"echo\"\nca_file = \"ca.pem\""),
+            "upstreams.b.ca_file",
+        ),
+        (
+            tables("[upstreams.b]\nurl = \"https://h:1\"\nca_file = \"/nonexistent/ca.pem\""),
+            "upstreams.b.ca_file",
+        ),
+        (
+            tables("[upstreams.b]\nurl = \"https://h:1\"\nserver_name = \"bad name!\""),
+            "upstreams.b.server_name",
+        ),
+        (
+            tables("[upstreams.b]\nurl = \"https://h:1\"\nclient_key = \"/nonexistent/k.pem\""),
+            "upstreams.b.client_key",
+        ),
+        (
+            upstream(r#"path_prefix = "/a/../b""#),
+            "upstreams.app.path_prefix",
+        ),
+        (
+            upstream(r#"path_prefix = "/a;b""#),
+            "upstreams.app.path_prefix",
+        ),
+        (upstream(r#"host = "a b""#), "upstreams.app.host"),
+        (
+            tables(
+                "[[routes]]\nname = \"crm\"\npath_prefix = \"/crm\"\nupstream = \"app\"\nauth = \"public\"\nstrip_prefix = \"/cr\"",
+            ),
+            "routes[1].strip_prefix",
+        ),
+        // A mapped public route would open a second door to the app's /admin.
+        (
+            tables(
+                "[[routes]]\nname = \"crm\"\npath_prefix = \"/crm\"\nupstream = \"app\"\nauth = \"public\"\nstrip_prefix = \"/crm\"\n\n[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstream = \"app\"\nauth = \"public\"\nmethods = [\"GET\"]",
+            ),
+            "routes[0]",
+        ),
         // [identity]
         (
             tables("[identity]\nheaders = { \"X Auth\" = \"sub\" }"),

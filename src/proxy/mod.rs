@@ -214,11 +214,29 @@ async fn process(
             &permit,
             parts,
             &added,
-            path_and_query,
+            decide::upstream_target(snapshot, index, path_and_query),
             body,
         )
     };
     let mut response = forwarding.await?;
+    // Only answers that carry a field to rewrite pay for it. The request's headers were
+    // rewritten by now, but what the client's origin is read from is not: a trusted
+    // proxy's forwarding fields stay first, and `Host` is `host_value`.
+    if upstream::mapping::has_rewritable(response.headers())
+        && let Some((origin, prefix, mount)) =
+            decide::answer_rewrite(snapshot, index, &facts, &parts.headers, host_value.as_ref())
+    {
+        let public = upstream::mapping::Public {
+            origin: &origin,
+            prefix,
+            mount,
+        };
+        upstream::mapping::rewrite_answer(
+            &snapshot.upstreams[route.upstream].mapping,
+            &public,
+            response.headers_mut(),
+        );
+    }
     if let Some(cookie) = set_cookie {
         // The renewed session cookie rides on the app's response, beside the app's own;
         // a shared cache must then never keep that response for someone else.

@@ -273,6 +273,23 @@ impl<B: SendBody> Exchange<B> {
                 }
             }
             if self.written == self.write.len() {
+                // TLS may still hold some of it (a no-op on plain TCP).
+                match Pin::new(&mut conn.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Pending => {
+                        if !self.armed {
+                            conn.arm(self.timeout);
+                            self.armed = true;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.write_error = Some(e);
+                        conn.arm(self.timeout);
+                        self.armed = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
                 if self.body.is_none() {
                     // All sent: the wait for the answer starts.
                     self.request_done = true;
@@ -529,7 +546,13 @@ mod tests {
             max_idle,
             idle_timeout,
         };
-        Pool::new(upstream.authority.clone(), settings, 1, Counter::default())
+        Pool::new(
+            upstream.authority.clone(),
+            settings,
+            None,
+            1,
+            Counter::default(),
+        )
     }
 
     fn get() -> Request<Empty<Bytes>> {
@@ -661,7 +684,7 @@ mod tests {
             max_idle: 8,
             idle_timeout: Duration::from_secs(60),
         };
-        let pool = Pool::new(authority, settings, 1, Counter::default());
+        let pool = Pool::new(authority, settings, None, 1, Counter::default());
         match send(&pool, get()).await {
             Err(SendError::Connect { .. }) => {}
             other => panic!("{:?}", other.map(|response| response.status())),
@@ -779,7 +802,7 @@ mod tests {
             }
         })
         .await;
-        let pool = Pool::new(authority, settings(), 1, Counter::default());
+        let pool = Pool::new(authority, settings(), None, 1, Counter::default());
         assert_eq!(fetch(&pool).await.0, 200);
         // A GET without a body, on the reused connection: sent again, on a new one.
         assert_eq!(fetch(&pool).await.0, 200);
@@ -795,7 +818,7 @@ mod tests {
             read_request(&mut stream, &mut Vec::new()).await;
         })
         .await;
-        let pool = Pool::new(authority, settings(), 1, Counter::default());
+        let pool = Pool::new(authority, settings(), None, 1, Counter::default());
         assert!(matches!(send(&pool, get()).await, Err(SendError::Closed)));
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
@@ -833,7 +856,7 @@ mod tests {
             }
         })
         .await;
-        let pool = Pool::new(authority, settings(), 1, Counter::default());
+        let pool = Pool::new(authority, settings(), None, 1, Counter::default());
         let cases = [
             (
                 post(&["a=1&", "b=2"], Some(7)),

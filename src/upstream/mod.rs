@@ -16,7 +16,9 @@ use http_body_util::{Either, Full};
 pub mod body;
 pub mod exchange;
 pub mod h1;
+pub mod mapping;
 pub mod pool;
+pub mod tls;
 
 use crate::auth::Permit;
 use crate::error::ProxyError;
@@ -42,6 +44,10 @@ pub struct Upstream {
     pub body_timeout: Duration,
     /// How the app reads paths (`path_semantics`): which readings must agree (I9).
     pub path_semantics: crate::readings::PathSemantics,
+    /// `path_prefix`, `rewrite_redirects`, `rewrite_cookie_paths` (see `mapping`).
+    pub mapping: mapping::Mapping,
+    /// `host`: the `Host` the app receives instead of the client's.
+    pub host: Option<HeaderValue>,
     latency: AtomicHistogram,
     metrics: Arc<Metrics>,
 }
@@ -65,6 +71,7 @@ impl Upstream {
     pub fn http(
         name: &str,
         authority: Authority,
+        tls: Option<tls::UpstreamTls>,
         timeouts: (Duration, Duration),
         pool: PoolSettings,
         metrics: &Arc<Metrics>,
@@ -77,6 +84,7 @@ impl Upstream {
                 pool: Pool::new(
                     authority,
                     pool,
+                    tls,
                     crate::worker::MAX_WORKERS,
                     metrics.upstream_error_counter(name, "unsolicited_bytes"),
                 ),
@@ -84,6 +92,8 @@ impl Upstream {
             timeout: timeouts.0,
             body_timeout: timeouts.1,
             path_semantics: Default::default(),
+            mapping: Default::default(),
+            host: None,
             latency: metrics.upstream_latency(name),
             metrics: metrics.clone(),
         }
@@ -96,23 +106,21 @@ impl Upstream {
             timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             path_semantics: Default::default(),
+            mapping: Default::default(),
+            host: None,
             latency: metrics.upstream_latency(name),
             metrics: metrics.clone(),
         }
     }
 
     /// On reload: keep the pooled connections of the same upstream in the old config when
-    /// its address and pool settings did not change.
+    /// its address, pool settings and TLS settings (files included) did not change.
     pub fn adopt_pool(&mut self, previous: &[Upstream]) {
         let Target::Http { pool, .. } = &mut self.target else {
             return;
         };
         let same = previous.iter().find_map(|old| match &old.target {
-            Target::Http { pool: p, .. }
-                if old.name == self.name
-                    && p.authority() == pool.authority()
-                    && p.settings() == pool.settings() =>
-            {
+            Target::Http { pool: p, .. } if old.name == self.name && p.same_as(pool) => {
                 Some(p.clone())
             }
             Target::Http { .. } | Target::Echo => None,
@@ -124,7 +132,10 @@ impl Upstream {
 
     pub fn describe(&self) -> String {
         match &self.target {
-            Target::Http { pool, .. } => format!("http://{}", pool.authority()),
+            Target::Http { pool, .. } => match pool.tls() {
+                None => format!("http://{}", pool.authority()),
+                Some(_) => format!("https://{}", pool.authority()),
+            },
             Target::Echo => "builtin echo".to_owned(),
         }
     }
@@ -194,6 +205,16 @@ fn finish(
         Err(e @ SendError::Connect { .. }) => {
             upstream.metrics.upstream_error(&upstream.name, "connect");
             return Err(ProxyError::UpstreamUnavailable(error_chain(&e)));
+        }
+        Err(e @ SendError::Tls { .. }) => {
+            upstream.metrics.upstream_error(&upstream.name, "tls");
+            return Err(ProxyError::UpstreamTls(error_chain(&e)));
+        }
+        // After the handshake: an alert (TLS 1.3 servers refuse a client certificate
+        // only after the client's handshake is done), a bad record.
+        Err(SendError::Io(e)) if tls::is_tls_error(&e) => {
+            upstream.metrics.upstream_error(&upstream.name, "tls");
+            return Err(ProxyError::UpstreamTls(error_chain(&e)));
         }
         Err(e) => {
             upstream.metrics.upstream_error(&upstream.name, "protocol");

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::h1::FrameError;
+use super::tls::{Stream, UpstreamTls};
 
 /// An error on the way, boxed (a client body's, a connection's).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,6 +42,12 @@ pub struct PoolSettings {
 pub enum SendError {
     #[error("cannot connect to {authority}: {reason}")]
     Connect {
+        authority: Authority,
+        reason: String,
+    },
+    /// The TLS handshake failed (a certificate that does not verify, a protocol error).
+    #[error("TLS with {authority} failed: {reason}")]
+    Tls {
         authority: Authority,
         reason: String,
     },
@@ -64,7 +71,7 @@ const MAX_IDLE_BUFFER: usize = 64 * 1024;
 
 /// One HTTP/1.1 connection to the upstream, with its buffers (kept across requests).
 pub(super) struct Conn {
-    pub(super) io: TcpStream,
+    pub(super) io: Stream,
     pub(super) read: BytesMut,
     /// The write buffer of the last exchange, for the next one.
     pub(super) spare: Vec<u8>,
@@ -79,7 +86,7 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    fn new(io: TcpStream) -> Self {
+    fn new(io: Stream) -> Self {
         Conn {
             io,
             read: BytesMut::new(),
@@ -152,6 +159,8 @@ pub(super) struct Slot {
 pub struct Pool {
     authority: Authority,
     settings: PoolSettings,
+    /// For an `https://` upstream.
+    tls: Option<UpstreamTls>,
     pub(super) slots: Box<[Mutex<Slot>]>,
     /// Idle connections dropped for bytes nobody asked for
     /// (`upstream_errors_total{kind="unsolicited_bytes"}`).
@@ -162,12 +171,14 @@ impl Pool {
     pub fn new(
         authority: Authority,
         settings: PoolSettings,
+        tls: Option<UpstreamTls>,
         workers: usize,
         unsolicited: Counter,
     ) -> Arc<Self> {
         Arc::new(Pool {
             authority,
             settings,
+            tls,
             slots: (0..workers).map(|_| Mutex::default()).collect(),
             unsolicited,
         })
@@ -179,6 +190,18 @@ impl Pool {
 
     pub fn settings(&self) -> &PoolSettings {
         &self.settings
+    }
+
+    pub fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_ref()
+    }
+
+    /// A reload may keep this pool for `other`'s upstream: same address, settings and TLS.
+    pub fn same_as(&self, other: &Pool) -> bool {
+        self.authority == other.authority
+            && self.settings == other.settings
+            && self.tls.as_ref().map(UpstreamTls::fingerprint)
+                == other.tls.as_ref().map(UpstreamTls::fingerprint)
     }
 
     /// Opens a connection. Boxed: most requests find one in the pool, and the future of
@@ -209,22 +232,44 @@ impl Pool {
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
-        let port = self.authority.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(
-            self.settings.connect_timeout,
-            TcpStream::connect((host, port)),
-        )
-        .await
-        .map_err(|_| {
-            failed(format!(
-                "no answer within {:?}",
-                self.settings.connect_timeout
-            ))
-        })?
-        .map_err(|e| failed(e.to_string()))?;
+        let default_port = if self.tls.is_some() { 443 } else { 80 };
+        let port = self.authority.port_u16().unwrap_or(default_port);
+        // One deadline for the TCP connect and the TLS handshake.
+        let deadline = tokio::time::Instant::now() + self.settings.connect_timeout;
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| {
+                failed(format!(
+                    "no answer within {:?}",
+                    self.settings.connect_timeout
+                ))
+            })?
+            .map_err(|e| failed(e.to_string()))?;
         stream
             .set_nodelay(true)
             .map_err(|e| failed(e.to_string()))?;
+        let Some(tls) = &self.tls else {
+            return Ok(Conn::new(Stream::Plain(stream)));
+        };
+        let tls_failed = |reason: String| SendError::Tls {
+            authority: self.authority.clone(),
+            reason,
+        };
+        let stream = tokio::time::timeout_at(deadline, tls.handshake(stream))
+            .await
+            .map_err(|_| {
+                tls_failed(format!(
+                    "no TLS handshake within {:?} (connect_timeout)",
+                    self.settings.connect_timeout
+                ))
+            })?
+            .map_err(|e| {
+                if super::tls::is_tls_error(&e) {
+                    tls_failed(crate::telemetry::error_chain(&e))
+                } else {
+                    failed(format!("during the TLS handshake: {e}"))
+                }
+            })?;
         Ok(Conn::new(stream))
     }
 

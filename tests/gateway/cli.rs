@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn portcullis() -> Command {
+pub(crate) fn portcullis() -> Command {
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
 }
 

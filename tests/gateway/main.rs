@@ -20,3 +20,4 @@ mod proxying;
 mod routing;
 mod sessions;
 mod tls;
+mod upstreams;

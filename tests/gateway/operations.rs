@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn with_admin(text: String, extra: &str) -> String {
+pub(crate) fn with_admin(text: String, extra: &str) -> String {
     text.replace(
         "https = \"127.0.0.1:0\"",
         &format!("https = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nwatch_config = false\n{extra}"),
@@ -13,7 +13,7 @@ fn with_admin(text: String, extra: &str) -> String {
 }
 
 /// The admin listener's `/metrics`, parsed (and checked) by `parse_metrics`.
-async fn scrape(c: &reqwest::Client, gw: &Gateway) -> Vec<(String, f64)> {
+pub(crate) async fn scrape(c: &reqwest::Client, gw: &Gateway) -> Vec<(String, f64)> {
     let text = c
         .get(gw.admin_url("/metrics"))
         .send()
@@ -62,7 +62,7 @@ fn parse_metrics(text: &str) -> Vec<(String, f64)> {
     samples
 }
 
-fn sample(samples: &[(String, f64)], series: &str) -> f64 {
+pub(crate) fn sample(samples: &[(String, f64)], series: &str) -> f64 {
     samples
         .iter()
         .find(|(s, _)| s == series)

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub mod oidc;
+pub mod pki;
 
 pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "app";
@@ -147,15 +148,30 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub connections: Arc<AtomicUsize>,
+    /// HTTPS only: completed TLS handshakes, and those that resumed a session.
+    pub handshakes: Arc<AtomicUsize>,
+    pub resumed: Arc<AtomicUsize>,
 }
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Upstream::start_with(None).await
+    }
+
+    /// The recording upstream over TLS with `config` (see `pki`).
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> Upstream {
+        Upstream::start_with(Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_with(acceptor: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let resumed = Arc::new(AtomicUsize::new(0));
         let (seen2, conns2) = (seen.clone(), connections.clone());
+        let (handshakes2, resumed2) = (handshakes.clone(), resumed.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -163,11 +179,32 @@ impl Upstream {
                 };
                 conns2.fetch_add(1, Ordering::SeqCst);
                 let seen = seen2.clone();
+                let acceptor = acceptor.clone();
+                let (handshakes, resumed) = (handshakes2.clone(), resumed2.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| record(req, seen.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            handshakes.fetch_add(1, Ordering::SeqCst);
+                            if stream.get_ref().1.handshake_kind()
+                                == Some(rustls::HandshakeKind::Resumed)
+                            {
+                                resumed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -175,6 +212,8 @@ impl Upstream {
             addr,
             seen,
             connections,
+            handshakes,
+            resumed,
         }
     }
 
@@ -208,6 +247,10 @@ async fn record(
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_default();
+    if path_and_query.contains("/lazy-reader") {
+        // Takes its time before reading the body: the sender's socket buffers fill up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let mut body_len = 0u64;
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
@@ -224,6 +267,27 @@ async fn record(
         body_len,
         trailers,
     });
+    if let Some((_, query)) = path_and_query.split_once("/redirect?") {
+        // An app answering as legacy apps do: a redirect to `to` (often its own internal
+        // origin), a session cookie for its root, and a Refresh to the same place.
+        let to: String = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k == "to")
+            .map(|(_, v)| v)
+            .unwrap();
+        let mut response = Response::new(BodyExt::boxed(Full::new(Bytes::new())));
+        *response.status_mut() = http::StatusCode::FOUND;
+        let h = response.headers_mut();
+        h.insert("location", to.parse().unwrap());
+        h.insert("refresh", format!("0; url={to}").parse().unwrap());
+        h.append(
+            "set-cookie",
+            "JSESSIONID=abc; Path=/; HttpOnly".parse().unwrap(),
+        );
+        h.append("set-cookie", "prefs=1; Path=/reports".parse().unwrap());
+        return Ok(response);
+    }
     if path_and_query.contains("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }

@@ -30,6 +30,8 @@ struct Compiler {
     metrics: Arc<Metrics>,
     /// A `[login]` table is present (routes may name "session").
     login_configured: bool,
+    /// The system's trusted roots, read at the first `https://` upstream of this config.
+    system_roots: Option<Arc<[rustls_pki_types::CertificateDer<'static>]>>,
 }
 
 /// What a new snapshot inherits from the one it replaces.
@@ -50,6 +52,7 @@ pub fn compile(
         issues: Vec::new(),
         metrics: inherited.metrics.clone(),
         login_configured: raw.login.is_some(),
+        system_roots: None,
     };
     let server = c.server(&raw.server);
     let trusted_proxies = c.trusted_proxies(&raw.server.trusted_proxies);
@@ -79,7 +82,10 @@ pub fn compile(
         RouteAuth::Public => &[],
     }));
     let routes = match RouteTable::new(routes) {
-        Ok(table) => Some(table),
+        Ok(table) => {
+            c.mapping_exposures(&table, &upstreams);
+            Some(table)
+        }
         Err(conflicts) => {
             for conflict in conflicts {
                 let first = raw.routes[conflict.first].name.as_deref().unwrap_or("?");

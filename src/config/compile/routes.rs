@@ -8,7 +8,8 @@ use crate::canonical::{canonical_host, canonical_path};
 use crate::config::raw::*;
 use crate::csrf::CsrfPolicy;
 use crate::policy::{ClaimRequirement, Policy, RouteAuth, TokenSource, Unauthenticated};
-use crate::router::{HostMatch, PathMatch, Route};
+use crate::router::{HostMatch, PathMatch, Route, RouteTable};
+use crate::upstream::Upstream;
 
 use super::Compiler;
 
@@ -85,6 +86,25 @@ impl Compiler {
             }
         };
         let auth = self.route_auth(key, raw, providers);
+        let strip_prefix = raw.strip_prefix.as_deref().and_then(|strip| {
+            let field = format!("{key}.strip_prefix");
+            let strip = self.mapped_prefix(&field, strip)?;
+            let route_path = match path.as_ref()? {
+                PathMatch::Exact(p) | PathMatch::Prefix(p) => p.clone(),
+            };
+            let under = &*strip == "/"
+                || route_path
+                    .strip_prefix(&*strip)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            if !under {
+                self.issue(
+                    field,
+                    format!("\"{strip}\" is not a leading part of the route's path \"{route_path}\" (whole segments)"),
+                );
+                return None;
+            }
+            Some(strip)
+        });
         let max_body_size = self.size(&format!("{key}.max_body_size"), raw.max_body_size.as_ref());
         if self.issues.len() != before {
             return None;
@@ -101,6 +121,7 @@ impl Compiler {
             allow_path_params: raw.allow_path_params,
             allow_method_override: raw.allow_method_override,
             forward_original_uri: raw.forward_original_uri,
+            strip_prefix,
             policy: 0,
             metrics: self.metrics.route(name),
         })
@@ -503,4 +524,124 @@ fn reading_hazard(path: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// One route's region of the app's path space: the paths it forwards, as the app sees them.
+struct AppRegion<'a> {
+    /// Where the route's paths land in the app (its whole path, mapped).
+    path: String,
+    exact: bool,
+    /// `(app prefix, mount)` when the route maps paths.
+    mapping: Option<(&'a str, &'a str)>,
+}
+
+fn app_region<'a>(route: &'a Route, upstreams: &'a [Upstream]) -> AppRegion<'a> {
+    let (path, exact) = match &route.path {
+        PathMatch::Exact(p) => (&**p, true),
+        PathMatch::Prefix(p) => (&**p, false),
+    };
+    let prefix = upstreams[route.upstream].mapping.prefix.as_deref();
+    let mapping = (prefix.is_some() || route.strip_prefix.is_some())
+        .then(|| (prefix.unwrap_or("/"), route.mount()));
+    let path = match mapping {
+        None => path.to_owned(),
+        Some((prefix, mount)) => {
+            let pq = http::uri::PathAndQuery::try_from(path).expect("a canonical route path");
+            crate::upstream::mapping::map_request(prefix, mount, &pq)
+                .path()
+                .to_owned()
+        }
+    };
+    AppRegion {
+        path,
+        exact,
+        mapping,
+    }
+}
+
+/// `path` lies in `region` (segment-wise for a prefix region).
+fn in_region(path: &str, region: &AppRegion<'_>) -> bool {
+    if region.exact {
+        return path == region.path;
+    }
+    region.path == "/"
+        || path
+            .strip_prefix(region.path.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// A host a request matched by `route` could carry (for a lookup in the table).
+fn some_host(route: &Route) -> String {
+    match &route.host {
+        HostMatch::Exact(h) => h.to_string(),
+        HostMatch::Wildcard(suffix) => format!("x{suffix}"),
+        HostMatch::Any => "portcullis.invalid".to_owned(),
+    }
+}
+
+impl Compiler {
+    /// Path mapping must not open a second door to a path of the app: when a route that
+    /// maps paths (`path_prefix` on its upstream, or its `strip_prefix`) reaches a part of
+    /// the app that another route of the same upstream guards with another policy, the
+    /// public path that reaches it through the first must be routed to that policy too.
+    /// Example: `/crm` (public) mapped onto the app's `/`, beside `/admin` (jwt) unmapped:
+    /// `/crm/admin` would reach the app's `/admin` without a token.
+    pub(super) fn mapping_exposures(&mut self, table: &RouteTable, upstreams: &[Upstream]) {
+        let routes = table.routes();
+        if !routes
+            .iter()
+            .any(|r| r.strip_prefix.is_some() || upstreams[r.upstream].mapping.prefix.is_some())
+        {
+            return;
+        }
+        let regions: Vec<AppRegion<'_>> = routes.iter().map(|r| app_region(r, upstreams)).collect();
+        for (a, door) in routes.iter().enumerate() {
+            for (b, guarded) in routes.iter().enumerate() {
+                if a == b
+                    || door.upstream != guarded.upstream
+                    || door.policy == guarded.policy
+                    || (regions[a].mapping.is_none() && regions[b].mapping.is_none())
+                    || !in_region(&regions[b].path, &regions[a])
+                {
+                    continue;
+                }
+                // The public path that reaches the guarded part through the door route.
+                let public = match regions[a].mapping {
+                    None => regions[b].path.clone(),
+                    Some((prefix, mount)) => {
+                        let rest = if prefix == "/" {
+                            regions[b].path.as_str()
+                        } else {
+                            &regions[b].path[prefix.len()..]
+                        };
+                        match (mount, rest) {
+                            ("/", "") => "/".to_owned(),
+                            ("/", rest) => rest.to_owned(),
+                            (mount, "/") => mount.to_owned(),
+                            (mount, rest) => format!("{mount}{rest}"),
+                        }
+                    }
+                };
+                let method = guarded
+                    .methods
+                    .as_ref()
+                    .and_then(|m| m.first().cloned())
+                    .unwrap_or(http::Method::GET);
+                let Some(found) = table.find(&some_host(door), &public, &method) else {
+                    continue;
+                };
+                if found.policy != guarded.policy {
+                    self.issue(
+                        format!("routes[{b}]"),
+                        format!(
+                            "the app's {} (guarded here) is also reachable as {public} through route \"{}\", \
+                             which maps paths onto the same upstream under another policy; \
+                             add a route for {public} with this route's policy, or change the mapping",
+                            regions[b].path, found.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }

@@ -23,10 +23,13 @@ impl Compiler {
                 );
                 continue;
             };
-            if t.expect_status.is_none() && t.expect_route.is_none() {
+            if t.expect_status.is_none()
+                && t.expect_route.is_none()
+                && t.expect_upstream_target.is_none()
+            {
                 self.issue(
                     key.as_str(),
-                    "expects nothing; set expect_status and/or expect_route",
+                    "expects nothing; set expect_status, expect_route and/or expect_upstream_target",
                 );
                 continue;
             }
@@ -50,6 +53,7 @@ impl Compiler {
                 claims,
                 expect_status: t.expect_status,
                 expect_route: t.expect_route.clone(),
+                expect_upstream_target: t.expect_upstream_target.clone(),
             });
         }
         tests

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use http::Uri;
 
+use crate::canonical::canonical_path;
 use crate::config::raw::*;
 use crate::readings::PathSemantics;
+use crate::upstream::mapping;
+use crate::upstream::tls::{TlsIssue, TlsSource, UpstreamTls, system_roots};
 use crate::upstream::{PoolSettings, Upstream};
 
 use super::Compiler;
@@ -54,11 +57,25 @@ impl Compiler {
                     PathSemantics::Strict
                 }),
             };
+            let mut own_origins = Vec::new();
             let upstream = match (&raw.url, raw.builtin.as_deref()) {
-                (Some(url), None) => self
-                    .upstream_url(&key, url)
-                    .map(|a| Upstream::http(name, a, (timeout, body_timeout), pool, &self.metrics)),
-                (None, Some("echo")) => Some(Upstream::echo(name, &self.metrics)),
+                (Some(url), None) => self.upstream_url(&key, url).and_then(|(authority, https)| {
+                    let scheme = if https { "https" } else { "http" };
+                    own_origins.push(mapping::origin_text(scheme, authority.as_str()));
+                    let tls = self.upstream_tls(&key, raw, &authority, https)?;
+                    Some(Upstream::http(
+                        name,
+                        authority,
+                        tls,
+                        (timeout, body_timeout),
+                        pool,
+                        &self.metrics,
+                    ))
+                }),
+                (None, Some("echo")) => {
+                    self.no_tls_keys(&key, raw, "builtin upstreams");
+                    Some(Upstream::echo(name, &self.metrics))
+                }
                 (None, Some(other)) => {
                     self.issue(
                         format!("{key}.builtin"),
@@ -73,13 +90,41 @@ impl Compiler {
                 (None, None) => {
                     self.issue(
                         key.as_str(),
-                        "needs url = \"http://host:port\" (or builtin = \"echo\")",
+                        "needs url = \"http://host:port\" or \"https://host:port\" (or builtin = \"echo\")",
                     );
                     None
                 }
             };
+            let prefix = raw
+                .path_prefix
+                .as_deref()
+                .and_then(|p| self.mapped_prefix(&format!("{key}.path_prefix"), p));
+            let host = raw.host.as_deref().and_then(|host| {
+                let value = http::uri::Authority::try_from(host)
+                    .ok()
+                    .filter(|a| !a.as_str().contains('@'))
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+                if value.is_none() {
+                    self.issue(
+                        format!("{key}.host"),
+                        format!("\"{host}\" is not a host[:port] for the Host field"),
+                    );
+                }
+                // The app builds its absolute URLs with the name it is sent, by either scheme.
+                own_origins.push(mapping::origin_text("http", host));
+                own_origins.push(mapping::origin_text("https", host));
+                value
+            });
+            let upstream_mapping = mapping::Mapping {
+                prefix,
+                rewrite_redirects: raw.rewrite_redirects.unwrap_or(true),
+                rewrite_cookie_paths: raw.rewrite_cookie_paths.unwrap_or(true),
+                own_origins,
+            };
             let upstream = upstream.map(|mut u| {
                 u.path_semantics = path_semantics;
+                u.mapping = upstream_mapping;
+                u.host = host;
                 u
             });
             names.insert(
@@ -91,32 +136,171 @@ impl Compiler {
         (names, upstreams)
     }
 
-    pub(super) fn upstream_url(&mut self, key: &str, url: &str) -> Option<http::uri::Authority> {
+    /// A path prefix of a mapping (`path_prefix` of an upstream, `strip_prefix` of a route):
+    /// canonical, without `;` or escapes, stored without a trailing slash (except `/`).
+    pub(super) fn mapped_prefix(&mut self, key: &str, prefix: &str) -> Option<Box<str>> {
+        let canonical = canonical_path(prefix).ok();
+        if canonical.as_deref() != Some(prefix) || prefix.contains(['%', ';', '?', '#']) {
+            self.issue(
+                key,
+                format!("\"{prefix}\" is not a plain canonical path; write it like \"/app\" (no dot segments, escapes, ';', '?' or '//')"),
+            );
+            return None;
+        }
+        Some(match prefix.strip_suffix('/') {
+            Some(trimmed) if !trimmed.is_empty() => trimmed.into(),
+            _ => prefix.into(),
+        })
+    }
+
+    /// The app's address and whether it speaks TLS (`https://`).
+    pub(super) fn upstream_url(
+        &mut self,
+        key: &str,
+        url: &str,
+    ) -> Option<(http::uri::Authority, bool)> {
         let key = format!("{key}.url");
         let Ok(uri) = url.parse::<Uri>() else {
             self.issue(
                 key,
-                format!("\"{url}\" is not a URL; write http://host:port"),
+                format!("\"{url}\" is not a URL; write http://host:port or https://host:port"),
             );
             return None;
         };
-        if uri.scheme_str() != Some("http") {
-            self.issue(
-                key,
-                format!("\"{url}\": only http:// upstreams are supported for now"),
-            );
-            return None;
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                self.issue(
+                    key,
+                    format!("\"{url}\": the scheme must be http:// or https://"),
+                );
+                return None;
+            }
+        };
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             self.issue(
                 key,
-                format!("\"{url}\" has a path or query; give only http://host:port (request paths are forwarded as they are)"),
+                format!("\"{url}\" has a path or query; give only scheme://host:port (request paths are forwarded as they are)"),
             );
             return None;
         }
-        uri.authority().cloned().or_else(|| {
-            self.issue(key, format!("\"{url}\" has no host"));
+        let authority = uri.authority().cloned().or_else(|| {
+            self.issue(key.as_str(), format!("\"{url}\" has no host"));
             None
-        })
+        })?;
+        if authority.as_str().contains('@') {
+            self.issue(
+                key,
+                format!("\"{url}\" has user information; give only scheme://host:port"),
+            );
+            return None;
+        }
+        Some((authority, https))
+    }
+
+    /// The TLS side of an `https://` upstream, from its keys and files; `Ok(None)` for
+    /// `http://`. `None` when a key is wrong (the issue is recorded).
+    fn upstream_tls(
+        &mut self,
+        key: &str,
+        raw: &RawUpstream,
+        authority: &http::uri::Authority,
+        https: bool,
+    ) -> Option<Option<UpstreamTls>> {
+        if !https {
+            self.no_tls_keys(key, raw, "http:// upstreams");
+            return Some(None);
+        }
+        let read = |compiler: &mut Self, name: &str, file: &Option<String>| match file {
+            None => Some(None),
+            Some(file) => {
+                let path = compiler.path(file);
+                match std::fs::read(&path) {
+                    Ok(bytes) => Some(Some(bytes)),
+                    Err(e) => {
+                        compiler.issue(
+                            format!("{key}.{name}"),
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let ca = read(self, "ca_file", &raw.ca_file)?;
+        let cert = read(self, "client_cert", &raw.client_cert)?;
+        let client_key = read(self, "client_key", &raw.client_key)?;
+        let client = match (&cert, &client_key) {
+            (Some(cert), Some(k)) => Some((cert.as_slice(), k.as_slice())),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.issue(
+                    format!("{key}.client_key"),
+                    "is required with client_cert (the certificate's private key, PEM)",
+                );
+                return None;
+            }
+            (None, Some(_)) => {
+                self.issue(
+                    format!("{key}.client_cert"),
+                    "is required with client_key (the client certificate chain, PEM)",
+                );
+                return None;
+            }
+        };
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let server_name = raw.server_name.as_deref().unwrap_or(host);
+        let system = self
+            .system_roots
+            .get_or_insert_with(|| system_roots().into())
+            .clone();
+        let source = TlsSource {
+            ca: ca.as_deref(),
+            client,
+            server_name,
+        };
+        match UpstreamTls::new(&source, &system) {
+            Ok(tls) => Some(Some(tls)),
+            Err(issue) => {
+                let (field, message) = match issue {
+                    TlsIssue::ServerName(name) => (
+                        "server_name",
+                        format!("\"{name}\" is not a DNS name or IP address"),
+                    ),
+                    TlsIssue::Ca(m) => ("ca_file", m),
+                    TlsIssue::ClientCert(m) => ("client_cert", m),
+                    TlsIssue::ClientKey(m) => ("client_key", m),
+                    TlsIssue::NoRoots => (
+                        "ca_file",
+                        "is needed: the system has no trusted roots (install ca-certificates, or name the app's CA here)".to_owned(),
+                    ),
+                    TlsIssue::Other(m) => ("url", m),
+                };
+                self.issue(format!("{key}.{field}"), message);
+                None
+            }
+        }
+    }
+
+    /// The TLS keys make sense on `https://` upstreams only: elsewhere they are a mistake.
+    fn no_tls_keys(&mut self, key: &str, raw: &RawUpstream, what: &str) {
+        for (field, set) in [
+            ("ca_file", raw.ca_file.is_some()),
+            ("server_name", raw.server_name.is_some()),
+            ("client_cert", raw.client_cert.is_some()),
+            ("client_key", raw.client_key.is_some()),
+        ] {
+            if set {
+                self.issue(
+                    format!("{key}.{field}"),
+                    format!("applies to https:// upstreams only; {what} do not use TLS"),
+                );
+            }
+        }
     }
 }

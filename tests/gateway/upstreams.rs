@@ -1,0 +1,506 @@
+//! Upstreams as legacy apps are: HTTPS apps with a private CA, a name other than their
+//! address, a client certificate to present; real TLS on both sides, certificates made by
+//! `support::pki` at test time.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::operations::{sample, scrape, with_admin};
+use crate::support::pki::{Ca, server_config};
+use crate::support::*;
+
+/// The standard config with upstream `app` at `https://{addr}` and `extra` keys under it.
+fn https_config(addr: SocketAddr, extra: &str) -> String {
+    let text = config(addr, ROUTES);
+    let plain = format!("url = \"http://{addr}\"");
+    assert!(text.contains(&plain));
+    with_admin(
+        text.replace(&plain, &format!("url = \"https://{addr}\"\n{extra}")),
+        "",
+    )
+}
+
+#[tokio::test]
+async fn an_https_app_with_a_private_ca_is_reached_and_its_sessions_resumed() {
+    let files = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Intranet CA");
+    let app = Upstream::start_tls(server_config(&ca.leaf(&["127.0.0.1"]), None)).await;
+    let ca_file = ca.write(files.path(), "ca.pem");
+    // No idle connections kept: every request opens (and resumes) a TLS connection.
+    let gw = Gateway::start(&https_config(
+        app.addr,
+        &format!("ca_file = \"{ca_file}\"\npool_max_idle = 0"),
+    ))
+    .await;
+    let c = client();
+    for i in 0..3 {
+        let response = c
+            .get(gw.url(&format!("/api/orders/{i}")))
+            .bearer_auth(valid_token())
+            .header("X-Auth-User", "mallory")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["path"], format!("/api/orders/{i}"));
+        let seen = app.last();
+        assert_eq!(seen.header_values("x-auth-user"), ["alice"]);
+    }
+    assert_eq!(app.count(), 3);
+    assert_eq!(app.handshakes.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // Every connection after the first resumed a session of an earlier one.
+    assert!(
+        app.resumed.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "resumed {} of 3",
+        app.resumed.load(std::sync::atomic::Ordering::SeqCst)
+    );
+
+    // Kept alive, the TLS connection carries the next requests (a POST with a body too).
+    let gw2 = Gateway::start(&https_config(app.addr, &format!("ca_file = \"{ca_file}\""))).await;
+    let before = app.handshakes.load(std::sync::atomic::Ordering::SeqCst);
+    // An app slow to read a large upload: TLS holds some of the body while the socket is
+    // full, and must still send all of it.
+    for _ in 0..3 {
+        let response = c
+            .post(gw2.url("/public/lazy-reader"))
+            .body(vec![b'x'; 8_000_000])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["body_len"], 8_000_000);
+    }
+    assert_eq!(
+        app.handshakes.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
+    );
+}
+
+#[tokio::test]
+async fn an_app_whose_certificate_does_not_verify_is_502_upstream_tls_and_sees_nothing() {
+    let files = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Intranet CA");
+    let app = Upstream::start_tls(server_config(&ca.leaf(&["127.0.0.1"]), None)).await;
+    let other = Ca::new("Some other CA").write(files.path(), "other.pem");
+    let gw = Gateway::start(&https_config(app.addr, &format!("ca_file = \"{other}\""))).await;
+    let c = client();
+    let response = c.get(gw.url("/public/x")).send().await.unwrap();
+    assert_error(response, 502, "upstream_tls").await;
+    assert_eq!(app.count(), 0);
+    let samples = scrape(&c, &gw).await;
+    assert_eq!(
+        sample(
+            &samples,
+            r#"portcullis_upstream_errors_total{upstream="app",kind="tls"}"#
+        ),
+        1.0
+    );
+
+    // A plain-HTTP app named https:// does not speak TLS: upstream_tls too, not a hang.
+    let plain = Upstream::start().await;
+    let gw = Gateway::start(&https_config(plain.addr, &format!("ca_file = \"{other}\""))).await;
+    let response = c.get(gw.url("/public/x")).send().await.unwrap();
+    assert_error(response, 502, "upstream_tls").await;
+}
+
+#[tokio::test]
+async fn server_name_picks_the_name_verified_and_sent() {
+    let files = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Intranet CA");
+    // The certificate names the app, not its address.
+    let app = Upstream::start_tls(server_config(&ca.leaf(&["crm.corp.internal"]), None)).await;
+    let ca_file = ca.write(files.path(), "ca.pem");
+    let c = client();
+
+    let by_address =
+        Gateway::start(&https_config(app.addr, &format!("ca_file = \"{ca_file}\""))).await;
+    let response = c.get(by_address.url("/public/x")).send().await.unwrap();
+    assert_error(response, 502, "upstream_tls").await;
+
+    let wrong = Gateway::start(&https_config(
+        app.addr,
+        &format!("ca_file = \"{ca_file}\"\nserver_name = \"erp.corp.internal\""),
+    ))
+    .await;
+    let response = c.get(wrong.url("/public/x")).send().await.unwrap();
+    assert_error(response, 502, "upstream_tls").await;
+    assert_eq!(app.count(), 0);
+
+    let named = Gateway::start(&https_config(
+        app.addr,
+        &format!("ca_file = \"{ca_file}\"\nserver_name = \"crm.corp.internal\""),
+    ))
+    .await;
+    let response = c.get(named.url("/public/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.count(), 1);
+    // The Host the app receives is still the client's (server_name is TLS only).
+    assert_eq!(app.last().header_values("host"), [named.http.to_string()]);
+}
+
+#[tokio::test]
+async fn an_app_that_requires_a_client_certificate_gets_the_gateways() {
+    let files = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Intranet CA");
+    let clients = Ca::new("Gateway clients CA");
+    let app = Upstream::start_tls(server_config(&ca.leaf(&["127.0.0.1"]), Some(&clients))).await;
+    let ca_file = ca.write(files.path(), "ca.pem");
+    let c = client();
+
+    let anonymous =
+        Gateway::start(&https_config(app.addr, &format!("ca_file = \"{ca_file}\""))).await;
+    let response = c.get(anonymous.url("/public/x")).send().await.unwrap();
+    assert_error(response, 502, "upstream_tls").await;
+
+    // A certificate from a CA the app does not trust is refused as well.
+    let (stranger_cert, stranger_key) = Ca::new("Stranger")
+        .leaf(&["gw"])
+        .write(files.path(), "stranger");
+    let stranger = Gateway::start(&https_config(
+        app.addr,
+        &format!("ca_file = \"{ca_file}\"\nclient_cert = \"{stranger_cert}\"\nclient_key = \"{stranger_key}\""),
+    ))
+    .await;
+    let response = c.get(stranger.url("/public/x")).send().await.unwrap();
+    assert_error(response, 502, "upstream_tls").await;
+    assert_eq!(app.count(), 0);
+
+    let (cert, key) = clients
+        .leaf(&["gw.corp.internal"])
+        .write(files.path(), "gw");
+    let gw = Gateway::start(&https_config(
+        app.addr,
+        &format!("ca_file = \"{ca_file}\"\nclient_cert = \"{cert}\"\nclient_key = \"{key}\""),
+    ))
+    .await;
+    let response = c.get(gw.url("/public/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.count(), 1);
+}
+
+#[tokio::test]
+async fn a_reload_reads_ca_file_again() {
+    let files = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Intranet CA");
+    let app = Upstream::start_tls(server_config(&ca.leaf(&["127.0.0.1"]), None)).await;
+    // The file first holds the wrong CA (as before a rotation reached this gateway).
+    let ca_file = Ca::new("Old CA").write(files.path(), "ca.pem");
+    let gw = Gateway::start(&https_config(app.addr, &format!("ca_file = \"{ca_file}\""))).await;
+    let c = client();
+    let response = c.get(gw.url("/public/x")).send().await.unwrap();
+    assert_error(response, 502, "upstream_tls").await;
+
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let response = c.post(gw.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = c.get(gw.url("/public/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.count(), 1);
+}
+
+/// The log line of a failed handshake names the reason (and the upstream), nothing more.
+#[test]
+fn the_log_names_why_an_apps_certificate_was_refused() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = Ca::new("Intranet CA");
+    let app = rt.block_on(Upstream::start_tls(server_config(
+        &ca.leaf(&["127.0.0.1"]),
+        None,
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let other = Ca::new("Other CA").write(dir.path(), "other.pem");
+    let file = dir.path().join("serve.toml");
+    let text = format!(
+        "[server]\nhttp = \"127.0.0.1:0\"\nwatch_config = false\n[upstreams.crm]\nurl = \"https://{}\"\nca_file = \"{other}\"\n[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"crm\"\nauth = \"public\"\n",
+        app.addr
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut child = crate::cli::portcullis()
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || {
+        lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a log line")
+    };
+    let startup: serde_json::Value = serde_json::from_str(&next()).unwrap();
+    let http = startup["http"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("Some(")
+        .trim_end_matches(')')
+        .to_owned();
+    let status = rt.block_on(async {
+        client()
+            .get(format!("http://{http}/x"))
+            .header("Authorization", "Bearer secret-token-value")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 502);
+    let mut found = None;
+    for _ in 0..20 {
+        let line = next();
+        if line.contains("upstream error") {
+            found = Some(line);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let line = found.expect("an upstream error line");
+    assert!(line.contains("invalid peer certificate"), "{line}");
+    assert!(line.contains("UnknownIssuer"), "{line}");
+    assert!(line.contains(&app.addr.to_string()), "{line}");
+    assert!(!line.contains("secret-token-value"), "{line}");
+    let _ = child.wait();
+}
+
+// ---------------------------------------------------------------------------------------
+// Sub-paths: an app mounted under a prefix, its Host, its redirects and cookies.
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The standard config, upstream `app` with `upstream_extra`, and `routes` in front.
+fn mapped_config(app: &Upstream, upstream_extra: &str, routes: &str) -> String {
+    let text = config(app.addr, routes);
+    let plain = format!("url = \"http://{}\"", app.addr);
+    text.replace(&plain, &format!("{plain}\n{upstream_extra}"))
+}
+
+const CRM_ROUTES: &str = r#"
+[[routes]]
+name = "crm"
+path_prefix = "/crm"
+upstream = "app"
+auth = "public"
+
+[[routes]]
+name = "crm-admin"
+path_prefix = "/crm/admin"
+upstream = "app"
+auth = "jwt"
+strip_prefix = "/crm"
+"#;
+
+#[tokio::test]
+async fn an_app_under_a_prefix_sees_its_own_paths_and_the_browser_only_public_ones() {
+    let app = Upstream::start().await;
+    let gw = Gateway::start(&mapped_config(&app, "path_prefix = \"/\"", CRM_ROUTES)).await;
+    let c = no_redirects();
+    for (public, expected) in [
+        ("/crm/orders/1?x=1", "/orders/1?x=1"),
+        ("/crm", "/"),
+        ("/crm/", "/"),
+    ] {
+        let response = c.get(gw.url(public)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{public}");
+        assert_eq!(app.last().path_and_query, expected, "{public}");
+    }
+    // The nested route strips only the mount: the app's /admin, under its policy.
+    let response = c.get(gw.url("/crm/admin/users")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let response = c
+        .get(gw.url("/crm/admin/users"))
+        .bearer_auth(valid_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.last().path_and_query, "/admin/users");
+
+    // The app redirects to its internal origin and sets cookies for its root.
+    let internal = format!("http://{}/login?next=%2F", app.addr);
+    let response = c
+        .get(gw.url(&format!("/crm/redirect?to={}", urlencode(&internal))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    let public = format!("http://{}/crm/login?next=%2F", gw.http);
+    assert_eq!(response.headers()["location"], public.as_str());
+    assert_eq!(
+        response.headers()["refresh"],
+        format!("0; url={public}").as_str()
+    );
+    let cookies: Vec<_> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        cookies,
+        [
+            "JSESSIONID=abc; Path=/crm; HttpOnly",
+            "prefs=1; Path=/crm/reports"
+        ]
+    );
+    // A root-relative redirect is the app's own too; a third party's is left alone.
+    for (to, expected) in [
+        ("/home".to_owned(), "/crm/home".to_owned()),
+        (
+            "https://idp.example.com/auth".to_owned(),
+            "https://idp.example.com/auth".to_owned(),
+        ),
+        (
+            format!("http://{}/x", gw.http),
+            format!("http://{}/x", gw.http),
+        ),
+    ] {
+        let response = c
+            .get(gw.url(&format!("/crm/redirect?to={}", urlencode(&to))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["location"], expected.as_str(), "{to}");
+    }
+}
+
+#[tokio::test]
+async fn the_app_can_be_sent_its_own_host_and_its_redirects_still_come_back_public() {
+    let app = Upstream::start().await;
+    let gw = Gateway::start(&mapped_config(
+        &app,
+        "host = \"crm.corp.internal:8080\"",
+        ROUTES,
+    ))
+    .await;
+    let c = no_redirects();
+    let response = c.get(gw.url("/public/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = app.last();
+    assert_eq!(seen.header_values("host"), ["crm.corp.internal:8080"]);
+    assert_eq!(
+        seen.header_values("x-forwarded-host"),
+        [gw.http.to_string()]
+    );
+    assert_eq!(seen.path_and_query, "/public/x");
+    // It builds absolute URLs from the name it was sent, by either scheme.
+    for to in [
+        "http://crm.corp.internal:8080/login",
+        "https://crm.corp.internal:8080/login",
+    ] {
+        let response = c
+            .get(gw.url(&format!("/public/redirect?to={}", urlencode(to))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["location"],
+            format!("http://{}/login", gw.http).as_str(),
+            "{to}"
+        );
+        // Without a path mapping, cookie paths are the app's already.
+        assert_eq!(
+            response.headers()["set-cookie"],
+            "JSESSIONID=abc; Path=/; HttpOnly"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rewriting_answers_can_be_turned_off() {
+    let app = Upstream::start().await;
+    let gw = Gateway::start(&mapped_config(
+        &app,
+        "path_prefix = \"/\"\nrewrite_redirects = false\nrewrite_cookie_paths = false",
+        CRM_ROUTES,
+    ))
+    .await;
+    let internal = format!("http://{}/login", app.addr);
+    let response = no_redirects()
+        .get(gw.url(&format!("/crm/redirect?to={}", urlencode(&internal))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["location"], internal.as_str());
+    assert_eq!(
+        response.headers()["set-cookie"],
+        "JSESSIONID=abc; Path=/; HttpOnly"
+    );
+    assert_eq!(
+        app.last().path_and_query,
+        format!("/redirect?to={}", urlencode(&internal))
+    );
+}
+
+fn urlencode(text: &str) -> String {
+    serde_urlencoded::to_string([("x", text)]).unwrap()[2..].to_owned()
+}
+
+/// `check` runs `expect_upstream_target`, and `explain` shows the mapped target.
+#[test]
+fn check_and_explain_show_the_path_the_app_receives() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/legacy-apps.toml");
+    let out = crate::cli::portcullis()
+        .args(["explain", "--config"])
+        .arg(&example)
+        .args([
+            "GET",
+            "https://portal.example.com/crm/admin/users?x=1",
+            "--claims",
+            r#"{"sub":"root","scope":"crm.admin"}"#,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("upstream tomcat would receive /admin/users?x=1 with:"),
+        "{text}"
+    );
+    assert!(text.contains("  host: crm.corp.internal"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("dev")).unwrap();
+    for file in ["signing.pub.pem", "tls.crt"] {
+        std::fs::copy(
+            example.parent().unwrap().join("../dev").join(file),
+            dir.path().join("dev").join(file),
+        )
+        .unwrap();
+    }
+    let wrong = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("../dev/", "dev/")
+        .replace(
+            "expect_upstream_target = \"/admin/users\"",
+            "expect_upstream_target = \"/users\"",
+        );
+    let file = dir.path().join("wrong.toml");
+    std::fs::write(&file, wrong).unwrap();
+    let out = crate::cli::portcullis()
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("upstream target /admin/users, expected /users"),
+        "{text}"
+    );
+}
