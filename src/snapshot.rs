@@ -67,12 +67,19 @@ impl Snapshot {
     /// Starts fetching the keys of remote providers and keeps them fresh while this snapshot
     /// lives. Fails only for providers with `require_keys_at_start` that got no key in time,
     /// or whose discovery document names another issuer.
+    ///
+    /// Also starts the upstreams' health checks (on the calling runtime, the first worker's).
     pub async fn start_key_refresh(&self) -> Result<(), String> {
         if self
             .key_refresh_started
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
             return Ok(());
+        }
+        for upstream in &self.upstreams {
+            if let Some(targets) = upstream.targets() {
+                targets.start_health_checks(&upstream.name);
+            }
         }
         for provider in &self.providers {
             if let Some(remote) = &provider.remote {
@@ -164,6 +171,57 @@ impl Snapshot {
             "Verified tokens cached",
             &[(String::new(), cache.len() as f64)],
         );
+        let mut healthy = Vec::new();
+        let (mut requests, mut errors, mut ejections) = (Vec::new(), Vec::new(), Vec::new());
+        for upstream in &self.upstreams {
+            let Some(targets) = upstream.targets() else {
+                continue;
+            };
+            for pool in targets.pools.iter() {
+                let label = format!(
+                    "{{upstream=\"{}\",target=\"{}\"}}",
+                    upstream.name,
+                    pool.authority()
+                );
+                let state = &pool.state;
+                let count = |c: &std::sync::atomic::AtomicU64| {
+                    c.load(std::sync::atomic::Ordering::Relaxed) as f64
+                };
+                healthy.push((label.clone(), f64::from(u8::from(state.available()))));
+                if targets.pools.len() == 1 {
+                    continue;
+                }
+                requests.push((label.clone(), count(&state.requests)));
+                errors.push((label.clone(), count(&state.errors)));
+                ejections.push((label, count(&state.ejections)));
+            }
+        }
+        write_family(
+            &mut extra,
+            "upstream_target_healthy",
+            "gauge",
+            "1 while a target takes requests (passes its health checks, not ejected)",
+            &healthy,
+        );
+        for (name, help, values) in [
+            (
+                "upstream_target_requests",
+                "Requests sent to a target of a several-target upstream",
+                &requests,
+            ),
+            (
+                "upstream_target_errors",
+                "Failed requests (no connection, a broken answer, a 502) by target",
+                &errors,
+            ),
+            (
+                "upstream_target_ejections",
+                "Times a target was taken out after consecutive failures",
+                &ejections,
+            ),
+        ] {
+            write_family(&mut extra, name, "counter", help, values);
+        }
         self.metrics.render(&extra)
     }
 

@@ -298,6 +298,35 @@ pub struct RawUpstream {
     pub rewrite_redirects: Option<bool>,
     /// `Set-Cookie` paths under `path_prefix` are mapped back under the mount. Default true.
     pub rewrite_cookie_paths: Option<bool>,
+    /// Several instances of the app, instead of `url`: `["http://10.0.0.5:8080", ...]`
+    /// (all http:// or all https://).
+    pub targets: Option<Vec<String>>,
+    /// How requests are spread over `targets`: `"round_robin"` (default) or
+    /// `"least_requests"` (two random choices, fewer requests in flight wins).
+    pub balance: Option<String>,
+    /// Active checks of each target; without it, targets are only ejected passively.
+    pub health_check: Option<RawHealthCheck>,
+    /// Consecutive failures (no connection, a broken answer, a 502) that take a target out.
+    /// Default 5; 0: never.
+    pub eject_after: Option<u32>,
+    /// How long an ejected target stays out before it is tried again. Default `"30s"`.
+    pub eject_for: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path (and query) of a `GET` each target answers with 2xx or 3xx when it is well.
+    /// Required.
+    pub path: Option<String>,
+    /// Between two checks of a target. Default `"5s"`.
+    pub interval: Option<String>,
+    /// For one check (connect, TLS, answer head). Default `"2s"`.
+    pub timeout: Option<String>,
+    /// Consecutive successes that bring a target back. Default 2.
+    pub healthy: Option<u32>,
+    /// Consecutive failures that take a target out. Default 3.
+    pub unhealthy: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -276,6 +276,33 @@ fn every_issue_names_its_key() {
             tables("[upstreams.b]\nurl = \"https://h:1\"\nclient_key = \"/nonexistent/k.pem\""),
             "upstreams.b.client_key",
         ),
+        (tables("[upstreams.b]\ntargets = []"), "upstreams.b.targets"),
+        (
+            upstream(r#"targets = ["http://127.0.0.1:8"]"#),
+            "upstreams.app",
+        ),
+        (
+            tables("[upstreams.b]\ntargets = [\"http://h:1\", \"https://h:2\"]"),
+            "upstreams.b.targets",
+        ),
+        (
+            tables("[upstreams.b]\ntargets = [\"http://h:1\", \"ftp://h:2\"]"),
+            "upstreams.b.targets[1]",
+        ),
+        (upstream(r#"balance = "random""#), "upstreams.app.balance"),
+        (upstream(r#"eject_for = "soon""#), "upstreams.app.eject_for"),
+        (
+            upstream(r#"health_check = { interval = "1s" }"#),
+            "upstreams.app.health_check.path",
+        ),
+        (
+            upstream(r#"health_check = { path = "/h", healthy = 0 }"#),
+            "upstreams.app.health_check.healthy",
+        ),
+        (
+            upstream(r#"health_check = { path = "/h", timeout = "0s" }"#),
+            "upstreams.app.health_check.timeout",
+        ),
         (
             upstream(r#"path_prefix = "/a/../b""#),
             "upstreams.app.path_prefix",

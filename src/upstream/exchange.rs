@@ -29,6 +29,8 @@ use tokio::io::AsyncWrite;
 
 use super::h1::{self, Decoded, Decoder, FrameError, RequestFraming};
 use super::pool::{BoxError, Conn, Connecting, Pool, SendError};
+use super::targets::{Balance, TargetSet};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// What an exchange can send: the gateway sends `RequestBody`; the unit tests send plain bodies.
 pub trait SendBody:
@@ -54,15 +56,61 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// `timeout` bounds each wait on the upstream before the answer's head: for it to take
 /// more request bytes while it takes none, and for the head once the request has all
 /// been sent. Waits on the client's body are bounded by the body (`RequestBody`).
+///
+/// `targets`: the upstream's targets and the one `pool` is, when there are several: a
+/// target that cannot be connected to is then left for the next, and each outcome counts
+/// towards the target's ejection (see `targets`).
 pub fn send<B: SendBody>(
     pool: &Arc<Pool>,
     parts: &http::request::Parts,
     extra: impl FnOnce(&mut dyn FnMut(&HeaderName, &HeaderValue)),
     body: B,
     timeout: Duration,
+    targets: Option<(&Arc<TargetSet>, usize)>,
 ) -> Sending<B> {
     let worker = crate::worker::worker_id() % pool.slots.len();
-    let mut conn = pool.checkout(worker);
+    let conn = pool.checkout(worker);
+    start(pool, worker, conn, parts, extra, body, timeout, targets)
+}
+
+/// A health check: `GET path` on a new connection to `pool`'s target, `Connection: close`;
+/// the answer's status, within `timeout`.
+pub async fn probe(
+    pool: &Arc<Pool>,
+    path: &http::uri::PathAndQuery,
+    host: &HeaderValue,
+    timeout: Duration,
+) -> Result<http::StatusCode, SendError> {
+    let mut request = http::Request::new(());
+    *request.uri_mut() = http::Uri::from(path.clone());
+    let headers = request.headers_mut();
+    headers.insert(http::header::HOST, host.clone());
+    headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static("portcullis-health-check"),
+    );
+    let (parts, ()) = request.into_parts();
+    let worker = crate::worker::worker_id() % pool.slots.len();
+    let body = http_body_util::Empty::<Bytes>::new();
+    let sending = start(pool, worker, None, &parts, |_| {}, body, timeout, None);
+    let response = tokio::time::timeout(timeout, sending)
+        .await
+        .map_err(|_| SendError::Timeout)??;
+    Ok(response.status())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start<B: SendBody>(
+    pool: &Arc<Pool>,
+    worker: usize,
+    mut conn: Option<Conn>,
+    parts: &http::request::Parts,
+    extra: impl FnOnce(&mut dyn FnMut(&HeaderName, &HeaderValue)),
+    body: B,
+    timeout: Duration,
+    targets: Option<(&Arc<TargetSet>, usize)>,
+) -> Sending<B> {
     let mut write = conn
         .as_mut()
         .map(|conn| std::mem::take(&mut conn.spare))
@@ -81,7 +129,19 @@ pub fn send<B: SendBody>(
         &mut write,
     );
     let reused = conn.is_some();
-    let connecting = conn.is_none().then(|| pool.open());
+    // The attempts on several targets share one connect deadline.
+    let deadline = targets
+        .map(|(set, _)| tokio::time::Instant::now() + set.pools[0].settings().connect_timeout);
+    let connecting = conn.is_none().then(|| {
+        pool.open(share(
+            deadline,
+            targets.map_or(1, |(set, _)| set.pools.len()),
+        ))
+    });
+    let counted = targets.is_some_and(|(set, _)| set.balance == Balance::LeastRequests);
+    if counted {
+        pool.state.in_flight.fetch_add(1, Relaxed);
+    }
     Sending {
         exchange: Some(Box::new(Exchange {
             conn,
@@ -102,8 +162,15 @@ pub fn send<B: SendBody>(
             armed: false,
             decoder: Decoder::done(),
             keep_alive: false,
+            counted,
         })),
         connecting,
+        targets: targets.map(|(set, current)| Failover {
+            set: set.clone(),
+            current,
+            tried: 0,
+            deadline,
+        }),
         head_request: parts.method == Method::HEAD,
         // PUT and DELETE are idempotent in RFC 9110, but a legacy app's are often not
         // (a PUT that appends, a DELETE that logs): never sent twice.
@@ -126,6 +193,41 @@ pub struct Sending<B> {
     idempotent: bool,
     /// The current connection came from the pool.
     reused: bool,
+    /// Several targets: where this request is, and where it could go next.
+    targets: Option<Failover>,
+}
+
+/// The part of what is left until `deadline` that one of `left` attempts may take: a
+/// target that does not answer cannot use up the others' time.
+fn share(deadline: Option<tokio::time::Instant>, left: usize) -> Option<tokio::time::Instant> {
+    deadline.map(|deadline| {
+        let now = tokio::time::Instant::now();
+        now + deadline.saturating_duration_since(now) / left.max(1) as u32
+    })
+}
+
+struct Failover {
+    set: Arc<TargetSet>,
+    /// The target `exchange.pool` is.
+    current: usize,
+    /// Targets that could not be connected to, a bit each.
+    tried: u64,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Failover {
+    /// Counts the outcome against the current target.
+    fn record(&self, ok: bool) {
+        let pool = &self.set.pools[self.current];
+        if pool.state.record(ok, &self.set.ejection) {
+            tracing::warn!(
+                target = %pool.authority(),
+                failures = self.set.ejection.after,
+                out_for = ?self.set.ejection.duration,
+                "upstream target ejected after consecutive failures"
+            );
+        }
+    }
 }
 
 impl<B: SendBody> Future for Sending<B> {
@@ -139,12 +241,56 @@ impl<B: SendBody> Future for Sending<B> {
             .expect("Sending polled after it completed");
         loop {
             if let Some(connecting) = &mut this.connecting {
-                let conn = ready!(connecting.as_mut().poll(cx))?;
-                this.connecting = None;
-                exchange.conn = Some(conn);
+                match ready!(connecting.as_mut().poll(cx)) {
+                    Ok(conn) => {
+                        this.connecting = None;
+                        exchange.conn = Some(conn);
+                    }
+                    Err(e) => {
+                        this.connecting = None;
+                        let Some(failover) = &mut this.targets else {
+                            return Poll::Ready(Err(e));
+                        };
+                        failover.record(false);
+                        // Nothing was sent: the next target may take it, whatever the method.
+                        let next = match e {
+                            SendError::Connect { .. } | SendError::Tls { .. } => {
+                                failover.tried |= 1 << (failover.current % 64);
+                                failover.set.next_after(failover.current, failover.tried)
+                            }
+                            _ => None,
+                        };
+                        let Some(next) = next else {
+                            return Poll::Ready(Err(e));
+                        };
+                        let pool = failover.set.pools[next].clone();
+                        if exchange.counted {
+                            exchange.pool.state.in_flight.fetch_sub(1, Relaxed);
+                            pool.state.in_flight.fetch_add(1, Relaxed);
+                        }
+                        failover.current = next;
+                        // A warm connection of the next target if it has one.
+                        match pool.checkout(exchange.worker) {
+                            Some(conn) => {
+                                exchange.conn = Some(conn);
+                                this.reused = true;
+                            }
+                            None => {
+                                let left =
+                                    failover.set.pools.len() - failover.tried.count_ones() as usize;
+                                this.connecting = Some(pool.open(share(failover.deadline, left)));
+                            }
+                        }
+                        exchange.pool = pool;
+                        continue;
+                    }
+                }
             }
             match ready!(exchange.poll_head(cx, this.head_request)) {
                 Ok(head) => {
+                    if let Some(failover) = &this.targets {
+                        failover.record(head.status != http::StatusCode::BAD_GATEWAY);
+                    }
                     let Some(mut exchange) = this.exchange.take() else {
                         unreachable!("checked above");
                     };
@@ -167,9 +313,14 @@ impl<B: SendBody> Future for Sending<B> {
                     exchange.request_done = false;
                     exchange.write_error = None;
                     exchange.armed = false;
-                    this.connecting = Some(exchange.pool.open());
+                    this.connecting = Some(exchange.pool.open(None));
                 }
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) => {
+                    if let Some(failover) = &this.targets {
+                        failover.record(false);
+                    }
+                    return Poll::Ready(Err(e));
+                }
             }
         }
     }
@@ -210,6 +361,16 @@ pub struct Exchange<B> {
     armed: bool,
     decoder: Decoder,
     keep_alive: bool,
+    /// Counted in its target's requests in flight (`least_requests`).
+    counted: bool,
+}
+
+impl<B> Drop for Exchange<B> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.pool.state.in_flight.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 impl<B: SendBody> Exchange<B> {
@@ -485,7 +646,7 @@ mod tests {
 
     fn send<B: SendBody>(pool: &Arc<Pool>, request: Request<B>) -> Sending<B> {
         let (parts, body) = request.into_parts();
-        super::send(pool, &parts, |_| {}, body, Duration::from_secs(5))
+        super::send(pool, &parts, |_| {}, body, Duration::from_secs(5), None)
     }
 
     /// A raw upstream that answers every request head with `answer`. It counts the
@@ -545,6 +706,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             max_idle,
             idle_timeout,
+            health_check: None,
         };
         Pool::new(
             upstream.authority.clone(),
@@ -683,6 +845,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             max_idle: 8,
             idle_timeout: Duration::from_secs(60),
+            health_check: None,
         };
         let pool = Pool::new(authority, settings, None, 1, Counter::default());
         match send(&pool, get()).await {
@@ -787,6 +950,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             max_idle: 8,
             idle_timeout: Duration::from_secs(60),
+            health_check: None,
         }
     }
 

@@ -16,8 +16,11 @@ use http_body_util::{Either, Full};
 pub mod body;
 pub mod exchange;
 pub mod h1;
+pub mod health;
 pub mod mapping;
 pub mod pool;
+pub mod state;
+pub mod targets;
 pub mod tls;
 
 use crate::auth::Permit;
@@ -30,6 +33,7 @@ use exchange::Exchange;
 pub use pool::PoolSettings;
 use pool::{Pool, SendError};
 use std::sync::Arc;
+use targets::{Balance, Ejection, TargetSet};
 
 /// What the client receives: the upstream's streamed body, or a body we made.
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
@@ -56,11 +60,11 @@ pub struct Upstream {
 #[allow(clippy::large_enum_variant)]
 pub enum Target {
     Http {
-        /// Idle connections per worker thread: a request and its connection stay on one
-        /// thread (thread-per-core). Shared by the snapshots of a reload when the upstream
-        /// did not change.
-        pool: Arc<Pool>,
-        /// `Host` for a request that came without one (HTTP/1.0).
+        /// One pool per target: idle connections per worker thread (a request and its
+        /// connection stay on one thread, thread-per-core). A target's pool is shared by
+        /// the snapshots of a reload when the target did not change.
+        targets: Arc<TargetSet>,
+        /// `Host` for a request that came without one (HTTP/1.0): the first target's.
         host: HeaderValue,
     },
     /// Answers with a JSON description of the request it would have received.
@@ -68,26 +72,37 @@ pub enum Target {
 }
 
 impl Upstream {
+    /// An app at one or more `targets` (address, TLS), balanced by `balance`.
     pub fn http(
         name: &str,
-        authority: Authority,
-        tls: Option<tls::UpstreamTls>,
+        targets: Vec<(Authority, Option<tls::UpstreamTls>)>,
+        (balance, ejection): (Balance, Ejection),
         timeouts: (Duration, Duration),
         pool: PoolSettings,
         metrics: &Arc<Metrics>,
     ) -> Self {
+        let host = targets
+            .first()
+            .and_then(|(authority, _)| HeaderValue::from_str(authority.as_str()).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        let unsolicited = metrics.upstream_error_counter(name, "unsolicited_bytes");
+        let pools = targets
+            .into_iter()
+            .map(|(authority, tls)| {
+                Pool::new(
+                    authority,
+                    pool.clone(),
+                    tls,
+                    crate::worker::MAX_WORKERS,
+                    unsolicited.clone(),
+                )
+            })
+            .collect();
         Upstream {
             name: name.into(),
             target: Target::Http {
-                host: HeaderValue::from_str(authority.as_str())
-                    .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-                pool: Pool::new(
-                    authority,
-                    pool,
-                    tls,
-                    crate::worker::MAX_WORKERS,
-                    metrics.upstream_error_counter(name, "unsolicited_bytes"),
-                ),
+                host,
+                targets: Arc::new(TargetSet::new(pools, balance, ejection)),
             },
             timeout: timeouts.0,
             body_timeout: timeouts.1,
@@ -113,30 +128,53 @@ impl Upstream {
         }
     }
 
-    /// On reload: keep the pooled connections of the same upstream in the old config when
-    /// its address, pool settings and TLS settings (files included) did not change.
+    /// On reload: keep the pooled connections (and the health) of each target of the
+    /// same upstream in the old config whose address, pool settings, health check and TLS
+    /// settings (files included) did not change.
     pub fn adopt_pool(&mut self, previous: &[Upstream]) {
-        let Target::Http { pool, .. } = &mut self.target else {
+        let Target::Http { targets, .. } = &mut self.target else {
             return;
         };
-        let same = previous.iter().find_map(|old| match &old.target {
-            Target::Http { pool: p, .. } if old.name == self.name && p.same_as(pool) => {
-                Some(p.clone())
-            }
+        let Some(old) = previous.iter().find_map(|old| match &old.target {
+            Target::Http { targets: t, .. } if old.name == self.name => Some(t),
             Target::Http { .. } | Target::Echo => None,
-        });
-        if let Some(old_pool) = same {
-            *pool = old_pool;
-        }
+        }) else {
+            return;
+        };
+        let pools = targets
+            .pools
+            .iter()
+            .map(|pool| {
+                old.pools
+                    .iter()
+                    .find(|p| p.same_as(pool))
+                    .unwrap_or(pool)
+                    .clone()
+            })
+            .collect();
+        *targets = Arc::new(TargetSet::new(pools, targets.balance, targets.ejection));
     }
 
     pub fn describe(&self) -> String {
         match &self.target {
-            Target::Http { pool, .. } => match pool.tls() {
-                None => format!("http://{}", pool.authority()),
-                Some(_) => format!("https://{}", pool.authority()),
-            },
+            Target::Http { targets, .. } => targets
+                .pools
+                .iter()
+                .map(|pool| match pool.tls() {
+                    None => format!("http://{}", pool.authority()),
+                    Some(_) => format!("https://{}", pool.authority()),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
             Target::Echo => "builtin echo".to_owned(),
+        }
+    }
+
+    /// The targets, for metrics and health checks (none for built-in upstreams).
+    pub fn targets(&self) -> Option<&Arc<TargetSet>> {
+        match &self.target {
+            Target::Http { targets, .. } => Some(targets),
+            Target::Echo => None,
         }
     }
 }
@@ -162,18 +200,21 @@ pub fn forward<'a>(
             // Boxed: the rare echo answer would otherwise size every request's future.
             Err(Box::new(echo(parts, &path_and_query)))
         }
-        Target::Http { pool, host } => {
+        Target::Http { targets, host } => {
             // Origin-form: the target as the upstream expects it from a gateway, not a proxy.
             parts.uri = Uri::from(path_and_query);
             if !parts.headers.contains_key(HOST) {
                 parts.headers.insert(HOST, host.clone());
             }
+            let index = targets.pick();
+            let several = (targets.pools.len() > 1).then_some((targets, index));
             Ok(exchange::send(
-                pool,
+                &targets.pools[index],
                 parts,
                 |field| added.for_each(field),
                 body,
                 upstream.timeout,
+                several,
             ))
         }
     };

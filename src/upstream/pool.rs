@@ -34,6 +34,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub max_idle: usize,
     pub idle_timeout: Duration,
+    /// Active checks of this target (several-target upstreams only).
+    pub health_check: Option<super::state::HealthCheck>,
 }
 
 /// Why a request got no (complete) answer from the upstream. The texts name the upstream
@@ -165,6 +167,8 @@ pub struct Pool {
     /// Idle connections dropped for bytes nobody asked for
     /// (`upstream_errors_total{kind="unsolicited_bytes"}`).
     pub(super) unsolicited: Counter,
+    /// Health and counts of this target (see `targets`); kept across reloads with the pool.
+    pub state: super::state::TargetState,
 }
 
 impl Pool {
@@ -181,6 +185,7 @@ impl Pool {
             tls,
             slots: (0..workers).map(|_| Mutex::default()).collect(),
             unsolicited,
+            state: Default::default(),
         })
     }
 
@@ -204,11 +209,13 @@ impl Pool {
                 == other.tls.as_ref().map(UpstreamTls::fingerprint)
     }
 
-    /// Opens a connection. Boxed: most requests find one in the pool, and the future of
-    /// a connect would otherwise enlarge every request's.
-    pub(super) fn open(self: &Arc<Self>) -> Connecting {
+    /// Opens a connection within `connect_timeout`, and before `deadline` when one is
+    /// given (the attempts of one request on several targets share one). Boxed: most
+    /// requests find one in the pool, and the future of a connect would otherwise enlarge
+    /// every request's.
+    pub(super) fn open(self: &Arc<Self>, deadline: Option<tokio::time::Instant>) -> Connecting {
         let pool = self.clone();
-        Box::pin(async move { pool.connect().await })
+        Box::pin(async move { pool.connect(deadline).await })
     }
 
     pub(super) fn checkout(&self, worker: usize) -> Option<Conn> {
@@ -221,7 +228,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, SendError> {
+    async fn connect(&self, deadline: Option<tokio::time::Instant>) -> Result<Conn, SendError> {
         let failed = |reason: String| SendError::Connect {
             authority: self.authority.clone(),
             reason,
@@ -235,7 +242,8 @@ impl Pool {
         let default_port = if self.tls.is_some() { 443 } else { 80 };
         let port = self.authority.port_u16().unwrap_or(default_port);
         // One deadline for the TCP connect and the TLS handshake.
-        let deadline = tokio::time::Instant::now() + self.settings.connect_timeout;
+        let own = tokio::time::Instant::now() + self.settings.connect_timeout;
+        let deadline = deadline.map_or(own, |d| d.min(own));
         let stream = tokio::time::timeout_at(deadline, TcpStream::connect((host, port)))
             .await
             .map_err(|_| {

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::operations::{sample, scrape, with_admin};
@@ -503,4 +504,265 @@ fn check_and_explain_show_the_path_the_app_receives() {
         text.contains("upstream target /admin/users, expected /users"),
         "{text}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Several instances of one app.
+
+/// The standard config (with the admin listener), upstream `app` replaced by `targets`
+/// and `extra` keys.
+fn targets_config(primary: &Upstream, targets: &[&Upstream], extra: &str) -> String {
+    let text = config(primary.addr, ROUTES);
+    let plain = format!("url = \"http://{}\"", primary.addr);
+    let list: Vec<String> = targets
+        .iter()
+        .map(|t| format!("\"http://{}\"", t.addr))
+        .collect();
+    with_admin(
+        text.replace(&plain, &format!("targets = [{}]\n{extra}", list.join(", "))),
+        "",
+    )
+}
+
+#[tokio::test]
+async fn requests_are_spread_over_the_targets_in_turn() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let gw = Gateway::start(&targets_config(&a, &[&a, &b], "")).await;
+    let c = client();
+    for _ in 0..10 {
+        let response = c.get(gw.url("/public/x")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!((a.count(), b.count()), (5, 5));
+    let samples = scrape(&c, &gw).await;
+    for t in [&a, &b] {
+        let label = format!("{{upstream=\"app\",target=\"{}\"}}", t.addr);
+        assert_eq!(
+            sample(
+                &samples,
+                &format!("portcullis_upstream_target_requests_total{label}")
+            ),
+            5.0
+        );
+        assert_eq!(
+            sample(
+                &samples,
+                &format!("portcullis_upstream_target_healthy{label}")
+            ),
+            1.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_target_that_dies_under_load_costs_no_request_and_is_used_again_when_back() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let gw = Gateway::start(&targets_config(
+        &a,
+        &[&a, &b],
+        "eject_after = 1\neject_for = \"300ms\"",
+    ))
+    .await;
+    let c = client();
+    let url = gw.url("/public/load");
+    // Eight clients, GETs back to back, while one instance dies and comes back.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (c, url, stop) = (c.clone(), url.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = a.count();
+    assert!(before > 10, "{before}");
+    a.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = a.count();
+    a.restart().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for client in clients {
+        let (o, f) = client.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    // Requests on a dying instance's connections went again or elsewhere: none failed.
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "{ok}");
+    // Back, it takes requests again.
+    assert!(a.count() > during + 10, "{} after {during}", a.count());
+    let samples = scrape(&c, &gw).await;
+    let label = format!("{{upstream=\"app\",target=\"{}\"}}", a.addr);
+    assert!(
+        sample(
+            &samples,
+            &format!("portcullis_upstream_target_ejections_total{label}")
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &samples,
+            &format!("portcullis_upstream_target_errors_total{label}")
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn health_checks_take_a_target_out_and_bring_it_back() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let gw = Gateway::start(&targets_config(
+        &a,
+        &[&a, &b],
+        "eject_after = 0\nhealth_check = { path = \"/health\", interval = \"100ms\", timeout = \"500ms\", healthy = 2, unhealthy = 2 }",
+    ))
+    .await;
+    let c = client();
+    let label = format!("{{upstream=\"app\",target=\"{}\"}}", a.addr);
+    let healthy = |samples: &[(String, f64)]| {
+        sample(
+            samples,
+            &format!("portcullis_upstream_target_healthy{label}"),
+        )
+    };
+    let eventually = |want: f64| {
+        let (c, gw) = (&c, &gw);
+        async move {
+            for _ in 0..50 {
+                if healthy(&scrape(c, gw).await) == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("target health never became {want}");
+        }
+    };
+    eventually(1.0).await;
+    // The checks reach the app as GETs of the path, with the target as Host.
+    let check = a
+        .requests()
+        .into_iter()
+        .find(|s| s.path_and_query == "/health")
+        .expect("a health check");
+    assert_eq!(check.method, "GET");
+    assert_eq!(check.header_values("host"), [a.addr.to_string()]);
+    a.stop();
+    eventually(0.0).await;
+    // Out: it is not even tried (no passive ejection here, so a try would count as an
+    // error of that target before going to the other).
+    let errors = format!("portcullis_upstream_target_errors_total{label}");
+    let errors_before = sample(&scrape(&c, &gw).await, &errors);
+    let before = b.count();
+    for _ in 0..6 {
+        assert_eq!(
+            c.get(gw.url("/public/x")).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert!(b.count() >= before + 6);
+    assert_eq!(sample(&scrape(&c, &gw).await, &errors), errors_before);
+    a.restart().await;
+    eventually(1.0).await;
+}
+
+#[tokio::test]
+async fn with_every_target_down_the_answer_is_502_at_once() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let gw = Gateway::start(&targets_config(&a, &[&a, &b], "")).await;
+    a.stop();
+    b.stop();
+    let c = client();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let response = c.get(gw.url("/public/x")).send().await.unwrap();
+        assert_error(response, 502, "bad_gateway").await;
+        // Refused connections fail at once (connect_timeout is 5 s here).
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Back, they serve again (ejected ones are tried when nothing else is left).
+    a.restart().await;
+    let response = c.get(gw.url("/public/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn least_requests_keeps_requests_off_a_target_that_is_stuck() {
+    // One instance never answers (the timeout is 1 s); with round robin every other
+    // request would wait for it, with least_requests only a first one does.
+    let stuck = bad_upstream().await;
+    let good = Upstream::start().await;
+    let text = config(good.addr, ROUTES).replace(
+        &format!("url = \"http://{}\"", good.addr),
+        &format!(
+            "targets = [\"http://{stuck}\", \"http://{}\"]\nbalance = \"least_requests\"\neject_after = 0",
+            good.addr
+        ),
+    );
+    let gw = Gateway::start(&text).await;
+    let c = client();
+    let mut requests = Vec::new();
+    for _ in 0..20 {
+        let (c, url) = (c.clone(), gw.url("/public/silent"));
+        requests.push(tokio::spawn(async move {
+            c.get(url).send().await.unwrap().status().as_u16()
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut statuses = Vec::new();
+    for r in requests {
+        statuses.push(r.await.unwrap());
+    }
+    let stuck_ones = statuses.iter().filter(|&&s| s != 200).count();
+    assert!(stuck_ones <= 1, "{statuses:?}");
+    assert_eq!(good.count(), 20 - stuck_ones);
+}
+
+#[tokio::test]
+async fn a_target_that_never_answers_the_handshake_leaves_time_for_the_next() {
+    // The stuck target takes the TCP connection and never answers the TLS handshake.
+    let stuck = bad_upstream().await;
+    let files = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Intranet CA");
+    let good = Upstream::start_tls(server_config(&ca.leaf(&["127.0.0.1"]), None)).await;
+    let ca_file = ca.write(files.path(), "ca.pem");
+    let text = config(good.addr, ROUTES).replace(
+        &format!("url = \"http://{}\"", good.addr),
+        &format!(
+            "targets = [\"https://{stuck}\", \"https://{}\"]\nca_file = \"{ca_file}\"\nconnect_timeout = \"2s\"\neject_after = 0",
+            good.addr
+        ),
+    );
+    let gw = Gateway::start(&text).await;
+    let c = client();
+    for _ in 0..4 {
+        let started = std::time::Instant::now();
+        let response = c.get(gw.url("/public/x")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        // Half of connect_timeout for the stuck one, the rest for the good one.
+        assert!(
+            started.elapsed() < Duration::from_millis(1900),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(good.count(), 4);
 }

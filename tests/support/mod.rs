@@ -151,6 +151,8 @@ pub struct Upstream {
     /// HTTPS only: completed TLS handshakes, and those that resumed a session.
     pub handshakes: Arc<AtomicUsize>,
     pub resumed: Arc<AtomicUsize>,
+    /// The accept loop and every connection's task (see `stop`).
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Upstream {
@@ -163,6 +165,27 @@ impl Upstream {
         Upstream::start_with(Some(tokio_rustls::TlsAcceptor::from(config))).await
     }
 
+    /// Kills the instance: its listener and every connection, at once (as a crash would).
+    pub fn stop(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// A new instance on the address of a stopped one, sharing its records.
+    pub async fn restart(&self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            None,
+            self.seen.clone(),
+            self.connections.clone(),
+            (self.handshakes.clone(), self.resumed.clone()),
+            self.tasks.clone(),
+        ));
+        self.tasks.lock().unwrap().push(accept.abort_handle());
+    }
+
     async fn start_with(acceptor: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -170,50 +193,23 @@ impl Upstream {
         let connections = Arc::new(AtomicUsize::new(0));
         let handshakes = Arc::new(AtomicUsize::new(0));
         let resumed = Arc::new(AtomicUsize::new(0));
-        let (seen2, conns2) = (seen.clone(), connections.clone());
-        let (handshakes2, resumed2) = (handshakes.clone(), resumed.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                conns2.fetch_add(1, Ordering::SeqCst);
-                let seen = seen2.clone();
-                let acceptor = acceptor.clone();
-                let (handshakes, resumed) = (handshakes2.clone(), resumed2.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| record(req, seen.clone()));
-                    let builder = hyper::server::conn::http1::Builder::new();
-                    match acceptor {
-                        None => {
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        }
-                        Some(acceptor) => {
-                            let Ok(stream) = acceptor.accept(stream).await else {
-                                return;
-                            };
-                            handshakes.fetch_add(1, Ordering::SeqCst);
-                            if stream.get_ref().1.handshake_kind()
-                                == Some(rustls::HandshakeKind::Resumed)
-                            {
-                                resumed.fetch_add(1, Ordering::SeqCst);
-                            }
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        }
-                    }
-                });
-            }
-        });
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            seen.clone(),
+            connections.clone(),
+            (handshakes.clone(), resumed.clone()),
+            tasks.clone(),
+        ));
+        tasks.lock().unwrap().push(accept.abort_handle());
         Upstream {
             addr,
             seen,
             connections,
             handshakes,
             resumed,
+            tasks,
         }
     }
 
@@ -232,6 +228,51 @@ impl Upstream {
             .last()
             .cloned()
             .expect("the upstream received no request")
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
+    (handshakes, resumed): (Arc<AtomicUsize>, Arc<AtomicUsize>),
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        connections.fetch_add(1, Ordering::SeqCst);
+        let seen = seen.clone();
+        let acceptor = acceptor.clone();
+        let (handshakes, resumed) = (handshakes.clone(), resumed.clone());
+        let task = tokio::spawn(async move {
+            let service = service_fn(move |req| record(req, seen.clone()));
+            let builder = hyper::server::conn::http1::Builder::new();
+            match acceptor {
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    handshakes.fetch_add(1, Ordering::SeqCst);
+                    if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        resumed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+            }
+        });
+        let mut tasks = tasks.lock().unwrap();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task.abort_handle());
     }
 }
 

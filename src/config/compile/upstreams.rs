@@ -10,6 +10,7 @@ use crate::canonical::canonical_path;
 use crate::config::raw::*;
 use crate::readings::PathSemantics;
 use crate::upstream::mapping;
+use crate::upstream::targets::{Balance, Ejection, HealthCheck};
 use crate::upstream::tls::{TlsIssue, TlsSource, UpstreamTls, system_roots};
 use crate::upstream::{PoolSettings, Upstream};
 
@@ -46,6 +47,7 @@ impl Compiler {
                     raw.pool_idle_timeout.as_ref(),
                     Duration::from_secs(90),
                 ),
+                health_check: None,
             };
             let path_semantics = match raw.path_semantics.as_deref() {
                 None => PathSemantics::Strict,
@@ -58,20 +60,82 @@ impl Compiler {
                 }),
             };
             let mut own_origins = Vec::new();
-            let upstream = match (&raw.url, raw.builtin.as_deref()) {
-                (Some(url), None) => self.upstream_url(&key, url).and_then(|(authority, https)| {
-                    let scheme = if https { "https" } else { "http" };
-                    own_origins.push(mapping::origin_text(scheme, authority.as_str()));
-                    let tls = self.upstream_tls(&key, raw, &authority, https)?;
-                    Some(Upstream::http(
-                        name,
-                        authority,
-                        tls,
-                        (timeout, body_timeout),
-                        pool,
-                        &self.metrics,
-                    ))
-                }),
+            let urls: Option<Vec<(String, &String)>> = match (&raw.url, &raw.targets) {
+                (Some(url), None) => Some(vec![(format!("{key}.url"), url)]),
+                (None, Some(targets)) if !targets.is_empty() => Some(
+                    targets
+                        .iter()
+                        .enumerate()
+                        .map(|(i, url)| (format!("{key}.targets[{i}]"), url))
+                        .collect(),
+                ),
+                (None, Some(_)) => {
+                    self.issue(
+                        format!("{key}.targets"),
+                        "is empty; list the app's instances, e.g. [\"http://10.0.0.5:8080\"]",
+                    );
+                    None
+                }
+                (Some(_), Some(_)) => {
+                    self.issue(
+                        key.as_str(),
+                        "set either url (one instance) or targets (several), not both",
+                    );
+                    None
+                }
+                (None, None) => None,
+            };
+            let several = self.several_targets(&key, raw);
+            let mut pool = pool;
+            pool.health_check = several.1.clone();
+            let upstream = match (urls, raw.builtin.as_deref()) {
+                (Some(urls), None) => {
+                    let mut targets = Vec::new();
+                    let mut schemes = Vec::new();
+                    for (field, url) in urls {
+                        let Some((authority, https)) = self.upstream_url(&field, url) else {
+                            continue;
+                        };
+                        let scheme = if https { "https" } else { "http" };
+                        own_origins.push(mapping::origin_text(scheme, authority.as_str()));
+                        schemes.push(https);
+                        if let Some(tls) = self.upstream_tls(&key, raw, &authority, https) {
+                            targets.push((authority, tls));
+                        }
+                    }
+                    if schemes.iter().any(|&s| s != schemes[0]) {
+                        self.issue(
+                            format!("{key}.targets"),
+                            "mixes http:// and https://; one upstream's instances speak the same protocol",
+                        );
+                    }
+                    if let Some(check) = &mut pool.health_check {
+                        check.host = raw
+                            .host
+                            .as_deref()
+                            .and_then(|h| http::HeaderValue::from_str(h).ok());
+                    }
+                    let complete = targets.len() == schemes.len()
+                        && raw
+                            .targets
+                            .as_ref()
+                            .is_none_or(|t| t.len() == targets.len());
+                    (complete && !targets.is_empty()).then(|| {
+                        Upstream::http(
+                            name,
+                            targets,
+                            several.0,
+                            (timeout, body_timeout),
+                            pool,
+                            &self.metrics,
+                        )
+                    })
+                }
+                (Some(_), Some(_)) => {
+                    self.issue(key.as_str(), "set either url/targets or builtin, not both");
+                    None
+                }
+                (None, _) if raw.url.is_some() || raw.targets.is_some() => None,
                 (None, Some("echo")) => {
                     self.no_tls_keys(&key, raw, "builtin upstreams");
                     Some(Upstream::echo(name, &self.metrics))
@@ -81,10 +145,6 @@ impl Compiler {
                         format!("{key}.builtin"),
                         format!("\"{other}\" is not a built-in upstream; the only one is \"echo\""),
                     );
-                    None
-                }
-                (Some(_), Some(_)) => {
-                    self.issue(key.as_str(), "set either url or builtin, not both");
                     None
                 }
                 (None, None) => {
@@ -153,13 +213,89 @@ impl Compiler {
         })
     }
 
-    /// The app's address and whether it speaks TLS (`https://`).
+    /// `balance`, `eject_after`, `eject_for` and `health_check` of an upstream.
+    fn several_targets(
+        &mut self,
+        key: &str,
+        raw: &RawUpstream,
+    ) -> ((Balance, Ejection), Option<HealthCheck>) {
+        let balance = match raw.balance.as_deref() {
+            None => Balance::RoundRobin,
+            Some(text) => Balance::parse(text).unwrap_or_else(|| {
+                self.issue(
+                    format!("{key}.balance"),
+                    format!("\"{text}\" is not one of \"round_robin\", \"least_requests\""),
+                );
+                Balance::RoundRobin
+            }),
+        };
+        let ejection = Ejection {
+            after: raw.eject_after.unwrap_or(5),
+            duration: self.period(
+                &format!("{key}.eject_for"),
+                raw.eject_for.as_ref(),
+                Duration::from_secs(30),
+            ),
+        };
+        let check = raw.health_check.as_ref().and_then(|check| {
+            let field = format!("{key}.health_check");
+            let path = match check.path.as_deref().map(http::uri::PathAndQuery::try_from) {
+                Some(Ok(path)) if path.as_str().starts_with('/') => Some(path),
+                Some(_) => {
+                    self.issue(
+                        format!("{field}.path"),
+                        "is not a path; write it like \"/health\"",
+                    );
+                    None
+                }
+                None => {
+                    self.issue(
+                        format!("{field}.path"),
+                        "required: the path each target answers with 2xx or 3xx, e.g. \"/health\"",
+                    );
+                    None
+                }
+            };
+            let interval = self.period(
+                &format!("{field}.interval"),
+                check.interval.as_ref(),
+                Duration::from_secs(5),
+            );
+            let timeout = self.period(
+                &format!("{field}.timeout"),
+                check.timeout.as_ref(),
+                Duration::from_secs(2),
+            );
+            let [healthy, unhealthy] = [
+                ("healthy", check.healthy, 2),
+                ("unhealthy", check.unhealthy, 3),
+            ]
+            .map(|(name, value, default)| match value {
+                Some(0) => {
+                    self.issue(format!("{field}.{name}"), "must be at least 1");
+                    default
+                }
+                value => value.unwrap_or(default),
+            });
+            Some(HealthCheck {
+                path: path?,
+                host: None,
+                interval,
+                timeout,
+                healthy,
+                unhealthy,
+            })
+        });
+        ((balance, ejection), check)
+    }
+
+    /// The app's address and whether it speaks TLS (`https://`). `key` names the field.
     pub(super) fn upstream_url(
         &mut self,
         key: &str,
         url: &str,
     ) -> Option<(http::uri::Authority, bool)> {
-        let key = format!("{key}.url");
+        let key = key.to_owned();
         let Ok(uri) = url.parse::<Uri>() else {
             self.issue(
                 key,
