@@ -171,9 +171,17 @@ pub async fn decide(
         && let RouteAuth::Protected(policy) = &route.auth
     {
         let own = request_origin(facts, &parts.headers, host_value.as_ref());
+        // A WebSocket handshake is a GET that opens a channel both ways: checked as a
+        // state-changing request (cross-site WebSocket hijacking; browsers send `Origin`).
+        let method = if route.websocket.is_some() && upstream::upgrade::is_websocket_request(parts)
+        {
+            &http::Method::POST
+        } else {
+            &parts.method
+        };
         let verdict = csrf::check(
             &policy.csrf,
-            &parts.method,
+            method,
             &parts.headers,
             own.as_ref(),
             &snapshot.server.trusted_origins,

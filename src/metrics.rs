@@ -77,6 +77,8 @@ pub struct Metrics {
     pub parked_connections: Gauge,
     /// Connections closed because the client read nothing for `client_write_timeout`.
     pub client_write_timeouts: Counter,
+    /// Client connections upgraded to WebSocket and spliced to the app.
+    pub upgraded_connections: Gauge,
     reloads: Family<ResultLabels, Counter>,
     config: Family<ConfigLabels, Gauge>,
     sessions: Family<SessionLabels, Counter>,
@@ -100,6 +102,7 @@ impl Metrics {
         let connections = Gauge::default();
         let parked_connections = Gauge::default();
         let client_write_timeouts = Counter::default();
+        let upgraded_connections = Gauge::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let config = Family::<ConfigLabels, Gauge>::default();
         let sessions = Family::<SessionLabels, Counter>::default();
@@ -144,6 +147,11 @@ impl Metrics {
             client_write_timeouts.clone(),
         );
         registry.register(
+            "upgraded_connections",
+            "Client connections upgraded to WebSocket and spliced to the app",
+            upgraded_connections.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Config reloads by result",
             reloads.clone(),
@@ -162,6 +170,7 @@ impl Metrics {
             connections,
             parked_connections,
             client_write_timeouts,
+            upgraded_connections,
             reloads,
             config,
             sessions,

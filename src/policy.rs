@@ -86,3 +86,14 @@ pub struct ClaimRequirement {
     pub name: Box<str>,
     pub accepted: Box<[Box<str>]>,
 }
+
+/// A route's `websocket = true` and the limits of its upgraded connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocket {
+    /// `upgraded_idle_timeout`: nothing moved either way for this long, closed.
+    pub idle_timeout: std::time::Duration,
+    /// `max_upgraded_lifetime`: closed this long after the upgrade.
+    pub max_lifetime: std::time::Duration,
+    /// `close_on_expiry`: closed when the credential that opened it expires.
+    pub close_on_expiry: bool,
+}

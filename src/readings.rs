@@ -620,6 +620,7 @@ mod agreement {
             allow_method_override: false,
             forward_original_uri: false,
             strip_prefix: None,
+            websocket: None,
             policy: 0,
             metrics: crate::metrics::Metrics::new().route(name),
         }

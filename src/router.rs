@@ -51,6 +51,8 @@ pub struct Route {
     pub forward_original_uri: bool,
     /// `strip_prefix`: where the upstream is mounted, when not the whole matched path.
     pub strip_prefix: Option<Box<str>>,
+    /// `websocket` and its limits: `None` when the route does not upgrade.
+    pub websocket: Option<crate::policy::WebSocket>,
     /// Routes with equal policies share a class (set by [`RouteTable::new`]).
     pub policy: u32,
     pub metrics: crate::metrics::RouteMetrics,
@@ -368,6 +370,7 @@ pub(crate) mod tests {
             allow_method_override: false,
             forward_original_uri: false,
             strip_prefix: None,
+            websocket: None,
             policy: 0,
             metrics: crate::metrics::Metrics::new().route(name),
         }

@@ -61,6 +61,8 @@ pub struct Permit {
     ambient: bool,
     /// A renewed session cookie to send with the response.
     set_cookie: Option<http::HeaderValue>,
+    /// A session's absolute end (seconds since the epoch).
+    session_expires: Option<u64>,
 }
 
 impl Permit {
@@ -71,6 +73,17 @@ impl Permit {
 
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
+    }
+
+    /// When the credential stops being valid (seconds since the epoch): a session's end,
+    /// a token's `exp`. `None` on public routes.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.session_expires.or_else(|| {
+            self.identity
+                .as_ref()
+                .and_then(|i| i.claims.get("exp"))
+                .and_then(|exp| exp.as_u64())
+        })
     }
 
     /// The credential came from a cookie, which browsers send on their own.
@@ -105,6 +118,7 @@ impl Permit {
             consumed: Consumed::Authorization,
             ambient: false,
             set_cookie: None,
+            session_expires: None,
         }
     }
 
@@ -118,6 +132,7 @@ impl Permit {
             consumed,
             ambient: false,
             set_cookie: None,
+            session_expires: None,
         }
     }
 }
@@ -166,6 +181,8 @@ pub type SessionError = Box<dyn std::error::Error + Send + Sync>;
 pub struct SessionFound {
     pub claims: Arc<Claims>,
     pub set_cookie: Option<http::HeaderValue>,
+    /// The session's absolute end (seconds since the epoch).
+    pub expires: u64,
 }
 
 /// Browser sessions as `authenticate` needs them. Implemented by `session::Login`: auth
@@ -212,6 +229,7 @@ pub async fn authenticate(
                 consumed: Consumed::None,
                 ambient: false,
                 set_cookie: None,
+                session_expires: None,
             });
         }
         RouteAuth::Protected(policy) => policy,
@@ -236,6 +254,7 @@ pub async fn authenticate(
             consumed,
             ambient: matches!(policy.sources[source], TokenSource::Cookie(_)),
             set_cookie: None,
+            session_expires: None,
         });
     }
     if policy.session
@@ -259,6 +278,7 @@ pub async fn authenticate(
                 consumed: Consumed::None,
                 ambient: true,
                 set_cookie: found.set_cookie,
+                session_expires: Some(found.expires),
             });
         }
     }
@@ -293,6 +313,7 @@ pub(crate) fn authorize_assumed_claims(
         ambient: (!policy.jwt && policy.session)
             || (policy.jwt && matches!(policy.sources.first(), Some(TokenSource::Cookie(_)))),
         set_cookie: None,
+        session_expires: None,
     })
 }
 

@@ -401,6 +401,18 @@ pub struct RawRoute {
     /// upstream's `path_prefix` (default `"/"` when this is set). Default: the route's
     /// `path_prefix` (or `path`) when the upstream has a `path_prefix`.
     pub strip_prefix: Option<String>,
+    /// Lets `Upgrade: websocket` through to the app on this route (HTTP/1.1). Default false:
+    /// `Upgrade` is removed and an app's `101` is a 502.
+    #[serde(default)]
+    pub websocket: bool,
+    /// An upgraded connection is closed this long after the upgrade. Default `"24h"`.
+    pub max_upgraded_lifetime: Option<String>,
+    /// An upgraded connection is closed when nothing moved either way for this long.
+    /// Default `"10m"`.
+    pub upgraded_idle_timeout: Option<String>,
+    /// An upgraded connection is closed when the credential that opened it expires (the
+    /// JWT's `exp`, the session's end). Default true.
+    pub close_on_expiry: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -318,6 +318,18 @@ fn every_issue_names_its_key() {
             ),
             "routes[1].strip_prefix",
         ),
+        (
+            tables(
+                "[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"app\"\nauth = \"jwt\"\nmax_upgraded_lifetime = \"1h\"",
+            ),
+            "routes[1].max_upgraded_lifetime",
+        ),
+        (
+            tables(
+                "[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"app\"\nauth = \"jwt\"\nwebsocket = true\nupgraded_idle_timeout = \"0s\"",
+            ),
+            "routes[1].upgraded_idle_timeout",
+        ),
         // A mapped public route would open a second door to the app's /admin.
         (
             tables(

@@ -179,6 +179,16 @@ async fn process(
         mut permit,
     } = forward;
     let route = &snapshot.routes.routes()[index];
+    // A WebSocket handshake on a route that allows it: the limits of the connection it
+    // becomes (the credential's expiry is read now, before the permit goes).
+    let websocket = route
+        .websocket
+        .filter(|_| upstream::upgrade::is_websocket_request(parts))
+        .map(|ws| upstream::upgrade::Limits {
+            idle: ws.idle_timeout,
+            lifetime: ws.max_lifetime,
+            expires_at: ws.close_on_expiry.then(|| permit.expires_at()).flatten(),
+        });
 
     // 4-5. Strip, then inject (I2, I3, I10), and forward, the answer streamed back, the
     // body bounded by the route's limit. In one block: the upstream head is written before
@@ -201,6 +211,17 @@ async fn process(
             parts,
             &client,
         );
+        if websocket.is_some() {
+            // The client's `Upgrade` and `Connection` were removed with the other hop-by-hop
+            // fields; the gateway asks the app for the one upgrade the route allows.
+            parts
+                .headers
+                .insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+            parts.headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+        }
         let limit = route.max_body_size.or(snapshot.server.max_body_size);
         if let Some(limit) = limit
             && declared_length(&parts.headers).is_some_and(|len| len > limit)
@@ -235,6 +256,22 @@ async fn process(
             &snapshot.upstreams[route.upstream].mapping,
             &public,
             response.headers_mut(),
+        );
+    }
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // `h1` accepts a 101 only to the websocket handshake sent above.
+        let (Some(limits), Some(handoff)) = (
+            websocket,
+            response.extensions().get::<upstream::upgrade::Handoff>(),
+        ) else {
+            return Err(ProxyError::UpstreamFailed("an unexpected 101".into()));
+        };
+        handoff.set_limits(limits);
+        let headers = response.headers_mut();
+        headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
         );
     }
     if let Some(cookie) = set_cookie {

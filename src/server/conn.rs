@@ -85,6 +85,8 @@ pub struct Builders {
     /// `client_write_timeout`, and the counter of connections it closed.
     write_timeout: Duration,
     write_timeouts: Counter,
+    /// How long an upgraded connection lives on once the server stops.
+    shutdown_grace: Duration,
 }
 
 /// hyper's own limits are hard caps set above the configured ones, which `proxy` checks and
@@ -128,6 +130,7 @@ impl Builders {
             park_every,
             write_timeout: settings.client_write_timeout,
             write_timeouts,
+            shutdown_grace: settings.shutdown_grace,
         }
     }
 
@@ -210,10 +213,9 @@ pub async fn serve<I: ClientIo>(
             let guard = activity.begin(request.body().is_end_stream());
             // Boxed: hyper moves the service future into place for every request, and the
             // handler's is kilobytes; moving a pointer is cheaper than copying it.
-            let response = Box::pin(crate::proxy::handle(request, conn.clone(), shared.clone()));
-            async move {
-                let response = response.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, guard }))
+            Served {
+                response: Box::pin(crate::proxy::handle(request, conn.clone(), shared.clone())),
+                guard: Some(guard),
             }
         })
     };
@@ -268,6 +270,7 @@ async fn serve_http1<I, S>(
 where
     I: ClientIo,
     S: hyper::service::HttpService<Incoming, ResBody = Tracked<ResponseBody>> + Unpin,
+    S::Future: Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // The header timeout already closes a connection that stays idle for less than two
@@ -297,7 +300,9 @@ where
                 stopping = true;
                 Pin::new(&mut *connection).graceful_shutdown();
             }
-            if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
+            // Without hyper's shutdown of the socket: a connection that ends with a 101 is
+            // taken back and spliced (`upstream::upgrade`); any other end is shut below.
+            if let Poll::Ready(result) = connection.poll_without_shutdown(cx) {
                 return Poll::Ready(Some(result));
             }
             if !registered || check.is_elapsed() {
@@ -323,7 +328,45 @@ where
         })
         .await;
         if let Some(result) = outcome {
-            return result;
+            result?;
+            let hyper::server::conn::http1::Parts { io, read_buf, .. } = (*connection).into_parts();
+            let io = io.into_inner();
+            let upgraded = activity
+                .upgrade
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take()
+                .and_then(|handoff| handoff.take());
+            let ConnIo {
+                inner: mut client,
+                prefix,
+                ..
+            } = io;
+            let Some(upgraded) = upgraded else {
+                // What hyper would have done at the end (bounded: a client that reads
+                // nothing cannot hold the task with a TLS close_notify).
+                let _ = tokio::time::timeout(builders.write_timeout, client.shutdown()).await;
+                return Ok(());
+            };
+            // Bytes the client sent after its handshake (its first frames), in order.
+            let client_read = if prefix.is_empty() {
+                read_buf
+            } else {
+                let mut both = BytesMut::from(&prefix[..]);
+                both.extend_from_slice(&read_buf);
+                both.freeze()
+            };
+            // On shutdown it lives on for shutdown_grace, as a request in flight would.
+            let grace = builders.shutdown_grace;
+            let ending = async {
+                if !stopping {
+                    signals.stop.as_mut().await;
+                }
+                tokio::time::sleep(grace).await;
+            };
+            let end = crate::upstream::upgrade::splice(client, client_read, upgraded, ending).await;
+            tracing::debug!(end = end.as_str(), "upgraded connection ended");
+            return Ok(());
         }
         drop(check);
         let hyper::server::conn::http1::Parts {
@@ -417,6 +460,8 @@ struct Activity {
     /// The last write-side call was a completed flush (hyper flushes the socket only once
     /// its write buffer is empty).
     flushed: AtomicBool,
+    /// The app side of a WebSocket this connection is becoming (after hyper wrote the 101).
+    upgrade: std::sync::Mutex<Option<crate::upstream::upgrade::Handoff>>,
 }
 
 impl Default for Activity {
@@ -429,6 +474,7 @@ impl Default for Activity {
             unparsed: AtomicU64::new(0),
             read_waiting: AtomicBool::new(false),
             flushed: AtomicBool::new(true),
+            upgrade: std::sync::Mutex::new(None),
         }
     }
 }
@@ -577,6 +623,38 @@ impl Drop for InFlight {
 }
 
 /// A response body that holds its request's [`InFlight`].
+/// The service's future: the handler's answer, its body tracked, and an upgraded
+/// connection's app side kept for the connection (see `upstream::upgrade`). A named
+/// future, `Unpin`, so that the HTTP/1 connection can be polled without its shutdown.
+struct Served<F> {
+    response: Pin<Box<F>>,
+    guard: Option<InFlight>,
+}
+
+impl<F> Future for Served<F>
+where
+    F: Future<Output = Result<hyper::Response<ResponseBody>, std::convert::Infallible>>,
+{
+    type Output = Result<hyper::Response<Tracked<ResponseBody>>, std::convert::Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(mut response) = std::task::ready!(self.response.as_mut().poll(cx));
+        let guard = self.guard.take().expect("Served polled after it completed");
+        if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS
+            && let Some(handoff) = response
+                .extensions_mut()
+                .remove::<crate::upstream::upgrade::Handoff>()
+        {
+            *guard
+                .0
+                .upgrade
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handoff);
+        }
+        Poll::Ready(Ok(response.map(|body| Tracked { body, guard })))
+    }
+}
+
 pub struct Tracked<B> {
     body: B,
     #[allow(dead_code, reason = "held for its Drop")]

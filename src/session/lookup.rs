@@ -100,6 +100,7 @@ impl Login {
             return Ok(Some(Found {
                 claims: opened.claims.clone(),
                 set_cookie: None,
+                expires: opened.expires,
             }));
         }
         let Some(plain) = self.keys.open(name, value) else {
@@ -171,7 +172,11 @@ impl Login {
             };
             self.opened.insert(key, Arc::new(opened));
         }
-        Ok(Some(Found { claims, set_cookie }))
+        Ok(Some(Found {
+            claims,
+            set_cookie,
+            expires: session.expires,
+        }))
     }
 
     /// Renews the session with its refresh token before the ID token expires.

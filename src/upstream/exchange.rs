@@ -163,6 +163,7 @@ fn start<B: SendBody>(
             decoder: Decoder::done(),
             keep_alive: false,
             counted,
+            websocket: parts.headers.contains_key(http::header::UPGRADE),
         })),
         connecting,
         targets: targets.map(|(set, current)| Failover {
@@ -363,6 +364,8 @@ pub struct Exchange<B> {
     keep_alive: bool,
     /// Counted in its target's requests in flight (`least_requests`).
     counted: bool,
+    /// The request asks for `Upgrade: websocket` (a `101` may answer it).
+    websocket: bool,
 }
 
 impl<B> Drop for Exchange<B> {
@@ -524,9 +527,12 @@ impl<B: SendBody> Exchange<B> {
                 Ok(_) => self.answered = true,
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
-            if let Some(head) =
-                h1::parse_response_head(&mut conn.read, head_request, &mut self.interim)?
-            {
+            if let Some(head) = h1::parse_response_head(
+                &mut conn.read,
+                head_request,
+                &mut self.interim,
+                self.websocket,
+            )? {
                 self.early = !self.request_done;
                 return Poll::Ready(Ok(head));
             }
@@ -587,6 +593,12 @@ impl<B: SendBody> Exchange<B> {
 
     /// The answer has ended: the connection goes back to the pool when it can carry the
     /// next request, and is closed otherwise.
+    /// After a `101`: the connection, now the upgraded one's, and what the upstream sent
+    /// after the head. Never goes back to the pool.
+    pub fn into_upgraded(&mut self) -> Option<(super::tls::Stream, bytes::BytesMut)> {
+        self.conn.take().map(|conn| (conn.io, conn.read))
+    }
+
     pub fn finish(&mut self) {
         let Some(mut conn) = self.conn.take() else {
             return;

@@ -174,10 +174,15 @@ pub struct Head {
 /// `head_request`: the request was a HEAD (its answer has no body, whatever it says).
 /// `interim` counts the bytes of interim heads dropped so far, across calls: they count
 /// towards `MAX_HEAD`, so an upstream cannot keep the wait going with endless 1xx heads.
+///
+/// `websocket`: the request asked for `Upgrade: websocket`. Then, and only then, a `101`
+/// that upgrades to `websocket` is an answer (with no body, and the connection is the
+/// upgraded one's from the next byte on); any other `101` is an error.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
     interim: &mut usize,
+    websocket: bool,
 ) -> Result<Option<Head>, FrameError> {
     loop {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -201,10 +206,11 @@ pub fn parse_response_head(
         }
         let code = response.code.unwrap_or(0);
         let status = StatusCode::from_u16(code).map_err(|_| FrameError::Head("status code"))?;
-        if status == StatusCode::SWITCHING_PROTOCOLS {
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && !websocket {
             return Err(FrameError::SwitchingProtocols);
         }
-        if status.is_informational() {
+        if status.is_informational() && !switching {
             // 100 Continue, 102, 103 Early Hints: interim, dropped.
             buf.advance(len);
             *interim += len;
@@ -251,6 +257,23 @@ pub fn parse_response_head(
             let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
                 .map_err(|_| FrameError::Head("field value"))?;
             headers.append(name, value);
+        }
+        if switching {
+            // Upgraded to what the request asked for, in HTTP/1.1, or not at all.
+            if fields.upgrade != Some(true) || version != Version::HTTP_11 {
+                return Err(FrameError::SwitchingProtocols);
+            }
+            for named in &fields.named {
+                headers.remove(named);
+            }
+            return Ok(Some(Head {
+                status,
+                version,
+                reason,
+                headers,
+                body: Decoder::done(),
+                keep_alive: false,
+            }));
         }
         let (body, keep_alive) = fields.decide(status, version, &mut headers, head_request)?;
         return Ok(Some(Head {
@@ -314,6 +337,8 @@ struct Framing {
     close: bool,
     /// Other fields `Connection` names: hop-by-hop too (rare, so allocated only then).
     named: Vec<HeaderName>,
+    /// `Upgrade` was present; true when it names `websocket` (and nothing else).
+    upgrade: Option<bool>,
 }
 
 impl Framing {
@@ -349,9 +374,14 @@ impl Framing {
             }
             return Ok(true);
         }
+        if *name == UPGRADE {
+            let websocket =
+                self.upgrade.is_none() && trim(value).eq_ignore_ascii_case(b"websocket");
+            self.upgrade = Some(websocket);
+            return Ok(true);
+        }
         Ok(*name == TE
             || *name == TRAILER
-            || *name == UPGRADE
             || *name == PROXY_AUTHORIZATION
             || matches!(name.as_str(), "keep-alive" | "proxy-connection"))
     }
@@ -660,7 +690,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn head(bytes: &[u8], head_request: bool) -> Result<Option<Head>, FrameError> {
-        parse_response_head(&mut BytesMut::from(bytes), head_request, &mut 0)
+        parse_response_head(&mut BytesMut::from(bytes), head_request, &mut 0, false)
     }
 
     fn complete(bytes: &[u8]) -> Head {
@@ -774,7 +804,7 @@ mod tests {
         for cut in 1..full.len() - 5 {
             let mut buf = BytesMut::from(&full[..cut]);
             assert!(
-                parse_response_head(&mut buf, false, &mut 0)
+                parse_response_head(&mut buf, false, &mut 0, false)
                     .unwrap()
                     .is_none(),
                 "{cut}"
@@ -782,7 +812,7 @@ mod tests {
             assert_eq!(buf.len(), cut, "a partial head stays in the buffer");
         }
         let mut buf = BytesMut::from(&full[..]);
-        let head = parse_response_head(&mut buf, false, &mut 0)
+        let head = parse_response_head(&mut buf, false, &mut 0, false)
             .unwrap()
             .unwrap();
         assert_eq!(head.status, StatusCode::OK);
@@ -798,7 +828,7 @@ mod tests {
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
                HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n"[..],
         );
-        let created = parse_response_head(&mut buf, false, &mut 0)
+        let created = parse_response_head(&mut buf, false, &mut 0, false)
             .unwrap()
             .unwrap();
         assert_eq!(created.status, StatusCode::CREATED);
@@ -807,7 +837,7 @@ mod tests {
         // An interim answer alone: wait for the final one.
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2"[..]);
         assert!(
-            parse_response_head(&mut buf, false, &mut 0)
+            parse_response_head(&mut buf, false, &mut 0, false)
                 .unwrap()
                 .is_none()
         );
@@ -820,6 +850,48 @@ mod tests {
             .unwrap_err(),
             FrameError::SwitchingProtocols
         );
+    }
+
+    #[test]
+    fn a_101_is_an_answer_only_to_a_websocket_upgrade_and_only_to_websocket() {
+        let upgrade = |bytes: &[u8]| {
+            let mut buf = BytesMut::from(bytes);
+            parse_response_head(&mut buf, false, &mut 0, true).map(|h| (h, buf))
+        };
+        let (head, rest) = upgrade(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi",
+        )
+        .unwrap();
+        let head = head.unwrap();
+        assert_eq!(head.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert!(!head.keep_alive);
+        assert!(head.body.is_done());
+        // Hop-by-hop fields are the gateway's to write; the handshake's own pass.
+        assert!(!head.headers.contains_key("upgrade"));
+        assert!(!head.headers.contains_key("connection"));
+        assert_eq!(
+            head.headers["sec-websocket-accept"],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        // The first frame after the head stays for the upgraded connection.
+        assert_eq!(&rest[..], b"\x81\x02hi");
+        for refused in [
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"[..],
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n",
+            b"HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            assert_eq!(
+                upgrade(refused).unwrap_err(),
+                FrameError::SwitchingProtocols,
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+        // Any other answer to an upgrade request is an ordinary one (the app said no).
+        let (head, _) = upgrade(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").unwrap();
+        assert_eq!(head.unwrap().status, StatusCode::FORBIDDEN);
     }
 
     #[test]
@@ -847,7 +919,7 @@ mod tests {
         for (answer, head_request, body, keep_alive) in cases {
             let text = String::from_utf8_lossy(answer);
             let mut buf = BytesMut::from(answer);
-            let mut head = parse_response_head(&mut buf, head_request, &mut 0)
+            let mut head = parse_response_head(&mut buf, head_request, &mut 0, false)
                 .unwrap()
                 .unwrap();
             assert_eq!(head.keep_alive, keep_alive, "{text}");
@@ -1030,14 +1102,14 @@ mod tests {
         let mut seen = 0;
         let mut buf = BytesMut::from(interim.as_bytes());
         assert!(
-            parse_response_head(&mut buf, false, &mut seen)
+            parse_response_head(&mut buf, false, &mut seen, false)
                 .unwrap()
                 .is_none()
         );
         assert!(buf.is_empty() && seen > MAX_HEAD / 2);
         buf.extend_from_slice(interim.as_bytes());
         assert_eq!(
-            parse_response_head(&mut buf, false, &mut seen).unwrap_err(),
+            parse_response_head(&mut buf, false, &mut seen, false).unwrap_err(),
             FrameError::HeadTooLarge
         );
         // A line at the limit may wait for its LF after the CR.
@@ -1127,7 +1199,7 @@ mod against_hyper {
 
     fn ours(wire: &[u8], head_request: bool) -> Outcome {
         let mut buf = BytesMut::from(wire);
-        let head = parse_response_head(&mut buf, head_request, &mut 0)
+        let head = parse_response_head(&mut buf, head_request, &mut 0, false)
             .map_err(|_| ())?
             .ok_or(())?;
         let mut decoder = head.body;

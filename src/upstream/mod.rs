@@ -22,6 +22,7 @@ pub mod pool;
 pub mod state;
 pub mod targets;
 pub mod tls;
+pub mod upgrade;
 
 use crate::auth::Permit;
 use crate::error::ProxyError;
@@ -265,7 +266,32 @@ fn finish(
     };
     upstream.latency.observe(started.elapsed());
     // Hop-by-hop fields were left out when the head was parsed (`h1`).
-    let (parts, exchange) = response.into_parts();
+    let (mut parts, mut exchange) = response.into_parts();
+    if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        // Only ever the answer to a websocket handshake (`h1`): the connection is handed
+        // to the client connection, with the limits the handler sets.
+        let Some((io, read)) = exchange.into_upgraded() else {
+            return Err(ProxyError::UpstreamFailed(
+                "the upgraded connection is gone".into(),
+            ));
+        };
+        parts
+            .extensions
+            .insert(upgrade::Handoff::new(upgrade::Upgraded {
+                upstream: io,
+                upstream_read: read,
+                limits: upgrade::Limits {
+                    idle: Duration::from_secs(600),
+                    lifetime: Duration::from_secs(86_400),
+                    expires_at: None,
+                },
+                gauge: upstream.metrics.upgraded_connections.clone(),
+            }));
+        return Ok(Response::from_parts(
+            parts,
+            Either::Right(Full::new(Bytes::new())),
+        ));
+    }
     Ok(Response::from_parts(
         parts,
         Either::Left(UpstreamBody::new(exchange, upstream.body_timeout)),

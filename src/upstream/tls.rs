@@ -164,7 +164,7 @@ pub fn is_tls_error(error: &io::Error) -> bool {
 }
 
 /// A connection to the upstream: plain TCP or TLS over it.
-pub(super) enum Stream {
+pub enum Stream {
     Plain(TcpStream),
     // Boxed: the TLS state is large, and most upstreams are plain.
     Tls(Box<TlsStream<TcpStream>>),

@@ -21,3 +21,4 @@ mod routing;
 mod sessions;
 mod tls;
 mod upstreams;
+mod websocket;

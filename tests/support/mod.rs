@@ -961,3 +961,106 @@ fn keys_pem_pair() -> (PathBuf, PathBuf) {
     });
     (cert.clone(), key.clone())
 }
+
+// ---------------------------------------------------------------------------------------
+// A WebSocket app (tokio-tungstenite): records each handshake, echoes every message.
+
+pub struct WsApp {
+    pub addr: SocketAddr,
+    /// The handshake requests it accepted: path and headers.
+    pub handshakes: Arc<Mutex<Vec<(String, HeaderMap)>>>,
+    /// Connections whose socket has ended.
+    pub closed: Arc<AtomicUsize>,
+}
+
+impl WsApp {
+    // tungstenite's handshake callback returns its error as a whole response.
+    #[allow(clippy::result_large_err)]
+    pub async fn start() -> WsApp {
+        use futures_util::{SinkExt, StreamExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (seen, ended) = (handshakes.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (seen, ended) = (seen.clone(), ended.clone());
+                tokio::spawn(async move {
+                    let record =
+                        |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                         response| {
+                            seen.lock()
+                                .unwrap()
+                                .push((request.uri().to_string(), request.headers().clone()));
+                            Ok(response)
+                        };
+                    let config =
+                        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                            .max_message_size(Some(16 << 20))
+                            .max_frame_size(Some(16 << 20));
+                    if let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(
+                        stream,
+                        record,
+                        Some(config),
+                    )
+                    .await
+                    {
+                        while let Some(Ok(message)) = ws.next().await {
+                            if message.is_close() {
+                                break;
+                            }
+                            if (message.is_text() || message.is_binary())
+                                && ws.send(message).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        WsApp {
+            addr,
+            handshakes,
+            closed,
+        }
+    }
+
+    pub fn handshakes(&self) -> Vec<(String, HeaderMap)> {
+        self.handshakes.lock().unwrap().clone()
+    }
+}
+
+pub type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `url` (`ws://...`) with extra handshake `headers`; the error is
+/// the status the gateway answered instead of 101 (0 when there was no answer).
+pub async fn ws_connect(url: &str, headers: &[(&str, &str)]) -> Result<WsClient, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20));
+    match tokio_tungstenite::connect_async_with_config(request, Some(config), false).await {
+        Ok((ws, response)) => {
+            assert_eq!(response.status(), 101);
+            Ok(ws)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(_) => Err(0),
+    }
+}

@@ -86,6 +86,7 @@ impl Compiler {
             }
         };
         let auth = self.route_auth(key, raw, providers);
+        let websocket = self.route_websocket(key, raw);
         let strip_prefix = raw.strip_prefix.as_deref().and_then(|strip| {
             let field = format!("{key}.strip_prefix");
             let strip = self.mapped_prefix(&field, strip)?;
@@ -122,6 +123,7 @@ impl Compiler {
             allow_method_override: raw.allow_method_override,
             forward_original_uri: raw.forward_original_uri,
             strip_prefix,
+            websocket,
             policy: 0,
             metrics: self.metrics.route(name),
         })
@@ -643,5 +645,39 @@ impl Compiler {
                 }
             }
         }
+    }
+}
+
+impl Compiler {
+    /// `websocket` and its limits; the limits without `websocket = true` are a mistake.
+    fn route_websocket(&mut self, key: &str, raw: &RawRoute) -> Option<crate::policy::WebSocket> {
+        if !raw.websocket {
+            for (field, set) in [
+                ("max_upgraded_lifetime", raw.max_upgraded_lifetime.is_some()),
+                ("upgraded_idle_timeout", raw.upgraded_idle_timeout.is_some()),
+                ("close_on_expiry", raw.close_on_expiry.is_some()),
+            ] {
+                if set {
+                    self.issue(
+                        format!("{key}.{field}"),
+                        "applies to upgraded connections only; set websocket = true on the route",
+                    );
+                }
+            }
+            return None;
+        }
+        Some(crate::policy::WebSocket {
+            idle_timeout: self.period(
+                &format!("{key}.upgraded_idle_timeout"),
+                raw.upgraded_idle_timeout.as_ref(),
+                std::time::Duration::from_secs(600),
+            ),
+            max_lifetime: self.period(
+                &format!("{key}.max_upgraded_lifetime"),
+                raw.max_upgraded_lifetime.as_ref(),
+                std::time::Duration::from_secs(86_400),
+            ),
+            close_on_expiry: raw.close_on_expiry.unwrap_or(true),
+        })
     }
 }
