@@ -29,11 +29,11 @@ wait_ready() {
     return 1
 }
 
-# upstream_nginx WORK PORT [WORKER_CONNECTIONS]: starts a one-worker nginx on 127.0.0.1:PORT
-# answering every path with "ok user=<X-Auth-User>" (the app behind the gateway); its pid is
-# WORK/nginx.pid.
+# upstream_nginx WORK PORT [WORKER_CONNECTIONS] [SERVER_LINES]: starts a one-worker nginx on
+# 127.0.0.1:PORT answering every path with "ok user=<X-Auth-User>" (the app behind the
+# gateway); its pid is WORK/nginx.pid. SERVER_LINES go into its server block (more listeners).
 upstream_nginx() {
-    local work=$1 port=$2 conns=${3:-1024}
+    local work=$1 port=$2 conns=${3:-1024} lines=${4:-}
     cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
 pid $work/nginx.pid;
@@ -41,7 +41,7 @@ error_log $work/nginx-error.log;
 worker_rlimit_nofile $((conns + 5000));
 events { worker_connections $conns; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$port; location / { return 200 "ok user=\$http_x_auth_user\n"; } } }
+  server { listen 127.0.0.1:$port; $lines location / { return 200 "ok user=\$http_x_auth_user\n"; } } }
 NGINX
     nginx -c "$work/nginx.conf"
 }

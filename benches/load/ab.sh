@@ -12,6 +12,7 @@
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] [--auth ...] --against nginx|direct [BIN_A]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --tls [--auth ...] [--against nginx] [BIN_A [BIN_B]]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --close [--tls] [...]   # a new connection per request
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] --upstream https|two [--against nginx] [...]
 #
 # A is the gateway's public route (BIN_A, default target/release/portcullis). B is nginx's
 # plain keep-alive proxy, or the public route of a second build BIN_B (compare two builds).
@@ -28,12 +29,16 @@
 # its default settings), for "TLS >= 1.0x nginx TLS proxy"; not with --against direct.
 # --close: every request asks `Connection: close`, so each one is a new connection (with
 # --tls, a handshake; wrk resumes TLS sessions): the cost of accepting, not of keep-alive.
+# --upstream https: every proxy reaches the upstream over TLS (config/dev's certificate,
+# verified by both: the gateway's ca_file, nginx's proxy_ssl_verify; sessions reused).
+# --upstream two: the upstream listens on two ports, and every proxy balances round robin
+# over the two (the gateway's targets, nginx's upstream block).
 # Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset
 # (and python3 with `cryptography` for --auth rs256/cookie).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rounds=6 secs=5 auth="" against="" tls=0 close=()
+rounds=6 secs=5 auth="" against="" tls=0 close=() upstream_kind=""
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
@@ -42,7 +47,8 @@ while [ $# -gt 0 ]; do
         --against) against=$2; shift 2 ;;
         --tls) tls=1; shift ;;
         --close) close=(-H "Connection: close"); shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        --upstream) upstream_kind=$2; shift 2 ;;
+        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -54,6 +60,11 @@ case $against in
     *) echo "--against takes nginx or direct, not $against" >&2; exit 1 ;;
 esac
 [ "$tls" = 0 ] || [ "$against" != direct ] || { echo "--tls compares two TLS proxies; the upstream has no TLS (drop --against direct)" >&2; exit 1; }
+case $upstream_kind in
+    "" | https | two) ;;
+    *) echo "--upstream takes https or two, not $upstream_kind" >&2; exit 1 ;;
+esac
+[ -z "$upstream_kind" ] || [ "$against" != direct ] || { echo "--upstream compares proxies (drop --against direct)" >&2; exit 1; }
 case $auth in
     "" | rs256 | hs256 | cookie) ;;
     *) echo "--auth takes rs256, hs256 or cookie, not $auth" >&2; exit 1 ;;
@@ -80,11 +91,41 @@ port_up=18681 port_a=18691 port_b=18692
 scheme=http load_a=$port_a load_b=$port_b
 if [ "$tls" = 1 ]; then
     scheme=https load_a=18693 load_b=18694
-    cp "$root/config/dev/tls.crt" "$root/config/dev/tls.key" "$work/"
 fi
+cp "$root/config/dev/tls.crt" "$root/config/dev/tls.key" "$work/"
+# --upstream: the upstream's other listeners, and how each proxy reaches it.
+port_up_tls=18682 port_up2=18683 up_lines=""
+case $upstream_kind in
+    https)
+        # An app certificate for localhost from a CA of its own (what both proxies trust).
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=load-ca \
+            -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+            -keyout "$work/app.key" -out "$work/app.csr" 2>/dev/null
+        printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' > "$work/app.ext"
+        openssl x509 -req -in "$work/app.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
+            -days 2 -extfile "$work/app.ext" -out "$work/app.crt" 2>/dev/null
+        up_lines="listen 127.0.0.1:$port_up_tls ssl; ssl_certificate $work/app.crt; ssl_certificate_key $work/app.key;" ;;
+    two) up_lines="listen 127.0.0.1:$port_up2;" ;;
+esac
+# gateway_upstream FILE: points the gateway config's upstream at the --upstream kind.
+gateway_upstream() {
+    case $upstream_kind in
+        https) sed -i "s|^url = \"http://127.0.0.1:$port_up\"|url = \"https://127.0.0.1:$port_up_tls\"\nca_file = \"$work/ca.crt\"\nserver_name = \"localhost\"|" "$1" ;;
+        two) sed -i "s|^url = \"http://127.0.0.1:$port_up\"|targets = [\"http://127.0.0.1:$port_up\", \"http://127.0.0.1:$port_up2\"]|" "$1" ;;
+    esac
+}
+# nginx_upstream FILE: the same for nginx's proxy config.
+nginx_upstream() {
+    case $upstream_kind in
+        https) sed -i -e "s|server 127.0.0.1:$port_up;|server 127.0.0.1:$port_up_tls;|" \
+            -e "s|proxy_pass http://app;|proxy_pass https://app; proxy_ssl_session_reuse on; proxy_ssl_verify on; proxy_ssl_trusted_certificate $work/ca.crt; proxy_ssl_name localhost;|" "$1" ;;
+        two) sed -i "s|server 127.0.0.1:$port_up;|server 127.0.0.1:$port_up; server 127.0.0.1:$port_up2;|" "$1" ;;
+    esac
+}
 
 # The upstream, one worker on CPU 1 (wrk shares it, as in the peer harness's pinned setup).
-upstream_nginx "$work" $port_up
+upstream_nginx "$work" $port_up 1024 "$up_lines"
 sleep 0.3
 taskset -p -c 1 "$(cat "$work/nginx.pid")" >/dev/null
 for w in $(pgrep -P "$(cat "$work/nginx.pid")"); do taskset -p -c 1 "$w" >/dev/null; done
@@ -97,6 +138,7 @@ start_gateway() { # BIN PORT [TLS_PORT]: a gateway with one worker on CPU 0; pri
     else
         gateway_toml "$2" $port_up > "$work/gw-$2.toml"
     fi
+    gateway_upstream "$work/gw-$2.toml"
     if [ -f "$work/rs.pub.pem" ]; then
         jwt_route_toml rs RS256 "$work/rs.pub.pem" >> "$work/gw-$2.toml"
         cookie_route_toml rs >> "$work/gw-$2.toml"
@@ -136,6 +178,7 @@ else
     tls_lines=""
     [ "$tls" = 0 ] || tls_lines="listen 127.0.0.1:$load_b ssl; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;"
     nginx_proxy_conf "$work" $port_b $port_up "worker_cpu_affinity 01;" "$tls_lines" > "$work/nginx-proxy.conf"
+    nginx_upstream "$work/nginx-proxy.conf"
     nginx -c "$work/nginx-proxy.conf"
     sleep 0.3
     pid_b=$(pgrep -P "$(cat "$work/nginx-proxy.pid")" | head -1)
@@ -184,6 +227,10 @@ label_a="public route"
 [ -z "$auth" ] || label_a="$auth token, cache hit, $path_a"
 [ "$tls" = 0 ] || { label_a="$label_a over TLS"; label_b="$label_b over TLS"; }
 [ ${#close[@]} = 0 ] || { label_a="$label_a, a connection per request"; label_b="$label_b, a connection per request"; }
+case $upstream_kind in
+    https) label_a="$label_a, HTTPS upstream"; label_b="$label_b, HTTPS upstream" ;;
+    two) label_a="$label_a, two upstream targets"; label_b="$label_b, two upstream targets" ;;
+esac
 echo "A $label_a ($bin_a) against $label_b; $rounds rounds of ${secs}s, pinned"
 results=()
 for i in $(seq 0 $((rounds - 1))); do
