@@ -68,7 +68,8 @@ impl Snapshot {
     /// lives. Fails only for providers with `require_keys_at_start` that got no key in time,
     /// or whose discovery document names another issuer.
     ///
-    /// Also starts the upstreams' health checks (on the calling runtime, the first worker's).
+    /// Also starts resolving the upstreams' target names and their health checks (on the calling
+    /// runtime, the first worker's).
     pub async fn start_key_refresh(&self) -> Result<(), String> {
         if self
             .key_refresh_started
@@ -77,9 +78,7 @@ impl Snapshot {
             return Ok(());
         }
         for upstream in &self.upstreams {
-            if let Some(targets) = upstream.targets() {
-                targets.start_health_checks(&upstream.name);
-            }
+            upstream.start_tasks();
         }
         for provider in &self.providers {
             if let Some(remote) = &provider.remote {
@@ -178,11 +177,19 @@ impl Snapshot {
                 continue;
             };
             for pool in targets.pools.iter() {
-                let label = format!(
-                    "{{upstream=\"{}\",target=\"{}\"}}",
-                    upstream.name,
-                    pool.authority()
-                );
+                // A named target resolved for balancing: a series per address.
+                let label = match pool.addr() {
+                    None => format!(
+                        "{{upstream=\"{}\",target=\"{}\"}}",
+                        upstream.name,
+                        pool.authority()
+                    ),
+                    Some(addr) => format!(
+                        "{{upstream=\"{}\",target=\"{}\",address=\"{addr}\"}}",
+                        upstream.name,
+                        pool.authority()
+                    ),
+                };
                 let state = &pool.state;
                 let count = |c: &std::sync::atomic::AtomicU64| {
                     c.load(std::sync::atomic::Ordering::Relaxed) as f64

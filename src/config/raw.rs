@@ -311,6 +311,10 @@ pub struct RawUpstream {
     pub eject_after: Option<u32>,
     /// How long an ejected target stays out before it is tried again. Default `"30s"`.
     pub eject_for: Option<String>,
+    /// How often the targets' host names are resolved again; each address a name resolves
+    /// to is a target for balancing. Default `"5s"`; `"0s"`: never (a named target is one
+    /// target, its name resolved at each new connection).
+    pub dns_refresh: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

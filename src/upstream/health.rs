@@ -16,7 +16,7 @@ impl TargetSet {
             let Some(check) = pool.settings().health_check.clone() else {
                 continue;
             };
-            if pool.state.checking.swap(true, Relaxed) {
+            if pool.state.retired() || pool.state.checking.swap(true, Relaxed) {
                 continue;
             }
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -36,6 +36,9 @@ async fn health_checks(pool: std::sync::Weak<Pool>, check: HealthCheck, upstream
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
         let Some(target) = pool.upgrade() else { return };
+        if target.state.retired() {
+            return;
+        }
         let host = check.host.clone().unwrap_or_else(|| {
             http::HeaderValue::from_str(target.authority().as_str())
                 .unwrap_or(http::HeaderValue::from_static("localhost"))

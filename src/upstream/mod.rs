@@ -19,6 +19,7 @@ pub mod h1;
 pub mod health;
 pub mod mapping;
 pub mod pool;
+pub mod resolve;
 pub mod state;
 pub mod targets;
 pub mod tls;
@@ -29,6 +30,7 @@ use crate::error::ProxyError;
 use crate::identity::Added;
 use crate::metrics::{AtomicHistogram, Metrics};
 use crate::telemetry::error_chain;
+use arc_swap::ArcSwap;
 use body::{BodyStalled, BodyTooLarge, RequestBody, UpstreamBody};
 use exchange::Exchange;
 pub use pool::PoolSettings;
@@ -63,8 +65,14 @@ pub enum Target {
     Http {
         /// One pool per target: idle connections per worker thread (a request and its
         /// connection stay on one thread, thread-per-core). A target's pool is shared by
-        /// the snapshots of a reload when the target did not change.
-        targets: Arc<TargetSet>,
+        /// the snapshots of a reload when the target did not change. Swapped when a
+        /// target's name resolves to other addresses (see `resolve`).
+        targets: Arc<ArcSwap<TargetSet>>,
+        /// The configured targets, a pool each: a named target's connects by name until
+        /// the name is resolved, then its addresses' pools take its place in `targets`.
+        configured: Box<[Arc<Pool>]>,
+        /// `dns_refresh`: how often names are resolved again; zero: never (connect by name).
+        dns_refresh: Duration,
         /// `Host` for a request that came without one (HTTP/1.0): the first target's.
         host: HeaderValue,
     },
@@ -87,7 +95,7 @@ impl Upstream {
             .and_then(|(authority, _)| HeaderValue::from_str(authority.as_str()).ok())
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         let unsolicited = metrics.upstream_error_counter(name, "unsolicited_bytes");
-        let pools = targets
+        let pools: Vec<Arc<Pool>> = targets
             .into_iter()
             .map(|(authority, tls)| {
                 Pool::new(
@@ -103,7 +111,11 @@ impl Upstream {
             name: name.into(),
             target: Target::Http {
                 host,
-                targets: Arc::new(TargetSet::new(pools, balance, ejection)),
+                configured: pools.clone().into(),
+                dns_refresh: Duration::ZERO,
+                targets: Arc::new(ArcSwap::from_pointee(TargetSet::new(
+                    pools, balance, ejection,
+                ))),
             },
             timeout: timeouts.0,
             body_timeout: timeouts.1,
@@ -129,37 +141,88 @@ impl Upstream {
         }
     }
 
+    /// `dns_refresh`: resolve the targets' names this often, each address a target.
+    pub fn resolve_every(mut self, every: Duration) -> Self {
+        if let Target::Http { dns_refresh, .. } = &mut self.target {
+            *dns_refresh = every;
+        }
+        self
+    }
+
     /// On reload: keep the pooled connections (and the health) of each target of the
     /// same upstream in the old config whose address, pool settings, health check and TLS
-    /// settings (files included) did not change.
+    /// settings (files included) did not change; for a named target, those of every
+    /// address it resolved to.
     pub fn adopt_pool(&mut self, previous: &[Upstream]) {
-        let Target::Http { targets, .. } = &mut self.target else {
+        let Target::Http {
+            targets,
+            configured,
+            dns_refresh,
+            ..
+        } = &mut self.target
+        else {
             return;
         };
         let Some(old) = previous.iter().find_map(|old| match &old.target {
-            Target::Http { targets: t, .. } if old.name == self.name => Some(t),
+            Target::Http { targets: t, .. } if old.name == self.name => Some(t.load_full()),
             Target::Http { .. } | Target::Echo => None,
         }) else {
             return;
         };
-        let pools = targets
-            .pools
-            .iter()
-            .map(|pool| {
+        let resolving = !dns_refresh.is_zero();
+        let mut pools = Vec::new();
+        for pool in configured.iter() {
+            let before = pools.len();
+            pools.extend(
                 old.pools
                     .iter()
-                    .find(|p| p.same_as(pool))
-                    .unwrap_or(pool)
-                    .clone()
-            })
-            .collect();
-        *targets = Arc::new(TargetSet::new(pools, targets.balance, targets.ejection));
+                    .filter(|p| {
+                        if resolving {
+                            p.same_target(pool)
+                        } else {
+                            p.same_as(pool)
+                        }
+                    })
+                    .cloned(),
+            );
+            if pools.len() == before {
+                pools.push(pool.clone());
+            }
+        }
+        let current = targets.load();
+        let next = TargetSet::new(pools, current.balance, current.ejection);
+        drop(current);
+        *targets = Arc::new(ArcSwap::from_pointee(next));
+    }
+
+    /// Starts what keeps the targets current, on the calling runtime (the first worker's):
+    /// the resolution of their names, and their health checks.
+    pub fn start_tasks(&self) {
+        let Target::Http {
+            targets,
+            configured,
+            dns_refresh,
+            ..
+        } = &self.target
+        else {
+            return;
+        };
+        if !dns_refresh.is_zero() && configured.iter().any(|p| resolve::name_of(p).is_some()) {
+            resolve::start(
+                &self.name,
+                targets,
+                configured,
+                *dns_refresh,
+                resolve::system(),
+            );
+        } else {
+            targets.load().start_health_checks(&self.name);
+        }
     }
 
     pub fn describe(&self) -> String {
         match &self.target {
-            Target::Http { targets, .. } => targets
-                .pools
+            Target::Http { configured, .. } => configured
                 .iter()
                 .map(|pool| match pool.tls() {
                     None => format!("http://{}", pool.authority()),
@@ -171,10 +234,10 @@ impl Upstream {
         }
     }
 
-    /// The targets, for metrics and health checks (none for built-in upstreams).
-    pub fn targets(&self) -> Option<&Arc<TargetSet>> {
+    /// The current targets, for metrics (none for built-in upstreams).
+    pub fn targets(&self) -> Option<Arc<TargetSet>> {
         match &self.target {
-            Target::Http { targets, .. } => Some(targets),
+            Target::Http { targets, .. } => Some(targets.load_full()),
             Target::Echo => None,
         }
     }
@@ -201,14 +264,15 @@ pub fn forward<'a>(
             // Boxed: the rare echo answer would otherwise size every request's future.
             Err(Box::new(echo(parts, &path_and_query)))
         }
-        Target::Http { targets, host } => {
+        Target::Http { targets, host, .. } => {
             // Origin-form: the target as the upstream expects it from a gateway, not a proxy.
             parts.uri = Uri::from(path_and_query);
             if !parts.headers.contains_key(HOST) {
                 parts.headers.insert(HOST, host.clone());
             }
+            let targets = targets.load();
             let index = targets.pick();
-            let several = (targets.pools.len() > 1).then_some((targets, index));
+            let several = (targets.pools.len() > 1).then_some((&*targets, index));
             Ok(exchange::send(
                 &targets.pools[index],
                 parts,

@@ -160,6 +160,9 @@ pub(super) struct Slot {
 /// requests use a list, so its lock is never contended.
 pub struct Pool {
     authority: Authority,
+    /// The address connected to, when the target's name was resolved for balancing (see
+    /// `resolve`); `None`: the authority's host is connected to (resolved per connection).
+    addr: Option<std::net::SocketAddr>,
     settings: PoolSettings,
     /// For an `https://` upstream.
     tls: Option<UpstreamTls>,
@@ -181,12 +184,32 @@ impl Pool {
     ) -> Arc<Self> {
         Arc::new(Pool {
             authority,
+            addr: None,
             settings,
             tls,
             slots: (0..workers).map(|_| Mutex::default()).collect(),
             unsolicited,
             state: Default::default(),
         })
+    }
+
+    /// A pool for one resolved address of this pool's target: the same name (for `Host`,
+    /// SNI and logs), settings and TLS client (so sessions resume across addresses).
+    pub fn at(&self, addr: std::net::SocketAddr) -> Arc<Self> {
+        Arc::new(Pool {
+            authority: self.authority.clone(),
+            addr: Some(addr),
+            settings: self.settings.clone(),
+            tls: self.tls.clone(),
+            slots: (0..self.slots.len()).map(|_| Mutex::default()).collect(),
+            unsolicited: self.unsolicited.clone(),
+            state: Default::default(),
+        })
+    }
+
+    /// The resolved address this pool connects to (see [`Pool::at`]).
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.addr
     }
 
     pub fn authority(&self) -> &Authority {
@@ -201,8 +224,14 @@ impl Pool {
         self.tls.as_ref()
     }
 
-    /// A reload may keep this pool for `other`'s upstream: same address, settings and TLS.
+    /// A reload may keep this pool for `other`'s upstream: same target, settings and TLS,
+    /// and the same resolved address.
     pub fn same_as(&self, other: &Pool) -> bool {
+        self.same_target(other) && self.addr == other.addr
+    }
+
+    /// The same configured target (name, settings, TLS), whichever address it resolved to.
+    pub fn same_target(&self, other: &Pool) -> bool {
         self.authority == other.authority
             && self.settings == other.settings
             && self.tls.as_ref().map(UpstreamTls::fingerprint)
@@ -231,7 +260,10 @@ impl Pool {
     async fn connect(&self, deadline: Option<tokio::time::Instant>) -> Result<Conn, SendError> {
         let failed = |reason: String| SendError::Connect {
             authority: self.authority.clone(),
-            reason,
+            reason: match self.addr {
+                Some(addr) => format!("(at {addr}) {reason}"),
+                None => reason,
+            },
         };
         let host = self.authority.host();
         // An IPv6 literal comes bracketed in an authority, not in a socket address.
@@ -244,7 +276,13 @@ impl Pool {
         // One deadline for the TCP connect and the TLS handshake.
         let own = tokio::time::Instant::now() + self.settings.connect_timeout;
         let deadline = deadline.map_or(own, |d| d.min(own));
-        let stream = tokio::time::timeout_at(deadline, TcpStream::connect((host, port)))
+        let connecting = async {
+            match self.addr {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => TcpStream::connect((host, port)).await,
+            }
+        };
+        let stream = tokio::time::timeout_at(deadline, connecting)
             .await
             .map_err(|_| {
                 failed(format!(

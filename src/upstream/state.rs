@@ -56,6 +56,9 @@ pub struct TargetState {
     pub ejections: AtomicU64,
     /// The health-check task was started.
     pub(super) checking: AtomicBool,
+    /// The target's name was resolved and this pool (which connected by name) replaced by
+    /// its addresses' (see `resolve`): its health checks end.
+    retired: AtomicBool,
 }
 
 impl Default for TargetState {
@@ -69,6 +72,7 @@ impl Default for TargetState {
             errors: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             checking: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         }
     }
 }
@@ -107,6 +111,14 @@ impl TargetState {
         self.ejected_until.store(until.max(1), Relaxed);
         self.ejections.fetch_add(1, Relaxed);
         true
+    }
+
+    pub(super) fn retire(&self) {
+        self.retired.store(true, Relaxed);
+    }
+
+    pub(super) fn retired(&self) -> bool {
+        self.retired.load(Relaxed)
     }
 
     pub(super) fn set_healthy(&self, healthy: bool) {

@@ -35,6 +35,7 @@ pub struct TlsSource<'a> {
 
 /// The TLS side of an `https://` upstream: one client config per upstream, so that the
 /// pool's connections resume each other's sessions.
+#[derive(Clone)]
 pub struct UpstreamTls {
     connector: TlsConnector,
     server_name: ServerName<'static>,

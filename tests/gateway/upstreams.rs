@@ -766,3 +766,103 @@ async fn a_target_that_never_answers_the_handshake_leaves_time_for_the_next() {
     }
     assert_eq!(good.count(), 4);
 }
+
+#[tokio::test]
+async fn a_named_target_is_resolved_and_each_address_is_a_target() {
+    let app = Upstream::start().await;
+    let port = app.addr.port();
+    // `localhost` resolves (the system's resolver: /etc/hosts) to 127.0.0.1, where the app
+    // is; a name that never resolves stays in the set, connecting by name, and fails over.
+    let text = targets_config(&app, &[&app], "").replace(
+        &format!("targets = [\"http://{}\"]", app.addr),
+        &format!(
+            "targets = [\"http://localhost:{port}\", \"http://no-such-host.invalid:{port}\"]\ndns_refresh = \"200ms\"\neject_after = 1"
+        ),
+    );
+    assert!(text.contains("localhost"), "{text}");
+    let gw = Gateway::start(&text).await;
+    let c = client();
+    let resolved = format!(
+        "portcullis_upstream_target_healthy{{upstream=\"app\",target=\"localhost:{port}\",address=\"127.0.0.1:{port}\"}}"
+    );
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        samples = scrape(&c, &gw).await;
+        if samples.iter().any(|(name, _)| *name == resolved) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sample(&samples, &resolved), 1.0, "{samples:?}");
+    // The unresolvable name is one target, without an address.
+    let unresolved = format!(
+        "portcullis_upstream_target_healthy{{upstream=\"app\",target=\"no-such-host.invalid:{port}\"}}"
+    );
+    assert!(
+        samples.iter().any(|(name, _)| *name == unresolved),
+        "{samples:?}"
+    );
+    for _ in 0..6 {
+        let response = c.get(gw.url("/public/x")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(app.count(), 6);
+    // Connected by address, the request still carries the client's Host (the default).
+    assert_eq!(
+        app.last().header_values("host"),
+        [gw.url("/")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')]
+    );
+}
+
+#[tokio::test]
+async fn with_dns_refresh_zero_a_name_stays_one_target_resolved_per_connection() {
+    let app = Upstream::start().await;
+    let port = app.addr.port();
+    let text = targets_config(&app, &[&app], "").replace(
+        &format!("targets = [\"http://{}\"]", app.addr),
+        &format!("url = \"http://localhost:{port}\"\ndns_refresh = \"0s\""),
+    );
+    assert!(text.contains("localhost"), "{text}");
+    let gw = Gateway::start(&text).await;
+    let c = client();
+    for _ in 0..3 {
+        let response = c.get(gw.url("/public/x")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // Give a resolver (if one ran) time to swap in the address.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let samples = scrape(&c, &gw).await;
+    let by_name = format!(
+        "portcullis_upstream_target_healthy{{upstream=\"app\",target=\"localhost:{port}\"}}"
+    );
+    assert_eq!(sample(&samples, &by_name), 1.0, "{samples:?}");
+    assert!(
+        !samples.iter().any(|(name, _)| name.contains("address=")),
+        "{samples:?}"
+    );
+}
+
+#[test]
+fn a_target_listed_twice_is_refused() {
+    let dir = fixture_dir();
+    let twice = config("127.0.0.1:9".parse().unwrap(), ROUTES).replace(
+        "url = \"http://127.0.0.1:9\"",
+        "targets = [\"http://127.0.0.1:9\", \"http://127.0.0.1:9\"]",
+    );
+    assert!(twice.contains("targets"), "{twice}");
+    let path = dir.path().join("twice.toml");
+    std::fs::write(&path, twice).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("upstreams.app.targets[1]") && stderr.contains("a second time"),
+        "{stderr}"
+    );
+}

@@ -96,6 +96,13 @@ impl Compiler {
                         let Some((authority, https)) = self.upstream_url(&field, url) else {
                             continue;
                         };
+                        if targets.iter().any(|(a, _)| *a == authority) {
+                            self.issue(
+                                field.as_str(),
+                                format!("lists {authority} a second time; name each instance once"),
+                            );
+                            continue;
+                        }
                         let scheme = if https { "https" } else { "http" };
                         own_origins.push(mapping::origin_text(scheme, authority.as_str()));
                         schemes.push(https);
@@ -120,6 +127,11 @@ impl Compiler {
                             .targets
                             .as_ref()
                             .is_none_or(|t| t.len() == targets.len());
+                    let dns_refresh = self.duration(
+                        &format!("{key}.dns_refresh"),
+                        raw.dns_refresh.as_ref(),
+                        Duration::from_secs(5),
+                    );
                     (complete && !targets.is_empty()).then(|| {
                         Upstream::http(
                             name,
@@ -129,6 +141,7 @@ impl Compiler {
                             pool,
                             &self.metrics,
                         )
+                        .resolve_every(dns_refresh)
                     })
                 }
                 (Some(_), Some(_)) => {
