@@ -1358,6 +1358,154 @@ mod against_hyper {
             )
     }
 
+    /// What a websocket handshake's answer leaves: status, `x-` fields, and the bytes
+    /// after the head, which belong to the upgraded connection.
+    fn ours_upgraded(wire: &[u8]) -> Outcome {
+        let mut buf = BytesMut::from(wire);
+        let head = parse_response_head(&mut buf, false, &mut 0, true)
+            .map_err(|_| ())?
+            .ok_or(())?;
+        if head.status != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(());
+        }
+        Ok((head.status.as_u16(), fields(&head.headers), buf.to_vec()))
+    }
+
+    fn hyper_upgraded(wire: &[u8]) -> Outcome {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, mut server) = tokio::io::duplex(1 << 20);
+            let wire = wire.to_vec();
+            let upstream = tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut buf = [0u8; 1024];
+                    let n = server.read(&mut buf).await.unwrap();
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                server.write_all(&wire).await.unwrap();
+                server.shutdown().await.unwrap();
+                server
+            });
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn.with_upgrades());
+            let request = http::Request::builder()
+                .uri("/")
+                .header("host", "h")
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.map_err(|_| ())?;
+            let status = response.status().as_u16();
+            if status != 101 {
+                return Err(());
+            }
+            // hyper's client keeps the fields `Connection` names; a proxy drops them
+            // (RFC 9110 7.6.1), and ours does so when it parses.
+            let mut headers = response.headers().clone();
+            let named: Vec<String> = headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.to_str().unwrap_or("").split(','))
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect();
+            for name in named {
+                headers.remove(name.as_str());
+            }
+            let headers = fields(&headers);
+            let upgraded = hyper::upgrade::on(response).await.map_err(|_| ())?;
+            let mut io = hyper_util::rt::TokioIo::new(upgraded);
+            let mut rest = Vec::new();
+            io.read_to_end(&mut rest).await.map_err(|_| ())?;
+            drop(upstream);
+            Ok((status, headers, rest))
+        })
+    }
+
+    /// A websocket handshake's answer: a `101` (after a `100` or not) with the fields that
+    /// could change how it is read, then the first bytes of the upgraded connection. The
+    /// bytes, and whether ours refuses it on purpose (an upgrade to anything but
+    /// `websocket`, none named, or in HTTP/1.0).
+    fn upgrade_answer() -> impl Strategy<Value = (Vec<u8>, bool)> {
+        let version = prop_oneof![4 => Just("HTTP/1.1"), 1 => Just("HTTP/1.0")];
+        let upgrade = prop_oneof![
+            Just((Some("websocket"), false)),
+            Just((Some("WebSocket"), false)),
+            Just((Some("h2c"), true)),
+            Just((Some("websocket, h2c"), true)),
+            Just((None, true)),
+        ];
+        let connection = prop_oneof![
+            Just(None),
+            Just(Some("upgrade")),
+            Just(Some("Upgrade, x-hop"))
+        ];
+        let length = prop_oneof![Just(None), (0u64..40).prop_map(Some)];
+        let rest = proptest::collection::vec(any::<u8>(), 0..80);
+        (
+            version,
+            upgrade,
+            connection,
+            length,
+            any::<bool>(),
+            any::<bool>(),
+            rest,
+        )
+            .prop_map(
+                |(version, (upgrade, bad_upgrade), connection, length, chunked, interim, rest)| {
+                    let mut wire = String::new();
+                    if interim {
+                        wire.push_str("HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    wire.push_str(&format!(
+                        "{version} 101 Switching Protocols\r\nx-field: v\r\n"
+                    ));
+                    wire.push_str("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n");
+                    if let Some(upgrade) = upgrade {
+                        wire.push_str(&format!("upgrade: {upgrade}\r\n"));
+                    }
+                    if let Some(connection) = connection {
+                        wire.push_str(&format!("connection: {connection}\r\nx-hop: h\r\n"));
+                    }
+                    if let Some(length) = length {
+                        wire.push_str(&format!("content-length: {length}\r\n"));
+                    }
+                    if chunked {
+                        wire.push_str("transfer-encoding: chunked\r\n");
+                    }
+                    wire.push_str("\r\n");
+                    let mut wire = wire.into_bytes();
+                    wire.extend_from_slice(&rest);
+                    (wire, bad_upgrade || version == "HTTP/1.0")
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Where ours takes a `101` as the answer to a websocket handshake, hyper's client
+        /// (with upgrades) reads the same status and fields, and hands the upgraded
+        /// connection the same first bytes: a `Content-Length` or `Transfer-Encoding` on
+        /// a `101` frames nothing. Ours refuses more only where it means to.
+        #[test]
+        fn our_upgrade_agrees_with_hyper((wire, refused) in upgrade_answer()) {
+            let ours = ours_upgraded(&wire);
+            let text = String::from_utf8_lossy(&wire).into_owned();
+            if refused {
+                prop_assert!(ours.is_err(), "{}", text);
+            } else {
+                prop_assert_eq!(ours, hyper_upgraded(&wire), "{}", text);
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]
         /// Where ours reads an answer, hyper's client reads the same status, fields and
