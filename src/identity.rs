@@ -53,6 +53,20 @@ pub struct IdentityPolicy {
 }
 
 impl IdentityPolicy {
+    /// The identity fields for `identity`: one per configured claim it has (the names are
+    /// distinct, config checks it).
+    pub fn for_each_field(
+        &self,
+        identity: &Identity,
+        mut field: impl FnMut(&HeaderName, &HeaderValue),
+    ) {
+        for (header, claim) in self.inject.iter() {
+            if let Some(value) = identity.claims.get(claim).and_then(header_value) {
+                field(header, &value);
+            }
+        }
+    }
+
     pub fn set_own_cookies(&mut self, names: Vec<Box<str>>) {
         self.own_cookies = names.into_boxed_slice();
     }
@@ -282,12 +296,7 @@ impl Added<'_> {
             field(&X_ORIGINAL_URL, target);
         }
         if let Some((policy, identity)) = self.identity {
-            // One header per configured claim (the names are distinct, config checks it).
-            for (header, claim) in policy.inject.iter() {
-                if let Some(value) = identity.claims.get(claim).and_then(header_value) {
-                    field(header, &value);
-                }
-            }
+            policy.for_each_field(identity, field);
         }
     }
 

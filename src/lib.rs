@@ -31,6 +31,7 @@ pub mod csrf;
 pub mod decide;
 pub mod error;
 pub mod explain;
+pub mod forward_auth;
 pub mod identity;
 pub mod metrics;
 pub mod mint;

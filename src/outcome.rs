@@ -38,6 +38,8 @@ pub enum Outcome {
     InsufficientScope,
     ClaimMismatch,
     CsrfRejected,
+    /// A forward-auth request from an untrusted peer, or not describing one request.
+    ForwardAuthRefused,
     // The target.
     NoRoute,
     AmbiguousPath,
@@ -65,7 +67,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in declaration order.
-    pub const ALL: [Outcome; 46] = [
+    pub const ALL: [Outcome; 47] = [
         Outcome::Other,
         Outcome::Public,
         Outcome::Allowed,
@@ -92,6 +94,7 @@ impl Outcome {
         Outcome::InsufficientScope,
         Outcome::ClaimMismatch,
         Outcome::CsrfRejected,
+        Outcome::ForwardAuthRefused,
         Outcome::NoRoute,
         Outcome::AmbiguousPath,
         Outcome::BadTarget,
@@ -143,6 +146,7 @@ impl Outcome {
             Outcome::InsufficientScope => "insufficient_scope",
             Outcome::ClaimMismatch => "claim_mismatch",
             Outcome::CsrfRejected => "csrf_rejected",
+            Outcome::ForwardAuthRefused => "forward_auth_refused",
             Outcome::NoRoute => "no_route",
             Outcome::AmbiguousPath => "ambiguous_path",
             Outcome::BadTarget => "bad_target",
@@ -196,6 +200,7 @@ impl Outcome {
             | Outcome::InsufficientScope
             | Outcome::ClaimMismatch
             | Outcome::CsrfRejected
+            | Outcome::ForwardAuthRefused
             | Outcome::NoRoute
             | Outcome::AmbiguousPath
             | Outcome::Other => true,

@@ -31,6 +31,8 @@ pub struct Snapshot {
     /// `[login]`: browser sessions through an OpenID provider.
     pub login: Option<crate::session::Login>,
     pub trusted_proxies: Vec<IpNet>,
+    /// `[forward_auth] path`: the forward-auth endpoint on the listeners (`forward_auth`).
+    pub forward_auth: Option<Box<str>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Verified tokens of this config (a new config starts with an empty cache).
     pub token_cache: TokenCache,

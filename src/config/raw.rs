@@ -33,6 +33,17 @@ pub struct RawConfig {
     pub tests: Vec<RawRuleTest>,
     /// Browser login through an OpenID provider, for `auth = "session"` routes. Default: none.
     pub login: Option<RawLogin>,
+    /// The forward-auth endpoint for a front proxy (nginx `auth_request`, Traefik, Caddy).
+    /// Default: none.
+    pub forward_auth: Option<RawForwardAuth>,
+}
+
+/// `[forward_auth]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    /// The endpoint's path on the listeners. Default `/_portcullis/auth`.
+    pub path: Option<String>,
 }
 
 /// `[login]`: the OIDC client and its sessions.

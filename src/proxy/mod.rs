@@ -130,6 +130,12 @@ async fn process(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // 1-3. The decision: the same one explain and [[tests]] report.
     let trusted = snapshot.is_trusted(conn.peer.ip());
+    if crate::forward_auth::is_endpoint(snapshot, parts) {
+        // A front proxy asks about a request it holds: the same decision, answered
+        // instead of forwarded. Boxed: rare on a gateway that proxies.
+        let answer = Box::pin(crate::forward_auth::answer(snapshot, parts, trusted, trace));
+        return Ok(answer.await.map(Either::Right));
+    }
     let facts = Facts {
         tls: conn.tls,
         trusted,

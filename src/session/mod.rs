@@ -45,6 +45,13 @@ pub const LOGIN_PATH: &str = "/_portcullis/login";
 pub const LOGOUT_PATH: &str = "/_portcullis/logout";
 pub const BACKCHANNEL_PATH: &str = "/_portcullis/backchannel-logout";
 pub const DEFAULT_REDIRECT_PATH: &str = "/_portcullis/callback";
+/// All of them, with the default callback.
+pub const LOGIN_PATHS: [&str; 4] = [
+    LOGIN_PATH,
+    LOGOUT_PATH,
+    BACKCHANNEL_PATH,
+    DEFAULT_REDIRECT_PATH,
+];
 /// How long a browser has to come back from the IdP.
 const LOGIN_TTL: u64 = 600;
 /// Claims that are protocol plumbing, not identity: not kept in the session.

@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod csrf;
 mod decision;
+mod forward_auth;
 mod headers;
 mod legacy;
 mod limits;

@@ -88,22 +88,42 @@ impl OidcIdp {
         gateways: &[&crate::support::Gateway],
         auth_method: &str,
     ) {
-        let mut redirect_uris: Vec<String> = gateways
-            .iter()
-            .map(|g| g.url("/_portcullis/callback"))
-            .collect();
-        redirect_uris.extend(
+        let mut bases: Vec<String> = gateways.iter().map(|g| g.url("")).collect();
+        bases.extend(
             gateways
                 .iter()
                 .filter(|g| g.https.is_some())
-                .map(|g| g.https_url("/_portcullis/callback")),
+                .map(|g| g.https_url("")),
         );
+        self.register_bases(client_id, &bases, gateways.len(), auth_method)
+            .await
+    }
+
+    /// Registers client `client_id` for the gateways (or front proxies) at `bases`
+    /// (`http://host:port`).
+    pub async fn register_urls(&self, client_id: &str, bases: &[String]) {
+        self.register_bases(client_id, bases, bases.len(), "client_secret_basic")
+            .await
+    }
+
+    /// `bases`: the callback's origins; the first `plain` of them also get the logout URIs.
+    async fn register_bases(
+        &self,
+        client_id: &str,
+        bases: &[String],
+        plain: usize,
+        auth_method: &str,
+    ) {
+        let redirect_uris: Vec<String> = bases
+            .iter()
+            .map(|b| format!("{b}/_portcullis/callback"))
+            .collect();
         let metadata = json!({
             "client_id": client_id,
             "client_secret": CLIENT_SECRET,
             "redirect_uris": redirect_uris,
-            "post_logout_redirect_uris": gateways.iter().map(|g| g.url("/bye")).collect::<Vec<_>>(),
-            "backchannel_logout_uri": gateways[0].url("/_portcullis/backchannel-logout"),
+            "post_logout_redirect_uris": bases[..plain].iter().map(|b| format!("{b}/bye")).collect::<Vec<_>>(),
+            "backchannel_logout_uri": format!("{}/_portcullis/backchannel-logout", bases[0]),
             "backchannel_logout_session_required": true,
             "grant_types": ["authorization_code", "refresh_token"],
             "response_types": ["code"],

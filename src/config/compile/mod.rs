@@ -56,6 +56,7 @@ pub fn compile(
     };
     let server = c.server(&raw.server);
     let trusted_proxies = c.trusted_proxies(&raw.server.trusted_proxies);
+    let forward_auth = c.forward_auth(raw.forward_auth.as_ref(), &trusted_proxies);
     let tls = c.tls(raw.tls.as_ref(), server.https.is_some());
     let (provider_names, providers) = c.providers(&raw.providers);
     let (upstream_names, mut upstreams) = c.upstreams(&raw.upstreams);
@@ -113,6 +114,7 @@ pub fn compile(
             identity,
             login,
             trusted_proxies,
+            forward_auth,
             tls,
             source,
             config_hash,

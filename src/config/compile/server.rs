@@ -111,6 +111,44 @@ impl Compiler {
         nets
     }
 
+    /// `[forward_auth]`: its path, which must be the gateway's own (under `/_portcullis/`)
+    /// and needs the front proxies listed in `server.trusted_proxies`: the description of
+    /// the request is taken on the asker's word.
+    pub(super) fn forward_auth(
+        &mut self,
+        raw: Option<&RawForwardAuth>,
+        trusted_proxies: &[IpNet],
+    ) -> Option<Box<str>> {
+        let raw = raw?;
+        let path = raw.path.as_deref().unwrap_or("/_portcullis/auth");
+        let canonical = crate::canonical::canonical_path(path).ok();
+        if canonical.as_deref() != Some(path)
+            || !path.starts_with("/_portcullis/")
+            || path.len() == "/_portcullis/".len()
+        {
+            self.issue(
+                "forward_auth.path",
+                format!("\"{path}\" must be a canonical path under /_portcullis/, e.g. \"/_portcullis/auth\" (the default)"),
+            );
+            return None;
+        }
+        if crate::session::LOGIN_PATHS.contains(&path) {
+            self.issue(
+                "forward_auth.path",
+                format!("\"{path}\" is a login endpoint's; use \"/_portcullis/auth\""),
+            );
+            return None;
+        }
+        if trusted_proxies.is_empty() {
+            self.issue(
+                "forward_auth",
+                "needs server.trusted_proxies: the addresses of the front proxies that ask (anyone else is refused, so with none the endpoint would refuse everyone)",
+            );
+            return None;
+        }
+        Some(path.into())
+    }
+
     pub(super) fn tls(
         &mut self,
         raw: Option<&RawTls>,

