@@ -8,8 +8,11 @@
 //!   it likes). Anyone else gets 403 `forward_auth_untrusted`, and a warning.
 //! - **The description.** `X-Forwarded-Method`, `X-Forwarded-Proto`, `X-Forwarded-Host`,
 //!   `X-Forwarded-Uri` (Traefik, Caddy), or `X-Original-Method` and `X-Original-URL` (a
-//!   full URL; nginx, ingress-nginx). The other fields (cookies, `Authorization`) are the
-//!   original request's. One value each; a described request that is not one is 400.
+//!   full URL; nginx, ingress-nginx), or, without either, the endpoint's path followed by
+//!   the original target, with the original method, `Host` and `X-Forwarded-Proto`
+//!   (Envoy `ext_authz` with `path_prefix`). The other fields (cookies, `Authorization`)
+//!   are the original request's. One value each; a described request that is not one is
+//!   400.
 //! - **The decision** is [`decide::decide`], the proxy's own: the same canonicalisation,
 //!   reading agreement, routes, credentials, CSRF check.
 //! - **The answer.** 200 with the configured identity headers (and a renewed session's
@@ -38,6 +41,9 @@ pub enum Dialect {
     /// `X-Original-*`: nginx `auth_request`, ingress-nginx. Only 2xx, 401 and 403 mean
     /// something; anything else is a 500 there.
     Original,
+    /// The endpoint's path followed by the original path, with the original method and
+    /// `Host`: Envoy's `ext_authz` HTTP service (`path_prefix`). Any status is passed on.
+    Prefixed,
 }
 
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
@@ -52,6 +58,7 @@ static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 /// Returns it, whether it came over TLS, and the dialect.
 pub fn described(
     parts: &http::request::Parts,
+    endpoint: &str,
 ) -> Result<(http::request::Parts, bool, Dialect), ProxyError> {
     let headers = &parts.headers;
     let one = |name: &HeaderName| -> Result<Option<&str>, ProxyError> {
@@ -111,9 +118,26 @@ pub fn described(
         };
         let method = one(&X_FORWARDED_METHOD)?.unwrap_or("GET");
         (Dialect::Forwarded, method, tls, host, target)
+    } else if let Some(rest) = parts.uri.path().strip_prefix(endpoint)
+        && rest.starts_with('/')
+    {
+        let text = match parts.uri.query() {
+            Some(query) => format!("{rest}?{query}"),
+            None => rest.to_owned(),
+        };
+        let target = PathAndQuery::try_from(text)
+            .map_err(|_| ProxyError::ForwardAuthMalformed("the prefixed path is not a path"))?;
+        let tls = match one(&X_FORWARDED_PROTO)? {
+            Some(proto) => scheme_is_tls(proto)?,
+            None => false,
+        };
+        let host = one(&HOST)?
+            .ok_or(ProxyError::ForwardAuthMalformed("no Host"))?
+            .to_owned();
+        (Dialect::Prefixed, parts.method.as_str(), tls, host, target)
     } else {
         return Err(ProxyError::ForwardAuthMalformed(
-            "neither X-Forwarded-Uri nor X-Original-URL",
+            "neither X-Forwarded-Uri nor X-Original-URL, nor a path after the endpoint's",
         ));
     };
     let method = Method::from_bytes(method.as_bytes())
@@ -177,7 +201,8 @@ pub async fn answer(
         tracing::warn!("forward-auth request from a peer not in server.trusted_proxies; refused");
         return ProxyError::ForwardAuthUntrusted.into_response();
     }
-    let (request, tls, dialect) = match described(parts) {
+    let endpoint = snapshot.forward_auth.as_deref().unwrap_or_default();
+    let (request, tls, dialect) = match described(parts, endpoint) {
         Ok(described) => described,
         Err(error) => {
             trace.outcome = error.outcome();
@@ -212,7 +237,7 @@ pub async fn answer(
             let host = request.headers.get(HOST).and_then(|h| h.to_str().ok());
             let location = login_location(tls, host.unwrap_or(""), return_to.as_str());
             let status = match dialect {
-                Dialect::Forwarded => StatusCode::FOUND,
+                Dialect::Forwarded | Dialect::Prefixed => StatusCode::FOUND,
                 Dialect::Original => StatusCode::UNAUTHORIZED,
             };
             let mut response =
@@ -273,20 +298,26 @@ fn url_escape(text: &str) -> String {
     out
 }
 
-/// Whether a request is for the forward-auth endpoint (`[forward_auth] path`, exactly).
+/// Whether a request is for the forward-auth endpoint: `[forward_auth] path`, or a path
+/// under it (Envoy's `path_prefix`).
 pub fn is_endpoint(snapshot: &Snapshot, parts: &http::request::Parts) -> bool {
-    snapshot
-        .forward_auth
-        .as_deref()
-        .is_some_and(|path| parts.uri.path() == path)
+    snapshot.forward_auth.as_deref().is_some_and(|path| {
+        parts
+            .uri
+            .path()
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ENDPOINT: &str = "/_portcullis/auth";
+
     fn parts(fields: &[(&str, &str)]) -> http::request::Parts {
-        let mut request = http::Request::get("/_portcullis/auth");
+        let mut request = http::Request::get(ENDPOINT);
         for (name, value) in fields {
             request = request.header(*name, *value);
         }
@@ -295,15 +326,18 @@ mod tests {
 
     #[test]
     fn traefik_and_nginx_describe_the_same_request() {
-        let (traefik, tls, dialect) = described(&parts(&[
-            ("host", "gateway:9000"),
-            ("x-forwarded-method", "POST"),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "app.example"),
-            ("x-forwarded-uri", "/admin/users?x=1"),
-            ("x-forwarded-for", "10.0.0.1"),
-            ("cookie", "a=b"),
-        ]))
+        let (traefik, tls, dialect) = described(
+            &parts(&[
+                ("host", "gateway:9000"),
+                ("x-forwarded-method", "POST"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "app.example"),
+                ("x-forwarded-uri", "/admin/users?x=1"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("cookie", "a=b"),
+            ]),
+            ENDPOINT,
+        )
         .unwrap();
         assert_eq!(dialect, Dialect::Forwarded);
         assert!(tls);
@@ -314,18 +348,35 @@ mod tests {
         assert!(!traefik.headers.contains_key("x-forwarded-uri"));
         assert!(!traefik.headers.contains_key("x-forwarded-for"));
 
-        let (nginx, tls, dialect) = described(&parts(&[
-            ("host", "gateway:9000"),
-            ("x-original-method", "POST"),
-            ("x-original-url", "https://app.example/admin/users?x=1"),
-            ("cookie", "a=b"),
-        ]))
+        let (nginx, tls, dialect) = described(
+            &parts(&[
+                ("host", "gateway:9000"),
+                ("x-original-method", "POST"),
+                ("x-original-url", "https://app.example/admin/users?x=1"),
+                ("cookie", "a=b"),
+            ]),
+            ENDPOINT,
+        )
         .unwrap();
         assert_eq!(dialect, Dialect::Original);
         assert!(tls);
         assert_eq!(nginx.method, traefik.method);
         assert_eq!(nginx.uri, traefik.uri);
         assert_eq!(nginx.headers, traefik.headers);
+
+        let mut request = http::Request::post("/_portcullis/auth/admin/users?x=1")
+            .header("host", "app.example")
+            .header("x-forwarded-proto", "https")
+            .header("content-length", "0")
+            .header("cookie", "a=b");
+        request = request.header("x-forwarded-for", "10.0.0.1");
+        let (prefixed, _) = request.body(()).unwrap().into_parts();
+        let (envoy, tls, dialect) = described(&prefixed, ENDPOINT).unwrap();
+        assert_eq!(dialect, Dialect::Prefixed);
+        assert!(tls);
+        assert_eq!(envoy.method, traefik.method);
+        assert_eq!(envoy.uri, traefik.uri);
+        assert_eq!(envoy.headers, traefik.headers);
     }
 
     #[test]
@@ -355,7 +406,7 @@ mod tests {
                 ("x-original-method", "POST"),
             ],
         ] {
-            let outcome = described(&parts(fields));
+            let outcome = described(&parts(fields), ENDPOINT);
             assert!(
                 matches!(outcome, Err(ProxyError::ForwardAuthMalformed(_))),
                 "{fields:?}"

@@ -277,6 +277,27 @@ fn every_issue_names_its_key() {
             "upstreams.b.client_key",
         ),
         (tables("[upstreams.b]\ntargets = []"), "upstreams.b.targets"),
+        (tables("[forward_auth]"), "forward_auth"),
+        (
+            Fragment {
+                server: "trusted_proxies = [\"10.0.0.0/8\"]",
+                tables: "[forward_auth]\npath = \"/auth\"",
+                ..Fragment::default()
+            },
+            "forward_auth.path",
+        ),
+        (
+            Fragment {
+                server: "trusted_proxies = [\"10.0.0.0/8\"]",
+                tables: "[forward_auth]\npath = \"/_portcullis/login\"",
+                ..Fragment::default()
+            },
+            "forward_auth.path",
+        ),
+        (
+            upstream(r#"dns_refresh = "often""#),
+            "upstreams.app.dns_refresh",
+        ),
         (
             upstream(r#"targets = ["http://127.0.0.1:8"]"#),
             "upstreams.app",

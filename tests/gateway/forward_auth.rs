@@ -355,3 +355,50 @@ async fn behind_traefik_forward_auth() {
 async fn behind_caddy_forward_auth() {
     exercise(Kind::Caddy).await;
 }
+
+/// Envoy's `ext_authz` HTTP service (`path_prefix: /_portcullis/auth`) sends the original
+/// method, the prefixed original path and the original `Host`. No Envoy build can be
+/// installed here (no Debian package, no PyPI wheel), so this sends what Envoy sends.
+#[tokio::test]
+async fn envoy_ext_authz_requests_are_decided_like_the_proxy_path() {
+    let app = Upstream::start().await;
+    let mut text = config_with(&app, "trusted_proxies = [\"127.0.0.1/32\"]", "");
+    text.push_str("\n[forward_auth]\n");
+    let gateway = Gateway::start(&text).await;
+    let c = client();
+    let token = token(
+        Algorithm::RS256,
+        &claims(json!({"sub": "alice", "email": "alice@example.com"})),
+    );
+    let check = |method: reqwest::Method, path: &str| {
+        c.request(method, gateway.url(&format!("/_portcullis/auth{path}")))
+            .header("host", "app.example")
+            .header("x-forwarded-proto", "https")
+    };
+    let response = check(reqwest::Method::DELETE, "/api/orders/7")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-auth-user"], "alice");
+    assert_eq!(response.headers()["x-auth-email"], "alice@example.com");
+    let response = check(reqwest::Method::GET, "/admin/users")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let response = check(reqwest::Method::GET, "/nowhere")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    // The canonical path is /admin, as on the proxy path: its policy applies.
+    let response = check(reqwest::Method::GET, "/public/%2e%2e/admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(app.count(), 0, "forward-auth never forwards");
+}
