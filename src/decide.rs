@@ -386,6 +386,39 @@ pub fn answer_rewrite<'a>(
     Some((format!("{scheme}://{host}"), prefix, route.mount()))
 }
 
+/// Whether the client's request came over TLS: the connection's, or, from a trusted proxy
+/// that terminated TLS, what its `X-Forwarded-Proto` or `Forwarded: proto=` says (the first
+/// value: the proxy nearest the client writes first). Decides the login's `redirect_uri`,
+/// `Secure` and the `__Host-` prefix of the gateway's cookies, and the cross-site check's
+/// own origin. From anyone else those fields are not believed.
+pub fn client_tls(tls: bool, trusted: bool, headers: &HeaderMap) -> bool {
+    if !trusted {
+        return tls;
+    }
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+    };
+    let proto = first("x-forwarded-proto").or_else(|| {
+        first("forwarded").and_then(|element| {
+            element.split(';').find_map(|pair| {
+                let (key, value) = pair.split_once('=')?;
+                key.trim()
+                    .eq_ignore_ascii_case("proto")
+                    .then(|| value.trim().trim_matches('"'))
+            })
+        })
+    });
+    match proto {
+        Some(p) if p.eq_ignore_ascii_case("https") => true,
+        Some(p) if p.eq_ignore_ascii_case("http") => false,
+        _ => tls,
+    }
+}
+
 /// The scheme (TLS or not; a trusted proxy's `X-Forwarded-Proto`) and host (`Host`; a
 /// trusted proxy's `X-Forwarded-Host`) the client addressed, as it wrote them.
 fn client_scheme_and_host<'h>(

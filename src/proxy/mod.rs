@@ -137,7 +137,7 @@ async fn process(
         return Ok(answer.await.map(Either::Right));
     }
     let facts = Facts {
-        tls: conn.tls,
+        tls: decide::client_tls(conn.tls, trusted, &parts.headers),
         trusted,
         now: None,
         assumed: None,
@@ -170,7 +170,7 @@ async fn process(
             let info = session::RequestInfo {
                 host: &routed_host,
                 authority: host,
-                tls: conn.tls,
+                tls: facts.tls,
                 query: None,
             };
             let now = auth::unix_now();
@@ -347,10 +347,11 @@ async fn login_endpoint(
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .unwrap_or(&host);
+    let trusted = snapshot.is_trusted(conn.peer.ip());
     let info = session::RequestInfo {
         host: &host,
         authority,
-        tls: conn.tls,
+        tls: decide::client_tls(conn.tls, trusted, &parts.headers),
         query: parts.uri.query(),
     };
     let now = auth::unix_now();
@@ -419,9 +420,10 @@ fn logout_forged(
     snapshot: &Snapshot,
     host: &Option<HeaderValue>,
 ) -> bool {
+    let trusted = snapshot.is_trusted(conn.peer.ip());
     let facts = Facts {
-        tls: conn.tls,
-        trusted: snapshot.is_trusted(conn.peer.ip()),
+        tls: decide::client_tls(conn.tls, trusted, &parts.headers),
+        trusted,
         now: None,
         assumed: None,
     };

@@ -402,3 +402,81 @@ async fn envoy_ext_authz_requests_are_decided_like_the_proxy_path() {
     assert_eq!(response.status(), 401);
     assert_eq!(app.count(), 0, "forward-auth never forwards");
 }
+
+/// Behind a proxy that terminated TLS: its `X-Forwarded-Proto: https` makes the login's
+/// callback URL https and the gateway's cookies `Secure` with the `__Host-` prefix; the
+/// same field from an untrusted client changes nothing.
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_proto_decides_the_login_scheme_and_cookies() {
+    let app = Upstream::start().await;
+    let idp = OidcIdp::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let mut text = config_with(&app, "trusted_proxies = [\"127.0.0.1/32\"]", SESSION_ROUTE);
+    text.push_str(&login_config(
+        &idp,
+        "tls-terminated",
+        keys.path(),
+        &[COOKIE_KEY_A],
+        "",
+    ));
+    let gateway = Gateway::start(&text).await;
+    let login = |source: &str| {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(Some(source.parse().unwrap()))
+            .build()
+            .unwrap();
+        let url = gateway.url("/app/page");
+        async move {
+            client
+                .get(url)
+                .header("accept", "text/html")
+                .header("x-forwarded-proto", "https")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let callback = |response: &reqwest::Response| {
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        let url = reqwest::Url::parse(&location).unwrap();
+        url.query_pairs()
+            .find(|(k, _)| k == "redirect_uri")
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let cookies = |response: &reqwest::Response| -> Vec<String> {
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let trusted = login("127.0.0.1").await;
+    assert_eq!(trusted.status(), 302);
+    assert_eq!(
+        callback(&trusted),
+        format!("https://{}/_portcullis/callback", gateway.http)
+    );
+    let set = cookies(&trusted);
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with("__Host-portcullis-login=") && c.contains("Secure")),
+        "{set:?}"
+    );
+
+    let untrusted = login("127.0.0.2").await;
+    assert_eq!(untrusted.status(), 302);
+    assert_eq!(
+        callback(&untrusted),
+        format!("http://{}/_portcullis/callback", gateway.http)
+    );
+    let set = cookies(&untrusted);
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with("portcullis-login=") && !c.contains("Secure")),
+        "{set:?}"
+    );
+}
