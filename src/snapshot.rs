@@ -250,6 +250,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Accepting on after the shutdown signal, not ready (see `server::serve_listeners`).
+    pub shutdown_delay: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,

@@ -156,6 +156,10 @@ pub struct RawServer {
     pub tls_handshake_timeout: Option<String>,
     /// In-flight requests get this long to finish on shutdown. Default `"30s"`.
     pub shutdown_grace: Option<String>,
+    /// On SIGTERM, `/readyz` answers 503 at once and the listeners keep accepting this long
+    /// before they close (and `shutdown_grace` starts): time for a load balancer or the
+    /// Kubernetes endpoints controller to stop sending new connections. Default `"0s"`.
+    pub shutdown_delay: Option<String>,
     /// Open client connections at most; beyond it new connections wait in the listen
     /// backlog. Default 10000.
     pub max_connections: Option<usize>,

@@ -230,8 +230,18 @@ async fn serve_listeners(
     let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
     // Aborted when dropped: the waiter ends with the accept loop, also when the loop's
     // future is dropped rather than finished.
+    // With `shutdown_delay`, the signal makes the process not ready at once (`/readyz`
+    // answers 503) and the listeners keep accepting for the delay: a load balancer or the
+    // endpoints controller stops sending new connections before they would be refused.
+    let delay = settings.shutdown_delay;
+    let not_ready = draining.clone();
     let waiter = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         shutdown.await;
+        if !delay.is_zero() {
+            not_ready.store(true, Ordering::Relaxed);
+            tracing::info!(delay_s = delay.as_secs_f64(), "not ready; accepting until the delay ends");
+            tokio::time::sleep(delay).await;
+        }
         let _ = stop_tx.send(());
     }));
     // Beyond max_connections (process-wide), new connections wait in the kernel's listen

@@ -337,6 +337,43 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     assert!(started.elapsed() < Duration::from_secs(8));
 }
 
+/// `shutdown_delay`: not ready at once, yet every request sent during the delay, on new
+/// connections as on kept ones, is served; then the listeners close.
+#[tokio::test]
+async fn during_the_shutdown_delay_requests_keep_being_served_while_not_ready() {
+    let upstream = Upstream::start().await;
+    let text = with_admin(config(upstream.addr, ROUTES), "shutdown_delay = \"2s\"");
+    let mut gw = Gateway::start(&text).await;
+    let (admin, http, url) = (gw.admin_url("/readyz"), gw.http, gw.url("/public/x"));
+    let kept = client();
+    assert_eq!(kept.get(&url).send().await.unwrap().status(), 200);
+    let started = Instant::now();
+    gw.begin_stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(client().get(&admin).send().await.unwrap().status(), 503);
+    // Continuous requests for most of the delay: none fails.
+    let mut served = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        assert_eq!(fresh.get(&url).send().await.unwrap().status(), 200);
+        assert_eq!(kept.get(&url).send().await.unwrap().status(), 200);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served > 10, "{served}");
+    // After the delay the listeners are closed.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "still accepting after the delay"
+    );
+    drop(kept);
+    gw.stopped(Duration::from_secs(10)).await.unwrap();
+}
+
 #[tokio::test]
 async fn tls_certificates_reload_without_a_restart() {
     let upstream = Upstream::start().await;

@@ -55,6 +55,11 @@ impl Compiler {
                 raw.shutdown_grace.as_ref(),
                 Duration::from_secs(30),
             ),
+            shutdown_delay: self.duration(
+                "server.shutdown_delay",
+                raw.shutdown_delay.as_ref(),
+                Duration::ZERO,
+            ),
             max_connections: self.positive("server.max_connections", raw.max_connections, 10_000),
             max_header_bytes: self
                 .size("server.max_header_bytes", raw.max_header_bytes.as_ref())
