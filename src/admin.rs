@@ -1,5 +1,8 @@
 //! The admin listener (`server.admin`, off unless configured): health, readiness, metrics,
-//! reload. Never on a public interface: it has no authentication of its own.
+//! reload; and the probe-only listener (`server.health`): health and readiness alone.
+//! With `server.admin_token_env` / `admin_token_file` every admin endpoint but the probes
+//! requires `Authorization: Bearer TOKEN` (401 otherwise); `check` requires a token when the
+//! admin address is not loopback.
 //!
 //! - `GET /healthz`: 200 while the process runs;
 //! - `GET /readyz`: 200 when a config is loaded, every provider has keys and the process is
@@ -22,8 +25,22 @@ use tokio::net::TcpListener;
 
 use crate::snapshot::SharedSnapshot;
 
-/// Serves the admin endpoints on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, shared: SharedSnapshot, draining: Arc<AtomicBool>) {
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// All of them (`server.admin`).
+    Admin,
+    /// `/healthz` and `/readyz` only (`server.health`).
+    Probes,
+}
+
+/// Serves the endpoints of `mode` on `listener` until the process ends.
+pub async fn serve(
+    listener: TcpListener,
+    shared: SharedSnapshot,
+    draining: Arc<AtomicBool>,
+    mode: Mode,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -33,7 +50,7 @@ pub async fn serve(listener: TcpListener, shared: SharedSnapshot, draining: Arc<
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let (shared, draining) = (shared.clone(), draining.clone());
-                async move { Ok::<_, Infallible>(answer(request, &shared, &draining).await) }
+                async move { Ok::<_, Infallible>(answer(request, &shared, &draining, mode).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -46,7 +63,31 @@ async fn answer(
     request: Request<Incoming>,
     shared: &SharedSnapshot,
     draining: &AtomicBool,
+    mode: Mode,
 ) -> Response<Full<Bytes>> {
+    let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+    if !probe {
+        if mode == Mode::Probes {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "status": 404}),
+            );
+        }
+        let token = shared.load().server.admin_token.clone();
+        if let Some(token) = token
+            && !bearer_is(request.headers(), &token)
+        {
+            let mut response = json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "unauthorized", "status": 401}),
+            );
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(r#"Bearer realm="portcullis-admin""#),
+            );
+            return response;
+        }
+    }
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
@@ -98,6 +139,23 @@ async fn answer(
             serde_json::json!({"error": "not_found", "status": 404}),
         ),
     }
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_is(headers: &http::HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    let expected = token.as_bytes();
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use portcullis::Snapshot;
@@ -83,6 +84,18 @@ enum Command {
     /// Example (dev keys of the default config):
     ///   portcullis token --config config/portcullis.toml --provider dev --key config/dev/signing.key.pem --sub alice
     Token(Box<TokenArgs>),
+    /// Ask a running gateway's probe: exit 0 when it answers 200, 1 otherwise (for Docker
+    /// HEALTHCHECK, where the image has no curl).
+    ///
+    /// Example: portcullis health --url http://127.0.0.1:9902/readyz
+    Health {
+        /// An http:// URL of `server.health` or `server.admin`: /healthz or /readyz.
+        #[arg(long, default_value = "http://127.0.0.1:9902/readyz")]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 #[derive(Args)]
@@ -154,7 +167,65 @@ fn main() -> ExitCode {
             headers,
         } => explain(config, &method, &url, token, claims, &headers),
         Command::Token(args) => token(args),
+        Command::Health { url, timeout } => health(&url, Duration::from_secs(timeout)),
     }
+}
+
+/// `portcullis health`: one HTTP/1.1 GET with the standard library, the status line read.
+fn health(url: &str, timeout: Duration) -> ExitCode {
+    match probe(url, timeout) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("{url}: {status}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("{url}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(url: &str, timeout: Duration) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// URLs (the probe listener is plain HTTP)".into());
+    }
+    let authority = uri.authority().ok_or("the URL has no host")?;
+    let port = authority.port_u16().unwrap_or(80);
+    let addr = (authority.host().trim_matches(['[', ']']), port)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("the host has no address")?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: portcullis-health\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        match stream.read(&mut head[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let line = std::str::from_utf8(&head[..read]).unwrap_or("");
+    line.strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| "no HTTP answer".to_owned())
 }
 
 fn check(config: PathBuf, strict: bool) -> ExitCode {

@@ -246,6 +246,10 @@ pub struct ServerSettings {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// `admin_token_env` / `admin_token_file`: required by the admin endpoints but health.
+    pub admin_token: Option<Arc<str>>,
+    /// `health`: the probe-only listener.
+    pub health: Option<SocketAddr>,
     pub watch_config: bool,
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,

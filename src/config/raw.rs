@@ -144,6 +144,15 @@ pub struct RawServer {
     /// Admin listener (`/healthz`, `/readyz`, `/metrics`, `POST /reload`). Off unless set;
     /// keep it on a private interface.
     pub admin: Option<String>,
+    /// Env var holding a token the admin listener then requires (`Authorization: Bearer
+    /// TOKEN`) for everything but `/healthz` and `/readyz`. Required when `admin` is not a
+    /// loopback address.
+    pub admin_token_env: Option<String>,
+    /// File holding that token (one line), instead of `admin_token_env`.
+    pub admin_token_file: Option<String>,
+    /// Probe-only listener: `GET /healthz` and `GET /readyz`, nothing else (for
+    /// Kubernetes probes and Docker `HEALTHCHECK` on the pod IP). Off unless set.
+    pub health: Option<String>,
     /// Reload when the config file changes (polled every second, debounced). Default true.
     pub watch_config: Option<bool>,
     /// CIDRs whose `X-Forwarded-*` / `Forwarded` / `X-Real-IP` headers are kept and appended

@@ -278,6 +278,8 @@ fn every_issue_names_its_key() {
         ),
         (tables("[upstreams.b]\ntargets = []"), "upstreams.b.targets"),
         (tables("[forward_auth]"), "forward_auth"),
+        (server("admin = \"0.0.0.0:9901\""), "server.admin"),
+        (server("health = \"localhost\""), "server.health"),
         (
             Fragment {
                 server: "trusted_proxies = [\"10.0.0.0/8\"]",

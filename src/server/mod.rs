@@ -30,6 +30,8 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
     pub https: Option<TcpListener>,
     pub admin: Option<TcpListener>,
+    /// The probe-only listener (`server.health`).
+    pub health: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -50,6 +52,7 @@ impl Listeners {
             http: bind_one(settings.http, "http").await?,
             https: bind_one(settings.https, "https").await?,
             admin: bind_one(settings.admin, "admin").await?,
+            health: bind_one(settings.health, "health").await?,
         })
     }
 
@@ -64,6 +67,10 @@ impl Listeners {
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
+
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health.as_ref().and_then(|l| l.local_addr().ok())
+    }
 }
 
 /// Listeners not yet registered with a runtime: one set per worker thread, all bound to the
@@ -72,10 +79,12 @@ pub struct StdListeners {
     http: Option<std::net::TcpListener>,
     https: Option<std::net::TcpListener>,
     admin: Option<std::net::TcpListener>,
+    health: Option<std::net::TcpListener>,
 }
 
 impl StdListeners {
-    /// `workers` sets for `settings`; the admin listener goes to the first set only.
+    /// `workers` sets for `settings`; the admin and health listeners go to the first set
+    /// only.
     pub fn bind_per_worker(
         settings: &ServerSettings,
         workers: usize,
@@ -85,6 +94,7 @@ impl StdListeners {
                 http: None,
                 https: None,
                 admin: None,
+                health: None,
             })
             .collect();
         for (addr, what) in [(settings.http, "http"), (settings.https, "https")] {
@@ -106,15 +116,19 @@ impl StdListeners {
                 }
             }
         }
-        if let Some(addr) = settings.admin {
+        for (addr, what) in [(settings.admin, "admin"), (settings.health, "health")] {
+            let Some(addr) = addr else { continue };
             let listener = std::net::TcpListener::bind(addr).map_err(|e| {
                 io::Error::new(
                     e.kind(),
-                    format!("cannot listen on {addr} (server.admin): {e}"),
+                    format!("cannot listen on {addr} (server.{what}): {e}"),
                 )
             })?;
             listener.set_nonblocking(true)?;
-            sets[0].admin = Some(listener);
+            match what {
+                "admin" => sets[0].admin = Some(listener),
+                _ => sets[0].health = Some(listener),
+            }
         }
         Ok(sets)
     }
@@ -126,6 +140,7 @@ impl StdListeners {
             http: convert(self.http)?,
             https: convert(self.https)?,
             admin: convert(self.admin)?,
+            health: convert(self.health)?,
         })
     }
 }
@@ -175,10 +190,22 @@ pub async fn run_primary(
         .metrics
         .set_config_hash(&shared.load().config_hash);
     let draining = Arc::new(AtomicBool::new(false));
-    let admin = listeners
-        .admin
-        .take()
-        .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone(), draining.clone())));
+    let admin = listeners.admin.take().map(|l| {
+        tokio::spawn(crate::admin::serve(
+            l,
+            shared.clone(),
+            draining.clone(),
+            crate::admin::Mode::Admin,
+        ))
+    });
+    let health = listeners.health.take().map(|l| {
+        tokio::spawn(crate::admin::serve(
+            l,
+            shared.clone(),
+            draining.clone(),
+            crate::admin::Mode::Probes,
+        ))
+    });
     let watcher = settings.watch_config.then(|| {
         tokio::spawn(crate::reload::watch(
             shared.clone(),
@@ -187,7 +214,7 @@ pub async fn run_primary(
         ))
     });
     let result = serve_listeners(listeners, shared, shutdown, draining, slots).await;
-    for task in admin.into_iter().chain(watcher) {
+    for task in admin.into_iter().chain(health).chain(watcher) {
         task.abort();
     }
     result
@@ -239,7 +266,10 @@ async fn serve_listeners(
         shutdown.await;
         if !delay.is_zero() {
             not_ready.store(true, Ordering::Relaxed);
-            tracing::info!(delay_s = delay.as_secs_f64(), "not ready; accepting until the delay ends");
+            tracing::info!(
+                delay_s = delay.as_secs_f64(),
+                "not ready; accepting until the delay ends"
+            );
             tokio::time::sleep(delay).await;
         }
         let _ = stop_tx.send(());

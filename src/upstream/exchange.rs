@@ -117,7 +117,7 @@ fn start<B: SendBody>(
         .unwrap_or_default();
     write.clear();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let framing = h1::encode_request_head(
+    let (framing, upgrade) = h1::encode_request_head(
         &parts.method,
         target,
         &parts.headers,
@@ -163,7 +163,7 @@ fn start<B: SendBody>(
             decoder: Decoder::done(),
             keep_alive: false,
             counted,
-            websocket: parts.headers.contains_key(http::header::UPGRADE),
+            websocket: upgrade,
         })),
         connecting,
         targets: targets.map(|(set, current)| Failover {

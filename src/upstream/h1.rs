@@ -60,7 +60,8 @@ pub enum RequestFraming {
     Chunked,
 }
 
-/// Writes the request head into `out` and says how the body follows. `known_len` is the
+/// Writes the request head into `out` and says how the body follows, and whether it asks
+/// for an `Upgrade` (the websocket handshake; a `101` answers nothing else). `known_len` is the
 /// body's exact length when it is known (`None`: it streams); `empty`, that it has none.
 /// `extra` hands over fields to write after `headers` (the gateway's own: forwarding and
 /// identity, see `identity::Added`).
@@ -73,7 +74,7 @@ pub fn encode_request_head(
     extra: impl FnOnce(&mut dyn FnMut(&HeaderName, &HeaderValue)),
     (empty, known_len): (bool, Option<u64>),
     out: &mut Vec<u8>,
-) -> RequestFraming {
+) -> (RequestFraming, bool) {
     let framing = if empty {
         RequestFraming::Empty
     } else if let Some(len) = known_len {
@@ -86,7 +87,10 @@ pub fn encode_request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut client_length = false;
+    // Noticed on the way (a comparison of standard names), rather than looked up.
+    let mut upgrade = false;
     let mut field = |name: &HeaderName, value: &HeaderValue| {
+        upgrade |= name == UPGRADE;
         if name == CONTENT_LENGTH {
             client_length = true;
             return;
@@ -118,7 +122,7 @@ pub fn encode_request_head(
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
-    framing
+    (framing, upgrade)
 }
 
 /// Appends one chunk of a chunked body: size line, data, CRLF.
@@ -755,7 +759,7 @@ mod tests {
                 field(&TRANSFER_ENCODING, &HeaderValue::from_static("chunked"));
                 field(&CONTENT_LENGTH, &HeaderValue::from_static("9"));
             };
-            let got = encode_request_head(
+            let (got, upgrade) = encode_request_head(
                 &method,
                 "/a%20b?q=1",
                 &headers,
@@ -764,6 +768,7 @@ mod tests {
                 &mut out,
             );
             assert_eq!(got, framing);
+            assert!(!upgrade);
             let expected = format!(
                 "{method} /a%20b?q=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\nx-gw: 1\r\n{last}\r\n"
             );

@@ -38,6 +38,32 @@ use pool::{Pool, SendError};
 use std::sync::Arc;
 use targets::{Balance, Ejection, TargetSet};
 
+/// The targets of an HTTP upstream: fixed (IP literals, or `dns_refresh = "0s"`), or
+/// swapped by the resolution of their names. Only the latter costs a request an `ArcSwap`
+/// load.
+pub enum Targets {
+    Fixed(Arc<TargetSet>),
+    Resolved(Arc<ArcSwap<TargetSet>>),
+}
+
+impl Targets {
+    /// The current set.
+    pub fn current(&self) -> Arc<TargetSet> {
+        match self {
+            Targets::Fixed(set) => set.clone(),
+            Targets::Resolved(shared) => shared.load_full(),
+        }
+    }
+
+    /// The same kind of targets, now `set`.
+    fn with(&self, set: TargetSet) -> Targets {
+        match self {
+            Targets::Fixed(_) => Targets::Fixed(Arc::new(set)),
+            Targets::Resolved(_) => Targets::Resolved(Arc::new(ArcSwap::from_pointee(set))),
+        }
+    }
+}
+
 /// What the client receives: the upstream's streamed body, or a body we made.
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
@@ -67,7 +93,7 @@ pub enum Target {
         /// connection stay on one thread, thread-per-core). A target's pool is shared by
         /// the snapshots of a reload when the target did not change. Swapped when a
         /// target's name resolves to other addresses (see `resolve`).
-        targets: Arc<ArcSwap<TargetSet>>,
+        targets: Targets,
         /// The configured targets, a pool each: a named target's connects by name until
         /// the name is resolved, then its addresses' pools take its place in `targets`.
         configured: Box<[Arc<Pool>]>,
@@ -113,9 +139,7 @@ impl Upstream {
                 host,
                 configured: pools.clone().into(),
                 dns_refresh: Duration::ZERO,
-                targets: Arc::new(ArcSwap::from_pointee(TargetSet::new(
-                    pools, balance, ejection,
-                ))),
+                targets: Targets::Fixed(Arc::new(TargetSet::new(pools, balance, ejection))),
             },
             timeout: timeouts.0,
             body_timeout: timeouts.1,
@@ -143,8 +167,20 @@ impl Upstream {
 
     /// `dns_refresh`: resolve the targets' names this often, each address a target.
     pub fn resolve_every(mut self, every: Duration) -> Self {
-        if let Target::Http { dns_refresh, .. } = &mut self.target {
+        if let Target::Http {
+            dns_refresh,
+            targets,
+            configured,
+            ..
+        } = &mut self.target
+        {
             *dns_refresh = every;
+            if let Targets::Fixed(set) = targets
+                && !every.is_zero()
+                && configured.iter().any(|p| resolve::name_of(p).is_some())
+            {
+                *targets = Targets::Resolved(Arc::new(ArcSwap::new(set.clone())));
+            }
         }
         self
     }
@@ -164,7 +200,7 @@ impl Upstream {
             return;
         };
         let Some(old) = previous.iter().find_map(|old| match &old.target {
-            Target::Http { targets: t, .. } if old.name == self.name => Some(t.load_full()),
+            Target::Http { targets: t, .. } if old.name == self.name => Some(t.current()),
             Target::Http { .. } | Target::Echo => None,
         }) else {
             return;
@@ -189,10 +225,8 @@ impl Upstream {
                 pools.push(pool.clone());
             }
         }
-        let current = targets.load();
-        let next = TargetSet::new(pools, current.balance, current.ejection);
-        drop(current);
-        *targets = Arc::new(ArcSwap::from_pointee(next));
+        let current = targets.current();
+        *targets = targets.with(TargetSet::new(pools, current.balance, current.ejection));
     }
 
     /// Starts what keeps the targets current, on the calling runtime (the first worker's):
@@ -207,16 +241,15 @@ impl Upstream {
         else {
             return;
         };
-        if !dns_refresh.is_zero() && configured.iter().any(|p| resolve::name_of(p).is_some()) {
-            resolve::start(
+        match targets {
+            Targets::Resolved(shared) => resolve::start(
                 &self.name,
-                targets,
+                shared,
                 configured,
                 *dns_refresh,
                 resolve::system(),
-            );
-        } else {
-            targets.load().start_health_checks(&self.name);
+            ),
+            Targets::Fixed(set) => set.start_health_checks(&self.name),
         }
     }
 
@@ -237,7 +270,7 @@ impl Upstream {
     /// The current targets, for metrics (none for built-in upstreams).
     pub fn targets(&self) -> Option<Arc<TargetSet>> {
         match &self.target {
-            Target::Http { targets, .. } => Some(targets.load_full()),
+            Target::Http { targets, .. } => Some(targets.current()),
             Target::Echo => None,
         }
     }
@@ -270,9 +303,16 @@ pub fn forward<'a>(
             if !parts.headers.contains_key(HOST) {
                 parts.headers.insert(HOST, host.clone());
             }
-            let targets = targets.load();
+            let loaded;
+            let targets: &Arc<TargetSet> = match targets {
+                Targets::Fixed(set) => set,
+                Targets::Resolved(shared) => {
+                    loaded = shared.load();
+                    &loaded
+                }
+            };
             let index = targets.pick();
-            let several = (targets.pools.len() > 1).then_some((&*targets, index));
+            let several = (targets.pools.len() > 1).then_some((targets, index));
             Ok(exchange::send(
                 &targets.pools[index],
                 parts,

@@ -245,6 +245,7 @@ async fn the_readme_flow_works_on_the_default_config() {
         http: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
         https: None,
         admin: None,
+        health: None,
     };
     let addr = listeners.http_addr().unwrap();
     tokio::spawn(portcullis::run(

@@ -337,6 +337,79 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     assert!(started.elapsed() < Duration::from_secs(8));
 }
 
+/// `server.health` serves the probes and nothing else; with an admin token, the admin
+/// listener serves the probes to anyone and the rest only with the token; `portcullis
+/// health` exits 0 on a 200 and 1 otherwise.
+#[tokio::test]
+async fn probes_are_open_and_the_rest_of_the_admin_listener_needs_its_token() {
+    let upstream = Upstream::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin.token");
+    let token = "0123456789abcdef0123456789abcdef";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let extra = format!(
+        "health = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"",
+        token_file.display()
+    );
+    let gw = Gateway::start(&with_admin(config(upstream.addr, ROUTES), &extra)).await;
+    let health = gw.health.expect("a health listener");
+    let c = client();
+    let status = |response: reqwest::Response| response.status().as_u16();
+    for path in ["/healthz", "/readyz"] {
+        let url = format!("http://{health}{path}");
+        assert_eq!(status(c.get(&url).send().await.unwrap()), 200, "{path}");
+        assert_eq!(status(c.get(gw.admin_url(path)).send().await.unwrap()), 200);
+    }
+    // The probe listener has nothing else, with or without a token.
+    for path in ["/metrics", "/reload"] {
+        let url = format!("http://{health}{path}");
+        assert_eq!(
+            status(c.get(&url).bearer_auth(token).send().await.unwrap()),
+            404
+        );
+        assert_eq!(
+            status(c.post(&url).bearer_auth(token).send().await.unwrap()),
+            404
+        );
+    }
+    // The admin listener: the token or 401.
+    let metrics = gw.admin_url("/metrics");
+    let refused = c.get(&metrics).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().contains_key("www-authenticate"));
+    let wrong = c
+        .get(&metrics)
+        .bearer_auth("0123456789abcdef0123456789abcdeX");
+    assert_eq!(status(wrong.send().await.unwrap()), 401);
+    assert_eq!(
+        status(c.post(gw.admin_url("/reload")).send().await.unwrap()),
+        401
+    );
+    assert_eq!(
+        status(c.get(&metrics).bearer_auth(token).send().await.unwrap()),
+        200
+    );
+    let reload = c.post(gw.admin_url("/reload")).bearer_auth(token);
+    assert_eq!(status(reload.send().await.unwrap()), 200);
+
+    let probe = |url: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["health", "--url", &url, "--timeout", "2"])
+            .output()
+            .await
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(probe(format!("http://{health}/readyz")).await, Some(0));
+    assert_eq!(probe(gw.admin_url("/metrics")).await, Some(1));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert_eq!(probe(format!("http://{closed}/readyz")).await, Some(1));
+}
+
 /// `shutdown_delay`: not ready at once, yet every request sent during the delay, on new
 /// connections as on kept ones, is served; then the listeners close.
 #[tokio::test]

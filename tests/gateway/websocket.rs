@@ -231,7 +231,8 @@ async fn lifetime_and_idle_limits_close_upgraded_connections() {
     let silent = std::time::Instant::now();
     assert_eq!(next_data(&mut ws, Duration::from_secs(3)).await, None);
     assert!(
-        silent.elapsed() >= Duration::from_millis(350),
+        silent.elapsed() >= Duration::from_millis(350)
+            && silent.elapsed() < Duration::from_millis(900),
         "{:?}",
         silent.elapsed()
     );

@@ -382,6 +382,8 @@ async fn record(
 pub struct Gateway {
     pub shared: portcullis::SharedSnapshot,
     pub admin: Option<SocketAddr>,
+    /// The probe-only listener (`server.health`).
+    pub health: Option<SocketAddr>,
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
@@ -517,6 +519,7 @@ impl Gateway {
         let listeners = portcullis::Listeners::bind(&snapshot.server).await.unwrap();
         let (http, https) = (listeners.http_addr().unwrap(), listeners.https_addr());
         let admin = listeners.admin_addr();
+        let health = listeners.health_addr();
         let shared = snapshot.shared();
         let (tx, rx) = oneshot::channel::<()>();
         let mut task = tokio::spawn(portcullis::run(listeners, shared.clone(), async {
@@ -547,6 +550,7 @@ impl Gateway {
         Ok(Gateway {
             shared,
             admin,
+            health,
             http,
             https,
             dir,

@@ -323,7 +323,7 @@ impl Compiler {
     }
 
     /// A secret from an env var or a file (first line), for keys named by `env` / `file`.
-    fn secret_text(
+    pub(super) fn secret_text(
         &mut self,
         env: (&str, Option<&str>),
         file: (&str, Option<&str>),

@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -29,16 +30,47 @@ impl Compiler {
         let http = addr("server.http", &raw.http);
         let https = addr("server.https", &raw.https);
         let admin = addr("server.admin", &raw.admin);
+        let health = addr("server.health", &raw.health);
         if raw.http.is_none() && raw.https.is_none() {
             self.issue(
                 "server",
                 "no listener; set server.http = \"127.0.0.1:8080\" and/or server.https",
             );
         }
+        let admin_token = self
+            .secret_text(
+                ("server.admin_token_env", raw.admin_token_env.as_deref()),
+                ("server.admin_token_file", raw.admin_token_file.as_deref()),
+            )
+            .map(Arc::<str>::from);
+        if let Some(token) = &admin_token
+            && token.len() < 16
+        {
+            let key = if raw.admin_token_file.is_some() {
+                "server.admin_token_file"
+            } else {
+                "server.admin_token_env"
+            };
+            self.issue(
+                key,
+                "the admin token is shorter than 16 characters; use e.g. `openssl rand -hex 32`",
+            );
+        }
+        if let Some(addr) = admin
+            && !addr.ip().is_loopback()
+            && admin_token.is_none()
+        {
+            self.issue(
+                "server.admin",
+                format!("{addr} is not a loopback address: anyone who reaches it could reload the config and read the metrics; set server.admin_token_env (or admin_token_file), or listen on 127.0.0.1 (probes: server.health)"),
+            );
+        }
         ServerSettings {
             http,
             https,
             admin,
+            admin_token,
+            health,
             watch_config: raw.watch_config.unwrap_or(true),
             header_read_timeout: self.period(
                 "server.header_read_timeout",
