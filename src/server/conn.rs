@@ -343,9 +343,16 @@ where
                 ..
             } = io;
             let Some(upgraded) = upgraded else {
-                // What hyper would have done at the end (bounded: a client that reads
-                // nothing cannot hold the task with a TLS close_notify).
-                let _ = tokio::time::timeout(builders.write_timeout, client.shutdown()).await;
+                // What hyper would have done at the end, bounded: a client that reads
+                // nothing cannot hold the task with a TLS close_notify. Tried once first:
+                // it almost always completes at once, and a timer costs a new connection
+                // hundreds of instructions.
+                let mut shutdown = std::pin::pin!(client.shutdown());
+                let first =
+                    std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx))).await;
+                if first.is_pending() {
+                    let _ = tokio::time::timeout(builders.write_timeout, shutdown).await;
+                }
                 return Ok(());
             };
             // Bytes the client sent after its handshake (its first frames), in order.
