@@ -246,6 +246,8 @@ pub struct ServerSettings {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// `request_id`: the field carrying each request's id (see `proxy::request_id`).
+    pub request_id: Option<http::HeaderName>,
     /// `admin_token_env` / `admin_token_file`: required by the admin endpoints but health.
     pub admin_token: Option<Arc<str>>,
     /// `health`: the probe-only listener.

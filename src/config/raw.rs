@@ -194,6 +194,10 @@ pub struct RawServer {
     /// none, only the request's own origin.
     #[serde(default)]
     pub trusted_origins: Vec<String>,
+    /// A request id in this field (e.g. `"X-Request-Id"`): kept from a trusted proxy,
+    /// generated (UUID v4) otherwise, sent upstream, returned to the client, logged.
+    /// Default: none.
+    pub request_id: Option<String>,
 }
 
 /// A size: an integer number of bytes or a string such as `"10MiB"`.

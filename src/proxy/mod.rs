@@ -62,6 +62,11 @@ pub fn handle(
             ..Trace::default()
         };
         let mut upstream_started = None;
+        let request_id = snapshot
+            .server
+            .request_id
+            .as_ref()
+            .map(|name| (name, request_id(&mut parts.headers, name, &conn, &snapshot)));
 
         let processed = process(
             &mut parts,
@@ -86,6 +91,10 @@ pub fn handle(
                 error.into_response().map(Either::Right)
             }
         };
+        let mut response = response;
+        if let Some((name, id)) = &request_id {
+            response.headers_mut().insert(*name, id.clone());
+        }
         let status = response.status().as_u16();
         let route = trace.route.map(|i| &snapshot.routes.routes()[i]);
         snapshot.metrics.record(
@@ -113,10 +122,45 @@ pub fn handle(
                 auth_us = trace.auth_us,
                 upstream_us,
                 latency_us = started.map_or(0, |t| t.elapsed().as_micros() as u64),
+                request_id = request_id
+                    .as_ref()
+                    .and_then(|(_, id)| id.to_str().ok())
+                    .unwrap_or("-"),
             );
         }
         Ok(response)
     }
+}
+
+/// The request's id in field `name` (`server.request_id`): a trusted proxy's, when it
+/// sent one that is short printable text, else a new UUID v4. Set on the request (so the
+/// upstream gets it, and a client's own is replaced) and returned for the answer.
+fn request_id(
+    headers: &mut http::HeaderMap,
+    name: &http::HeaderName,
+    conn: &ConnInfo,
+    snapshot: &Snapshot,
+) -> HeaderValue {
+    let kept = snapshot.is_trusted(conn.peer.ip()).then(|| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(value), None)
+                if !value.is_empty()
+                    && value.len() <= 200
+                    && value.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(value.clone())
+            }
+            _ => None,
+        }
+    });
+    let id = kept.flatten().unwrap_or_else(|| {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        HeaderValue::from_str(text).expect("a UUID is a field value")
+    });
+    headers.insert(name.clone(), id.clone());
+    id
 }
 
 /// Borrows the request's parts (see [`handle`]).

@@ -342,7 +342,7 @@ fn token_refuses_what_it_cannot_sign() {
 fn serve_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let dir = fixture_dir();
     let file = dir.path().join("serve.toml");
-    let text = "[server]\nhttp = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\nwatch_config = false\n[upstreams.echo]\nbuiltin = \"echo\"\n[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"echo\"\nauth = \"public\"\n";
+    let text = "[server]\nhttp = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\nwatch_config = false\nrequest_id = \"X-Request-Id\"\n[upstreams.echo]\nbuiltin = \"echo\"\n[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"echo\"\nauth = \"public\"\n";
     std::fs::write(&file, text).unwrap();
     let mut child = portcullis()
         .args(["serve", "--log-format", "json", "--config"])
@@ -384,22 +384,33 @@ fn serve_reloads_on_sighup_and_exits_zero_on_sigterm() {
         .trim_end_matches(')')
         .to_owned();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let get = |path: &str| {
+    let fetch = |path: &str| {
         rt.block_on(async {
             client()
                 .get(format!("http://{http}{path}"))
+                .header("x-request-id", "chosen-by-the-client")
                 .send()
                 .await
                 .unwrap()
-                .status()
         })
     };
-    assert_eq!(get("/x?token=secret-value"), 200);
+    let get = |path: &str| fetch(path).status();
+    let response = fetch("/x?token=secret-value");
+    assert_eq!(response.status(), 200);
+    // A client's request id is replaced (no trusted proxies here) by a UUID, which the
+    // answer carries and the decision line names.
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 36, "{id}");
+    assert_ne!(id, "chosen-by-the-client");
     // The decision line is JSON, names the route, and never shows the query.
     let access = next_json("access");
     assert_eq!(access["route"], "all");
     assert_eq!(access["status"], 200);
     assert_eq!(access["decision"], "public");
+    assert_eq!(access["request_id"], id.as_str());
     assert!(!access.to_string().contains("secret-value"));
 
     // SIGHUP reloads the edited file.

@@ -204,3 +204,58 @@ async fn forwarded_headers_from_trusted_proxies_are_appended_to() {
     );
     assert_eq!(seen.header_values("forwarded"), vec!["for=203.0.113.7"]);
 }
+
+/// `server.request_id`: the upstream and the client see the same id; a client's own is
+/// replaced unless it comes from a trusted proxy; refused requests carry one too.
+#[tokio::test]
+async fn request_ids_are_kept_from_trusted_proxies_and_made_for_everyone_else() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_with(
+        &upstream,
+        "request_id = \"X-Request-Id\"\ntrusted_proxies = [\"127.0.0.1/32\"]",
+        "",
+    ))
+    .await;
+    let from = |source: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(source.parse().unwrap()))
+            .build()
+            .unwrap()
+    };
+    // From the trusted proxy: its id goes through.
+    let response = from("127.0.0.1")
+        .get(gw.url("/public/a"))
+        .header("x-request-id", "lb-7f3a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "lb-7f3a");
+    assert_eq!(upstream.last().header_values("x-request-id"), ["lb-7f3a"]);
+    // From anyone else: replaced, the same new id on both sides.
+    let response = from("127.0.0.2")
+        .get(gw.url("/public/b"))
+        .header("x-request-id", "lb-7f3a")
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(id, "lb-7f3a");
+    assert_eq!(upstream.last().header_values("x-request-id"), [id.clone()]);
+    // Two requests, two ids; a refusal carries one as well.
+    let again = from("127.0.0.2")
+        .get(gw.url("/public/b"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(again.headers()["x-request-id"].to_str().unwrap(), id);
+    let refused = from("127.0.0.2")
+        .get(gw.url("/api/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["x-request-id"].len(), 36);
+}

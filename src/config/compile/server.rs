@@ -117,6 +117,18 @@ impl Compiler {
                 Duration::from_secs(60),
             ),
             trusted_origins: self.trusted_origins(&raw.trusted_origins),
+            request_id: raw.request_id.as_deref().and_then(|name| {
+                let parsed = http::HeaderName::from_bytes(name.as_bytes()).ok();
+                if parsed.is_none() {
+                    self.issue(
+                        "server.request_id",
+                        format!(
+                            "\"{name}\" is not a header field name; write e.g. \"X-Request-Id\""
+                        ),
+                    );
+                }
+                parsed
+            }),
         }
     }
 
