@@ -27,7 +27,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home portcullis
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
+# A harmless default (the echo on :8080, probes on :9902, no keys): mount your config here.
+COPY config/container.toml /etc/portcullis/portcullis.toml
 USER 10001
-EXPOSE 8080 8443
+EXPOSE 8080 8443 9902
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s \
+    CMD ["/usr/local/bin/portcullis", "health", "--url", "http://127.0.0.1:9902/readyz"]
 ENTRYPOINT ["/usr/local/bin/portcullis"]
 CMD ["serve", "--config", "/etc/portcullis/portcullis.toml"]
