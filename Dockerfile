@@ -10,7 +10,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends cmake clang \
         wrk nghttp2-client nginx curl python3 python3-cryptography \
     && rm -rf /var/lib/apt/lists/*
 RUN rustup component add llvm-tools
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 # Build settings (jemalloc's compiled-in options).
 COPY .cargo ./.cargo
 COPY src ./src

@@ -189,4 +189,6 @@ status "$https/cookie/" 200 -H "$cookie"
 load "optimised build, public" "$http/plain/" ok
 load "optimised build, rs256" "$http/rs/" ok -H "$(bearer "$tok")"
 stop
+"$root/target/release/portcullis" --version | grep -q "profile-guided" \
+    || fail "the optimised binary does not say it is profile-guided (portcullis --version)"
 echo "built target/release/portcullis with the profile $data/portcullis.profdata" >&2

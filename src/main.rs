@@ -15,7 +15,15 @@ const EXIT_CONFIG: u8 = 64;
 #[derive(Parser)]
 #[command(
     name = "portcullis",
-    version,
+    // The commit and the optimisation come from build.rs.
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("PORTCULLIS_COMMIT"),
+        "; ",
+        env!("PORTCULLIS_BUILD"),
+        ")"
+    ),
     about = "An authentication gateway for legacy web apps",
     long_about = "An authentication gateway for legacy web apps.\n\n\
         Portcullis terminates TLS, matches each request against the TOML route rules, checks the \

@@ -76,6 +76,36 @@ fn help_explains_every_command() {
 }
 
 #[test]
+fn version_names_the_commit_and_the_build() {
+    let (code, out, _) = run(portcullis().arg("--version"));
+    assert_eq!(code, 0);
+    let expected_commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    assert!(
+        out.starts_with(&format!(
+            "portcullis {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{out}"
+    );
+    if let Some(commit) = expected_commit {
+        // The binary of this very checkout (cargo rebuilt it for the commit).
+        assert!(out.contains(&commit), "{out} lacks {commit}");
+    }
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    assert!(out.contains(&format!("; {profile}")), "{out}");
+}
+
+#[test]
 fn every_shipped_config_passes_check() {
     let mut files = Vec::new();
     let mut dirs = vec![repo("config")];
