@@ -63,31 +63,55 @@ fn report_listener_changes(old: &Snapshot, new: &Snapshot) {
     }
 }
 
-/// Polls the config file and reloads when it changed and then stayed unchanged for
-/// `debounce` (editors write in several steps). Ends when `shared` has no other owner.
+/// Polls the config file and every file it names (certificates, keys, CA bundles,
+/// secrets), and reloads when one changed and then stayed unchanged for `debounce`
+/// (editors write in several steps). A file is looked at through its symlinks, with its
+/// inode: Kubernetes updates a mounted ConfigMap or Secret by pointing `..data` at a new
+/// folder, which changes no file in place. Ends when `shared` has no other owner.
 pub async fn watch(shared: SharedSnapshot, every: Duration, debounce: Duration) {
-    let path = shared.load().source.clone();
-    let stamp = |p: &std::path::Path| -> Option<(SystemTime, u64)> {
-        let meta = std::fs::metadata(p).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
+    let stamps = |snapshot: &crate::snapshot::Snapshot| -> Vec<Stamp> {
+        std::iter::once(&snapshot.source)
+            .chain(&snapshot.files)
+            .map(|p| stamp(p))
+            .collect()
     };
-    let mut last = stamp(&path);
+    let mut last = stamps(&shared.load());
     loop {
         tokio::time::sleep(every).await;
         if Arc::strong_count(&shared) == 1 {
             return;
         }
-        let now = stamp(&path);
-        if now == last || now.is_none() {
+        let snapshot = shared.load_full();
+        let now = stamps(&snapshot);
+        // A config file that cannot be read is being replaced: wait for it.
+        if now == last || now[0].is_none() {
             continue;
         }
         tokio::time::sleep(debounce).await;
-        let settled = stamp(&path);
+        let settled = stamps(&snapshot);
         if settled != now {
             continue;
         }
-        last = settled;
-        tracing::info!(config = %path.display(), "config file changed");
+        let changed: Vec<String> = std::iter::once(&snapshot.source)
+            .chain(&snapshot.files)
+            .zip(last.iter().zip(&settled))
+            .filter(|(_, (before, after))| before != after)
+            .map(|(path, _)| path.display().to_string())
+            .collect();
+        drop(snapshot);
+        tracing::info!(files = ?changed, "config or a file it names changed");
         let _ = reload(&shared).await;
+        // The new config may name other files.
+        last = stamps(&shared.load());
     }
+}
+
+/// What tells a file's versions apart: modification time, length and inode, of the file a
+/// path leads to through its symlinks; `None` while it cannot be read.
+type Stamp = Option<(SystemTime, u64, u64)>;
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }

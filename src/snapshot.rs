@@ -31,6 +31,8 @@ pub struct Snapshot {
     /// `[login]`: browser sessions through an OpenID provider.
     pub login: Option<crate::session::Login>,
     pub trusted_proxies: Vec<IpNet>,
+    /// The files the config names (certificates, keys, secrets), watched with it.
+    pub files: Vec<PathBuf>,
     /// `[forward_auth] path`: the forward-auth endpoint on the listeners (`forward_auth`).
     pub forward_auth: Option<Box<str>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,

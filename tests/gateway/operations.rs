@@ -447,6 +447,82 @@ async fn during_the_shutdown_delay_requests_keep_being_served_while_not_ready() 
     gw.stopped(Duration::from_secs(10)).await.unwrap();
 }
 
+/// A certificate in a Kubernetes Secret volume: the files are symlinks through `..data`,
+/// and an update points `..data` at a new folder. The watch notices (no file changed in
+/// place) and the new certificate is served without a reload request.
+#[tokio::test]
+async fn a_secret_volume_swap_reloads_the_certificate() {
+    use std::os::unix::fs::symlink;
+    let upstream = Upstream::start().await;
+    let mount = tempfile::tempdir().unwrap();
+    let version = |name: &str, cert: &str, key: &str| {
+        let dir = mount.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.join("tls.key"), key).unwrap();
+    };
+    version("..2026_12_07_01", &keys().tls_cert_pem, &keys().tls_key_pem);
+    symlink("..2026_12_07_01", mount.path().join("..data")).unwrap();
+    for file in ["tls.crt", "tls.key"] {
+        symlink(format!("..data/{file}"), mount.path().join(file)).unwrap();
+    }
+    let text = config(upstream.addr, ROUTES)
+        .replace(
+            "cert = \"tls.crt\"",
+            &format!("cert = \"{}/tls.crt\"", mount.path().display()),
+        )
+        .replace(
+            "key = \"tls.key\"",
+            &format!("key = \"{}/tls.key\"", mount.path().display()),
+        );
+    assert!(text.contains(&mount.path().display().to_string()));
+    let gw = Gateway::start(&text).await;
+    let trusting = |pem: &str| {
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([cert])
+            .resolve("localhost", gw.https.unwrap())
+            .build()
+            .unwrap()
+    };
+    let url = gw.https_url("/public");
+    assert!(
+        trusting(&keys().tls_cert_pem)
+            .get(&url)
+            .send()
+            .await
+            .is_ok()
+    );
+
+    // What the kubelet does: the new version in a new folder, `..data` swapped atomically.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    version("..2026_12_07_02", &cert.pem(), &key.serialize_pem());
+    symlink("..2026_12_07_02", mount.path().join("..data_tmp")).unwrap();
+    std::fs::rename(mount.path().join("..data_tmp"), mount.path().join("..data")).unwrap();
+    std::fs::remove_dir_all(mount.path().join("..2026_12_07_01")).unwrap();
+
+    let new_client = trusting(&cert.pem());
+    for _ in 0..100 {
+        if new_client.get(&url).send().await.is_ok() {
+            assert!(
+                trusting(&keys().tls_cert_pem)
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_err()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the new certificate was never served");
+}
+
 #[tokio::test]
 async fn tls_certificates_reload_without_a_restart() {
     let upstream = Upstream::start().await;

@@ -32,6 +32,9 @@ struct Compiler {
     login_configured: bool,
     /// The system's trusted roots, read at the first `https://` upstream of this config.
     system_roots: Option<Arc<[rustls_pki_types::CertificateDer<'static>]>>,
+    /// Every file the config names (certificates, keys, CA bundles, secrets): the config
+    /// watch reloads when one of them changes.
+    files: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 /// What a new snapshot inherits from the one it replaces.
@@ -53,6 +56,7 @@ pub fn compile(
         metrics: inherited.metrics.clone(),
         login_configured: raw.login.is_some(),
         system_roots: None,
+        files: Default::default(),
     };
     let server = c.server(&raw.server);
     let trusted_proxies = c.trusted_proxies(&raw.server.trusted_proxies);
@@ -115,6 +119,7 @@ pub fn compile(
             login,
             trusted_proxies,
             forward_auth,
+            files: c.files.take(),
             tls,
             source,
             config_hash,
@@ -136,7 +141,12 @@ impl Compiler {
     }
 
     fn path(&self, file: &str) -> PathBuf {
-        self.base.join(file)
+        let path = self.base.join(file);
+        let mut files = self.files.borrow_mut();
+        if !files.contains(&path) {
+            files.push(path.clone());
+        }
+        path
     }
 
     fn duration(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
