@@ -366,10 +366,12 @@ pub fn upstream_target(
 
 /// What an answer's rewrite needs (`upstream::mapping`), or `None` when the route's
 /// upstream rewrites nothing in answers. Taken before the request's headers are rewritten.
+/// `connection`: the request's [`Facts`] `tls` and `trusted` (the whole `Facts` would have
+/// to live in the request's future until the answer came).
 pub fn answer_rewrite<'a>(
     snapshot: &'a Snapshot,
     route: usize,
-    facts: &Facts,
+    connection: (bool, bool),
     headers: &HeaderMap,
     host: Option<&HeaderValue>,
 ) -> Option<(String, Option<&'a str>, &'a str)> {
@@ -382,7 +384,7 @@ pub fn answer_rewrite<'a>(
     if !(mapping.rewrite_redirects || (mapping.rewrite_cookie_paths && prefix.is_some())) {
         return None;
     }
-    let (scheme, host) = client_scheme_and_host(facts, headers, host)?;
+    let (scheme, host) = client_scheme_and_host(connection, headers, host)?;
     Some((format!("{scheme}://{host}"), prefix, route.mount()))
 }
 
@@ -422,13 +424,12 @@ pub fn client_tls(tls: bool, trusted: bool, headers: &HeaderMap) -> bool {
 /// The scheme (TLS or not; a trusted proxy's `X-Forwarded-Proto`) and host (`Host`; a
 /// trusted proxy's `X-Forwarded-Host`) the client addressed, as it wrote them.
 fn client_scheme_and_host<'h>(
-    facts: &Facts,
+    (tls, trusted): (bool, bool),
     headers: &'h HeaderMap,
     host: Option<&'h HeaderValue>,
 ) -> Option<(&'static str, &'h str)> {
     let forwarded = |name: &str| {
-        facts
-            .trusted
+        trusted
             .then(|| headers.get(name))
             .flatten()
             .and_then(|v| v.to_str().ok())
@@ -438,7 +439,7 @@ fn client_scheme_and_host<'h>(
     let scheme = match forwarded("x-forwarded-proto") {
         Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
         Some(proto) if proto.eq_ignore_ascii_case("http") => "http",
-        _ if facts.tls => "https",
+        _ if tls => "https",
         _ => "http",
     };
     let host = forwarded("x-forwarded-host").or_else(|| host.and_then(|h| h.to_str().ok()))?;
@@ -452,6 +453,6 @@ pub fn request_origin(
     headers: &HeaderMap,
     host: Option<&HeaderValue>,
 ) -> Option<csrf::Origin> {
-    let (scheme, host) = client_scheme_and_host(facts, headers, host)?;
+    let (scheme, host) = client_scheme_and_host((facts.tls, facts.trusted), headers, host)?;
     csrf::Origin::of(scheme, host)
 }

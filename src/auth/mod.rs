@@ -59,8 +59,9 @@ pub struct Permit {
     /// The credential came from a cookie (a session or a `cookie:NAME` source): the
     /// browser attaches it to requests other sites make it send (see `csrf`).
     ambient: bool,
-    /// A renewed session cookie to send with the response.
-    set_cookie: Option<http::HeaderValue>,
+    /// A renewed session cookie to send with the response. Boxed: rare, and the permit
+    /// travels by value through the decision (every byte of it is copied per request).
+    set_cookie: Option<Box<http::HeaderValue>>,
     /// A session's absolute end (seconds since the epoch).
     session_expires: Option<u64>,
 }
@@ -68,7 +69,7 @@ pub struct Permit {
 impl Permit {
     /// The renewed session cookie, if the session was touched or refreshed.
     pub fn take_set_cookie(&mut self) -> Option<http::HeaderValue> {
-        self.set_cookie.take()
+        self.set_cookie.take().map(|cookie| *cookie)
     }
 
     pub fn identity(&self) -> Option<&Identity> {
@@ -277,7 +278,7 @@ pub async fn authenticate(
                 // The session cookie is one of the gateway's own: always stripped.
                 consumed: Consumed::None,
                 ambient: true,
-                set_cookie: found.set_cookie,
+                set_cookie: found.set_cookie.map(Box::new),
                 session_expires: Some(found.expires),
             });
         }

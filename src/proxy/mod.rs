@@ -186,6 +186,8 @@ async fn process(
         now: None,
         assumed: None,
     };
+    // What the answer's rewrite needs of the facts, kept instead of them.
+    let connection = (facts.tls, facts.trusted);
     let forward = match decide::decide(snapshot, parts, &facts, trace).await? {
         Decision::Forward(forward) => forward,
         Decision::Endpoint(endpoint) => {
@@ -294,8 +296,13 @@ async fn process(
     // rewritten by now, but what the client's origin is read from is not: a trusted
     // proxy's forwarding fields stay first, and `Host` is `host_value`.
     if upstream::mapping::has_rewritable(response.headers())
-        && let Some((origin, prefix, mount)) =
-            decide::answer_rewrite(snapshot, index, &facts, &parts.headers, host_value.as_ref())
+        && let Some((origin, prefix, mount)) = decide::answer_rewrite(
+            snapshot,
+            index,
+            connection,
+            &parts.headers,
+            host_value.as_ref(),
+        )
     {
         let public = upstream::mapping::Public {
             origin: &origin,

@@ -14,7 +14,7 @@
 //! Pure functions over strings, so that `explain` shows the same mapped target.
 
 use http::HeaderMap;
-use http::header::{CONTENT_LOCATION, HeaderValue, LOCATION, SET_COOKIE};
+use http::header::{CONTENT_LOCATION, HeaderName, HeaderValue, LOCATION, SET_COOKIE};
 use http::uri::PathAndQuery;
 
 /// `[upstreams.NAME]`'s mapping keys, compiled.
@@ -128,13 +128,14 @@ pub struct Public<'a> {
 /// The answer carries a field `rewrite_answer` may change: one pass over the names, which
 /// compare as tags for the standard ones (most answers have none of these).
 pub fn has_rewritable(headers: &HeaderMap) -> bool {
+    // Comparisons of names, not of their text: a standard name against another is a tag
+    // compare, where `as_str` looks the text up for every field of every answer.
     headers.keys().any(|name| {
-        name == LOCATION
-            || name == SET_COOKIE
-            || name == CONTENT_LOCATION
-            || name.as_str() == "refresh"
+        name == LOCATION || name == SET_COOKIE || name == CONTENT_LOCATION || *name == REFRESH
     })
 }
+
+static REFRESH: HeaderName = HeaderName::from_static("refresh");
 
 /// Rewrites the answer's `Location`, `Content-Location`, `Refresh` and `Set-Cookie` paths
 /// (see the module note). Fields it cannot read as text are left as they are.
