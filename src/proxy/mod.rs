@@ -295,11 +295,7 @@ async fn process(
     // Only answers that carry a field to rewrite pay for it. The request's headers were
     // rewritten by now, but what the client's origin is read from is not: a trusted
     // proxy's forwarding fields stay first, and `Host` is `host_value`.
-    let rewritable = match response.body() {
-        Either::Left(body) => body.rewritable(),
-        Either::Right(_) => upstream::mapping::has_rewritable(response.headers()),
-    };
-    if rewritable
+    if upstream::mapping::has_rewritable(response.headers())
         && let Some((origin, prefix, mount)) = decide::answer_rewrite(
             snapshot,
             index,

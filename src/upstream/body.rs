@@ -143,12 +143,6 @@ pub struct UpstreamBody<B: SendBody = RequestBody> {
 }
 
 impl<B: SendBody> UpstreamBody<B> {
-    /// The answer has a field the gateway may rewrite (`mapping::is_rewritable`), as
-    /// noticed while its head was read.
-    pub fn rewritable(&self) -> bool {
-        self.exchange.rewritable()
-    }
-
     pub fn new(mut exchange: Box<Exchange<B>>, idle: Duration) -> Self {
         if exchange.is_end_stream() {
             // No body at all (204, 304, HEAD, zero length): hyper never polls this one.

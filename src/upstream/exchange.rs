@@ -164,7 +164,6 @@ fn start<B: SendBody>(
             keep_alive: false,
             counted,
             websocket: upgrade,
-            rewritable: false,
         })),
         connecting,
         targets: targets.map(|(set, current)| Failover {
@@ -298,7 +297,6 @@ impl<B: SendBody> Future for Sending<B> {
                     };
                     exchange.decoder = head.body;
                     exchange.keep_alive = head.keep_alive;
-                    exchange.rewritable = head.rewritable;
                     let mut response = Response::new(exchange);
                     *response.status_mut() = head.status;
                     *response.version_mut() = head.version;
@@ -368,8 +366,6 @@ pub struct Exchange<B> {
     counted: bool,
     /// The request asks for `Upgrade: websocket` (a `101` may answer it).
     websocket: bool,
-    /// The answer has a field `mapping` may rewrite (see `h1::Head`).
-    rewritable: bool,
 }
 
 impl<B> Drop for Exchange<B> {
@@ -621,11 +617,6 @@ impl<B: SendBody> Exchange<B> {
     /// Closes the connection (the answer is abandoned).
     pub fn close(&mut self) {
         self.conn = None;
-    }
-
-    /// The answer has a field the gateway may rewrite (`mapping::is_rewritable`).
-    pub fn rewritable(&self) -> bool {
-        self.rewritable
     }
 
     pub fn is_end_stream(&self) -> bool {

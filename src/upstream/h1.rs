@@ -171,9 +171,6 @@ pub struct Head {
     pub body: Decoder,
     /// The connection may carry another request once this answer has been read to its end.
     pub keep_alive: bool,
-    /// A field the gateway may rewrite came (`Location`, `Content-Location`, `Refresh`,
-    /// `Set-Cookie`: see `mapping`), noticed while the fields were read.
-    pub rewritable: bool,
 }
 
 /// Parses the response head at the start of `buf` and removes it from `buf` (1xx interim
@@ -251,11 +248,9 @@ pub fn parse_response_head(
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(spans.len());
         let mut fields = Framing::default();
-        let mut rewritable = false;
         for (name_start, name_end, value_start, value_end) in spans {
             let name = field_name(&head[name_start..name_end])
                 .map_err(|_| FrameError::Head("field name"))?;
-            rewritable |= super::mapping::is_rewritable(&name);
             let value = &head[value_start..value_end];
             // Hop-by-hop fields are read for the framing, and not passed on (RFC 9110
             // §7.6.1): this is where the answer's are stripped.
@@ -282,7 +277,6 @@ pub fn parse_response_head(
                 headers,
                 body: Decoder::done(),
                 keep_alive: false,
-                rewritable,
             }));
         }
         let (body, keep_alive) = fields.decide(status, version, &mut headers, head_request)?;
@@ -293,7 +287,6 @@ pub fn parse_response_head(
             headers,
             body,
             keep_alive,
-            rewritable,
         }));
     }
 }

@@ -128,15 +128,11 @@ pub struct Public<'a> {
 /// The answer carries a field `rewrite_answer` may change: one pass over the names, which
 /// compare as tags for the standard ones (most answers have none of these).
 pub fn has_rewritable(headers: &HeaderMap) -> bool {
-    headers.keys().any(is_rewritable)
-}
-
-/// One of the fields [`rewrite_answer`] may change. Comparisons of names, not of their
-/// text: a standard name against another is a tag compare. `h1` asks it of each field of
-/// an answer as it reads them, so that the handler need not look again.
-#[inline]
-pub fn is_rewritable(name: &HeaderName) -> bool {
-    name == LOCATION || name == SET_COOKIE || name == CONTENT_LOCATION || *name == REFRESH
+    // Comparisons of names, not of their text: a standard name against another is a tag
+    // compare, where `as_str` looks the text up for every field of every answer.
+    headers.keys().any(|name| {
+        name == LOCATION || name == SET_COOKIE || name == CONTENT_LOCATION || *name == REFRESH
+    })
 }
 
 static REFRESH: HeaderName = HeaderName::from_static("refresh");
