@@ -76,7 +76,7 @@ pub fn handle(
             &mut trace,
             &mut upstream_started,
         );
-        let response = match processed.await {
+        let mut response = match processed.await {
             Ok(response) => response,
             Err(error) => {
                 // A failure after the decision (the upstream, the body) keeps the decision's
@@ -91,7 +91,6 @@ pub fn handle(
                 error.into_response().map(Either::Right)
             }
         };
-        let mut response = response;
         if let Some((name, id)) = &request_id {
             response.headers_mut().insert(*name, id.clone());
         }
@@ -188,48 +187,49 @@ async fn process(
     };
     // What the answer's rewrite needs of the facts, kept instead of them.
     let connection = (facts.tls, facts.trusted);
-    let forward = match decide::decide(snapshot, parts, &facts, trace).await? {
-        Decision::Forward(forward) => forward,
-        Decision::Endpoint(endpoint) => {
-            // decide names an endpoint only when there is a [login]; without one, fail closed.
-            let Some(login) = &snapshot.login else {
-                return Err(ProxyError::NoRoute);
-            };
-            // Boxed, like the login redirect below: rare, and large futures that would
-            // otherwise make every request's future larger.
-            return Box::pin(login_endpoint(endpoint, login, parts, body, conn, snapshot))
-                .await
-                .map(|response| response.map(Either::Right));
-        }
-        Decision::LogIn {
-            return_to,
-            host_value,
-        } => {
-            let Some(login) = &snapshot.login else {
-                return Err(ProxyError::NoRoute);
-            };
-            let host = host_value
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("");
-            let routed_host = canonical_host(host).unwrap_or(Cow::Borrowed(""));
-            let info = session::RequestInfo {
-                host: &routed_host,
-                authority: host,
-                tls: facts.tls,
-                query: None,
-            };
-            let now = auth::unix_now();
-            let response = Box::pin(login.start(&info, return_to.as_str(), now)).await?;
-            return Ok(response.map(Either::Right));
-        }
-    };
-    let decide::Forward {
-        route: index,
-        path_and_query,
-        host_value,
-        mut permit,
-    } = forward;
+    // Taken apart in the pattern: the decision is large, and a binding of it is a copy.
+    let (index, path_and_query, host_value, mut permit) =
+        match decide::decide(snapshot, parts, &facts, trace).await? {
+            Decision::Forward(decide::Forward {
+                route,
+                path_and_query,
+                host_value,
+                permit,
+            }) => (route, path_and_query, host_value, permit),
+            Decision::Endpoint(endpoint) => {
+                // decide names an endpoint only when there is a [login]; without one, fail closed.
+                let Some(login) = &snapshot.login else {
+                    return Err(ProxyError::NoRoute);
+                };
+                // Boxed, like the login redirect below: rare, and large futures that would
+                // otherwise make every request's future larger.
+                return Box::pin(login_endpoint(endpoint, login, parts, body, conn, snapshot))
+                    .await
+                    .map(|response| response.map(Either::Right));
+            }
+            Decision::LogIn {
+                return_to,
+                host_value,
+            } => {
+                let Some(login) = &snapshot.login else {
+                    return Err(ProxyError::NoRoute);
+                };
+                let host = host_value
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("");
+                let routed_host = canonical_host(host).unwrap_or(Cow::Borrowed(""));
+                let info = session::RequestInfo {
+                    host: &routed_host,
+                    authority: host,
+                    tls: facts.tls,
+                    query: None,
+                };
+                let now = auth::unix_now();
+                let response = Box::pin(login.start(&info, return_to.as_str(), now)).await?;
+                return Ok(response.map(Either::Right));
+            }
+        };
     let route = &snapshot.routes.routes()[index];
     // A WebSocket handshake on a route that allows it: the limits of the connection it
     // becomes (the credential's expiry is read now, before the permit goes).
