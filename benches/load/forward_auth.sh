@@ -113,6 +113,8 @@ http {
     }
 }
 NGINX
+# nginx's worker (user nobody) reads the Lua module and the keys.
+chmod -R a+rX "$work"
 nginx -c "$work/nginx-b.conf"
 sleep 0.5
 for port in $port_a $port_b; do
