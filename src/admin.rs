@@ -143,9 +143,12 @@ async fn answer(
 
 /// `Authorization: Bearer <token>`, compared in constant time.
 fn bearer_is(headers: &http::HeaderMap, token: &str) -> bool {
+    // The scheme's name is case-insensitive (RFC 9110 11.1).
     let Some(given) = headers
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(|v| v.as_bytes())
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..])
     else {
         return false;
     };

@@ -389,6 +389,11 @@ async fn probes_are_open_and_the_rest_of_the_admin_listener_needs_its_token() {
         status(c.get(&metrics).bearer_auth(token).send().await.unwrap()),
         200
     );
+    // The scheme's name in any case.
+    let lower = c
+        .get(&metrics)
+        .header("authorization", format!("bearer {token}"));
+    assert_eq!(status(lower.send().await.unwrap()), 200);
     let reload = c.post(gw.admin_url("/reload")).bearer_auth(token);
     assert_eq!(status(reload.send().await.unwrap()), 200);
 
