@@ -42,6 +42,25 @@ front_proxies() {
     rm -rf "$wheels"
 }
 
+# manifest_validator: kubernetes-validate and its dependencies (scripts/validators.txt) for
+# tests/deploy.rs, unpacked from their wheels into target/validate/ (run with
+# PYTHONPATH=target/validate python3 -m kubernetes_validate). Fetched once.
+manifest_validator() {
+    local dir=target/validate
+    [ -d "$dir/kubernetes_validate" ] && return 0
+    local wheels
+    wheels=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+        -r scripts/validators.txt -d "$wheels" || {
+        echo "missing: kubernetes-validate (pip download -r scripts/validators.txt failed)" >&2
+        rm -rf "$wheels"
+        exit 1
+    }
+    mkdir -p "$dir"
+    for wheel in "$wheels"/*.whl; do unzip -o -q "$wheel" -d "$dir"; done
+    rm -rf "$wheels"
+}
+
 # wait_ready URL [CURL ARGS...]: waits until URL answers (any status curl calls success:
 # -f makes it 2xx only), polling every 0.1 s for up to $READY_TIMEOUT seconds (default 60;
 # a gateway under valgrind takes a while). Returns 1 when it never does.

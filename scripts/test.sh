@@ -26,6 +26,7 @@ install_packages ${missing[@]+"${missing[@]}"}
 npm ci --prefix tests/support/oidc --no-audit --no-fund --loglevel=error
 npm ci --prefix tests/support/browser --no-audit --no-fund --loglevel=error
 front_proxies
+manifest_validator
 
 # Unit and property tests, end-to-end tests (real sockets on 127.0.0.1:0, real TLS, a real
 # recording upstream, a real JWKS/discovery server), CLI tests against the built binary,

@@ -226,3 +226,41 @@ fn the_image_default_config_and_healthcheck_agree() {
         "the PGO build stays the default, with PGO=0 the fast path"
     );
 }
+
+/// The manifests pass the Kubernetes API schemas (kubernetes-validate, `--strict`: no
+/// unknown field), and the validator does refuse a broken one.
+#[test]
+fn the_kubernetes_manifests_pass_the_api_schemas() {
+    let validator = root().join("target/validate");
+    assert!(
+        validator.join("kubernetes_validate").is_dir(),
+        "missing: kubernetes-validate in target/validate/ (bash scripts/test.sh fetches it, scripts/validators.txt)"
+    );
+    let validate = |files: &[PathBuf]| {
+        std::process::Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict"])
+            .args(files)
+            .env("PYTHONPATH", &validator)
+            .output()
+            .unwrap()
+    };
+    let manifests = [
+        root().join("deploy/kubernetes/portcullis.yaml"),
+        root().join("deploy/kubernetes/redis.yaml"),
+    ];
+    let out = validate(&manifests);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("passed for resource").count(), 6, "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    let text = std::fs::read_to_string(&manifests[0]).unwrap();
+    std::fs::write(
+        &broken,
+        text.replace("containerPort: 8080", "contanerPort: 8080"),
+    )
+    .unwrap();
+    assert!(!validate(&[broken]).status.success());
+}
