@@ -51,6 +51,8 @@ fn report_listener_changes(old: &Snapshot, new: &Snapshot) {
         ("server.http", o.http, n.http),
         ("server.https", o.https, n.https),
         ("server.admin", o.admin, n.admin),
+        ("server.health", o.health, n.health),
+        ("forward_auth.listen", o.forward_auth, n.forward_auth),
     ] {
         if before != after {
             tracing::warn!(

@@ -254,6 +254,8 @@ pub struct ServerSettings {
     pub admin_token: Option<Arc<str>>,
     /// `health`: the probe-only listener.
     pub health: Option<SocketAddr>,
+    /// `[forward_auth] listen`: a listener for the forward-auth endpoint alone.
+    pub forward_auth: Option<SocketAddr>,
     pub watch_config: bool,
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,

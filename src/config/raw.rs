@@ -44,6 +44,9 @@ pub struct RawConfig {
 pub struct RawForwardAuth {
     /// The endpoint's path on the listeners. Default `/_portcullis/auth`.
     pub path: Option<String>,
+    /// A listener of its own that serves the endpoint and nothing else (e.g.
+    /// `"127.0.0.1:9091"`, beside the front proxy). Default: none.
+    pub listen: Option<String>,
 }
 
 /// `[login]`: the OIDC client and its sessions.

@@ -279,6 +279,14 @@ fn every_issue_names_its_key() {
         (tables("[upstreams.b]\ntargets = []"), "upstreams.b.targets"),
         (tables("[forward_auth]"), "forward_auth"),
         (server("admin = \"0.0.0.0:9901\""), "server.admin"),
+        (
+            Fragment {
+                server: "trusted_proxies = [\"10.0.0.0/8\"]",
+                tables: "[forward_auth]\nlisten = \"nowhere\"",
+                ..Fragment::default()
+            },
+            "forward_auth.listen",
+        ),
         (server("health = \"localhost\""), "server.health"),
         (
             Fragment {

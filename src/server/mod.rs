@@ -32,6 +32,8 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
     /// The probe-only listener (`server.health`).
     pub health: Option<TcpListener>,
+    /// The forward-auth listener (`[forward_auth] listen`).
+    pub forward_auth: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -53,6 +55,7 @@ impl Listeners {
             https: bind_one(settings.https, "https").await?,
             admin: bind_one(settings.admin, "admin").await?,
             health: bind_one(settings.health, "health").await?,
+            forward_auth: bind_one(settings.forward_auth, "forward_auth.listen").await?,
         })
     }
 
@@ -71,6 +74,10 @@ impl Listeners {
     pub fn health_addr(&self) -> Option<SocketAddr> {
         self.health.as_ref().and_then(|l| l.local_addr().ok())
     }
+
+    pub fn forward_auth_addr(&self) -> Option<SocketAddr> {
+        self.forward_auth.as_ref().and_then(|l| l.local_addr().ok())
+    }
 }
 
 /// Listeners not yet registered with a runtime: one set per worker thread, all bound to the
@@ -80,6 +87,7 @@ pub struct StdListeners {
     https: Option<std::net::TcpListener>,
     admin: Option<std::net::TcpListener>,
     health: Option<std::net::TcpListener>,
+    forward_auth: Option<std::net::TcpListener>,
 }
 
 impl StdListeners {
@@ -95,6 +103,7 @@ impl StdListeners {
                 https: None,
                 admin: None,
                 health: None,
+                forward_auth: None,
             })
             .collect();
         for (addr, what) in [(settings.http, "http"), (settings.https, "https")] {
@@ -116,7 +125,11 @@ impl StdListeners {
                 }
             }
         }
-        for (addr, what) in [(settings.admin, "admin"), (settings.health, "health")] {
+        for (addr, what) in [
+            (settings.admin, "admin"),
+            (settings.health, "health"),
+            (settings.forward_auth, "forward_auth.listen"),
+        ] {
             let Some(addr) = addr else { continue };
             let listener = std::net::TcpListener::bind(addr).map_err(|e| {
                 io::Error::new(
@@ -127,7 +140,8 @@ impl StdListeners {
             listener.set_nonblocking(true)?;
             match what {
                 "admin" => sets[0].admin = Some(listener),
-                _ => sets[0].health = Some(listener),
+                "health" => sets[0].health = Some(listener),
+                _ => sets[0].forward_auth = Some(listener),
             }
         }
         Ok(sets)
@@ -141,6 +155,7 @@ impl StdListeners {
             https: convert(self.https)?,
             admin: convert(self.admin)?,
             health: convert(self.health)?,
+            forward_auth: convert(self.forward_auth)?,
         })
     }
 }
@@ -213,8 +228,17 @@ pub async fn run_primary(
             Duration::from_millis(500),
         ))
     });
+    let forward_auth = listeners
+        .forward_auth
+        .take()
+        .map(|l| tokio::spawn(serve_forward_auth(l, shared.clone())));
     let result = serve_listeners(listeners, shared, shutdown, draining, slots).await;
-    for task in admin.into_iter().chain(health).chain(watcher) {
+    for task in admin
+        .into_iter()
+        .chain(health)
+        .chain(forward_auth)
+        .chain(watcher)
+    {
         task.abort();
     }
     result
@@ -337,6 +361,39 @@ async fn serve_listeners(
         tracing::warn!("shutdown grace elapsed with connections still open");
     }
     Ok(())
+}
+
+/// `[forward_auth] listen`: the forward-auth endpoint and nothing else (404), on
+/// HTTP/1.1 keep-alive connections, for the front proxy beside the gateway.
+async fn serve_forward_auth(listener: TcpListener, shared: SharedSnapshot) {
+    use hyper::service::service_fn;
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let snapshot = shared.load_full();
+                async move {
+                    let (parts, _body) = request.into_parts();
+                    let response = if crate::forward_auth::is_endpoint(&snapshot, &parts) {
+                        let trusted = snapshot.is_trusted(peer.ip());
+                        let mut trace = crate::decide::Trace::default();
+                        crate::forward_auth::answer(&snapshot, &parts, trusted, &mut trace).await
+                    } else {
+                        crate::error::ProxyError::NoRoute.into_response()
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 /// `TCP_NODELAY` on a listening socket: Linux copies it to every connection accepted from

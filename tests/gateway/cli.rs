@@ -276,6 +276,7 @@ async fn the_readme_flow_works_on_the_default_config() {
         https: None,
         admin: None,
         health: None,
+        forward_auth: None,
     };
     let addr = listeners.http_addr().unwrap();
     tokio::spawn(portcullis::run(

@@ -519,3 +519,43 @@ async fn a_trusted_proxys_forwarded_proto_decides_the_login_scheme_and_cookies()
         "{set:?}"
     );
 }
+
+/// `[forward_auth] listen`: a listener of its own, with the endpoint and nothing else;
+/// trusted proxies only there too.
+#[tokio::test]
+async fn the_endpoint_can_have_a_listener_of_its_own() {
+    let app = Upstream::start().await;
+    let mut text = config_with(&app, "trusted_proxies = [\"127.0.0.1/32\"]", "");
+    text.push_str("\n[forward_auth]\nlisten = \"127.0.0.1:0\"\n");
+    let gateway = Gateway::start(&text).await;
+    let own = gateway.forward_auth.expect("a forward-auth listener");
+    let token = token(Algorithm::RS256, &claims(json!({"sub": "alice"})));
+    let ask = |source: &str, path: &str| {
+        let client = reqwest::Client::builder()
+            .local_address(Some(source.parse().unwrap()))
+            .build()
+            .unwrap();
+        client
+            .get(format!("http://{own}{path}"))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "app.example")
+            .header("x-forwarded-uri", "/api/orders")
+            .bearer_auth(&token)
+            .send()
+    };
+    let response = ask("127.0.0.1", "/_portcullis/auth").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-auth-user"], "alice");
+    // Nothing else is served there: not the routes, not the login pages.
+    for path in ["/public/x", "/api/orders", "/_portcullis/login"] {
+        assert_eq!(
+            ask("127.0.0.1", path).await.unwrap().status(),
+            404,
+            "{path}"
+        );
+    }
+    let response = ask("127.0.0.2", "/_portcullis/auth").await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(app.count(), 0);
+}

@@ -384,6 +384,8 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     /// The probe-only listener (`server.health`).
     pub health: Option<SocketAddr>,
+    /// The forward-auth listener (`[forward_auth] listen`).
+    pub forward_auth: Option<SocketAddr>,
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
@@ -520,6 +522,7 @@ impl Gateway {
         let (http, https) = (listeners.http_addr().unwrap(), listeners.https_addr());
         let admin = listeners.admin_addr();
         let health = listeners.health_addr();
+        let forward_auth = listeners.forward_auth_addr();
         let shared = snapshot.shared();
         let (tx, rx) = oneshot::channel::<()>();
         let mut task = tokio::spawn(portcullis::run(listeners, shared.clone(), async {
@@ -551,6 +554,7 @@ impl Gateway {
             shared,
             admin,
             health,
+            forward_auth,
             http,
             https,
             dir,

@@ -58,9 +58,10 @@ pub fn compile(
         system_roots: None,
         files: Default::default(),
     };
-    let server = c.server(&raw.server);
+    let mut server = c.server(&raw.server);
     let trusted_proxies = c.trusted_proxies(&raw.server.trusted_proxies);
     let forward_auth = c.forward_auth(raw.forward_auth.as_ref(), &trusted_proxies);
+    server.forward_auth = c.forward_auth_listen(raw.forward_auth.as_ref());
     let tls = c.tls(raw.tls.as_ref(), server.https.is_some());
     let (provider_names, providers) = c.providers(&raw.providers);
     let (upstream_names, mut upstreams) = c.upstreams(&raw.upstreams);

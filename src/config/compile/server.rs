@@ -71,6 +71,7 @@ impl Compiler {
             admin,
             admin_token,
             health,
+            forward_auth: None,
             watch_config: raw.watch_config.unwrap_or(true),
             header_read_timeout: self.period(
                 "server.header_read_timeout",
@@ -196,6 +197,20 @@ impl Compiler {
             return None;
         }
         Some(path.into())
+    }
+
+    /// `[forward_auth] listen`.
+    pub(super) fn forward_auth_listen(
+        &mut self,
+        raw: Option<&RawForwardAuth>,
+    ) -> Option<SocketAddr> {
+        let text = raw?.listen.as_ref()?;
+        text.parse().map_err(|_| {
+            self.issue(
+                "forward_auth.listen",
+                format!("\"{text}\" is not a listen address; write IP:PORT such as \"127.0.0.1:9091\""),
+            );
+        }).ok()
     }
 
     pub(super) fn tls(
