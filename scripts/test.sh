@@ -19,6 +19,8 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 # The forward-auth tests run nginx (Debian's, with auth_request), Traefik and Caddy.
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+# ingress-nginx's configuration escapes the sign-in target with set-misc's set_escape_uri.
+[ -f /usr/lib/nginx/modules/ngx_http_set_misc_module.so ] || missing+=(libnginx-mod-http-set-misc)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 source scripts/lib.sh

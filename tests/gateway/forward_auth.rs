@@ -25,6 +25,9 @@ enum Kind {
     Traefik,
     Caddy,
     Envoy,
+    /// Debian's nginx with the config ingress-nginx generates for the annotations of
+    /// docs/forward-auth.md (its `auth-url` / `auth-signin` template, in short).
+    IngressNginx,
 }
 
 /// A front proxy running one of the documented snippets.
@@ -38,7 +41,7 @@ struct FrontProxy {
 /// `scripts/test.sh` into `target/front-proxies/`.
 fn binary(kind: Kind) -> PathBuf {
     let found = match kind {
-        Kind::Nginx => ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        Kind::Nginx | Kind::IngressNginx => ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .map(PathBuf::from)
             .find(|p| p.exists()),
@@ -71,6 +74,7 @@ fn snippet(kind: Kind, gateway: SocketAddr, app: SocketAddr, port: u16) -> Strin
         Kind::Traefik => "traefik.yml",
         Kind::Caddy => "Caddyfile",
         Kind::Envoy => "envoy.yaml",
+        Kind::IngressNginx => return ingress_nginx(gateway, app, port),
     };
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("config/front-proxies")
@@ -106,7 +110,7 @@ fn snippet(kind: Kind, gateway: SocketAddr, app: SocketAddr, port: u16) -> Strin
         Kind::Nginx => text.replace("listen 80;", &format!("listen 127.0.0.1:{port};")),
         Kind::Traefik => text,
         Kind::Caddy => text.replace(":80 {", &format!("http://127.0.0.1:{port} {{")),
-        Kind::Envoy => unreachable!("returned above"),
+        Kind::Envoy | Kind::IngressNginx => unreachable!("returned above"),
     }
 }
 
@@ -118,10 +122,17 @@ impl FrontProxy {
         let d = dir.path().display();
         let mut command = tokio::process::Command::new(binary(kind));
         match kind {
-            Kind::Nginx => {
+            Kind::Nginx | Kind::IngressNginx => {
                 std::fs::write(dir.path().join("site.conf"), site).unwrap();
+                // ingress-nginx escapes the target with set-misc's set_escape_uri.
+                let modules = if let Kind::IngressNginx = kind {
+                    "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n\
+                     load_module /usr/lib/nginx/modules/ngx_http_set_misc_module.so;\n"
+                } else {
+                    ""
+                };
                 let main = format!(
-                    "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                    "{modules}daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
                      events {{ worker_connections 256; }}\n\
                      http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
                      fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
@@ -289,18 +300,37 @@ async fn exercise(kind: Kind) {
     assert_eq!(seen.header_values("x-auth-user"), ["alice"], "{kind:?}");
     assert_eq!(seen.header_values("x-auth-email"), ["alice@example.com"]);
 
-    // No token: 401 with the challenge, the app untouched.
+    // No token: 401 with the challenge (ingress-nginx: the sign-in), the app untouched.
     let count = s.app.count();
-    let response = c.get(s.proxy.url("/api/orders")).send().await.unwrap();
-    assert_eq!(response.status(), 401, "{kind:?}: no token");
-    assert!(
-        response.headers()["www-authenticate"]
-            .to_str()
+    if let Kind::IngressNginx = kind {
+        // With auth-signin, ingress-nginx sends every 401 to sign in, with the target.
+        let response = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
             .unwrap()
-            .starts_with("Bearer"),
-        "{kind:?}: {:?}",
-        response.headers()
-    );
+            .get(s.proxy.url("/api/orders"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 302, "{kind:?}: no token");
+        assert_eq!(
+            response.headers()["location"],
+            s.proxy
+                .url("/_portcullis/login?rd=%2Fapi%2Forders")
+                .as_str()
+        );
+    } else {
+        let response = c.get(s.proxy.url("/api/orders")).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{kind:?}: no token");
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"),
+            "{kind:?}: {:?}",
+            response.headers()
+        );
+    }
     // A token without the scope: 403.
     let response = c
         .get(s.proxy.url("/admin/users"))
@@ -393,6 +423,87 @@ async fn behind_caddy_forward_auth() {
 #[tokio::test]
 async fn behind_envoy_ext_authz() {
     exercise(Kind::Envoy).await;
+}
+
+#[tokio::test]
+async fn behind_ingress_nginx_annotations() {
+    exercise(Kind::IngressNginx).await;
+}
+
+/// The server block ingress-nginx writes for an Ingress with the annotations of
+/// docs/forward-auth.md (read from there), as its template does: an internal location that
+/// asks `auth-url` with `X-Original-URL` and `-Method`, `auth-response-headers` copied onto
+/// the request, `error_page 401` to `auth-signin`; and the second Ingress the docs ask for,
+/// `/_portcullis/` to the gateway. The one change: the docs' `https://$host` is the test's
+/// plain `http://$http_host` (no TLS in front here, and a port).
+fn ingress_nginx(gateway: SocketAddr, app: SocketAddr, port: u16) -> String {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/forward-auth.md"))
+            .unwrap();
+    let annotation = |name: &str| -> String {
+        let key = format!("nginx.ingress.kubernetes.io/{name}: \"");
+        let start = docs
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in the docs"))
+            + key.len();
+        docs[start..].split('"').next().unwrap().to_owned()
+    };
+    let auth_url = annotation("auth-url").replace(
+        "portcullis.auth.svc.cluster.local:9000",
+        &gateway.to_string(),
+    );
+    assert!(
+        auth_url.starts_with(&format!("http://{gateway}/")),
+        "{auth_url}"
+    );
+    let signin = annotation("auth-signin").replace("https://$host", "http://$http_host");
+    let copied: String = annotation("auth-response-headers")
+        .split(',')
+        .enumerate()
+        .map(|(i, name)| {
+            let variable = name.to_lowercase().replace('-', "_");
+            format!(
+                "auth_request_set $authHeader{i} $upstream_http_{variable};\n\
+                 proxy_set_header '{name}' $authHeader{i};\n"
+            )
+        })
+        .collect();
+    format!(
+        "server {{\n\
+         listen 127.0.0.1:{port};\n\
+         set_escape_uri $escaped_request_uri $request_uri;\n\
+         location = /_external-auth {{\n\
+           internal;\n\
+           proxy_pass_request_body off;\n\
+           proxy_set_header Content-Length \"\";\n\
+           proxy_set_header X-Forwarded-Proto \"\";\n\
+           proxy_set_header X-Original-URL $scheme://$http_host$request_uri;\n\
+           proxy_set_header X-Original-Method $request_method;\n\
+           proxy_set_header X-Sent-From \"nginx-ingress-controller\";\n\
+           proxy_set_header X-Auth-Request-Redirect $request_uri;\n\
+           proxy_http_version 1.1;\n\
+           proxy_pass {auth_url};\n\
+         }}\n\
+         location /_portcullis/ {{\n\
+           proxy_set_header Host $http_host;\n\
+           proxy_set_header X-Forwarded-Proto $scheme;\n\
+           proxy_pass http://{gateway};\n\
+         }}\n\
+         location / {{\n\
+           auth_request /_external-auth;\n\
+           auth_request_set $auth_cookie $upstream_http_set_cookie;\n\
+           add_header Set-Cookie $auth_cookie;\n\
+           {copied}\
+           error_page 401 = @signin;\n\
+           proxy_pass http://{app};\n\
+         }}\n\
+         location @signin {{\n\
+           internal;\n\
+           add_header Set-Cookie $auth_cookie;\n\
+           return 302 {signin};\n\
+         }}\n\
+         }}\n"
+    )
 }
 
 /// Envoy's `ext_authz` HTTP service (`path_prefix: /_portcullis/auth`) sends the original
