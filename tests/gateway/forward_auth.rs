@@ -381,6 +381,27 @@ async fn exercise(kind: Kind) {
     let seen = s.app.last();
     assert_eq!(seen.path_and_query, "/app/page?x=1");
     assert_eq!(seen.header_values("x-auth-user"), ["alice"], "{kind:?}");
+    // Logged in, the page comes straight; the logout through the front proxy ends that.
+    assert_eq!(
+        browser.get(&s.proxy.url("/app/page")).await.status,
+        200,
+        "{kind:?}"
+    );
+    let logout = browser.get(&s.proxy.url("/_portcullis/logout")).await;
+    assert_eq!(logout.status, 302, "{kind:?}: logout {}", logout.body);
+    let after = browser.get(&s.proxy.url("/app/page")).await;
+    assert_eq!(
+        after.status, 302,
+        "{kind:?}: logged out, sent to log in again"
+    );
+    assert!(
+        after
+            .location()
+            .is_some_and(|l| l.path() == "/_portcullis/login"),
+        "{kind:?}: {:?}",
+        after.location()
+    );
+
     // Someone who can reach the gateway directly, but is not a trusted proxy (here: from
     // 127.0.0.2), describes a request: refused, and nothing is decided.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
