@@ -12,16 +12,19 @@
 //!   error `portcullis check` prints (the old config keeps serving).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::snapshot::SharedSnapshot;
 
@@ -41,18 +44,47 @@ pub async fn serve(
     draining: Arc<AtomicBool>,
     mode: Mode,
 ) {
+    let header_timeout = shared.load().server.header_read_timeout;
+    serve_http1(listener, header_timeout, move |request, _peer| {
+        let (shared, draining) = (shared.clone(), draining.clone());
+        async move { answer(request, &shared, &draining, mode).await }
+    })
+    .await;
+}
+
+/// Connections open at once on one of these small listeners; more wait in the backlog.
+const MAX_CONNECTIONS: usize = 256;
+
+/// The HTTP/1.1 server of the listeners beside the main ones (admin, probes, forward-auth):
+/// `handler` answers each request, given the peer's address. Bounded as the main
+/// listeners are (I11): a request head must arrive within `header_timeout` (an idle
+/// keep-alive connection included), and at most [`MAX_CONNECTIONS`] are open.
+pub async fn serve_http1<H, F>(listener: TcpListener, header_timeout: Duration, handler: H)
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (shared, draining) = (shared.clone(), draining.clone());
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
-                let (shared, draining) = (shared.clone(), draining.clone());
-                async move { Ok::<_, Infallible>(answer(request, &shared, &draining, mode).await) }
+                let answer = handler(request, peer);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

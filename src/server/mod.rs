@@ -363,37 +363,23 @@ async fn serve_listeners(
     Ok(())
 }
 
-/// `[forward_auth] listen`: the forward-auth endpoint and nothing else (404), on
-/// HTTP/1.1 keep-alive connections, for the front proxy beside the gateway.
+/// `[forward_auth] listen`: the forward-auth endpoint and nothing else (404), on the
+/// bounded server of the side listeners, for the front proxy beside the gateway.
 async fn serve_forward_auth(listener: TcpListener, shared: SharedSnapshot) {
-    use hyper::service::service_fn;
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let snapshot = shared.load_full();
-                async move {
-                    let (parts, _body) = request.into_parts();
-                    let response = if crate::forward_auth::is_endpoint(&snapshot, &parts) {
-                        let trusted = snapshot.is_trusted(peer.ip());
-                        let mut trace = crate::decide::Trace::default();
-                        crate::forward_auth::answer(&snapshot, &parts, trusted, &mut trace).await
-                    } else {
-                        crate::error::ProxyError::NoRoute.into_response()
-                    };
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let header_timeout = shared.load().server.header_read_timeout;
+    crate::admin::serve_http1(listener, header_timeout, move |request, peer| {
+        let snapshot = shared.load_full();
+        async move {
+            let (parts, _body) = request.into_parts();
+            if !crate::forward_auth::is_endpoint(&snapshot, &parts) {
+                return crate::error::ProxyError::NoRoute.into_response();
+            }
+            let trusted = snapshot.is_trusted(peer.ip());
+            let mut trace = crate::decide::Trace::default();
+            crate::forward_auth::answer(&snapshot, &parts, trusted, &mut trace).await
+        }
+    })
+    .await;
 }
 
 /// `TCP_NODELAY` on a listening socket: Linux copies it to every connection accepted from

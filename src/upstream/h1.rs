@@ -1222,14 +1222,19 @@ mod against_hyper {
         Ok((head.status.as_u16(), fields(&head.headers), body))
     }
 
-    fn hyper_client(wire: &[u8], head_request: bool) -> Outcome {
+    /// hyper's client sends `request` to a peer that answers `wire` once the request head
+    /// is in (hyper refuses bytes that come before it); `read` takes its answer apart.
+    fn through_hyper<T>(
+        wire: &[u8],
+        request: http::Request<http_body_util::Empty<Bytes>>,
+        read: impl AsyncFnOnce(http::Response<hyper::body::Incoming>) -> Result<T, ()>,
+    ) -> Result<T, ()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async {
             let (client, mut server) = tokio::io::duplex(1 << 20);
-            // The answer once the request is in: hyper refuses bytes that come before it.
             let wire = wire.to_vec();
             let upstream = tokio::spawn(async move {
                 let mut seen = Vec::new();
@@ -1246,19 +1251,26 @@ mod against_hyper {
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
                     .await
                     .unwrap();
-            tokio::spawn(conn);
-            let method = if head_request { "HEAD" } else { "GET" };
-            let request = http::Request::builder()
-                .method(method)
-                .uri("/")
-                .header("host", "h")
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap();
+            tokio::spawn(conn.with_upgrades());
             let response = sender.send_request(request).await.map_err(|_| ())?;
+            let read = read(response).await;
+            drop(upstream);
+            read
+        })
+    }
+
+    fn hyper_client(wire: &[u8], head_request: bool) -> Outcome {
+        let method = if head_request { "HEAD" } else { "GET" };
+        let request = http::Request::builder()
+            .method(method)
+            .uri("/")
+            .header("host", "h")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        through_hyper(wire, request, async |response| {
             let status = response.status().as_u16();
             let headers = fields(response.headers());
             let body = response.into_body().collect().await.map_err(|_| ())?;
-            drop(upstream);
             Ok((status, headers, body.to_bytes().to_vec()))
         })
     }
@@ -1377,37 +1389,14 @@ mod against_hyper {
     }
 
     fn hyper_upgraded(wire: &[u8]) -> Outcome {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        let request = http::Request::builder()
+            .uri("/")
+            .header("host", "h")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        runtime.block_on(async {
-            let (client, mut server) = tokio::io::duplex(1 << 20);
-            let wire = wire.to_vec();
-            let upstream = tokio::spawn(async move {
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut buf = [0u8; 1024];
-                    let n = server.read(&mut buf).await.unwrap();
-                    seen.extend_from_slice(&buf[..n]);
-                }
-                server.write_all(&wire).await.unwrap();
-                server.shutdown().await.unwrap();
-                server
-            });
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
-                    .await
-                    .unwrap();
-            tokio::spawn(conn.with_upgrades());
-            let request = http::Request::builder()
-                .uri("/")
-                .header("host", "h")
-                .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap();
-            let response = sender.send_request(request).await.map_err(|_| ())?;
+        through_hyper(wire, request, async |response| {
             let status = response.status().as_u16();
             if status != 101 {
                 return Err(());
@@ -1426,10 +1415,11 @@ mod against_hyper {
             }
             let headers = fields(&headers);
             let upgraded = hyper::upgrade::on(response).await.map_err(|_| ())?;
-            let mut io = hyper_util::rt::TokioIo::new(upgraded);
             let mut rest = Vec::new();
-            io.read_to_end(&mut rest).await.map_err(|_| ())?;
-            drop(upstream);
+            hyper_util::rt::TokioIo::new(upgraded)
+                .read_to_end(&mut rest)
+                .await
+                .map_err(|_| ())?;
             Ok((status, headers, rest))
         })
     }

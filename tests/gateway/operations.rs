@@ -348,7 +348,7 @@ async fn probes_are_open_and_the_rest_of_the_admin_listener_needs_its_token() {
     let token = "0123456789abcdef0123456789abcdef";
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let extra = format!(
-        "health = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"",
+        "health = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\nheader_read_timeout = \"1s\"",
         token_file.display()
     );
     let gw = Gateway::start(&with_admin(config(upstream.addr, ROUTES), &extra)).await;
@@ -408,6 +408,20 @@ async fn probes_are_open_and_the_rest_of_the_admin_listener_needs_its_token() {
     };
     assert_eq!(probe(format!("http://{health}/readyz")).await, Some(0));
     assert_eq!(probe(gw.admin_url("/metrics")).await, Some(1));
+    // A connection that sends nothing, or half a head, is not held (I11): closed after
+    // header_read_timeout, on the probe listener as on the admin one.
+    for (addr, sent) in [
+        (health, &b""[..]),
+        (health, &b"GET /readyz HTTP/1.1\r\nHost: x\r\n"[..]),
+        (gw.admin.unwrap(), &b"GET /metr"[..]),
+    ] {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        let (_, closed_after) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        let closed_after = closed_after.expect("the silent connection was kept open");
+        assert!(closed_after < Duration::from_secs(3), "{closed_after:?}");
+    }
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -452,6 +466,17 @@ async fn during_the_shutdown_delay_requests_keep_being_served_while_not_ready() 
     gw.stopped(Duration::from_secs(10)).await.unwrap();
 }
 
+/// A client of `gw`'s TLS listener (as `localhost`) that trusts only the certificate `pem`.
+fn trusting(gw: &Gateway, pem: &str) -> reqwest::Client {
+    let cert = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([cert])
+        .resolve("localhost", gw.https.unwrap())
+        .build()
+        .unwrap()
+}
+
 /// A certificate in a Kubernetes Secret volume: the files are symlinks through `..data`,
 /// and an update points `..data` at a new folder. The watch notices (no file changed in
 /// place) and the new certificate is served without a reload request.
@@ -482,15 +507,7 @@ async fn a_secret_volume_swap_reloads_the_certificate() {
         );
     assert!(text.contains(&mount.path().display().to_string()));
     let gw = Gateway::start(&text).await;
-    let trusting = |pem: &str| {
-        let cert = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
-        reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([cert])
-            .resolve("localhost", gw.https.unwrap())
-            .build()
-            .unwrap()
-    };
+    let trusting = |pem: &str| trusting(&gw, pem);
     let url = gw.https_url("/public");
     assert!(
         trusting(&keys().tls_cert_pem)
@@ -532,15 +549,7 @@ async fn a_secret_volume_swap_reloads_the_certificate() {
 async fn tls_certificates_reload_without_a_restart() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&with_admin(config(upstream.addr, ROUTES), "")).await;
-    let trusting = |pem: &str| {
-        let cert = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
-        reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([cert])
-            .resolve("localhost", gw.https.unwrap())
-            .build()
-            .unwrap()
-    };
+    let trusting = |pem: &str| trusting(&gw, pem);
     let old_pem = keys().tls_cert_pem.clone();
     assert_eq!(
         trusting(&old_pem)

@@ -854,7 +854,7 @@ fn a_target_listed_twice_is_refused() {
     assert!(twice.contains("targets"), "{twice}");
     let path = dir.path().join("twice.toml");
     std::fs::write(&path, twice).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let out = crate::cli::portcullis()
         .args(["check", "--config"])
         .arg(&path)
         .output()
