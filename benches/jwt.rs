@@ -1,6 +1,9 @@
 //! Per-verification cost by algorithm: cold (full signature + claim checks) and cached (the
 //! token-cache hit path: SHA-256 of the token, lookup, provider/key/expiry checks).
 //!
+//! And the identity assertion (`[identity] assertion`): a signature per new (identity,
+//! upstream, method, target), and the reuse of one.
+//!
 //! cargo bench --bench jwt
 
 use std::sync::Arc;
@@ -131,6 +134,62 @@ fn bench(c: &mut Criterion) {
                     .unwrap();
                 assert!(usable(&hit));
                 hit
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("assertion");
+    for alg in [
+        portcullis::assertion::Algorithm::Es256,
+        portcullis::assertion::Algorithm::Es384,
+    ] {
+        let curve = match alg {
+            portcullis::assertion::Algorithm::Es256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            portcullis::assertion::Algorithm::Es384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        };
+        let key = rcgen::KeyPair::generate_for(curve).unwrap().serialize_der();
+        let assertion = portcullis::assertion::Assertion::new(portcullis::assertion::Settings {
+            header: http::HeaderName::from_static("x-auth-assertion"),
+            algorithm: alg,
+            issuer: "portcullis".into(),
+            lifetime: Duration::from_secs(60),
+            claims: vec!["email".into(), "groups".into()],
+            keys: vec![key],
+            cache_size: 100_000,
+        })
+        .unwrap();
+        let claims = portcullis::auth::claims::Claims::from_map(
+            json!({"sub": "alice", "email": "alice@example.com", "groups": ["eng", "ops"]})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let now = now();
+        let method = http::Method::GET;
+        // A new target each time: the hash, a signature and the cache insert.
+        let mut n = 0u64;
+        group.bench_function(format!("{}/signed", alg.name()), |b| {
+            b.iter(|| {
+                n += 1;
+                let target = format!("/orders/{n}");
+                assertion
+                    .assert(&claims, "crm", &method, &target, now)
+                    .unwrap()
+            })
+        });
+        // The same request again: the claims written and hashed, one cache lookup.
+        group.bench_function(format!("{}/reused", alg.name()), |b| {
+            b.iter(|| {
+                assertion
+                    .assert(
+                        &claims,
+                        "crm",
+                        &method,
+                        std::hint::black_box("/orders/1"),
+                        now,
+                    )
+                    .unwrap()
             })
         });
     }

@@ -8,6 +8,8 @@
 //! - `GET /readyz`: 200 when a config is loaded, every provider has keys and the process is
 //!   not draining; 503 with the reasons otherwise;
 //! - `GET /metrics`: Prometheus text format;
+//! - `GET /.well-known/portcullis/jwks.json`: the identity assertion's public keys (no token
+//!   needed: they are public);
 //! - `POST /reload`: reloads the config file; 200 with the new hash, or 400 with the same
 //!   error `portcullis check` prints (the old config keeps serving).
 
@@ -98,6 +100,17 @@ async fn answer(
     mode: Mode,
 ) -> Response<Full<Bytes>> {
     let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+    if mode == Mode::Admin && request.uri().path() == crate::assertion::JWKS_PATH {
+        // Public keys: served without the admin token, so apps can fetch them here.
+        let snapshot = shared.load();
+        return match snapshot.identity.assertion() {
+            Some(assertion) => assertion.jwks_response(request.method()),
+            None => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "status": 404}),
+            ),
+        };
+    }
     if !probe {
         if mode == Mode::Probes {
             return json(

@@ -139,6 +139,13 @@ pub fn route_summaries(snapshot: &Snapshot) -> Vec<String> {
                     if policy.forward_token {
                         text.push_str("; forwards the token");
                     }
+                    if let Some(assertion) = snapshot.identity.assertion() {
+                        text.push_str(&format!(
+                            "; asserts the identity in {} ({})",
+                            assertion.header(),
+                            assertion.algorithm().name()
+                        ));
+                    }
                     if !policy.csrf.enabled {
                         text.push_str("; csrf off");
                     } else if policy.csrf.allow_same_site {
@@ -146,6 +153,10 @@ pub fn route_summaries(snapshot: &Snapshot) -> Vec<String> {
                     }
                     text
                 }
+            };
+            let auth = match &route.rate_limit {
+                Some(limit) => format!("{auth}; limited to {}", limit.spec().describe()),
+                None => auth,
             };
             let mapped = match (upstream.mapping.prefix.as_deref(), &route.strip_prefix) {
                 (None, None) => String::new(),

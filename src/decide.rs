@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! limits ─► own endpoints ─► host + canonical target + route + readings (I4, I9)
-//!        ─► authenticate (I1) ─► cross-site check (cookies) ─► Decision
+//!        ─► authenticate (I1) ─► cross-site check (cookies) ─► rate limit ─► Decision
 //! ```
 //! then [`rewrite`]: strip, then inject (I2, I3, I10), the same for every caller.
 
@@ -41,6 +41,10 @@ pub struct Facts {
     /// Claims to take as verified instead of a credential: only `explain --claims` and
     /// `[[tests]]` set it, never the proxy.
     pub assumed: Option<Claims>,
+    /// Where the request comes from, for rate limits: the connection's peer (the client
+    /// address is worked out from it when a route has a limit). `None`: the request is not
+    /// counted (`explain`, `[[tests]]`).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// What to do with the request.
@@ -190,6 +194,16 @@ pub async fn decide(
         if let csrf::Verdict::Refused(why) = verdict {
             tracing::debug!(reason = why, "cross-site request refused");
             return Err(trace.fail(ProxyError::CsrfRejected));
+        }
+    }
+    // 3c. The route's rate limit, by identity or client address.
+    if let (Some(limiter), Some(peer)) = (&route.rate_limit, facts.peer) {
+        let client = crate::ratelimit::client_address(peer, facts.trusted, &parts.headers, |a| {
+            snapshot.is_trusted(a)
+        });
+        let subject = permit.identity().and_then(|i| i.claims.subject());
+        if let Err(limited) = limiter.check(limiter.key(subject, client), Instant::now()) {
+            return Err(trace.fail(ProxyError::RateLimited(limited)));
         }
     }
     trace.outcome = if permit.identity().is_some() {

@@ -46,6 +46,9 @@ pub enum ProxyError {
     UpstreamFailed(String),
     #[error("login: {0}")]
     Login(#[from] LoginError),
+    /// Over the route's `rate_limit`.
+    #[error("rate limit: retry in {:?}", .0.retry_after)]
+    RateLimited(crate::ratelimit::Limited),
     /// A forward-auth request from a peer that is not a trusted proxy.
     #[error("forward-auth request from a peer not in server.trusted_proxies")]
     ForwardAuthUntrusted,
@@ -108,6 +111,12 @@ impl ProxyError {
             ProxyError::CsrfRejected => {
                 (StatusCode::FORBIDDEN, "csrf_rejected", None, Blame::Client)
             }
+            ProxyError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                None,
+                Blame::Client,
+            ),
             ProxyError::UriTooLong => (
                 StatusCode::URI_TOO_LONG,
                 "uri_too_long",
@@ -258,6 +267,7 @@ impl ProxyError {
             ProxyError::NoRoute => Outcome::NoRoute,
             ProxyError::AmbiguousPath => Outcome::AmbiguousPath,
             ProxyError::CsrfRejected => Outcome::CsrfRejected,
+            ProxyError::RateLimited(_) => Outcome::RateLimited,
             ProxyError::UriTooLong => Outcome::UriTooLong,
             ProxyError::HeadersTooLarge => Outcome::HeadersTooLarge,
             ProxyError::PayloadTooLarge => Outcome::PayloadTooLarge,
@@ -296,7 +306,31 @@ impl ProxyError {
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, challenge.clone());
         }
+        if let ProxyError::RateLimited(limited) = self {
+            rate_limit_fields(limited, response.headers_mut());
+        }
         response
+    }
+}
+
+/// `Retry-After` and the `RateLimit-*` fields of a 429 (the field set of
+/// draft-ietf-httpapi-ratelimit-headers-06, the one most clients read; `RateLimit-Policy`
+/// with the window in seconds and the burst).
+fn rate_limit_fields(limited: &crate::ratelimit::Limited, headers: &mut http::HeaderMap) {
+    let retry = limited.retry_after_secs();
+    let spec = &limited.spec;
+    let number = |n: u64| HeaderValue::from(n);
+    headers.insert(http::header::RETRY_AFTER, number(retry));
+    headers.insert("ratelimit-limit", number(u64::from(spec.requests)));
+    headers.insert("ratelimit-remaining", number(0));
+    headers.insert("ratelimit-reset", number(retry));
+    if let Ok(policy) = HeaderValue::from_str(&format!(
+        "{};w={};burst={}",
+        spec.requests,
+        spec.per.as_secs_f64(),
+        spec.burst
+    )) {
+        headers.insert("ratelimit-policy", policy);
     }
 }
 
@@ -324,6 +358,22 @@ mod tests {
             (400, "bad_request", None)
         );
         assert_eq!(status(ProxyError::NoRoute), (404, "not_found", None));
+        let limited = crate::ratelimit::Limited {
+            retry_after: std::time::Duration::from_millis(1500),
+            spec: crate::ratelimit::Spec {
+                requests: 10,
+                per: std::time::Duration::from_secs(60),
+                burst: 20,
+                key: crate::ratelimit::KeyKind::Ip,
+            },
+        };
+        assert_eq!(
+            status(ProxyError::RateLimited(limited)),
+            (429, "rate_limited", None)
+        );
+        let response = ProxyError::RateLimited(limited).into_response();
+        assert_eq!(response.headers()["retry-after"], "2");
+        assert_eq!(response.headers()["ratelimit-policy"], "10;w=60;burst=20");
         assert_eq!(
             status(ProxyError::ForwardAuthUntrusted),
             (403, "forward_auth_untrusted", None)

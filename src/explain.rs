@@ -40,6 +40,8 @@ pub struct Evaluation {
     pub provider: Option<String>,
     pub requirements: Vec<(String, bool)>,
     pub upstream: Option<String>,
+    /// The route's rate limit, described (explain does not count the request).
+    pub limit: Option<String>,
     /// The request line's target and headers the upstream would receive.
     pub target: Option<String>,
     pub headers: Vec<(String, String)>,
@@ -77,6 +79,7 @@ pub async fn evaluate(
         provider: None,
         requirements: Vec::new(),
         upstream: None,
+        limit: None,
         target: None,
         headers: Vec::new(),
         readings: Vec::new(),
@@ -135,6 +138,8 @@ pub async fn evaluate(
             Credential::Claims(claims) => Some(claims.clone()),
             Credential::None | Credential::Token(_) => None,
         },
+        // Explaining a request does not count it against a rate limit.
+        peer: None,
     };
     let mut trace = Trace {
         timed: true,
@@ -172,6 +177,7 @@ pub async fn evaluate(
         let route = &snapshot.routes.routes()[index];
         evaluation.route = Some(route.name.to_string());
         evaluation.upstream = Some(snapshot.upstreams[route.upstream].name.to_string());
+        evaluation.limit = route.rate_limit.as_ref().map(|l| l.spec().describe());
         let claims = match credential {
             Credential::Claims(claims) => Some(claims.clone()),
             Credential::None | Credential::Token(_) => {
@@ -251,6 +257,24 @@ pub async fn evaluate(
                     )
                 })
                 .collect();
+            if let (Some(assertion), Some(identity)) =
+                (snapshot.identity.assertion(), forward.permit.identity())
+            {
+                // Described, not signed: explain prints no credential.
+                let route = &snapshot.routes.routes()[forward.route];
+                evaluation.headers.push((
+                    assertion.header().as_str().to_owned(),
+                    format!(
+                        "<{} JWT signed by the gateway: aud {}, sub {}, for {} {}, valid {} s>",
+                        assertion.algorithm().name(),
+                        snapshot.upstreams[route.upstream].name,
+                        identity.claims.subject().unwrap_or("-"),
+                        parts.method,
+                        evaluation.target.as_deref().unwrap_or(""),
+                        assertion.lifetime_secs(),
+                    ),
+                ));
+            }
             Ok(evaluation)
         }
     }
@@ -308,6 +332,9 @@ impl Evaluation {
                 "require:    {requirement}: {}",
                 if *holds { "holds" } else { "FAILS" }
             );
+        }
+        if let Some(limit) = &self.limit {
+            let _ = writeln!(out, "limit:      {limit} (not counted by explain)");
         }
         match self.csrf {
             Some(Verdict::NotChecked(why)) => {

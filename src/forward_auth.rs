@@ -193,10 +193,10 @@ fn describes(name: &HeaderName) -> bool {
 pub async fn answer(
     snapshot: &Snapshot,
     parts: &http::request::Parts,
-    trusted: bool,
+    peer: std::net::IpAddr,
     trace: &mut Trace,
 ) -> Response<http_body_util::Full<bytes::Bytes>> {
-    if !trusted {
+    if !snapshot.is_trusted(peer) {
         trace.outcome = Outcome::ForwardAuthRefused;
         tracing::warn!("forward-auth request from a peer not in server.trusted_proxies; refused");
         return ProxyError::ForwardAuthUntrusted.into_response();
@@ -217,6 +217,13 @@ pub async fn answer(
         trusted: false,
         now: None,
         assumed: None,
+        // Counted as the client the front proxy (trusted, checked above) names.
+        peer: Some(crate::ratelimit::client_address(
+            peer,
+            true,
+            &parts.headers,
+            |a| snapshot.is_trusted(a),
+        )),
     };
     let decision = decide::decide(snapshot, &request, &facts, trace).await;
     let mut response = match decision {
@@ -227,6 +234,21 @@ pub async fn answer(
                 snapshot.identity.for_each_field(identity, |name, value| {
                     headers.append(name.clone(), value.clone());
                 });
+                if let Some(assertion) = snapshot.identity.assertion() {
+                    // Bound to the described request: the front proxy forwards it to the
+                    // app as it is (the route's upstream only names the audience).
+                    let route = &snapshot.routes.routes()[forward.route];
+                    let audience = &snapshot.upstreams[route.upstream].name;
+                    if let Some(value) = assertion.assert(
+                        &identity.claims,
+                        audience,
+                        &request.method,
+                        forward.path_and_query.as_str(),
+                        crate::auth::unix_now(),
+                    ) {
+                        headers.append(assertion.header().clone(), value);
+                    }
+                }
             }
             if let Some(cookie) = forward.permit.take_set_cookie() {
                 headers.append(SET_COOKIE, cookie);

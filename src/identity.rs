@@ -20,6 +20,7 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, CONNECTION, HeaderName, HeaderValue};
 use serde_json::Value;
 
+use crate::assertion::Assertion;
 use crate::auth::credential;
 use crate::auth::{Consumed, Identity, Permit};
 use crate::policy::TokenSource;
@@ -50,6 +51,8 @@ pub struct IdentityPolicy {
     /// Some route reads Bearer tokens: `Authorization: Bearer` is removed on every route,
     /// except where it was verified and is forwarded.
     strip_bearer: bool,
+    /// `[identity] assertion`: its header is an identity header too (stripped, I2).
+    assertion: Option<Assertion>,
 }
 
 impl IdentityPolicy {
@@ -91,7 +94,26 @@ impl IdentityPolicy {
             own_cookies: Box::default(),
             credential_cookies: Box::default(),
             strip_bearer: false,
+            assertion: None,
         }
+    }
+
+    pub fn set_assertion(&mut self, assertion: Option<Assertion>) {
+        self.assertion = assertion;
+    }
+
+    /// `[identity] assertion`, when configured.
+    pub fn assertion(&self) -> Option<&Assertion> {
+        self.assertion.as_ref()
+    }
+
+    /// An identity header (or the assertion's) in one of its spellings.
+    fn is_identity_header(&self, name: &str) -> bool {
+        self.inject.iter().any(|(h, _)| same_header(h, name))
+            || self
+                .assertion
+                .as_ref()
+                .is_some_and(|a| same_header(a.header(), name))
     }
 
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &str)> {
@@ -175,7 +197,7 @@ pub fn strip_request<'a>(
     let keep_method_override = rules.keep_method_override;
     let authorization = remove_where(headers, |name| {
         HOP_BY_HOP.contains(&name)
-            || policy.inject.iter().any(|(h, _)| same_header(h, name))
+            || policy.is_identity_header(name)
             || names_a_path(name)
             || (!keep_method_override && METHOD_OVERRIDES.iter().any(|h| same_header(h, name)))
             || (strip_forwarded && FORWARDING.iter().any(|f| same_name(f, name)))
@@ -233,6 +255,7 @@ pub fn strip_request<'a>(
             .original_uri
             .and_then(|target| HeaderValue::from_str(target).ok()),
         identity: permit.identity().map(|identity| (policy, identity)),
+        assertion: None,
     }
 }
 
@@ -279,9 +302,22 @@ pub struct Added<'a> {
     /// `X-Original-URL` with the canonical target (`forward_original_uri`).
     original_uri: Option<HeaderValue>,
     identity: Option<(&'a IdentityPolicy, &'a Identity)>,
+    /// `[identity] assertion` for this request (see [`Added::assert`]).
+    assertion: Option<HeaderValue>,
 }
 
 impl Added<'_> {
+    /// Signs the identity assertion, when one is configured and the request carries an
+    /// identity: for a `method` request of `target` (as the app receives it) at the
+    /// upstream named `audience`.
+    pub fn assert(&mut self, audience: &str, method: &http::Method, target: &str, now: u64) {
+        if let Some((policy, identity)) = self.identity
+            && let Some(assertion) = &policy.assertion
+        {
+            self.assertion = assertion.assert(&identity.claims, audience, method, target, now);
+        }
+    }
+
     /// Calls `field` for each field, in the order they are added.
     pub fn for_each(&self, mut field: impl FnMut(&HeaderName, &HeaderValue)) {
         if let Some(client) = self.forwarded {
@@ -296,7 +332,10 @@ impl Added<'_> {
             field(&X_ORIGINAL_URL, target);
         }
         if let Some((policy, identity)) = self.identity {
-            policy.for_each_field(identity, field);
+            policy.for_each_field(identity, &mut field);
+            if let (Some(assertion), Some(value)) = (&policy.assertion, &self.assertion) {
+                field(assertion.header(), value);
+            }
         }
     }
 

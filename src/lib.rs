@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod assertion;
 pub mod auth;
 pub mod canonical;
 pub mod check;
@@ -38,6 +39,7 @@ pub mod mint;
 pub mod outcome;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod readings;
 pub mod reload;
 pub mod router;

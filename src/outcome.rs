@@ -14,6 +14,8 @@ pub enum Outcome {
     // The gateway's own endpoints and the login redirect.
     LoginEndpoint,
     LoginRedirect,
+    /// The gateway's other endpoints on the listeners (the assertion JWKS).
+    GatewayEndpoint,
     // Credentials.
     Missing,
     SessionStoreUnavailable,
@@ -38,6 +40,8 @@ pub enum Outcome {
     InsufficientScope,
     ClaimMismatch,
     CsrfRejected,
+    /// Over the route's rate limit (429).
+    RateLimited,
     /// A forward-auth request from an untrusted peer, or not describing one request.
     ForwardAuthRefused,
     // The target.
@@ -67,12 +71,13 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in declaration order.
-    pub const ALL: [Outcome; 47] = [
+    pub const ALL: [Outcome; 49] = [
         Outcome::Other,
         Outcome::Public,
         Outcome::Allowed,
         Outcome::LoginEndpoint,
         Outcome::LoginRedirect,
+        Outcome::GatewayEndpoint,
         Outcome::Missing,
         Outcome::SessionStoreUnavailable,
         Outcome::AmbiguousCredential,
@@ -94,6 +99,7 @@ impl Outcome {
         Outcome::InsufficientScope,
         Outcome::ClaimMismatch,
         Outcome::CsrfRejected,
+        Outcome::RateLimited,
         Outcome::ForwardAuthRefused,
         Outcome::NoRoute,
         Outcome::AmbiguousPath,
@@ -125,6 +131,7 @@ impl Outcome {
             Outcome::Allowed => "allowed",
             Outcome::LoginEndpoint => "login_endpoint",
             Outcome::LoginRedirect => "login_redirect",
+            Outcome::GatewayEndpoint => "gateway_endpoint",
             Outcome::Missing => "missing",
             Outcome::SessionStoreUnavailable => "session_store_unavailable",
             Outcome::AmbiguousCredential => "ambiguous_credential",
@@ -146,6 +153,7 @@ impl Outcome {
             Outcome::InsufficientScope => "insufficient_scope",
             Outcome::ClaimMismatch => "claim_mismatch",
             Outcome::CsrfRejected => "csrf_rejected",
+            Outcome::RateLimited => "rate_limited",
             Outcome::ForwardAuthRefused => "forward_auth_refused",
             Outcome::NoRoute => "no_route",
             Outcome::AmbiguousPath => "ambiguous_path",
@@ -179,6 +187,7 @@ impl Outcome {
             | Outcome::Allowed
             | Outcome::LoginEndpoint
             | Outcome::LoginRedirect
+            | Outcome::GatewayEndpoint
             | Outcome::Missing
             | Outcome::SessionStoreUnavailable
             | Outcome::AmbiguousCredential
@@ -200,6 +209,7 @@ impl Outcome {
             | Outcome::InsufficientScope
             | Outcome::ClaimMismatch
             | Outcome::CsrfRejected
+            | Outcome::RateLimited
             | Outcome::ForwardAuthRefused
             | Outcome::NoRoute
             | Outcome::AmbiguousPath

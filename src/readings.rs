@@ -621,6 +621,7 @@ mod agreement {
             forward_original_uri: false,
             strip_prefix: None,
             websocket: None,
+            rate_limit: None,
             policy: 0,
             metrics: crate::metrics::Metrics::new().route(name),
         }

@@ -53,6 +53,8 @@ pub struct Route {
     pub strip_prefix: Option<Box<str>>,
     /// `websocket` and its limits: `None` when the route does not upgrade.
     pub websocket: Option<crate::policy::WebSocket>,
+    /// `rate_limit`: shared with the same route of the next config when it is unchanged.
+    pub rate_limit: Option<std::sync::Arc<crate::ratelimit::RateLimiter>>,
     /// Routes with equal policies share a class (set by [`RouteTable::new`]).
     pub policy: u32,
     pub metrics: crate::metrics::RouteMetrics,
@@ -261,13 +263,20 @@ impl RouteTable {
             }
             table.folded = Some(folded);
         }
-        let mut classes: HashMap<(&RouteAuth, bool), u32> = HashMap::new();
+        // A rate limit is part of the policy: a reading that lands on a route with another
+        // limit (or none) would escape it.
+        type Class<'a> = (&'a RouteAuth, bool, Option<crate::ratelimit::Spec>);
+        let mut classes: HashMap<Class<'_>, u32> = HashMap::new();
         let policies: Vec<u32> = routes
             .iter()
             .map(|r| {
                 let next = classes.len() as u32;
                 *classes
-                    .entry((&r.auth, r.allow_method_override))
+                    .entry((
+                        &r.auth,
+                        r.allow_method_override,
+                        r.rate_limit.as_ref().map(|l| *l.spec()),
+                    ))
                     .or_insert(next)
             })
             .collect();
@@ -371,6 +380,7 @@ pub(crate) mod tests {
             forward_original_uri: false,
             strip_prefix: None,
             websocket: None,
+            rate_limit: None,
             policy: 0,
             metrics: crate::metrics::Metrics::new().route(name),
         }
@@ -378,6 +388,33 @@ pub(crate) mod tests {
 
     fn prefix(p: &str) -> PathMatch {
         PathMatch::Prefix(p.into())
+    }
+
+    #[test]
+    fn a_rate_limit_is_part_of_the_policy_class() {
+        use crate::ratelimit::{KeyKind, RateLimiter, Spec};
+        let limiter = |requests| {
+            let spec = Spec {
+                requests,
+                per: std::time::Duration::from_secs(1),
+                burst: requests,
+                key: KeyKind::Ip,
+            };
+            Some(std::sync::Arc::new(RateLimiter::new(spec, 10)))
+        };
+        let mut limited = route("limited", HostMatch::Any, prefix("/a"), None);
+        limited.rate_limit = limiter(5);
+        let mut same = route("same", HostMatch::Any, prefix("/b"), None);
+        same.rate_limit = limiter(5);
+        let mut other = route("other", HostMatch::Any, prefix("/c"), None);
+        other.rate_limit = limiter(6);
+        let open = route("open", HostMatch::Any, prefix("/d"), None);
+        let table = RouteTable::new(vec![limited, same, other, open]).unwrap_or_else(|_| panic!());
+        let class: Vec<u32> = table.routes().iter().map(|r| r.policy).collect();
+        assert_eq!(class[0], class[1]);
+        assert_ne!(class[0], class[2]);
+        assert_ne!(class[0], class[3]);
+        assert_ne!(class[2], class[3]);
     }
 
     fn table() -> RouteTable {

@@ -13,6 +13,7 @@
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --tls [--auth ...] [--against nginx] [BIN_A [BIN_B]]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --close [--tls] [...]   # a new connection per request
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --upstream https|two [--against nginx] [...]
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] --assertion --auth rs256 BIN BIN   # A signs, B does not
 #
 # A is the gateway's public route (BIN_A, default target/release/portcullis). B is nginx's
 # plain keep-alive proxy, or the public route of a second build BIN_B (compare two builds).
@@ -33,12 +34,14 @@
 # verified by both: the gateway's ca_file, nginx's proxy_ssl_verify; sessions reused).
 # --upstream two: the upstream listens on two ports, and every proxy balances round robin
 # over the two (the gateway's targets, nginx's upstream block).
+# --assertion: A's gateway signs the identity assertion ([identity] assertion, ES256, a new
+# P-256 key), B's does not; with one build given twice, the cost of the assertion.
 # Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset
 # (and python3 with `cryptography` for --auth rs256/cookie).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rounds=6 secs=5 auth="" against="" tls=0 close=() upstream_kind=""
+rounds=6 secs=5 auth="" against="" tls=0 close=() upstream_kind="" assertion=0
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
@@ -48,7 +51,8 @@ while [ $# -gt 0 ]; do
         --tls) tls=1; shift ;;
         --close) close=(-H "Connection: close"); shift ;;
         --upstream) upstream_kind=$2; shift 2 ;;
-        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        --assertion) assertion=1; shift ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -142,6 +146,11 @@ start_gateway() { # BIN PORT [TLS_PORT]: a gateway with one worker on CPU 0; pri
     if [ -f "$work/rs.pub.pem" ]; then
         jwt_route_toml rs RS256 "$work/rs.pub.pem" >> "$work/gw-$2.toml"
         cookie_route_toml rs >> "$work/gw-$2.toml"
+    fi
+    if [ "$assertion" = 1 ] && [ "$2" = "$port_a" ]; then
+        [ -f "$work/assertion.pem" ] ||
+            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/assertion.pem" 2>/dev/null
+        printf '[identity.assertion]\nkey_file = "%s"\n' "$work/assertion.pem" >> "$work/gw-$2.toml"
     fi
     LOAD_SECRET=$secret RUST_LOG=warn taskset -c 0 "$1" serve --config "$work/gw-$2.toml" --workers 1 \
         > "$work/gw-$2.log" 2>&1 &

@@ -370,6 +370,30 @@ pub struct RawIdentity {
     /// Header name -> claim name. Every listed header is stripped from every client request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// A JWT the gateway signs for every forwarded authenticated request, which the app can
+    /// verify (see `docs/identity-assertion.md`). Default: none.
+    pub assertion: Option<RawAssertion>,
+}
+
+/// `[identity] assertion = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssertion {
+    /// The header it travels in (stripped from every client request). Default
+    /// `"X-Auth-Assertion"`.
+    pub header: Option<String>,
+    /// `"ES256"` (default) or `"ES384"`.
+    pub algorithm: Option<String>,
+    /// PEM EC private key (PKCS#8 or SEC1) that signs. One of this and `key_files`.
+    pub key_file: Option<String>,
+    /// Rotation: the first key signs, all are published in the JWKS.
+    pub key_files: Option<Vec<String>>,
+    /// `exp - iat` of each assertion. Default `"60s"`.
+    pub lifetime: Option<String>,
+    /// `iss` of each assertion: the gateway's name. Default `"portcullis"`.
+    pub issuer: Option<String>,
+    /// Signatures kept for reuse (each for half the lifetime). Default 100000.
+    pub cache_size: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -448,6 +472,27 @@ pub struct RawRoute {
     /// An upgraded connection is closed when the credential that opened it expires (the
     /// JWT's `exp`, the session's end). Default true.
     pub close_on_expiry: Option<bool>,
+    /// Requests per identity or client address on this route, counted by this instance;
+    /// beyond it 429 with `Retry-After`. Default: none.
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// `rate_limit = { requests = 100, per = "1s", burst = 200, key = "sub" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Requests let through per `per` at the sustained rate. Required.
+    pub requests: Option<u32>,
+    /// The window of `requests`. Default `"1s"`.
+    pub per: Option<String>,
+    /// Requests a quiet key may send at once. Default: `requests`.
+    pub burst: Option<u32>,
+    /// What is counted: `"sub"` (the verified identity; its address when it has no `sub`)
+    /// or `"ip"` (the client's address). Default `"sub"` on protected routes, `"ip"` on
+    /// public ones.
+    pub key: Option<String>,
+    /// Keys remembered at most; beyond it the least limited are forgotten. Default 100000.
+    pub max_keys: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

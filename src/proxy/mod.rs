@@ -172,11 +172,23 @@ async fn process(
     upstream_started: &mut Option<Instant>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // 1-3. The decision: the same one explain and [[tests]] report.
+    if let Some(assertion) = snapshot.identity.assertion()
+        && parts.uri.path() == crate::assertion::JWKS_PATH
+    {
+        // The gateway's own endpoint, before the routes: the keys apps verify with.
+        trace.outcome = Outcome::GatewayEndpoint;
+        return Ok(assertion.jwks_response(&parts.method).map(Either::Right));
+    }
     let trusted = snapshot.is_trusted(conn.peer.ip());
     if crate::forward_auth::is_endpoint(snapshot, parts) {
         // A front proxy asks about a request it holds: the same decision, answered
         // instead of forwarded. Boxed: rare on a gateway that proxies.
-        let answer = Box::pin(crate::forward_auth::answer(snapshot, parts, trusted, trace));
+        let answer = Box::pin(crate::forward_auth::answer(
+            snapshot,
+            parts,
+            conn.peer.ip(),
+            trace,
+        ));
         return Ok(answer.await.map(Either::Right));
     }
     let facts = Facts {
@@ -184,6 +196,7 @@ async fn process(
         trusted,
         now: None,
         assumed: None,
+        peer: Some(conn.peer.ip()),
     };
     // What the answer's rewrite needs of the facts, kept instead of them.
     let connection = (facts.tls, facts.trusted);
@@ -254,7 +267,7 @@ async fn process(
             host: host_value.as_ref(),
             trusted,
         };
-        let added = decide::rewrite(
+        let mut added = decide::rewrite(
             snapshot,
             index,
             &permit,
@@ -263,6 +276,16 @@ async fn process(
             parts,
             &client,
         );
+        let target = decide::upstream_target(snapshot, index, path_and_query);
+        if snapshot.identity.assertion().is_some() {
+            let upstream = &snapshot.upstreams[route.upstream];
+            added.assert(
+                &upstream.name,
+                &parts.method,
+                target.as_str(),
+                auth::unix_now(),
+            );
+        }
         if websocket.is_some() {
             // The client's `Upgrade` and `Connection` were removed with the other hop-by-hop
             // fields; the gateway asks the app for the one upgrade the route allows.
@@ -287,7 +310,7 @@ async fn process(
             &permit,
             parts,
             &added,
-            decide::upstream_target(snapshot, index, path_and_query),
+            target,
             body,
         )
     };
@@ -477,6 +500,7 @@ fn logout_forged(
         trusted,
         now: None,
         assumed: None,
+        peer: None,
     };
     let own = decide::request_origin(&facts, &parts.headers, host.as_ref());
     csrf::check(

@@ -374,9 +374,8 @@ async fn serve_forward_auth(listener: TcpListener, shared: SharedSnapshot) {
             if !crate::forward_auth::is_endpoint(&snapshot, &parts) {
                 return crate::error::ProxyError::NoRoute.into_response();
             }
-            let trusted = snapshot.is_trusted(peer.ip());
             let mut trace = crate::decide::Trace::default();
-            crate::forward_auth::answer(&snapshot, &parts, trusted, &mut trace).await
+            crate::forward_auth::answer(&snapshot, &parts, peer.ip(), &mut trace).await
         }
     })
     .await;

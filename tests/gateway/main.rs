@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod assertion;
 mod attacks;
 mod auth;
 mod browser;
@@ -18,6 +19,7 @@ mod operations;
 mod parking;
 mod providers;
 mod proxying;
+mod ratelimit;
 mod routing;
 mod sessions;
 mod tls;

@@ -5,30 +5,38 @@ use std::collections::HashSet;
 use http::header::HeaderName;
 
 use crate::config::raw::*;
+use std::time::Duration;
+
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::assertion::{Algorithm, Assertion, Settings};
 use crate::identity::IdentityPolicy;
 
 use super::Compiler;
 
+/// Header names the gateway manages itself.
+const RESERVED: &[&str] = &[
+    "host",
+    "authorization",
+    "cookie",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+];
+
 impl Compiler {
     pub(super) fn identity(&mut self, raw: &RawIdentity) -> IdentityPolicy {
-        const RESERVED: &[&str] = &[
-            "host",
-            "authorization",
-            "cookie",
-            "content-length",
-            "content-type",
-            "transfer-encoding",
-            "connection",
-            "te",
-            "trailer",
-            "upgrade",
-            "keep-alive",
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "forwarded",
-            "x-real-ip",
-        ];
         let mut headers = Vec::new();
         let mut seen = HashSet::new();
         for (header, claim) in &raw.headers {
@@ -61,6 +69,116 @@ impl Compiler {
             }
             headers.push((name, claim.as_str().into()));
         }
-        IdentityPolicy::new(headers)
+        let assertion = raw.assertion.as_ref().and_then(|raw| {
+            let claims = headers
+                .iter()
+                .map(|(_, claim): &(HeaderName, Box<str>)| claim.clone())
+                .collect();
+            self.assertion(raw, claims, &seen)
+        });
+        let mut policy = IdentityPolicy::new(headers);
+        policy.set_assertion(assertion);
+        policy
+    }
+
+    fn assertion(
+        &mut self,
+        raw: &RawAssertion,
+        claims: Vec<Box<str>>,
+        identity_headers: &HashSet<HeaderName>,
+    ) -> Option<Assertion> {
+        let before = self.issues.len();
+        let header = raw.header.as_deref().unwrap_or("X-Auth-Assertion");
+        let header = match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(name) if header.contains('_') => {
+                self.issue("identity.assertion.header", "use '-' instead of '_'");
+                name
+            }
+            Ok(name) if identity_headers.contains(&name) || RESERVED.contains(&name.as_str()) => {
+                self.issue(
+                    "identity.assertion.header",
+                    "is already an identity header or a header the gateway manages; pick another name such as X-Auth-Assertion",
+                );
+                name
+            }
+            Ok(name) => name,
+            Err(_) => {
+                self.issue("identity.assertion.header", "is not a valid header name");
+                HeaderName::from_static("x-auth-assertion")
+            }
+        };
+        let algorithm = raw.algorithm.as_deref().unwrap_or("ES256");
+        let algorithm = Algorithm::parse(algorithm).unwrap_or_else(|| {
+            self.issue(
+                "identity.assertion.algorithm",
+                format!("\"{algorithm}\" is not offered; use \"ES256\" (default) or \"ES384\""),
+            );
+            Algorithm::Es256
+        });
+        let files: Vec<(String, &String)> = match (&raw.key_file, &raw.key_files) {
+            (Some(file), None) => vec![("identity.assertion.key_file".into(), file)],
+            (None, Some(files)) if !files.is_empty() => files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (format!("identity.assertion.key_files[{i}]"), f))
+                .collect(),
+            _ => {
+                self.issue(
+                    "identity.assertion",
+                    "needs exactly one of key_file = \"assertion.key\" or key_files = [\"new.key\", \"old.key\"] (an EC private key PEM, e.g. from `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`)",
+                );
+                Vec::new()
+            }
+        };
+        let mut keys = Vec::new();
+        for (key, file) in files {
+            let path = self.path(file);
+            match PrivateKeyDer::from_pem_file(&path) {
+                Ok(der) => keys.push(der.secret_der().to_vec()),
+                Err(e) => self.issue(
+                    key,
+                    format!("cannot read a PEM private key from {}: {e}", path.display()),
+                ),
+            }
+        }
+        let lifetime = self.period(
+            "identity.assertion.lifetime",
+            raw.lifetime.as_ref(),
+            Duration::from_secs(60),
+        );
+        if lifetime < Duration::from_secs(2) {
+            self.issue(
+                "identity.assertion.lifetime",
+                "must be at least \"2s\" (assertions carry whole seconds and are reused for half their lifetime)",
+            );
+        }
+        let issuer = raw.issuer.clone().unwrap_or_else(|| "portcullis".into());
+        if issuer.is_empty() {
+            self.issue("identity.assertion.issuer", "must not be empty");
+        }
+        let cache_size = raw.cache_size.unwrap_or(100_000);
+        if self.issues.len() > before {
+            return None;
+        }
+        match Assertion::new(Settings {
+            header,
+            algorithm,
+            issuer,
+            lifetime,
+            claims,
+            keys,
+            cache_size,
+        }) {
+            Ok(assertion) => Some(assertion),
+            Err(message) => {
+                let key = if raw.key_file.is_some() {
+                    "key_file"
+                } else {
+                    "key_files"
+                };
+                self.issue(format!("identity.assertion.{key}"), message);
+                None
+            }
+        }
     }
 }

@@ -82,7 +82,23 @@ pub fn compile(
         identity.set_own_cookies(login.own_cookie_names());
     }
     let rule_tests = c.rule_tests(&raw.tests);
-    let routes = c.routes(&raw.routes, &provider_names, &upstream_names);
+    let mut routes = c.routes(&raw.routes, &provider_names, &upstream_names);
+    if let Some(previous) = inherited.previous {
+        // An unchanged limit keeps its counts across the reload.
+        for route in &mut routes {
+            let old = previous
+                .routes
+                .routes()
+                .iter()
+                .find(|old| old.name == route.name)
+                .and_then(|old| old.rate_limit.as_ref());
+            if let (Some(new), Some(old)) = (&mut route.rate_limit, old)
+                && new.same_settings(old)
+            {
+                *new = old.clone();
+            }
+        }
+    }
     identity.set_credential_sources(routes.iter().flat_map(|route| match &route.auth {
         RouteAuth::Protected(policy) => &policy.sources[..],
         RouteAuth::Public => &[],

@@ -1,6 +1,7 @@
 //! `[[routes]]`: host, path, methods, upstream, auth policy and header rules.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use http::Method;
 
@@ -87,6 +88,7 @@ impl Compiler {
         };
         let auth = self.route_auth(key, raw, providers);
         let websocket = self.route_websocket(key, raw);
+        let rate_limit = self.route_rate_limit(key, raw, auth.as_ref());
         let strip_prefix = raw.strip_prefix.as_deref().and_then(|strip| {
             let field = format!("{key}.strip_prefix");
             let strip = self.mapped_prefix(&field, strip)?;
@@ -124,6 +126,7 @@ impl Compiler {
             forward_original_uri: raw.forward_original_uri,
             strip_prefix,
             websocket,
+            rate_limit,
             policy: 0,
             metrics: self.metrics.route(name),
         })
@@ -649,6 +652,75 @@ impl Compiler {
 }
 
 impl Compiler {
+    /// `rate_limit`: the limiter (a new one; `adopt_rate_limits` keeps the old state).
+    fn route_rate_limit(
+        &mut self,
+        key: &str,
+        raw: &RawRoute,
+        auth: Option<&RouteAuth>,
+    ) -> Option<std::sync::Arc<crate::ratelimit::RateLimiter>> {
+        use crate::ratelimit::{KeyKind, RateLimiter, Spec};
+        let limit = raw.rate_limit.as_ref()?;
+        let field = format!("{key}.rate_limit");
+        let before = self.issues.len();
+        let requests = match limit.requests {
+            Some(0) | None => {
+                self.issue(
+                    format!("{field}.requests"),
+                    "needs the number of requests per `per`, at least 1 (e.g. requests = 100)",
+                );
+                1
+            }
+            Some(n) => n,
+        };
+        let per = self.period(
+            &format!("{field}.per"),
+            limit.per.as_ref(),
+            Duration::from_secs(1),
+        );
+        let burst = match limit.burst {
+            Some(0) => {
+                self.issue(
+                    format!("{field}.burst"),
+                    "must be at least 1 (default: requests)",
+                );
+                1
+            }
+            Some(n) => n,
+            None => requests,
+        };
+        let public = matches!(auth, Some(RouteAuth::Public));
+        let kind = match limit.key.as_deref() {
+            None if public => KeyKind::Ip,
+            None | Some("sub") => KeyKind::Subject,
+            Some("ip") => KeyKind::Ip,
+            Some(other) => {
+                self.issue(
+                    format!("{field}.key"),
+                    format!("\"{other}\" is not a key; use \"sub\" (the verified identity) or \"ip\" (the client's address)"),
+                );
+                KeyKind::Ip
+            }
+        };
+        if public && kind == KeyKind::Subject {
+            self.issue(
+                format!("{field}.key"),
+                "a public route has no identity to count by; use key = \"ip\"",
+            );
+        }
+        let max_keys = self.positive(&format!("{field}.max_keys"), limit.max_keys, 100_000);
+        if self.issues.len() != before {
+            return None;
+        }
+        let spec = Spec {
+            requests,
+            per,
+            burst,
+            key: kind,
+        };
+        Some(std::sync::Arc::new(RateLimiter::new(spec, max_keys)))
+    }
+
     /// `websocket` and its limits; the limits without `websocket = true` are a mistake.
     fn route_websocket(&mut self, key: &str, raw: &RawRoute) -> Option<crate::policy::WebSocket> {
         if !raw.websocket {
