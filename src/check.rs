@@ -139,6 +139,14 @@ pub fn route_summaries(snapshot: &Snapshot) -> Vec<String> {
                     if policy.forward_token {
                         text.push_str("; forwards the token");
                     }
+                    let tokens = &route.session_tokens;
+                    for (what, header) in [("access", &tokens.access), ("ID", &tokens.id)] {
+                        if let Some(header) = header {
+                            text.push_str(&format!(
+                                "; sends the session's {what} token in {header}"
+                            ));
+                        }
+                    }
                     if let Some(assertion) = snapshot.identity.assertion() {
                         text.push_str(&format!(
                             "; asserts the identity in {} ({})",

@@ -250,6 +250,7 @@ pub fn rewrite<'a>(
         identity::RouteRules {
             keep_method_override: route.allow_method_override,
             original_uri: route.forward_original_uri.then(|| path_and_query.as_str()),
+            session_tokens: &route.session_tokens,
         },
     );
     if let Some(host) = &snapshot.upstreams[route.upstream].host {

@@ -234,10 +234,21 @@ pub async fn answer(
                 snapshot.identity.for_each_field(identity, |name, value| {
                     headers.append(name.clone(), value.clone());
                 });
+                // A session's tokens, where the route forwards them.
+                let route = &snapshot.routes.routes()[forward.route];
+                if let Some(tokens) = &identity.tokens {
+                    let wanted = &route.session_tokens;
+                    for (name, value) in
+                        [(&wanted.access, &tokens.access), (&wanted.id, &tokens.id)]
+                    {
+                        if let (Some(name), Some(value)) = (name, value) {
+                            headers.append(name.clone(), value.clone());
+                        }
+                    }
+                }
                 if let Some(assertion) = snapshot.identity.assertion() {
                     // Bound to the described request: the front proxy forwards it to the
                     // app as it is (the route's upstream only names the audience).
-                    let route = &snapshot.routes.routes()[forward.route];
                     let audience = &snapshot.upstreams[route.upstream].name;
                     if let Some(value) = assertion.assert(
                         &identity.claims,

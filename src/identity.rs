@@ -22,8 +22,8 @@ use serde_json::Value;
 
 use crate::assertion::Assertion;
 use crate::auth::credential;
-use crate::auth::{Consumed, Identity, Permit};
-use crate::policy::TokenSource;
+use crate::auth::{Consumed, Identity, Permit, SessionTokens};
+use crate::policy::{SessionTokenHeaders, TokenSource};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -53,6 +53,9 @@ pub struct IdentityPolicy {
     strip_bearer: bool,
     /// `[identity] assertion`: its header is an identity header too (stripped, I2).
     assertion: Option<Assertion>,
+    /// Headers that carry a login session's tokens (`forward_access_token`, ...), and the
+    /// usual names of those: stripped from every client request.
+    token_headers: Box<[HeaderName]>,
 }
 
 impl IdentityPolicy {
@@ -95,7 +98,12 @@ impl IdentityPolicy {
             credential_cookies: Box::default(),
             strip_bearer: false,
             assertion: None,
+            token_headers: Box::default(),
         }
+    }
+
+    pub fn set_token_headers(&mut self, names: Vec<HeaderName>) {
+        self.token_headers = names.into_boxed_slice();
     }
 
     pub fn set_assertion(&mut self, assertion: Option<Assertion>) {
@@ -110,6 +118,7 @@ impl IdentityPolicy {
     /// An identity header (or the assertion's) in one of its spellings.
     fn is_identity_header(&self, name: &str) -> bool {
         self.inject.iter().any(|(h, _)| same_header(h, name))
+            || self.token_headers.iter().any(|h| same_header(h, name))
             || self
                 .assertion
                 .as_ref()
@@ -155,12 +164,29 @@ impl ClientInfo<'_> {
 }
 
 /// What the route adds to or keeps in the request besides identity (its header rules).
-#[derive(Clone, Copy, Default)]
-pub struct RouteRules<'a> {
+#[derive(Clone, Copy)]
+pub struct RouteRules<'u, 's> {
     /// Keep `X-HTTP-Method-Override` and friends (`allow_method_override`).
     pub keep_method_override: bool,
     /// The canonical target, sent as `X-Original-URL` (`forward_original_uri`).
-    pub original_uri: Option<&'a str>,
+    pub original_uri: Option<&'u str>,
+    /// Where a login session's tokens go (`forward_access_token`, `forward_id_token`).
+    pub session_tokens: &'s SessionTokenHeaders,
+}
+
+static NO_TOKENS: SessionTokenHeaders = SessionTokenHeaders {
+    access: None,
+    id: None,
+};
+
+impl Default for RouteRules<'_, '_> {
+    fn default() -> Self {
+        RouteRules {
+            keep_method_override: false,
+            original_uri: None,
+            session_tokens: &NO_TOKENS,
+        }
+    }
 }
 
 /// Steps 1 to 5 above, on the request headers about to be forwarded.
@@ -170,7 +196,7 @@ pub fn rewrite_request(
     permit: &Permit,
     sources: &[TokenSource],
     client: &ClientInfo<'_>,
-    rules: RouteRules<'_>,
+    rules: RouteRules<'_, '_>,
 ) {
     strip_request(headers, policy, permit, sources, client, rules).append_to(headers);
 }
@@ -188,7 +214,7 @@ pub fn strip_request<'a>(
     permit: &'a Permit,
     sources: &[TokenSource],
     client: &'a ClientInfo<'a>,
-    rules: RouteRules<'_>,
+    rules: RouteRules<'_, 'a>,
 ) -> Added<'a> {
     // Steps 1-2 (and the method overrides, the path-naming headers, and untrusted
     // forwarding headers) in one pass over the header names: a handful of byte comparisons
@@ -255,6 +281,12 @@ pub fn strip_request<'a>(
             .original_uri
             .and_then(|target| HeaderValue::from_str(target).ok()),
         identity: permit.identity().map(|identity| (policy, identity)),
+        tokens: rules
+            .session_tokens
+            .any()
+            .then(|| permit.identity().and_then(|i| i.tokens.as_deref()))
+            .flatten()
+            .map(|tokens| (rules.session_tokens, tokens)),
         assertion: None,
     }
 }
@@ -302,6 +334,8 @@ pub struct Added<'a> {
     /// `X-Original-URL` with the canonical target (`forward_original_uri`).
     original_uri: Option<HeaderValue>,
     identity: Option<(&'a IdentityPolicy, &'a Identity)>,
+    /// A login session's tokens, on a route that forwards them.
+    tokens: Option<(&'a SessionTokenHeaders, &'a SessionTokens)>,
     /// `[identity] assertion` for this request (see [`Added::assert`]).
     assertion: Option<HeaderValue>,
 }
@@ -335,6 +369,14 @@ impl Added<'_> {
             policy.for_each_field(identity, &mut field);
             if let (Some(assertion), Some(value)) = (&policy.assertion, &self.assertion) {
                 field(assertion.header(), value);
+            }
+        }
+        if let Some((headers, tokens)) = self.tokens {
+            if let (Some(name), Some(value)) = (&headers.access, &tokens.access) {
+                field(name, value);
+            }
+            if let (Some(name), Some(value)) = (&headers.id, &tokens.id) {
+                field(name, value);
             }
         }
     }
@@ -912,8 +954,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append("x-original-url", HeaderValue::from_static("/admin"));
         let rules = RouteRules {
-            keep_method_override: false,
             original_uri: Some("/public/x?y=1"),
+            ..RouteRules::default()
         };
         rewrite_request(
             &mut headers,

@@ -32,6 +32,20 @@ pub struct Policy {
     pub csrf: CsrfPolicy,
 }
 
+/// The headers a route sends a login session's tokens in (`forward_access_token`,
+/// `forward_id_token`); both `None` on most routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionTokenHeaders {
+    pub access: Option<http::HeaderName>,
+    pub id: Option<http::HeaderName>,
+}
+
+impl SessionTokenHeaders {
+    pub fn any(&self) -> bool {
+        self.access.is_some() || self.id.is_some()
+    }
+}
+
 /// `on_unauthenticated`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Unauthenticated {

@@ -622,6 +622,7 @@ mod agreement {
             strip_prefix: None,
             websocket: None,
             rate_limit: None,
+            session_tokens: Default::default(),
             policy: 0,
             metrics: crate::metrics::Metrics::new().route(name),
         }

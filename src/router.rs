@@ -53,6 +53,8 @@ pub struct Route {
     pub strip_prefix: Option<Box<str>>,
     /// `websocket` and its limits: `None` when the route does not upgrade.
     pub websocket: Option<crate::policy::WebSocket>,
+    /// Where a login session's tokens go to the app on this route.
+    pub session_tokens: crate::policy::SessionTokenHeaders,
     /// `rate_limit`: shared with the same route of the next config when it is unchanged.
     pub rate_limit: Option<std::sync::Arc<crate::ratelimit::RateLimiter>>,
     /// Routes with equal policies share a class (set by [`RouteTable::new`]).
@@ -381,6 +383,7 @@ pub(crate) mod tests {
             strip_prefix: None,
             websocket: None,
             rate_limit: None,
+            session_tokens: Default::default(),
             policy: 0,
             metrics: crate::metrics::Metrics::new().route(name),
         }

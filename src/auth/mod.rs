@@ -31,6 +31,24 @@ pub struct Identity {
     /// Index into `Snapshot::providers`.
     pub provider: usize,
     pub claims: Arc<Claims>,
+    /// A login session's tokens, kept for routes that forward them (`forward_access_token`,
+    /// `forward_id_token`); `None` for every other credential.
+    pub tokens: Option<Arc<SessionTokens>>,
+}
+
+/// The IdP's tokens of a login session, as header values. `Debug` leaves them out (I7).
+pub struct SessionTokens {
+    pub access: Option<http::HeaderValue>,
+    pub id: Option<http::HeaderValue>,
+}
+
+impl std::fmt::Debug for SessionTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTokens")
+            .field("access", &self.access.as_ref().map(|_| "<redacted>"))
+            .field("id", &self.id.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Which credential was verified, so that it is removed before forwarding, or kept where
@@ -115,6 +133,7 @@ impl Permit {
             identity: Some(Identity {
                 provider: 0,
                 claims: Arc::new(claims),
+                tokens: None,
             }),
             consumed: Consumed::Authorization,
             ambient: false,
@@ -129,6 +148,7 @@ impl Permit {
             identity: Some(Identity {
                 provider: 0,
                 claims: Arc::new(claims),
+                tokens: None,
             }),
             consumed,
             ambient: false,
@@ -181,6 +201,8 @@ pub type SessionError = Box<dyn std::error::Error + Send + Sync>;
 /// A session found for a request, and the renewed cookie to send back when it was touched.
 pub struct SessionFound {
     pub claims: Arc<Claims>,
+    /// The session's tokens, when the config forwards them.
+    pub tokens: Option<Arc<SessionTokens>>,
     pub set_cookie: Option<http::HeaderValue>,
     /// The session's absolute end (seconds since the epoch).
     pub expires: u64,
@@ -274,6 +296,7 @@ pub async fn authenticate(
                 identity: Some(Identity {
                     provider: login.provider(),
                     claims: found.claims,
+                    tokens: found.tokens,
                 }),
                 // The session cookie is one of the gateway's own: always stripped.
                 consumed: Consumed::None,
@@ -309,6 +332,7 @@ pub(crate) fn authorize_assumed_claims(
         identity: Some(Identity {
             provider: policy.providers.first().copied().unwrap_or(0),
             claims: Arc::new(claims.clone()),
+            tokens: None,
         }),
         consumed: Consumed::None,
         ambient: (!policy.jwt && policy.session)
@@ -336,6 +360,7 @@ async fn verify_cached(
             return Ok(Identity {
                 provider: hit.provider,
                 claims: hit.claims.clone(),
+                tokens: None,
             });
         }
         // A hit this route cannot use (another provider, a rotated key, past `exp`) is
@@ -369,6 +394,7 @@ async fn verify_cached(
     Ok(Identity {
         provider: verified.provider,
         claims,
+        tokens: None,
     })
 }
 

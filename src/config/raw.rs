@@ -102,6 +102,21 @@ pub struct RawLogin {
     /// Sent to the IdP's end_session_endpoint as post_logout_redirect_uri (must be
     /// registered there). Default: none.
     pub post_logout_redirect_url: Option<String>,
+    /// Send the session's access token to the app on every session route, in this header
+    /// (e.g. `"X-Forwarded-Access-Token"`); routes may override. Default: not sent.
+    pub forward_access_token: Option<String>,
+    /// The same for the session's ID token (e.g. `"X-Forwarded-Id-Token"`). Default: not
+    /// sent.
+    pub forward_id_token: Option<String>,
+}
+
+/// A route's `forward_access_token` / `forward_id_token`: a header name, `true` (the
+/// `[login]` header, or the usual name), or `false` (not on this route).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawForwardSetting {
+    Header(String),
+    On(bool),
 }
 
 #[derive(Debug, Deserialize)]
@@ -472,6 +487,11 @@ pub struct RawRoute {
     /// An upgraded connection is closed when the credential that opened it expires (the
     /// JWT's `exp`, the session's end). Default true.
     pub close_on_expiry: Option<bool>,
+    /// Send the login session's access token to the app (session routes): a header name,
+    /// `true` or `false`. Default: `[login] forward_access_token`.
+    pub forward_access_token: Option<RawForwardSetting>,
+    /// The same for the session's ID token. Default: `[login] forward_id_token`.
+    pub forward_id_token: Option<RawForwardSetting>,
     /// Requests per identity or client address on this route, counted by this instance;
     /// beyond it 429 with `Retry-After`. Default: none.
     pub rate_limit: Option<RawRateLimit>,

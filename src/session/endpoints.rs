@@ -151,15 +151,18 @@ impl Login {
         let claims = self
             .accept_id_token(&id_token, &login.nonce, providers, now)
             .await?;
-        let session = Session {
+        let mut session = Session {
             id_exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(now),
             claims: identity_claims(claims),
             created: now,
             last_seen: now,
             expires: now + self.lifetime,
             refresh_token: tokens.refresh_token,
-            id_token: self.store.is_server_side().then_some(id_token),
+            id_token: (self.store.is_server_side() || self.keep_id_token).then_some(id_token),
+            access_token: None,
+            access_exp: None,
         };
+        self.keep_tokens(&mut session, tokens.access_token, tokens.expires_in, now);
         let session_cookie = self.issue(None, &session, secure).await?;
         let sub = session.claims.get("sub").and_then(|v| v.as_str());
         tracing::info!(

@@ -95,10 +95,11 @@ impl Login {
             && let Some(opened) = self.opened.get(key)
             && now < opened.expires
             && now < opened.last_seen + touch_every
-            && !(opened.refreshable && now + 30 >= opened.id_exp)
+            && !(opened.refreshable && now + 30 >= opened.token_exp)
         {
             return Ok(Some(Found {
                 claims: opened.claims.clone(),
+                tokens: opened.tokens.clone(),
                 set_cookie: None,
                 expires: opened.expires,
             }));
@@ -127,7 +128,7 @@ impl Login {
             return Ok(None);
         }
         let mut changed = false;
-        if session.refresh_token.is_some() && now + 30 >= session.id_exp {
+        if session.due_for_refresh(now) {
             match self.refresh(&mut session, providers, now).await {
                 Ok(()) => changed = true,
                 Err(LoginError::IdpUnavailable(error)) => {
@@ -161,19 +162,25 @@ impl Login {
         } else {
             None
         };
+        let tokens = self.tokens_of(&session);
+        let token_exp = session
+            .access_exp
+            .map_or(session.id_exp, |exp| exp.min(session.id_exp));
         let claims = Arc::new(Claims::from_map(session.claims));
         if let (Some(key), false) = (cache_key, changed) {
             let opened = Opened {
                 claims: claims.clone(),
+                tokens: tokens.clone(),
                 expires: session.expires,
                 last_seen: session.last_seen,
-                id_exp: session.id_exp,
+                token_exp,
                 refreshable: session.refresh_token.is_some(),
             };
             self.opened.insert(key, Arc::new(opened));
         }
         Ok(Some(Found {
             claims,
+            tokens,
             set_cookie,
             expires: session.expires,
         }))
@@ -207,12 +214,13 @@ impl Login {
             }
             session.id_exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
             session.claims = identity_claims(claims);
-            if self.store.is_server_side() {
+            if self.store.is_server_side() || self.keep_id_token {
                 session.id_token = Some(id_token);
             }
         } else {
             session.id_exp = now + tokens.expires_in.unwrap_or(300);
         }
+        self.keep_tokens(session, tokens.access_token, tokens.expires_in, now);
         if let Some(rotated) = tokens.refresh_token {
             session.refresh_token = Some(rotated);
         }

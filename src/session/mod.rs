@@ -91,14 +91,19 @@ pub struct Login {
     /// while its session needs no write (no touch, no refresh); bounded, and short-lived
     /// since a touch is due within 60 s anyway.
     pub opened: moka::sync::Cache<[u8; 32], Arc<Opened>>,
+    /// Some route forwards the session's access token / ID token: sessions keep them.
+    pub keep_access_token: bool,
+    pub keep_id_token: bool,
 }
 
 /// What a request needs from a cookie-store session that was opened before.
 pub struct Opened {
     claims: Arc<Claims>,
+    tokens: Option<Arc<crate::auth::SessionTokens>>,
     expires: u64,
     last_seen: u64,
-    id_exp: u64,
+    /// The earliest of the ID token's and the forwarded access token's expiry.
+    token_exp: u64,
     refreshable: bool,
 }
 
@@ -195,12 +200,45 @@ impl Login {
     fn secure(&self, tls: bool) -> bool {
         self.cookie_secure.unwrap_or(tls)
     }
+
+    /// The tokens a request of `session` carries to routes that forward them.
+    fn tokens_of(&self, session: &store::Session) -> Option<Arc<crate::auth::SessionTokens>> {
+        if !self.keep_access_token && !self.keep_id_token {
+            return None;
+        }
+        let value = |token: &Option<String>, kept: bool| {
+            token
+                .as_deref()
+                .filter(|_| kept)
+                .and_then(|t| HeaderValue::from_str(t).ok())
+        };
+        Some(Arc::new(crate::auth::SessionTokens {
+            access: value(&session.access_token, self.keep_access_token),
+            id: value(&session.id_token, self.keep_id_token),
+        }))
+    }
+
+    /// Keeps what the token response brought that the sessions keep.
+    fn keep_tokens(
+        &self,
+        session: &mut store::Session,
+        access: Option<String>,
+        expires_in: Option<u64>,
+        now: u64,
+    ) {
+        if self.keep_access_token && access.is_some() {
+            session.access_token = access;
+            session.access_exp = expires_in.map(|seconds| now + seconds);
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct TokenResponse {
     #[serde(default)]
     id_token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
     #[serde(default)]
     refresh_token: Option<String>,
     #[serde(default)]
@@ -378,6 +416,8 @@ mod tests {
             post_logout_redirect_url: None,
             used_states: Arc::new(states::UsedStates::new(10)),
             opened: moka::sync::Cache::new(10),
+            keep_access_token: false,
+            keep_id_token: false,
         };
         (login, vec![provider])
     }

@@ -32,9 +32,17 @@ pub struct Session {
     pub id_exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
-    /// Kept by the server-side stores only, as `id_token_hint` at logout.
+    /// Kept by the server-side stores as `id_token_hint` at logout, and by every store
+    /// when a route forwards it (`forward_id_token`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+    /// The IdP's access token, kept when a route forwards it (`forward_access_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// Its expiry (seconds since the epoch), from the token response's `expires_in`: with a
+    /// refresh token, the session is renewed before it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_exp: Option<u64>,
 }
 
 impl std::fmt::Debug for Session {
@@ -50,11 +58,23 @@ impl std::fmt::Debug for Session {
                 &self.refresh_token.as_ref().map(|_| "<redacted>"),
             )
             .field("id_token", &self.id_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("access_exp", &self.access_exp)
             .finish()
     }
 }
 
 impl Session {
+    /// Due for a refresh at `now`: it has a refresh token and its ID token (or its
+    /// forwarded access token) expires within 30 s.
+    pub fn due_for_refresh(&self, now: u64) -> bool {
+        self.refresh_token.is_some()
+            && (now + 30 >= self.id_exp || self.access_exp.is_some_and(|exp| now + 30 >= exp))
+    }
+
     pub fn issuer(&self) -> &str {
         self.claims.get("iss").and_then(Value::as_str).unwrap_or("")
     }
@@ -346,6 +366,8 @@ mod tests {
             id_exp: 50,
             refresh_token: None,
             id_token: None,
+            access_token: None,
+            access_exp: None,
         }
     }
 

@@ -1083,3 +1083,163 @@ async fn a_public_client_logs_in_with_pkce_alone() {
     assert_upstream_page(&pages, "/app/x");
     assert_eq!(upstream.last().header_values("x-auth-user"), ["bob"]);
 }
+
+/// The IdP's userinfo answer for an access token: the IdP's own check that it is valid.
+async fn userinfo(idp: &OidcIdp, access_token: &str) -> (u16, serde_json::Value) {
+    let response = client()
+        .get(format!("{}/me", idp.issuer))
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn session_routes_send_the_idp_tokens_to_the_app_and_refresh_keeps_them_fresh() {
+    // Tokens live 35 s at this IdP; the session (a cookie store) renews them 30 s before
+    // they expire, so from 5 s on.
+    let s = setup_with(
+        &[("IDP_ID_TOKEN_TTL", "35")],
+        r#"forward_access_token = "X-Forwarded-Access-Token"
+forward_id_token = "X-Forwarded-Id-Token"
+
+[[routes]]
+name = "quiet"
+path_prefix = "/quiet"
+upstream = "app"
+auth = "session"
+forward_access_token = false
+forward_id_token = false
+
+[[routes]]
+name = "own-header"
+path_prefix = "/own"
+upstream = "app"
+auth = ["jwt", "session"]
+providers = ["rsa"]
+forward_access_token = "X-Idp-Token"
+"#,
+    )
+    .await;
+    let summaries = portcullis::check::route_summaries(&s.gateway.shared.load());
+    let own = summaries
+        .iter()
+        .find(|l| l.starts_with("route own-header:"))
+        .unwrap();
+    assert!(
+        own.ends_with(
+            "; sends the session's access token in x-idp-token; sends the session's ID token in x-forwarded-id-token"
+        ),
+        "{own}"
+    );
+    let pages = s.browser.visit_and_login(&s.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    let seen = s.upstream.last();
+    let access = seen.header_values("x-forwarded-access-token");
+    assert_eq!(access.len(), 1, "{:?}", seen.headers);
+    // The IdP itself takes it: it is the session's real access token.
+    let (status, info) = userinfo(&s.idp, &access[0]).await;
+    assert_eq!(
+        (status, info["sub"].as_str()),
+        (200, Some("alice")),
+        "{info}"
+    );
+    // The ID token is the IdP's, for this client.
+    let id = seen.header_values("x-forwarded-id-token");
+    assert_eq!(id.len(), 1);
+    let payload = id[0].split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (claims["sub"].as_str(), claims["aud"].as_str()),
+        (Some("alice"), Some(&*s.client_id))
+    );
+
+    // A route that turns them off, one with its own header for the access token only,
+    // and a public route: a client's own token headers never pass.
+    s.browser.get(&s.url("/quiet/x")).await;
+    let quiet = s.upstream.last();
+    assert!(quiet.header_values("x-forwarded-access-token").is_empty());
+    assert!(quiet.header_values("x-forwarded-id-token").is_empty());
+    s.browser.get(&s.url("/own/x")).await;
+    let own = s.upstream.last();
+    assert_eq!(own.header_values("x-idp-token"), access);
+    assert!(own.header_values("x-forwarded-access-token").is_empty());
+    let forged = client()
+        .get(s.url("/open/x"))
+        .header("X-Forwarded-Access-Token", "forged")
+        .header("X_Forwarded_Id_Token", "forged")
+        .header("X-Idp-Token", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 200);
+    let open = s.upstream.last();
+    for name in [
+        "x-forwarded-access-token",
+        "x_forwarded_id_token",
+        "x-idp-token",
+    ] {
+        assert!(open.header_values(name).is_empty(), "{name} passed");
+    }
+    // A Bearer JWT on the mixed route carries no session tokens.
+    let bearer = client()
+        .get(s.url("/own/x"))
+        .bearer_auth(valid_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    assert!(s.upstream.last().header_values("x-idp-token").is_empty());
+
+    // When the tokens near their expiry, the session is refreshed and the app gets the
+    // new ones.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let page = s.browser.get(&s.url("/app/x")).await;
+    assert_eq!(page.status, 200);
+    let renewed = s.upstream.last().header_values("x-forwarded-access-token");
+    assert_eq!(renewed.len(), 1);
+    assert_ne!(
+        renewed, access,
+        "the old access token was sent after it expired"
+    );
+    assert_eq!(userinfo(&s.idp, &renewed[0]).await.0, 200);
+    // The renewed tokens are what the session now holds: the next request sends them too.
+    s.browser.get(&s.url("/app/y")).await;
+    assert_eq!(
+        s.upstream.last().header_values("x-forwarded-access-token"),
+        renewed
+    );
+}
+
+#[tokio::test]
+async fn forwarding_session_tokens_on_a_route_without_sessions_is_a_config_error() {
+    let upstream = Upstream::start().await;
+    let idp = OidcIdp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = config(
+        upstream.addr,
+        "[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"app\"\nauth = \"jwt\"\nforward_access_token = true\n",
+    );
+    text.push_str(&login_config(
+        &idp,
+        "c",
+        dir.path(),
+        &[COOKIE_KEY_A],
+        "forward_id_token = \"Cookie\"",
+    ));
+    let error = Gateway::try_start(&text).await.err().unwrap();
+    assert!(
+        error.contains("routes[0].forward_access_token: only a session route"),
+        "{error}"
+    );
+    assert!(
+        error.contains("login.forward_id_token: is a header the gateway manages"),
+        "{error}"
+    );
+}

@@ -81,6 +81,29 @@ impl Compiler {
         policy
     }
 
+    /// A header that carries a session token to the app: a valid name the gateway does
+    /// not manage itself.
+    pub(super) fn token_header(&mut self, key: &str, name: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(_) if name.contains('_') => {
+                self.issue(key, "use '-' instead of '_'");
+                None
+            }
+            Ok(header) if RESERVED.contains(&header.as_str()) => {
+                self.issue(
+                    key,
+                    "is a header the gateway manages itself; use e.g. \"X-Forwarded-Access-Token\"",
+                );
+                None
+            }
+            Ok(header) => Some(header),
+            Err(_) => {
+                self.issue(key, "is not a valid header name");
+                None
+            }
+        }
+    }
+
     fn assertion(
         &mut self,
         raw: &RawAssertion,

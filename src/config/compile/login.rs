@@ -160,6 +160,16 @@ impl Compiler {
             }
         }
         let store = self.session_store(raw, idle, lifetime, previous);
+        self.login_token_headers = crate::policy::SessionTokenHeaders {
+            access: raw
+                .forward_access_token
+                .as_deref()
+                .and_then(|name| self.token_header("login.forward_access_token", name)),
+            id: raw
+                .forward_id_token
+                .as_deref()
+                .and_then(|name| self.token_header("login.forward_id_token", name)),
+        };
         if self.issues.len() != before || discovery.is_none() {
             return None;
         }
@@ -197,6 +207,9 @@ impl Compiler {
                 .max_capacity(session::OPENED_CACHE_SIZE)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
+            // Set once the routes are compiled (`compile`).
+            keep_access_token: false,
+            keep_id_token: false,
         })
     }
 

@@ -30,6 +30,8 @@ struct Compiler {
     metrics: Arc<Metrics>,
     /// A `[login]` table is present (routes may name "session").
     login_configured: bool,
+    /// `[login] forward_access_token` / `forward_id_token`: the routes' default.
+    login_token_headers: crate::policy::SessionTokenHeaders,
     /// The system's trusted roots, read at the first `https://` upstream of this config.
     system_roots: Option<Arc<[rustls_pki_types::CertificateDer<'static>]>>,
     /// Every file the config names (certificates, keys, CA bundles, secrets): the config
@@ -55,6 +57,7 @@ pub fn compile(
         issues: Vec::new(),
         metrics: inherited.metrics.clone(),
         login_configured: raw.login.is_some(),
+        login_token_headers: Default::default(),
         system_roots: None,
         files: Default::default(),
     };
@@ -77,6 +80,7 @@ pub fn compile(
         &providers,
         inherited.previous,
     );
+    let mut login = login;
     let mut identity = c.identity(&raw.identity);
     if let Some(login) = &login {
         identity.set_own_cookies(login.own_cookie_names());
@@ -98,6 +102,28 @@ pub fn compile(
                 *new = old.clone();
             }
         }
+    }
+    // The session-token headers: every configured one (and the usual names) is stripped
+    // from clients; sessions keep the tokens some route forwards.
+    let mut token_headers = vec![
+        http::HeaderName::from_static("x-forwarded-access-token"),
+        http::HeaderName::from_static("x-forwarded-id-token"),
+    ];
+    let configured = routes
+        .iter()
+        .map(|r| &r.session_tokens)
+        .chain([&c.login_token_headers]);
+    for headers in configured {
+        for name in [&headers.access, &headers.id].into_iter().flatten() {
+            if !token_headers.contains(name) {
+                token_headers.push(name.clone());
+            }
+        }
+    }
+    identity.set_token_headers(token_headers);
+    if let Some(login) = &mut login {
+        login.keep_access_token = routes.iter().any(|r| r.session_tokens.access.is_some());
+        login.keep_id_token = routes.iter().any(|r| r.session_tokens.id.is_some());
     }
     identity.set_credential_sources(routes.iter().flat_map(|route| match &route.auth {
         RouteAuth::Protected(policy) => &policy.sources[..],

@@ -89,6 +89,7 @@ impl Compiler {
         let auth = self.route_auth(key, raw, providers);
         let websocket = self.route_websocket(key, raw);
         let rate_limit = self.route_rate_limit(key, raw, auth.as_ref());
+        let session_tokens = self.route_session_tokens(key, raw, auth.as_ref());
         let strip_prefix = raw.strip_prefix.as_deref().and_then(|strip| {
             let field = format!("{key}.strip_prefix");
             let strip = self.mapped_prefix(&field, strip)?;
@@ -127,6 +128,7 @@ impl Compiler {
             strip_prefix,
             websocket,
             rate_limit,
+            session_tokens,
             policy: 0,
             metrics: self.metrics.route(name),
         })
@@ -652,6 +654,53 @@ impl Compiler {
 }
 
 impl Compiler {
+    /// `forward_access_token` / `forward_id_token` of a route, over the `[login]` default.
+    fn route_session_tokens(
+        &mut self,
+        key: &str,
+        raw: &RawRoute,
+        auth: Option<&RouteAuth>,
+    ) -> crate::policy::SessionTokenHeaders {
+        let session = matches!(auth, Some(RouteAuth::Protected(p)) if p.session);
+        let defaults = self.login_token_headers.clone();
+        let mut one = |field: &str,
+                       setting: Option<&RawForwardSetting>,
+                       default: Option<http::HeaderName>,
+                       usual: &'static str| {
+            let field = format!("{key}.{field}");
+            let wanted = match setting {
+                None => return default.filter(|_| session),
+                Some(RawForwardSetting::On(false)) => return None,
+                Some(RawForwardSetting::On(true)) => {
+                    default.unwrap_or(http::HeaderName::from_static(usual))
+                }
+                Some(RawForwardSetting::Header(name)) => self.token_header(&field, name)?,
+            };
+            if !session {
+                self.issue(
+                    field,
+                    "only a session route has a login session's tokens to send; add \"session\" to auth or remove this",
+                );
+                return None;
+            }
+            Some(wanted)
+        };
+        crate::policy::SessionTokenHeaders {
+            access: one(
+                "forward_access_token",
+                raw.forward_access_token.as_ref(),
+                defaults.access,
+                "x-forwarded-access-token",
+            ),
+            id: one(
+                "forward_id_token",
+                raw.forward_id_token.as_ref(),
+                defaults.id,
+                "x-forwarded-id-token",
+            ),
+        }
+    }
+
     /// `rate_limit`: the limiter (a new one; `adopt_rate_limits` keeps the old state).
     fn route_rate_limit(
         &mut self,
