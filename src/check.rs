@@ -112,6 +112,9 @@ pub fn route_summaries(snapshot: &Snapshot) -> Vec<String> {
                             providers.join(", ")
                         ));
                     }
+                    if policy.api_key {
+                        parts.push("api key".to_owned());
+                    }
                     if policy.session {
                         use crate::policy::Unauthenticated;
                         parts.push(

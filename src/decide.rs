@@ -134,6 +134,7 @@ pub async fn decide(
             let ctx = auth::AuthContext {
                 providers: &snapshot.providers,
                 cache: &snapshot.token_cache,
+                api_keys: snapshot.api_keys.as_ref(),
                 login: snapshot.login.as_ref().map(|l| l as &dyn auth::Sessions),
                 tls: facts.tls,
                 now: match (&route.auth, facts.now) {
@@ -201,7 +202,13 @@ pub async fn decide(
         let client = crate::ratelimit::client_address(peer, facts.trusted, &parts.headers, |a| {
             snapshot.is_trusted(a)
         });
-        let subject = permit.identity().and_then(|i| i.claims.subject());
+        let subject = permit
+            .identity()
+            .filter(|i| {
+                limiter.spec().key != crate::ratelimit::KeyKind::ApiKey
+                    || i.provider == auth::API_KEYS
+            })
+            .and_then(|i| i.claims.subject());
         if let Err(limited) = limiter.check(limiter.key(subject, client), Instant::now()) {
             return Err(trace.fail(ProxyError::RateLimited(limited)));
         }

@@ -160,6 +160,7 @@ impl ProxyError {
                 Blame::Client,
             ),
             ProxyError::Denied(A::BadCredential(CredentialError::MalformedBearer))
+            | ProxyError::Denied(A::UnknownApiKey)
             | ProxyError::Denied(A::InvalidToken(_)) => (
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",

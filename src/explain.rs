@@ -203,9 +203,7 @@ pub async fn evaluate(
             }
         }
     }
-    evaluation.provider = trace
-        .provider
-        .map(|p| snapshot.providers[p].name.to_string());
+    evaluation.provider = trace.provider.map(|p| snapshot.provider_name(p).to_owned());
     evaluation.csrf = trace.csrf;
     evaluation.reason = trace.outcome.as_label();
 

@@ -56,6 +56,9 @@ pub struct IdentityPolicy {
     /// Headers that carry a login session's tokens (`forward_access_token`, ...), and the
     /// usual names of those: stripped from every client request.
     token_headers: Box<[HeaderName]>,
+    /// `[api_keys]`: its header and its `Authorization` scheme, removed on every route
+    /// (I10: a key never reaches an app).
+    api_key_source: Option<(HeaderName, Box<str>)>,
 }
 
 impl IdentityPolicy {
@@ -99,7 +102,12 @@ impl IdentityPolicy {
             strip_bearer: false,
             assertion: None,
             token_headers: Box::default(),
+            api_key_source: None,
         }
+    }
+
+    pub fn set_api_key_source(&mut self, header: HeaderName, scheme: Box<str>) {
+        self.api_key_source = Some((header, scheme));
     }
 
     pub fn set_token_headers(&mut self, names: Vec<HeaderName>) {
@@ -119,6 +127,10 @@ impl IdentityPolicy {
     fn is_identity_header(&self, name: &str) -> bool {
         self.inject.iter().any(|(h, _)| same_header(h, name))
             || self.token_headers.iter().any(|h| same_header(h, name))
+            || self
+                .api_key_source
+                .as_ref()
+                .is_some_and(|(h, _)| same_header(h, name))
             || self
                 .assertion
                 .as_ref()
@@ -244,6 +256,9 @@ pub fn strip_request<'a>(
             Some(TokenSource::Bearer) | None => (None, None),
         },
     };
+    if authorization && let Some((_, scheme)) = &policy.api_key_source {
+        remove_scheme(headers, scheme);
+    }
     if authorization
         && policy.strip_bearer
         && permit.consumed() != Consumed::Authorization
@@ -303,6 +318,17 @@ fn remove_bearer(headers: &mut HeaderMap) {
         bytes[..end].eq_ignore_ascii_case(b"bearer")
     });
     if bearer {
+        headers.remove(AUTHORIZATION);
+    }
+}
+
+/// Removes `Authorization` when one of its fields uses `scheme` (an API key).
+fn remove_scheme(headers: &mut HeaderMap, scheme: &str) {
+    let found = headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .any(|value| crate::auth::api_keys::scheme_value(value.as_bytes(), scheme).is_some());
+    if found {
         headers.remove(AUTHORIZATION);
     }
 }

@@ -104,6 +104,31 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+    /// API keys for `auth = "api_key"` routes.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Make a new key: prints the key once (on stdout) and, on stderr, the entry to add to
+    /// the `[api_keys] file` (which holds only the key's SHA-256).
+    ///
+    /// Example: portcullis api-key new --sub svc-batch --scope crm.read >> key.txt
+    New {
+        /// The identity the key stands for (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// A scope (repeat for several).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// An extra claim KEY=VALUE; VALUE is parsed as JSON when it can be (repeatable).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// A note kept in the entry (who holds the key, when it was issued).
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -176,7 +201,66 @@ fn main() -> ExitCode {
         } => explain(config, &method, &url, token, claims, &headers),
         Command::Token(args) => token(args),
         Command::Health { url, timeout } => health(&url, Duration::from_secs(timeout)),
+        Command::ApiKey(ApiKeyCommand::New {
+            sub,
+            scopes,
+            claims,
+            note,
+        }) => match api_key_entry(&sub, &scopes, &claims, note.as_deref()) {
+            Ok((key, entry)) => {
+                eprintln!(
+                    "# Add this entry to the [api_keys] file; the key is shown only once:\n{entry}"
+                );
+                println!("{key}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("portcullis api-key new: {message}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
     }
+}
+
+/// A new key and its `[[keys]]` entry (TOML, written with the toml crate so that any `sub`
+/// or claim is quoted right).
+fn api_key_entry(
+    sub: &str,
+    scopes: &[String],
+    claims: &[String],
+    note: Option<&str>,
+) -> Result<(String, String), String> {
+    if sub.is_empty() {
+        return Err("--sub must name the client".into());
+    }
+    let (key, sha256) = portcullis::auth::api_keys::new_key();
+    let mut entry = toml::Table::new();
+    entry.insert("sha256".into(), sha256.into());
+    entry.insert("sub".into(), sub.into());
+    if !scopes.is_empty() {
+        entry.insert("scopes".into(), scopes.to_vec().into());
+    }
+    if let Some(note) = note {
+        entry.insert("note".into(), note.into());
+    }
+    let mut table = toml::Table::new();
+    for pair in claims {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--claim \"{pair}\" is not KEY=VALUE"))?;
+        let json = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        let value: toml::Value =
+            serde_json::from_value(json).map_err(|e| format!("--claim {name}: {e}"))?;
+        table.insert(name.into(), value);
+    }
+    if !table.is_empty() {
+        entry.insert("claims".into(), table.into());
+    }
+    let mut file = toml::Table::new();
+    file.insert("keys".into(), toml::Value::Array(vec![entry.into()]));
+    let text = toml::to_string(&file).map_err(|e| e.to_string())?;
+    Ok((key, text))
 }
 
 /// `portcullis health`: one HTTP/1.1 GET with the standard library, the status line read.

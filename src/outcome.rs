@@ -19,6 +19,7 @@ pub enum Outcome {
     // Credentials.
     Missing,
     SessionStoreUnavailable,
+    UnknownApiKey,
     AmbiguousCredential,
     MalformedCredential,
     MalformedAuthorization,
@@ -71,7 +72,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in declaration order.
-    pub const ALL: [Outcome; 49] = [
+    pub const ALL: [Outcome; 50] = [
         Outcome::Other,
         Outcome::Public,
         Outcome::Allowed,
@@ -80,6 +81,7 @@ impl Outcome {
         Outcome::GatewayEndpoint,
         Outcome::Missing,
         Outcome::SessionStoreUnavailable,
+        Outcome::UnknownApiKey,
         Outcome::AmbiguousCredential,
         Outcome::MalformedCredential,
         Outcome::MalformedAuthorization,
@@ -134,6 +136,7 @@ impl Outcome {
             Outcome::GatewayEndpoint => "gateway_endpoint",
             Outcome::Missing => "missing",
             Outcome::SessionStoreUnavailable => "session_store_unavailable",
+            Outcome::UnknownApiKey => "unknown_api_key",
             Outcome::AmbiguousCredential => "ambiguous_credential",
             Outcome::MalformedCredential => "malformed_credential",
             Outcome::MalformedAuthorization => "malformed_authorization",
@@ -190,6 +193,7 @@ impl Outcome {
             | Outcome::GatewayEndpoint
             | Outcome::Missing
             | Outcome::SessionStoreUnavailable
+            | Outcome::UnknownApiKey
             | Outcome::AmbiguousCredential
             | Outcome::MalformedCredential
             | Outcome::MalformedAuthorization

@@ -20,6 +20,9 @@ pub struct Policy {
     pub jwt: bool,
     /// A login session is accepted (`auth` names `"session"`); tried when no JWT is present.
     pub session: bool,
+    /// An `[api_keys]` key is accepted (`auth` names `"api_key"`); tried after a JWT, before
+    /// a session.
+    pub api_key: bool,
     /// What a request without a credential gets on a session route.
     pub on_unauthenticated: Unauthenticated,
     /// Indices into `Snapshot::providers`.

@@ -29,6 +29,8 @@ pub enum KeyKind {
     Subject,
     /// The client's address (from `X-Forwarded-For` when the peer is a trusted proxy).
     Ip,
+    /// The API key's identity (its entry's `sub`); requests without a key by address.
+    ApiKey,
 }
 
 impl KeyKind {
@@ -36,6 +38,7 @@ impl KeyKind {
         match self {
             KeyKind::Subject => "sub",
             KeyKind::Ip => "ip",
+            KeyKind::ApiKey => "api_key",
         }
     }
 }
@@ -126,7 +129,7 @@ impl RateLimiter {
     /// The key of a request by its subject (`None`: the address is used) and client address.
     pub fn key(&self, subject: Option<&str>, client: IpAddr) -> u128 {
         match (self.spec.key, subject) {
-            (KeyKind::Subject, Some(sub)) => {
+            (KeyKind::Subject | KeyKind::ApiKey, Some(sub)) => {
                 // 128 bits from two seeded hashes: a collision would merge two users.
                 let low = self.hasher.hash_one((0u8, sub));
                 let high = self.hasher.hash_one((1u8, sub));

@@ -596,6 +596,7 @@ mod agreement {
         RouteAuth::Protected(Policy {
             jwt: true,
             session: false,
+            api_key: false,
             on_unauthenticated: Unauthenticated::Negotiate,
             providers: Box::new([0]),
             sources: Box::new([TokenSource::Bearer]),

@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<IpNet>,
     /// The files the config names (certificates, keys, secrets), watched with it.
     pub files: Vec<PathBuf>,
+    /// `[api_keys]`: the keys of `auth = "api_key"` routes.
+    pub api_keys: Option<crate::auth::api_keys::ApiKeys>,
     /// `[forward_auth] path`: the forward-auth endpoint on the listeners (`forward_auth`).
     pub forward_auth: Option<Box<str>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -237,6 +239,14 @@ impl Snapshot {
     }
 
     /// Whether `peer` is one of `server.trusted_proxies`.
+    /// The name of what vouched for an identity (`Identity::provider`): a provider's name,
+    /// or `api_keys`.
+    pub fn provider_name(&self, provider: usize) -> &str {
+        self.providers
+            .get(provider)
+            .map_or("api_keys", |p| &*p.name)
+    }
+
     pub fn is_trusted(&self, peer: IpAddr) -> bool {
         !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|n| n.contains(&peer))
     }

@@ -1,7 +1,8 @@
 //! Every TOML snippet of the docs parses, and every key in it is one the gateway knows: a
 //! snippet is read into the config's own serde types (`deny_unknown_fields` on every
 //! table), with a minimal `[server]` added where the snippet shows another part of the
-//! file. A renamed or misspelled key in the docs fails here.
+//! file. A renamed or misspelled key in the docs fails here. A block that starts with
+//! `[[keys]]` is an `[api_keys]` keys file and is read as one.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,15 @@ fn every_toml_snippet_of_the_docs_is_a_valid_config_fragment() {
     for doc in documents() {
         for (line, block) in toml_blocks(&doc) {
             let name = format!("{}:{line}", doc.strip_prefix(root()).unwrap().display());
+            if block.trim_start().starts_with("[[keys]]") {
+                // An `[api_keys]` keys file, read as the gateway reads one.
+                let header = http::HeaderName::from_static("x-api-key");
+                match portcullis::auth::api_keys::ApiKeys::parse(&block, header, "ApiKey") {
+                    Ok(_) => checked += 1,
+                    Err(e) => failures.push(format!("{name}: not a keys file: {e}")),
+                }
+                continue;
+            }
             let mut table: toml::Table = match toml::from_str(&block) {
                 Ok(table) => table,
                 Err(e) => {

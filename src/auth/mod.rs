@@ -5,6 +5,7 @@
 //! (invariant I1). A permit is either public (the route needs no credential) or carries a
 //! verified [`Identity`].
 
+pub mod api_keys;
 pub mod cache;
 pub mod claims;
 pub mod credential;
@@ -24,6 +25,9 @@ use cache::TokenCache;
 use claims::Claims;
 use credential::CredentialError;
 use jwt::{JwtError, Provider};
+
+/// `Identity::provider` of an identity an API key vouched for (no provider did).
+pub const API_KEYS: usize = usize::MAX;
 
 /// A verified principal.
 #[derive(Debug, Clone)]
@@ -173,6 +177,8 @@ pub enum AuthError {
     ClaimMismatch,
     #[error("the session store is unavailable")]
     SessionUnavailable,
+    #[error("an API key that is not in the keys file")]
+    UnknownApiKey,
 }
 
 impl AuthError {
@@ -191,6 +197,7 @@ impl AuthError {
             AuthError::MissingScope => Outcome::InsufficientScope,
             AuthError::ClaimMismatch => Outcome::ClaimMismatch,
             AuthError::SessionUnavailable => Outcome::SessionStoreUnavailable,
+            AuthError::UnknownApiKey => Outcome::UnknownApiKey,
         }
     }
 }
@@ -234,6 +241,8 @@ pub struct AuthContext<'a> {
     pub cache: &'a TokenCache,
     /// The `[login]` client, when sessions are configured.
     pub login: Option<&'a dyn Sessions>,
+    /// `[api_keys]`, when configured.
+    pub api_keys: Option<&'a api_keys::ApiKeys>,
     /// The request came over TLS (picks the session cookie's name).
     pub tls: bool,
     pub now: u64,
@@ -276,6 +285,27 @@ pub async fn authenticate(
             identity: Some(identity),
             consumed,
             ambient: matches!(policy.sources[source], TokenSource::Cookie(_)),
+            set_cookie: None,
+            session_expires: None,
+        });
+    }
+    // Then an API key, when the route takes one and the request presents one: an unknown
+    // key is refused, never replaced by a session.
+    if policy.api_key
+        && let Some(keys) = ctx.api_keys
+        && let Some(presented) = keys.presented(headers)?
+    {
+        let claims = keys.verify(presented).ok_or(AuthError::UnknownApiKey)?;
+        check_requirements(policy, &claims)?;
+        return Ok(Permit {
+            identity: Some(Identity {
+                provider: API_KEYS,
+                claims,
+                tokens: None,
+            }),
+            // Every API key source is stripped on every route (I10).
+            consumed: Consumed::None,
+            ambient: false,
             set_cookie: None,
             session_expires: None,
         });

@@ -36,6 +36,21 @@ pub struct RawConfig {
     /// The forward-auth endpoint for a front proxy (nginx `auth_request`, Traefik, Caddy).
     /// Default: none.
     pub forward_auth: Option<RawForwardAuth>,
+    /// Static keys for machine clients, for `auth = "api_key"` routes. Default: none.
+    pub api_keys: Option<RawApiKeys>,
+}
+
+/// `[api_keys]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeys {
+    /// The keys file (TOML: `[[keys]]` with `sha256`, `sub`, `scopes`, `claims`), reloaded
+    /// with the config. Required.
+    pub file: String,
+    /// The header a key is read from. Default `"X-API-Key"`.
+    pub header: Option<String>,
+    /// Or `Authorization: <scheme> KEY`. Default `"ApiKey"`.
+    pub scheme: Option<String>,
 }
 
 /// `[forward_auth]`.
@@ -426,8 +441,9 @@ pub struct RawRoute {
     pub methods: Option<Vec<String>>,
     /// Upstream name. Required.
     pub upstream: Option<String>,
-    /// `"public"`, `"jwt"`, `"session"` or `["jwt", "session"]` (either; a Bearer token is
-    /// tried first). Required: there is no silent default.
+    /// `"public"`, `"jwt"`, `"session"`, `"api_key"` or a list such as `["jwt", "session"]`
+    /// (any of them; a Bearer token is tried first, then an API key, then the session).
+    /// Required: there is no silent default.
     pub auth: Option<RawAuth>,
     /// Session routes without a session: `"redirect"` (to log in) or `"deny"` (401).
     /// Default: redirect browser navigations, 401 for everything else.

@@ -115,7 +115,7 @@ pub fn handle(
                 status,
                 decision = trace.outcome.decision(status),
                 reason = trace.outcome.as_label(),
-                provider = trace.provider.map_or("-", |p| &*snapshot.providers[p].name),
+                provider = trace.provider.map_or("-", |p| snapshot.provider_name(p)),
                 sub = trace.subject.as_ref().and_then(|c| c.subject()).unwrap_or("-"),
                 peer = %conn.peer.ip(),
                 auth_us = trace.auth_us,

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod api_keys;
 mod assertion;
 mod attacks;
 mod auth;

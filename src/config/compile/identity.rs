@@ -81,6 +81,53 @@ impl Compiler {
         policy
     }
 
+    /// `[api_keys]`: the keys file, read now (and again at each reload).
+    pub(super) fn api_keys(&mut self, raw: &RawApiKeys) -> Option<crate::auth::api_keys::ApiKeys> {
+        let header = raw.header.as_deref().unwrap_or("X-API-Key");
+        let header = match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(name) if !RESERVED.contains(&name.as_str()) && !header.contains('_') => name,
+            _ => {
+                self.issue(
+                    "api_keys.header",
+                    "must be a valid header name the gateway does not manage, with '-' not '_' (e.g. \"X-API-Key\")",
+                );
+                return None;
+            }
+        };
+        let scheme = raw.scheme.as_deref().unwrap_or("ApiKey");
+        if scheme.is_empty()
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || scheme.eq_ignore_ascii_case("bearer")
+            || scheme.eq_ignore_ascii_case("basic")
+        {
+            self.issue(
+                "api_keys.scheme",
+                "must be an Authorization scheme name other than Bearer and Basic (e.g. \"ApiKey\")",
+            );
+            return None;
+        }
+        let path = self.path(&raw.file);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                self.issue(
+                    "api_keys.file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                return None;
+            }
+        };
+        match crate::auth::api_keys::ApiKeys::parse(&text, header, scheme) {
+            Ok(keys) => Some(keys),
+            Err(message) => {
+                self.issue("api_keys.file", format!("{}: {message}", path.display()));
+                None
+            }
+        }
+    }
+
     /// A header that carries a session token to the app: a valid name the gateway does
     /// not manage itself.
     pub(super) fn token_header(&mut self, key: &str, name: &str) -> Option<HeaderName> {

@@ -30,6 +30,8 @@ struct Compiler {
     metrics: Arc<Metrics>,
     /// A `[login]` table is present (routes may name "session").
     login_configured: bool,
+    /// An `[api_keys]` table is present (routes may name "api_key").
+    api_keys_configured: bool,
     /// `[login] forward_access_token` / `forward_id_token`: the routes' default.
     login_token_headers: crate::policy::SessionTokenHeaders,
     /// The system's trusted roots, read at the first `https://` upstream of this config.
@@ -57,6 +59,7 @@ pub fn compile(
         issues: Vec::new(),
         metrics: inherited.metrics.clone(),
         login_configured: raw.login.is_some(),
+        api_keys_configured: raw.api_keys.is_some(),
         login_token_headers: Default::default(),
         system_roots: None,
         files: Default::default(),
@@ -81,7 +84,11 @@ pub fn compile(
         inherited.previous,
     );
     let mut login = login;
+    let api_keys = raw.api_keys.as_ref().and_then(|raw| c.api_keys(raw));
     let mut identity = c.identity(&raw.identity);
+    if let Some(keys) = &api_keys {
+        identity.set_api_key_source(keys.header().clone(), keys.scheme().into());
+    }
     if let Some(login) = &login {
         identity.set_own_cookies(login.own_cookie_names());
     }
@@ -162,6 +169,7 @@ pub fn compile(
             login,
             trusted_proxies,
             forward_auth,
+            api_keys,
             files: c.files.take(),
             tls,
             source,

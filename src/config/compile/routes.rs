@@ -255,12 +255,12 @@ impl Compiler {
             Some(RawAuth::One(mode)) => vec![mode.as_str()],
             Some(RawAuth::Many(modes)) => modes.iter().map(String::as_str).collect(),
         };
-        let known = ["public", "jwt", "session"];
+        let known = ["public", "jwt", "session", "api_key"];
         if let Some(other) = modes.iter().find(|m| !known.contains(m)) {
             self.issue(
                 format!("{key}.auth"),
                 format!(
-                    "\"{other}\" is not an auth mode; use \"public\", \"jwt\", \"session\" or [\"jwt\", \"session\"]"
+                    "\"{other}\" is not an auth mode; use \"public\", \"jwt\", \"session\", \"api_key\" or a list such as [\"jwt\", \"session\"]"
                 ),
             );
             return None;
@@ -272,7 +272,7 @@ impl Compiler {
         if modes.is_empty() || duplicated || (modes.contains(&"public") && modes.len() > 1) {
             self.issue(
                 format!("{key}.auth"),
-                "list \"jwt\" and/or \"session\" once each; \"public\" stands alone",
+                "list \"jwt\", \"api_key\" and \"session\" once each; \"public\" stands alone",
             );
             return None;
         }
@@ -299,6 +299,13 @@ impl Compiler {
         }
         let jwt = modes.contains(&"jwt");
         let session = modes.contains(&"session");
+        let api_key = modes.contains(&"api_key");
+        if api_key && !self.api_keys_configured {
+            self.issue(
+                format!("{key}.auth"),
+                "names \"api_key\" but there is no [api_keys] table; add one with file = \"api-keys.toml\"",
+            );
+        }
         if session && !self.login_configured {
             self.issue(
                 format!("{key}.auth"),
@@ -342,6 +349,7 @@ impl Compiler {
         let mut policy = self.jwt_policy(key, raw, providers, jwt)?;
         policy.jwt = jwt;
         policy.session = session;
+        policy.api_key = api_key;
         policy.on_unauthenticated = on_unauthenticated;
         policy.csrf = csrf?;
         Some(RouteAuth::Protected(policy))
@@ -481,6 +489,7 @@ impl Compiler {
         (self.issues.len() == before).then(|| Policy {
             jwt,
             session: false,
+            api_key: false,
             on_unauthenticated: Unauthenticated::Negotiate,
             providers: indices.into_iter().filter(|&i| i != usize::MAX).collect(),
             sources: sources.into(),
@@ -743,14 +752,21 @@ impl Compiler {
             None if public => KeyKind::Ip,
             None | Some("sub") => KeyKind::Subject,
             Some("ip") => KeyKind::Ip,
+            Some("api_key") => KeyKind::ApiKey,
             Some(other) => {
                 self.issue(
                     format!("{field}.key"),
-                    format!("\"{other}\" is not a key; use \"sub\" (the verified identity) or \"ip\" (the client's address)"),
+                    format!("\"{other}\" is not a key; use \"sub\" (the verified identity), \"api_key\" (the API key's identity) or \"ip\" (the client's address)"),
                 );
                 KeyKind::Ip
             }
         };
+        if kind == KeyKind::ApiKey && !matches!(auth, Some(RouteAuth::Protected(p)) if p.api_key) {
+            self.issue(
+                format!("{field}.key"),
+                "is \"api_key\" but the route takes no API key; add \"api_key\" to auth",
+            );
+        }
         if public && kind == KeyKind::Subject {
             self.issue(
                 format!("{field}.key"),
