@@ -140,7 +140,7 @@ async fn answer(
             let mut reasons: Vec<String> = snapshot
                 .providers
                 .iter()
-                .filter(|p| !p.has_keys())
+                .filter(|p| !p.ready())
                 .map(|p| format!("provider {} has no keys", p.name))
                 .collect();
             if draining.load(Ordering::Relaxed) {

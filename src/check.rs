@@ -97,10 +97,19 @@ pub fn route_summaries(snapshot: &Snapshot) -> Vec<String> {
             let auth = match &route.auth {
                 RouteAuth::Public => "public".to_owned(),
                 RouteAuth::Protected(policy) => {
-                    let providers: Vec<&str> = policy
+                    let providers: Vec<String> = policy
                         .providers
                         .iter()
-                        .map(|&i| &*snapshot.providers[i].name)
+                        .map(|&i| {
+                            let p = &snapshot.providers[i];
+                            match &p.introspection {
+                                Some(i) if i.introspect_jwts => {
+                                    format!("{} (every token introspected)", p.name)
+                                }
+                                Some(_) => format!("{} (opaque tokens introspected)", p.name),
+                                None => p.name.to_string(),
+                            }
+                        })
                         .collect();
                     let sources: Vec<String> =
                         policy.sources.iter().map(ToString::to_string).collect();

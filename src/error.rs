@@ -161,6 +161,7 @@ impl ProxyError {
             ),
             ProxyError::Denied(A::BadCredential(CredentialError::MalformedBearer))
             | ProxyError::Denied(A::UnknownApiKey)
+            | ProxyError::Denied(A::InactiveToken)
             | ProxyError::Denied(A::InvalidToken(_)) => (
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
@@ -211,6 +212,12 @@ impl ProxyError {
                 "login_failed",
                 None,
                 Blame::Client,
+            ),
+            ProxyError::Denied(A::IntrospectionUnavailable) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "idp_unavailable",
+                None,
+                Blame::Upstream,
             ),
             ProxyError::Login(LoginError::IdpUnavailable(_)) => (
                 StatusCode::BAD_GATEWAY,
@@ -453,6 +460,14 @@ mod tests {
             (504, "gateway_timeout", None)
         );
         let store = || crate::session::store::StoreError("down".into());
+        assert_eq!(
+            status(AuthError::IntrospectionUnavailable.into()),
+            (503, "idp_unavailable", None)
+        );
+        assert_eq!(
+            status(AuthError::InactiveToken.into()),
+            (401, "invalid_token", invalid)
+        );
         assert_eq!(
             status(AuthError::SessionUnavailable.into()),
             (502, "session_store_unavailable", None)

@@ -20,6 +20,7 @@ pub enum Outcome {
     Missing,
     SessionStoreUnavailable,
     UnknownApiKey,
+    InactiveToken,
     AmbiguousCredential,
     MalformedCredential,
     MalformedAuthorization,
@@ -72,7 +73,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in declaration order.
-    pub const ALL: [Outcome; 50] = [
+    pub const ALL: [Outcome; 51] = [
         Outcome::Other,
         Outcome::Public,
         Outcome::Allowed,
@@ -82,6 +83,7 @@ impl Outcome {
         Outcome::Missing,
         Outcome::SessionStoreUnavailable,
         Outcome::UnknownApiKey,
+        Outcome::InactiveToken,
         Outcome::AmbiguousCredential,
         Outcome::MalformedCredential,
         Outcome::MalformedAuthorization,
@@ -137,6 +139,7 @@ impl Outcome {
             Outcome::Missing => "missing",
             Outcome::SessionStoreUnavailable => "session_store_unavailable",
             Outcome::UnknownApiKey => "unknown_api_key",
+            Outcome::InactiveToken => "inactive_token",
             Outcome::AmbiguousCredential => "ambiguous_credential",
             Outcome::MalformedCredential => "malformed_credential",
             Outcome::MalformedAuthorization => "malformed_authorization",
@@ -194,6 +197,7 @@ impl Outcome {
             | Outcome::Missing
             | Outcome::SessionStoreUnavailable
             | Outcome::UnknownApiKey
+            | Outcome::InactiveToken
             | Outcome::AmbiguousCredential
             | Outcome::MalformedCredential
             | Outcome::MalformedAuthorization

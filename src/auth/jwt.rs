@@ -44,6 +44,9 @@ pub struct Provider {
     pub leeway: u64,
     /// How long a verification may be reused from the token cache (zero: never).
     pub cache_ttl: Duration,
+    /// `introspection`: opaque tokens (and with `introspect_jwts` every token) are asked
+    /// about at the issuer's RFC 7662 endpoint.
+    pub introspection: Option<Arc<super::introspect::Introspection>>,
 }
 
 impl Provider {
@@ -67,12 +70,18 @@ impl Provider {
             remote: None,
             leeway: 30,
             cache_ttl: Duration::from_secs(300),
+            introspection: None,
         }
     }
 
     /// False while a remote provider has never had a key.
     pub fn has_keys(&self) -> bool {
         !self.keys.load().keys.is_empty()
+    }
+
+    /// Ready to check tokens: it has keys, or it only introspects (no algorithms).
+    pub fn ready(&self) -> bool {
+        self.has_keys() || (self.introspection.is_some() && self.algorithms.is_empty())
     }
 }
 

@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod cache;
 pub mod claims;
 pub mod credential;
+pub mod introspect;
 pub mod jwt;
 pub mod keys;
 pub mod remote;
@@ -179,6 +180,10 @@ pub enum AuthError {
     SessionUnavailable,
     #[error("an API key that is not in the keys file")]
     UnknownApiKey,
+    #[error("the issuer's introspection says the token is not active")]
+    InactiveToken,
+    #[error("the issuer's introspection endpoint did not answer")]
+    IntrospectionUnavailable,
 }
 
 impl AuthError {
@@ -198,6 +203,8 @@ impl AuthError {
             AuthError::ClaimMismatch => Outcome::ClaimMismatch,
             AuthError::SessionUnavailable => Outcome::SessionStoreUnavailable,
             AuthError::UnknownApiKey => Outcome::UnknownApiKey,
+            AuthError::InactiveToken => Outcome::InactiveToken,
+            AuthError::IntrospectionUnavailable => Outcome::IdpUnavailable,
         }
     }
 }
@@ -271,7 +278,39 @@ pub async fn authenticate(
     if policy.jwt
         && let Some((source, found)) = credential::find_credential(headers, &policy.sources)?
     {
-        let identity = verify_cached(found, policy, ctx.providers, ctx.cache, ctx.now).await?;
+        let identity = match introspecting(policy, ctx.providers, found.bytes()) {
+            // Opaque: the issuer's introspection endpoint says who it is.
+            Some(provider) => {
+                let token = found.text()?;
+                let introspection = ctx.providers[provider]
+                    .introspection
+                    .as_ref()
+                    .expect("introspecting() picks a provider with introspection");
+                let claims = Box::pin(introspection.check(token, ctx.now))
+                    .await
+                    .map_err(refused)?;
+                Identity {
+                    provider,
+                    claims,
+                    tokens: None,
+                }
+            }
+            None => {
+                let identity =
+                    verify_cached(found, policy, ctx.providers, ctx.cache, ctx.now).await?;
+                // A verified JWT of a provider that also introspects JWTs: revoked ones fail.
+                if let Some(introspection) = ctx.providers[identity.provider]
+                    .introspection
+                    .as_ref()
+                    .filter(|i| i.introspect_jwts)
+                {
+                    Box::pin(introspection.check(found.text()?, ctx.now))
+                        .await
+                        .map_err(refused)?;
+                }
+                identity
+            }
+        };
         check_requirements(policy, &identity.claims)?;
         let consumed = match (&policy.sources[source], policy.forward_token) {
             (_, true) => Consumed::Kept { source },
@@ -337,6 +376,26 @@ pub async fn authenticate(
         }
     }
     Err(AuthError::MissingCredential)
+}
+
+/// The provider that introspects `token` on this route: the route's first provider with
+/// `introspection` when the token is opaque (not a JWT). `None`: verify it as a JWT.
+fn introspecting(policy: &Policy, providers: &[Provider], token: &[u8]) -> Option<usize> {
+    if !introspect::is_opaque(token) {
+        return None;
+    }
+    policy
+        .providers
+        .iter()
+        .copied()
+        .find(|&p| providers[p].introspection.is_some())
+}
+
+fn refused(refusal: introspect::Refusal) -> AuthError {
+    match refusal {
+        introspect::Refusal::Inactive => AuthError::InactiveToken,
+        introspect::Refusal::Unavailable => AuthError::IntrospectionUnavailable,
+    }
 }
 
 fn check_requirements(policy: &Policy, claims: &Claims) -> Result<(), AuthError> {

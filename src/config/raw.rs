@@ -296,6 +296,32 @@ pub struct RawProvider {
     /// How long a verified token may be reused from the cache (bounded by its `exp`).
     /// `"0s"` disables caching for this provider. Default `"5m"`.
     pub cache_ttl: Option<String>,
+    /// RFC 7662 introspection for tokens that are not JWTs (opaque access tokens). With it,
+    /// `algorithms` may be empty: the provider then only introspects. Default: none.
+    pub introspection: Option<RawIntrospection>,
+    /// Introspect JWTs too, after their signature checked out (revocation at the issuer).
+    /// Default false.
+    #[serde(default)]
+    pub introspect_jwts: bool,
+}
+
+/// `introspection = { url = "...", client_id = "...", client_secret_env = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    /// The issuer's introspection endpoint. Required.
+    pub url: String,
+    /// The gateway's client at the issuer (HTTP Basic). Required.
+    pub client_id: String,
+    /// Env var holding its secret; or `client_secret_file`. One is required.
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<String>,
+    /// How long an active answer is reused (never past the token's `exp`). Default `"60s"`.
+    pub cache_ttl: Option<String>,
+    /// How long an inactive answer is reused. Default `"10s"`.
+    pub negative_ttl: Option<String>,
+    /// Answers kept at most. Default 100000.
+    pub cache_size: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,7 @@ mod csrf;
 mod decision;
 mod forward_auth;
 mod headers;
+mod introspection;
 mod legacy;
 mod limits;
 mod operations;

@@ -106,6 +106,55 @@ impl OidcIdp {
             .await
     }
 
+    /// Registers a confidential service client that gets tokens with client_credentials
+    /// (for `scope`) and may introspect and revoke them; its secret is `CLIENT_SECRET`.
+    pub async fn register_service(&self, client_id: &str, scope: &str) {
+        let metadata = json!({
+            "client_id": client_id,
+            "client_secret": CLIENT_SECRET,
+            "redirect_uris": [],
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "scope": scope,
+            "token_endpoint_auth_method": "client_secret_basic",
+        });
+        let response = crate::support::client()
+            .post(format!("{}/__test/clients", self.issuer))
+            .json(&metadata)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    }
+
+    /// An opaque access token for service `client_id` (client_credentials).
+    pub async fn service_token(&self, client_id: &str, scope: &str) -> String {
+        let response = crate::support::client()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client_id, Some(CLIENT_SECRET))
+            .form(&[("grant_type", "client_credentials"), ("scope", scope)])
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access token: {body}"))
+            .to_owned()
+    }
+
+    /// Revokes `token` at the IdP (RFC 7009), as service `client_id`.
+    pub async fn revoke(&self, client_id: &str, token: &str) {
+        let response = crate::support::client()
+            .post(format!("{}/token/revocation", self.issuer))
+            .basic_auth(client_id, Some(CLIENT_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+
     /// `bases`: the callback's origins; the first `plain` of them also get the logout URIs.
     async fn register_bases(
         &self,

@@ -69,7 +69,7 @@ impl Compiler {
                 ),
             }
         }
-        if raw.algorithms.is_empty() {
+        if raw.algorithms.is_empty() && raw.introspection.is_none() {
             self.issue(
                 format!("{key}.algorithms"),
                 format!("required; list the algorithms this issuer signs with, e.g. [\"RS256\"] (from {ALL_ALGORITHMS})"),
@@ -231,6 +231,13 @@ impl Compiler {
         let http = remote_source
             .as_ref()
             .and_then(|_| self.idp_client(&key, raw.ca_file.as_deref(), &refresh));
+        let introspection = self.introspection(&key, raw, &refresh, leeway);
+        if raw.introspect_jwts && raw.introspection.is_none() {
+            self.issue(
+                format!("{key}.introspect_jwts"),
+                "needs introspection = { url = ..., client_id = ..., client_secret_env = ... }",
+            );
+        }
         if self.issues.len() != before {
             return None;
         }
@@ -260,7 +267,77 @@ impl Compiler {
             remote,
             leeway: leeway.as_secs(),
             cache_ttl,
+            introspection,
         })
+    }
+
+    /// `introspection = { ... }` of a provider.
+    fn introspection(
+        &mut self,
+        key: &str,
+        raw: &RawProvider,
+        refresh: &RefreshSettings,
+        leeway: Duration,
+    ) -> Option<Arc<crate::auth::introspect::Introspection>> {
+        let spec = raw.introspection.as_ref()?;
+        let field = format!("{key}.introspection");
+        let before = self.issues.len();
+        let url = self
+            .remote_url(&format!("{field}.url"), &spec.url)
+            .and_then(|url| url.parse::<reqwest::Url>().ok());
+        if spec.client_id.is_empty() {
+            self.issue(
+                format!("{field}.client_id"),
+                "must name the gateway's client at the issuer",
+            );
+        }
+        let secret = match (&spec.client_secret_env, &spec.client_secret_file) {
+            (None, None) => {
+                self.issue(
+                    format!("{field}.client_secret_env"),
+                    "the endpoint needs the gateway's client secret: set client_secret_env or client_secret_file",
+                );
+                None
+            }
+            (env, file) => self.secret_text(
+                (&format!("{field}.client_secret_env"), env.as_deref()),
+                (&format!("{field}.client_secret_file"), file.as_deref()),
+            ),
+        };
+        let cache_ttl = self.duration(
+            &format!("{field}.cache_ttl"),
+            spec.cache_ttl.as_ref(),
+            Duration::from_secs(60),
+        );
+        let negative_ttl = self.duration(
+            &format!("{field}.negative_ttl"),
+            spec.negative_ttl.as_ref(),
+            Duration::from_secs(10),
+        );
+        let cache_size = self.positive(
+            &format!("{field}.cache_size"),
+            spec.cache_size.map(|n| n as usize),
+            100_000,
+        ) as u64;
+        let http = self.idp_client(key, raw.ca_file.as_deref(), refresh);
+        if self.issues.len() != before {
+            return None;
+        }
+        Some(Arc::new(crate::auth::introspect::Introspection::new(
+            crate::auth::introspect::Settings {
+                url: url?,
+                client_id: spec.client_id.clone(),
+                secret: secret?,
+                http: http?,
+                issuer: raw.issuer.as_str().into(),
+                audiences: raw.audiences.iter().map(|a| a.as_str().into()).collect(),
+                leeway: leeway.as_secs(),
+                cache_ttl,
+                negative_ttl,
+                cache_size,
+                introspect_jwts: raw.introspect_jwts,
+            },
+        )))
     }
 
     pub(super) fn remote_url(&mut self, key: &str, url: &str) -> Option<String> {

@@ -11,7 +11,7 @@
 // POST /__test/clients, which stores client metadata through the provider's own adapter
 // and validates it with the provider's own client schema.
 //
-// Environment: IDP_ID_TOKEN_TTL (seconds, default 3600).
+// Environment: IDP_ID_TOKEN_TTL (seconds, default 3600; access tokens too).
 import http from 'node:http';
 import crypto from 'node:crypto';
 import { Provider } from 'oidc-provider';
@@ -53,10 +53,18 @@ const provider = new Provider(issuer, {
   },
   // The gateway takes the identity from the ID token (it does not call userinfo).
   conformIdTokenClaims: false,
+  // Scopes a service client may ask for with client_credentials (the others come from
+  // `claims`).
+  scopes: ['openid', 'offline_access', 'crm.read', 'crm.write'],
   features: {
     devInteractions: { enabled: false },
     backchannelLogout: { enabled: true },
     rpInitiatedLogout: { enabled: true },
+    // Opaque access tokens, for the gateway's RFC 7662 introspection: services get them
+    // with client_credentials, the gateway asks /token/introspection, revocation ends them.
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true, allowedPolicy: async () => true },
+    revocation: { enabled: true },
   },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   pkce: { required: () => true },
