@@ -124,6 +124,9 @@ pub fn route_summaries(snapshot: &Snapshot) -> Vec<String> {
                     if policy.api_key {
                         parts.push("api key".to_owned());
                     }
+                    if policy.mtls {
+                        parts.push("client certificate".to_owned());
+                    }
                     if policy.session {
                         use crate::policy::Unauthenticated;
                         parts.push(

@@ -41,6 +41,8 @@ pub struct Facts {
     /// Claims to take as verified instead of a credential: only `explain --claims` and
     /// `[[tests]]` set it, never the proxy.
     pub assumed: Option<Claims>,
+    /// The identity of the connection's verified client certificate (`auth = "mtls"`).
+    pub client_cert: Option<Arc<Claims>>,
     /// Where the request comes from, for rate limits: the connection's peer (the client
     /// address is worked out from it when a route has a limit). `None`: the request is not
     /// counted (`explain`, `[[tests]]`).
@@ -135,6 +137,7 @@ pub async fn decide(
                 providers: &snapshot.providers,
                 cache: &snapshot.token_cache,
                 api_keys: snapshot.api_keys.as_ref(),
+                client_cert: facts.client_cert.as_ref(),
                 login: snapshot.login.as_ref().map(|l| l as &dyn auth::Sessions),
                 tls: facts.tls,
                 now: match (&route.auth, facts.now) {

@@ -140,6 +140,7 @@ pub async fn evaluate(
         },
         // Explaining a request does not count it against a rate limit.
         peer: None,
+        client_cert: None,
     };
     let mut trace = Trace {
         timed: true,

@@ -217,6 +217,8 @@ pub async fn answer(
         trusted: false,
         now: None,
         assumed: None,
+        // The front proxy's connection is not the client's: no client certificate.
+        client_cert: None,
         // Counted as the client the front proxy (trusted, checked above) names.
         peer: Some(crate::ratelimit::client_address(
             peer,

@@ -23,6 +23,9 @@ pub struct Policy {
     /// An `[api_keys]` key is accepted (`auth` names `"api_key"`); tried after a JWT, before
     /// a session.
     pub api_key: bool,
+    /// A verified client certificate is accepted (`auth` names `"mtls"`); tried after an API
+    /// key, before a session.
+    pub mtls: bool,
     /// What a request without a credential gets on a session route.
     pub on_unauthenticated: Unauthenticated,
     /// Indices into `Snapshot::providers`.

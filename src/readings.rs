@@ -597,6 +597,7 @@ mod agreement {
             jwt: true,
             session: false,
             api_key: false,
+            mtls: false,
             on_unauthenticated: Unauthenticated::Negotiate,
             providers: Box::new([0]),
             sources: Box::new([TokenSource::Bearer]),

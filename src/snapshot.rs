@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<IpNet>,
     /// The files the config names (certificates, keys, secrets), watched with it.
     pub files: Vec<PathBuf>,
+    /// `[tls] client_ca` set: which name of a client certificate is its `sub`.
+    pub client_cert_order: Option<Box<[crate::auth::client_cert::NameKind]>>,
     /// `[api_keys]`: the keys of `auth = "api_key"` routes.
     pub api_keys: Option<crate::auth::api_keys::ApiKeys>,
     /// `[forward_auth] path`: the forward-auth endpoint on the listeners (`forward_auth`).
@@ -242,9 +244,11 @@ impl Snapshot {
     /// The name of what vouched for an identity (`Identity::provider`): a provider's name,
     /// or `api_keys`.
     pub fn provider_name(&self, provider: usize) -> &str {
-        self.providers
-            .get(provider)
-            .map_or("api_keys", |p| &*p.name)
+        match provider {
+            crate::auth::API_KEYS => "api_keys",
+            crate::auth::CLIENT_CERT => "client_cert",
+            _ => self.providers.get(provider).map_or("-", |p| &*p.name),
+        }
     }
 
     pub fn is_trusted(&self, peer: IpAddr) -> bool {

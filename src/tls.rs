@@ -40,10 +40,22 @@ fn listener_provider() -> rustls::crypto::CryptoProvider {
     provider
 }
 
+/// `[tls] client_ca`, `client_auth`, `client_crl`: client certificates the listener asks
+/// for.
+pub struct ClientAuth {
+    pub ca: std::path::PathBuf,
+    pub required: bool,
+    pub crls: Vec<std::path::PathBuf>,
+}
+
 /// Builds the server config from PEM files; ALPN offers h2 then http/1.1; the server's
 /// cipher-suite order wins (see `listener_provider`).
 /// Errors are sentences for the operator (the caller adds the config key).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    clients: Option<ClientAuth>,
+) -> Result<Arc<ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -57,15 +69,69 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
             key.display()
         )
     })?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(listener_provider()))
+    let builder = ServerConfig::builder_with_provider(Arc::new(listener_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(clients) => builder.with_client_cert_verifier(client_verifier(&clients)?),
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ignore_client_order = true;
     Ok(Arc::new(config))
+}
+
+/// The verifier of client certificates: chains to `ca`, not revoked by `crls`.
+fn client_verifier(
+    clients: &ClientAuth,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&clients.ca)
+        .map_err(|e| format!("cannot read client_ca {}: {e}", clients.ca.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            format!(
+                "client_ca {} is not PEM certificates: {e}",
+                clients.ca.display()
+            )
+        })?;
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|e| format!("client_ca {}: {e}", clients.ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "client_ca {} holds no certificate",
+            clients.ca.display()
+        ));
+    }
+    let mut crls = Vec::new();
+    for path in &clients.crls {
+        let found: Vec<rustls_pki_types::CertificateRevocationListDer<'static>> =
+            rustls_pki_types::CertificateRevocationListDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read client_crl {}: {e}", path.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("client_crl {} is not a PEM CRL: {e}", path.display()))?;
+        if found.is_empty() {
+            return Err(format!("client_crl {} holds no CRL", path.display()));
+        }
+        crls.extend(found);
+    }
+    let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.into(),
+        crypto_provider(),
+    )
+    .with_crls(crls);
+    if !clients.required {
+        builder = builder.allow_unauthenticated();
+    }
+    builder
+        .build()
+        .map_err(|e| format!("client certificates: {e}"))
 }
 
 /// Runs the server handshake, bounded by `timeout`.

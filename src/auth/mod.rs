@@ -8,6 +8,7 @@
 pub mod api_keys;
 pub mod cache;
 pub mod claims;
+pub mod client_cert;
 pub mod credential;
 pub mod introspect;
 pub mod jwt;
@@ -29,6 +30,8 @@ use jwt::{JwtError, Provider};
 
 /// `Identity::provider` of an identity an API key vouched for (no provider did).
 pub const API_KEYS: usize = usize::MAX;
+/// `Identity::provider` of an identity a client certificate vouched for.
+pub const CLIENT_CERT: usize = usize::MAX - 1;
 
 /// A verified principal.
 #[derive(Debug, Clone)]
@@ -250,6 +253,8 @@ pub struct AuthContext<'a> {
     pub login: Option<&'a dyn Sessions>,
     /// `[api_keys]`, when configured.
     pub api_keys: Option<&'a api_keys::ApiKeys>,
+    /// The identity of the connection's verified client certificate, if it presented one.
+    pub client_cert: Option<&'a Arc<Claims>>,
     /// The request came over TLS (picks the session cookie's name).
     pub tls: bool,
     pub now: u64,
@@ -345,6 +350,24 @@ pub async fn authenticate(
             // Every API key source is stripped on every route (I10).
             consumed: Consumed::None,
             ambient: false,
+            set_cookie: None,
+            session_expires: None,
+        });
+    }
+    // Then the connection's client certificate (rustls verified it in the handshake).
+    if policy.mtls
+        && let Some(claims) = ctx.client_cert
+    {
+        check_requirements(policy, claims)?;
+        return Ok(Permit {
+            identity: Some(Identity {
+                provider: CLIENT_CERT,
+                claims: claims.clone(),
+                tokens: None,
+            }),
+            consumed: Consumed::None,
+            // Browsers present a certificate on their own: cross-site requests are checked.
+            ambient: true,
             set_cookie: None,
             session_expires: None,
         });

@@ -248,6 +248,35 @@ pub struct RawTls {
     pub cert: String,
     /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
     pub key: String,
+    /// PEM CA certificate(s) that sign client certificates: the listener then asks for one
+    /// (for `auth = "mtls"` routes). Default: none, no client certificates.
+    pub client_ca: Option<String>,
+    /// `"optional"` (default: connections without a certificate are served, `mtls` routes
+    /// answer them 401) or `"required"` (the handshake fails without one).
+    pub client_auth: Option<String>,
+    /// PEM CRL file(s) of the client CA: revoked certificates fail the handshake; reloaded
+    /// with the config. Default: none.
+    pub client_crl: Option<RawOneOrMany>,
+    /// Which name of a client certificate is its `sub`: the first present of these
+    /// (`"san_uri"`, `"san_email"`, `"san_dns"`, `"cn"`). Default: that order.
+    pub identity_from: Option<RawOneOrMany>,
+}
+
+/// One text or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawOneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawOneOrMany {
+    pub fn items(&self) -> Vec<&str> {
+        match self {
+            RawOneOrMany::One(one) => vec![one.as_str()],
+            RawOneOrMany::Many(many) => many.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,6 +38,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer address as a header value, formatted once per connection.
     pub peer_header: http::HeaderValue,
+    /// The identity of the client certificate verified in the TLS handshake.
+    pub client_cert: Option<std::sync::Arc<crate::auth::claims::Claims>>,
 }
 
 /// Entry point for every request on every listener.
@@ -196,6 +198,7 @@ async fn process(
         trusted,
         now: None,
         assumed: None,
+        client_cert: conn.client_cert.clone(),
         peer: Some(conn.peer.ip()),
     };
     // What the answer's rewrite needs of the facts, kept instead of them.
@@ -500,6 +503,7 @@ fn logout_forged(
         trusted,
         now: None,
         assumed: None,
+        client_cert: None,
         peer: None,
     };
     let own = decide::request_origin(&facts, &parts.headers, host.as_ref());

@@ -319,6 +319,7 @@ async fn serve_listeners(
                     peer,
                     tls,
                     peer_header: crate::identity::peer_value(peer.ip()),
+                    client_cert: None,
                 };
                 let task = serve_connection(
                     stream,
@@ -434,6 +435,16 @@ fn serve_connection(
             // Boxed: rustls's state is 1.2 KiB, and the future would have room for it
             // several times over.
             Ok(stream) => {
+                let mut conn = conn;
+                if let Some(order) = &shared.load().client_cert_order {
+                    // Verified by rustls in the handshake; its identity is read once.
+                    conn.client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| crate::auth::client_cert::identity(leaf, order));
+                }
                 let stream = Box::new(stream);
                 let result = conn::serve(stream, conn, shared, builders, stop, parked).await;
                 log_end(peer, result);

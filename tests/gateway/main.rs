@@ -17,6 +17,7 @@ mod headers;
 mod introspection;
 mod legacy;
 mod limits;
+mod mtls;
 mod operations;
 mod parking;
 mod providers;

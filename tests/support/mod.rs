@@ -829,7 +829,7 @@ impl Idp {
         let scheme = if tls { "https" } else { "http" };
         let acceptor = tls.then(|| {
             let k = keys_pem_pair();
-            let mut config = (*portcullis::tls::server_config(&k.0, &k.1).unwrap()).clone();
+            let mut config = (*portcullis::tls::server_config(&k.0, &k.1, None).unwrap()).clone();
             config.alpn_protocols = vec![b"http/1.1".to_vec()]; // this IdP speaks HTTP/1.1 only
             tokio_rustls::TlsAcceptor::from(Arc::new(config))
         });

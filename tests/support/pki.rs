@@ -57,6 +57,52 @@ impl Ca {
         }
     }
 
+    /// A client certificate: subject CN `cn`, SAN emails and URIs, serial `serial`.
+    pub fn client(&self, cn: &str, emails: &[&str], uris: &[&str], serial: u64) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        for email in emails {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::Rfc822Name((*email).try_into().unwrap()));
+        }
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI((*uri).try_into().unwrap()));
+        }
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A CRL of this CA revoking the certificates with these serials, PEM.
+    pub fn crl(&self, serials: &[u64]) -> String {
+        let now = rcgen::date_time_ymd(2026, 1, 1);
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|&serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(serial),
+                    revocation_time: now,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
+    }
+
     pub fn write(&self, dir: &Path, name: &str) -> String {
         let path = dir.join(name);
         std::fs::write(&path, self.pem()).unwrap();

@@ -32,6 +32,8 @@ struct Compiler {
     login_configured: bool,
     /// An `[api_keys]` table is present (routes may name "api_key").
     api_keys_configured: bool,
+    /// `[tls] client_ca` is set (routes may name "mtls"): the `identity_from` order.
+    client_cert_order: Option<Box<[crate::auth::client_cert::NameKind]>>,
     /// `[login] forward_access_token` / `forward_id_token`: the routes' default.
     login_token_headers: crate::policy::SessionTokenHeaders,
     /// The system's trusted roots, read at the first `https://` upstream of this config.
@@ -60,6 +62,7 @@ pub fn compile(
         metrics: inherited.metrics.clone(),
         login_configured: raw.login.is_some(),
         api_keys_configured: raw.api_keys.is_some(),
+        client_cert_order: None,
         login_token_headers: Default::default(),
         system_roots: None,
         files: Default::default(),
@@ -170,6 +173,7 @@ pub fn compile(
             trusted_proxies,
             forward_auth,
             api_keys,
+            client_cert_order: c.client_cert_order.take(),
             files: c.files.take(),
             tls,
             source,

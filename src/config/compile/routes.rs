@@ -255,12 +255,12 @@ impl Compiler {
             Some(RawAuth::One(mode)) => vec![mode.as_str()],
             Some(RawAuth::Many(modes)) => modes.iter().map(String::as_str).collect(),
         };
-        let known = ["public", "jwt", "session", "api_key"];
+        let known = ["public", "jwt", "session", "api_key", "mtls"];
         if let Some(other) = modes.iter().find(|m| !known.contains(m)) {
             self.issue(
                 format!("{key}.auth"),
                 format!(
-                    "\"{other}\" is not an auth mode; use \"public\", \"jwt\", \"session\", \"api_key\" or a list such as [\"jwt\", \"session\"]"
+                    "\"{other}\" is not an auth mode; use \"public\", \"jwt\", \"session\", \"api_key\", \"mtls\" or a list such as [\"jwt\", \"session\"]"
                 ),
             );
             return None;
@@ -272,7 +272,7 @@ impl Compiler {
         if modes.is_empty() || duplicated || (modes.contains(&"public") && modes.len() > 1) {
             self.issue(
                 format!("{key}.auth"),
-                "list \"jwt\", \"api_key\" and \"session\" once each; \"public\" stands alone",
+                "list \"jwt\", \"api_key\", \"mtls\" and \"session\" once each; \"public\" stands alone",
             );
             return None;
         }
@@ -300,6 +300,13 @@ impl Compiler {
         let jwt = modes.contains(&"jwt");
         let session = modes.contains(&"session");
         let api_key = modes.contains(&"api_key");
+        let mtls = modes.contains(&"mtls");
+        if mtls && self.client_cert_order.is_none() {
+            self.issue(
+                format!("{key}.auth"),
+                "names \"mtls\" but the HTTPS listener asks for no client certificate; set [tls] client_ca = \"clients-ca.pem\"",
+            );
+        }
         if api_key && !self.api_keys_configured {
             self.issue(
                 format!("{key}.auth"),
@@ -350,6 +357,7 @@ impl Compiler {
         policy.jwt = jwt;
         policy.session = session;
         policy.api_key = api_key;
+        policy.mtls = mtls;
         policy.on_unauthenticated = on_unauthenticated;
         policy.csrf = csrf?;
         Some(RouteAuth::Protected(policy))
@@ -490,6 +498,7 @@ impl Compiler {
             jwt,
             session: false,
             api_key: false,
+            mtls: false,
             on_unauthenticated: Unauthenticated::Negotiate,
             providers: indices.into_iter().filter(|&i| i != usize::MAX).collect(),
             sources: sources.into(),

@@ -213,6 +213,51 @@ impl Compiler {
         }).ok()
     }
 
+    /// `[tls] client_ca` and friends; sets `client_cert_order` when client certificates are
+    /// asked for.
+    fn client_auth(&mut self, raw: &RawTls) -> Option<crate::tls::ClientAuth> {
+        let ca = raw.client_ca.as_ref()?;
+        let required = match raw.client_auth.as_deref() {
+            None | Some("optional") => false,
+            Some("required") => true,
+            Some(other) => {
+                self.issue(
+                    "tls.client_auth",
+                    format!(
+                        "\"{other}\" is not a choice; use \"optional\" (default) or \"required\""
+                    ),
+                );
+                false
+            }
+        };
+        let mut order = Vec::new();
+        match &raw.identity_from {
+            None => order.extend(crate::auth::client_cert::DEFAULT_ORDER),
+            Some(names) => {
+                for (i, name) in names.items().into_iter().enumerate() {
+                    match crate::auth::client_cert::NameKind::parse(name) {
+                        Some(kind) if !order.contains(&kind) => order.push(kind),
+                        _ => self.issue(
+                            format!("tls.identity_from[{i}]"),
+                            format!("\"{name}\": use \"san_uri\", \"san_email\", \"san_dns\" or \"cn\", each once"),
+                        ),
+                    }
+                }
+            }
+        }
+        self.client_cert_order = Some(order.into_boxed_slice());
+        let crls = raw
+            .client_crl
+            .as_ref()
+            .map(|c| c.items().into_iter().map(|file| self.path(file)).collect())
+            .unwrap_or_default();
+        Some(crate::tls::ClientAuth {
+            ca: self.path(ca),
+            required,
+            crls,
+        })
+    }
+
     pub(super) fn tls(
         &mut self,
         raw: Option<&RawTls>,
@@ -230,7 +275,22 @@ impl Compiler {
             }
             (Some(raw), true) => {
                 let (cert, key) = (self.path(&raw.cert), self.path(&raw.key));
-                match crate::tls::server_config(&cert, &key) {
+                let clients = self.client_auth(raw);
+                if self.client_cert_order.is_none() && raw.client_ca.is_none() {
+                    for (field, set) in [
+                        ("client_auth", raw.client_auth.is_some()),
+                        ("client_crl", raw.client_crl.is_some()),
+                        ("identity_from", raw.identity_from.is_some()),
+                    ] {
+                        if set {
+                            self.issue(
+                                format!("tls.{field}"),
+                                "only applies with client certificates; add client_ca = \"clients-ca.pem\" or remove it",
+                            );
+                        }
+                    }
+                }
+                match crate::tls::server_config(&cert, &key, clients) {
                     Ok(config) => Some(config),
                     Err(message) => {
                         self.issue("tls", message);
