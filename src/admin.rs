@@ -10,6 +10,8 @@
 //! - `GET /metrics`: Prometheus text format;
 //! - `GET /.well-known/portcullis/jwks.json`: the identity assertion's public keys (no token
 //!   needed: they are public);
+//! - `POST /revoke`: `{"jti": "...", "exp": N}` refuses that JWT on every instance until
+//!   `exp` (needs `[redis]`);
 //! - `POST /reload`: reloads the config file; 200 with the new hash, or 400 with the same
 //!   error `portcullis check` prints (the old config keeps serving).
 
@@ -169,6 +171,7 @@ async fn answer(
             );
             response
         }
+        (&Method::POST, "/revoke") => revoke(request, shared).await,
         (&Method::POST, "/reload") => match crate::reload::reload(shared).await {
             Ok(hash) => json(
                 StatusCode::OK,
@@ -183,6 +186,58 @@ async fn answer(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "not_found", "status": 404}),
         ),
+    }
+}
+
+/// `POST /revoke` with `{"jti": "...", "exp": 1767225600}`: the JWT with this `jti` is
+/// refused on every instance until `exp` (the `[redis]` denylist).
+async fn revoke(request: Request<Incoming>, shared: &SharedSnapshot) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let error = |status: StatusCode, code: &str| {
+        json(
+            status,
+            serde_json::json!({"error": code, "status": status.as_u16()}),
+        )
+    };
+    let snapshot = shared.load_full();
+    let Some(denylist) = snapshot.denylist.clone() else {
+        return error(StatusCode::NOT_FOUND, "no_denylist");
+    };
+    let body = match http_body_util::Limited::new(request.into_body(), 4096)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Revoke {
+        jti: String,
+        exp: u64,
+    }
+    let Ok(asked) = serde_json::from_slice::<Revoke>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "bad_request");
+    };
+    let now = crate::auth::unix_now();
+    if asked.jti.is_empty() || asked.exp <= now {
+        return error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    match denylist
+        .revoke(crate::revocation::Kind::Jti, "", &asked.jti, asked.exp, now)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(until = asked.exp, "token revoked by jti");
+            json(
+                StatusCode::OK,
+                serde_json::json!({"revoked": "jti", "until": asked.exp}),
+            )
+        }
+        Err(message) => {
+            tracing::warn!(error = %message, "revoke failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable")
+        }
     }
 }
 

@@ -58,11 +58,12 @@ pub fn lint(snapshot: &Snapshot) -> Vec<String> {
     }
     if let Some(login) = &snapshot.login
         && !login.store.is_server_side()
+        && snapshot.denylist.is_none()
     {
         warnings.push(
             "login.store is \"cookie\": sessions live only in the browser, so a logout elsewhere \
              (back-channel logout, another instance) cannot end them before they expire; \
-             use store = \"redis\" when that matters"
+             use store = \"redis\" or a [redis] table (the shared denylist) when that matters"
                 .to_owned(),
         );
     }

@@ -138,6 +138,7 @@ pub async fn decide(
                 cache: &snapshot.token_cache,
                 api_keys: snapshot.api_keys.as_ref(),
                 client_cert: facts.client_cert.as_ref(),
+                denylist: snapshot.denylist.as_deref(),
                 login: snapshot.login.as_ref().map(|l| l as &dyn auth::Sessions),
                 tls: facts.tls,
                 now: match (&route.auth, facts.now) {

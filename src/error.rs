@@ -162,6 +162,7 @@ impl ProxyError {
             ProxyError::Denied(A::BadCredential(CredentialError::MalformedBearer))
             | ProxyError::Denied(A::UnknownApiKey)
             | ProxyError::Denied(A::InactiveToken)
+            | ProxyError::Denied(A::Revoked)
             | ProxyError::Denied(A::InvalidToken(_)) => (
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",

@@ -42,6 +42,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod readings;
 pub mod reload;
+pub mod revocation;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -21,6 +21,7 @@ pub enum Outcome {
     SessionStoreUnavailable,
     UnknownApiKey,
     InactiveToken,
+    Revoked,
     AmbiguousCredential,
     MalformedCredential,
     MalformedAuthorization,
@@ -73,7 +74,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in declaration order.
-    pub const ALL: [Outcome; 51] = [
+    pub const ALL: [Outcome; 52] = [
         Outcome::Other,
         Outcome::Public,
         Outcome::Allowed,
@@ -84,6 +85,7 @@ impl Outcome {
         Outcome::SessionStoreUnavailable,
         Outcome::UnknownApiKey,
         Outcome::InactiveToken,
+        Outcome::Revoked,
         Outcome::AmbiguousCredential,
         Outcome::MalformedCredential,
         Outcome::MalformedAuthorization,
@@ -140,6 +142,7 @@ impl Outcome {
             Outcome::SessionStoreUnavailable => "session_store_unavailable",
             Outcome::UnknownApiKey => "unknown_api_key",
             Outcome::InactiveToken => "inactive_token",
+            Outcome::Revoked => "revoked",
             Outcome::AmbiguousCredential => "ambiguous_credential",
             Outcome::MalformedCredential => "malformed_credential",
             Outcome::MalformedAuthorization => "malformed_authorization",
@@ -198,6 +201,7 @@ impl Outcome {
             | Outcome::SessionStoreUnavailable
             | Outcome::UnknownApiKey
             | Outcome::InactiveToken
+            | Outcome::Revoked
             | Outcome::AmbiguousCredential
             | Outcome::MalformedCredential
             | Outcome::MalformedAuthorization

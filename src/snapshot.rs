@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub files: Vec<PathBuf>,
     /// `[tls] client_ca` set: which name of a client certificate is its `sub`.
     pub client_cert_order: Option<Box<[crate::auth::client_cert::NameKind]>>,
+    /// `[redis]`: the shared revocation denylist.
+    pub denylist: Option<Arc<crate::revocation::Denylist>>,
     /// `[api_keys]`: the keys of `auth = "api_key"` routes.
     pub api_keys: Option<crate::auth::api_keys::ApiKeys>,
     /// `[forward_auth] path`: the forward-auth endpoint on the listeners (`forward_auth`).
@@ -87,6 +89,9 @@ impl Snapshot {
         }
         for upstream in &self.upstreams {
             upstream.start_tasks();
+        }
+        if let Some(denylist) = &self.denylist {
+            denylist.start();
         }
         for provider in &self.providers {
             if let Some(remote) = &provider.remote {
@@ -178,6 +183,22 @@ impl Snapshot {
             "Verified tokens cached",
             &[(String::new(), cache.len() as f64)],
         );
+        if let Some(denylist) = &self.denylist {
+            write_family(
+                &mut extra,
+                "revocation_synced",
+                "gauge",
+                "1 while the revocation denylist is in step with Redis, 0 while Redis is unreachable",
+                &[(String::new(), f64::from(u8::from(denylist.synced())))],
+            );
+            write_family(
+                &mut extra,
+                "revocations",
+                "gauge",
+                "Revocations in force on this instance",
+                &[(String::new(), denylist.len() as f64)],
+            );
+        }
         let mut healthy = Vec::new();
         let (mut requests, mut errors, mut ejections) = (Vec::new(), Vec::new(), Vec::new());
         for upstream in &self.upstreams {

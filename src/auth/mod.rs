@@ -187,6 +187,8 @@ pub enum AuthError {
     InactiveToken,
     #[error("the issuer's introspection endpoint did not answer")]
     IntrospectionUnavailable,
+    #[error("the token was revoked")]
+    Revoked,
 }
 
 impl AuthError {
@@ -208,6 +210,7 @@ impl AuthError {
             AuthError::UnknownApiKey => Outcome::UnknownApiKey,
             AuthError::InactiveToken => Outcome::InactiveToken,
             AuthError::IntrospectionUnavailable => Outcome::IdpUnavailable,
+            AuthError::Revoked => Outcome::Revoked,
         }
     }
 }
@@ -220,6 +223,9 @@ pub struct SessionFound {
     pub claims: Arc<Claims>,
     /// The session's tokens, when the config forwards them.
     pub tokens: Option<Arc<SessionTokens>>,
+    /// The session's id and start, for the revocation denylist.
+    pub id: Option<Arc<str>>,
+    pub created: u64,
     pub set_cookie: Option<http::HeaderValue>,
     /// The session's absolute end (seconds since the epoch).
     pub expires: u64,
@@ -255,6 +261,8 @@ pub struct AuthContext<'a> {
     pub api_keys: Option<&'a api_keys::ApiKeys>,
     /// The identity of the connection's verified client certificate, if it presented one.
     pub client_cert: Option<&'a Arc<Claims>>,
+    /// `[redis]`: revocations in force.
+    pub denylist: Option<&'a crate::revocation::Denylist>,
     /// The request came over TLS (picks the session cookie's name).
     pub tls: bool,
     pub now: u64,
@@ -316,6 +324,9 @@ pub async fn authenticate(
                 identity
             }
         };
+        if token_revoked(ctx, &identity.claims) {
+            return Err(AuthError::Revoked);
+        }
         check_requirements(policy, &identity.claims)?;
         let consumed = match (&policy.sources[source], policy.forward_token) {
             (_, true) => Consumed::Kept { source },
@@ -382,7 +393,11 @@ pub async fn authenticate(
                 tracing::warn!(%error, "session lookup failed; denying");
                 AuthError::SessionUnavailable
             })?;
-        if let Some(found) = found {
+        if let Some(found) = found
+            && !ctx
+                .denylist
+                .is_some_and(|list| session_revoked(list, &found, ctx.now))
+        {
             check_requirements(policy, &found.claims)?;
             return Ok(Permit {
                 identity: Some(Identity {
@@ -419,6 +434,42 @@ fn refused(refusal: introspect::Refusal) -> AuthError {
         introspect::Refusal::Inactive => AuthError::InactiveToken,
         introspect::Refusal::Unavailable => AuthError::IntrospectionUnavailable,
     }
+}
+
+/// A session ended elsewhere: by its id (a logout), or by its IdP session or subject
+/// (back-channel logout) when it began before that.
+fn session_revoked(list: &crate::revocation::Denylist, found: &SessionFound, now: u64) -> bool {
+    use crate::revocation::Kind;
+    if list.is_empty() {
+        return false;
+    }
+    let issuer = found
+        .claims
+        .get("iss")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let claim = |name| found.claims.get(name).and_then(|v| v.as_str());
+    found
+        .id
+        .as_deref()
+        .is_some_and(|id| list.is_revoked(Kind::Session, "", id, 0, now))
+        || claim("sid")
+            .is_some_and(|sid| list.is_revoked(Kind::Sid, issuer, sid, found.created, now))
+        || claim("sub")
+            .is_some_and(|sub| list.is_revoked(Kind::Sub, issuer, sub, found.created, now))
+}
+
+/// A JWT revoked by its `jti` (admin `POST /revoke`).
+fn token_revoked(ctx: &AuthContext<'_>, claims: &Claims) -> bool {
+    ctx.denylist.is_some_and(|list| {
+        !list.is_empty()
+            && claims
+                .get("jti")
+                .and_then(|v| v.as_str())
+                .is_some_and(|jti| {
+                    list.is_revoked(crate::revocation::Kind::Jti, "", jti, 0, ctx.now)
+                })
+    })
 }
 
 fn check_requirements(policy: &Policy, claims: &Claims) -> Result<(), AuthError> {

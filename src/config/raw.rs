@@ -38,6 +38,26 @@ pub struct RawConfig {
     pub forward_auth: Option<RawForwardAuth>,
     /// Static keys for machine clients, for `auth = "api_key"` routes. Default: none.
     pub api_keys: Option<RawApiKeys>,
+    /// Redis shared by the instances: the revocation denylist (logout, back-channel logout
+    /// and admin `POST /revoke` reach every instance) and `rate_limit.shared = "redis"`.
+    /// Default: none.
+    pub redis: Option<RawRedis>,
+}
+
+/// `[redis]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[:password@]host:port[/db]` or `rediss://`. One of this and `url_env`.
+    pub url: Option<String>,
+    /// Env var holding the URL (when it carries a password).
+    pub url_env: Option<String>,
+    /// PEM CA bundle trusted for `rediss://` instead of the system roots.
+    pub ca_file: Option<String>,
+    /// Key prefix. Default `portcullis:`.
+    pub prefix: Option<String>,
+    /// Connect and command timeout. Default `2s`.
+    pub timeout: Option<String>,
 }
 
 /// `[api_keys]`.

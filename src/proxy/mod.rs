@@ -457,7 +457,11 @@ async fn login_endpoint(
         Endpoint::Logout if post && logout_forged(parts, conn, snapshot, &host_value) => {
             return Err(ProxyError::CsrfRejected);
         }
-        Endpoint::Logout if get || post => login.logout(&info, &parts.headers, now).await,
+        Endpoint::Logout if get || post => {
+            login
+                .logout(&info, &parts.headers, snapshot.denylist.as_deref(), now)
+                .await
+        }
         Endpoint::Logout => Err(LoginError::WrongMethod("GET or POST")),
         Endpoint::Backchannel if post => {
             let limited = http_body_util::Limited::new(body, MAX_LOGOUT_BODY);
@@ -471,7 +475,14 @@ async fn login_endpoint(
                 Ok(Err(_)) => return Err(ProxyError::PayloadTooLarge),
                 Err(_) => return Err(ProxyError::RequestBodyStalled),
             };
-            login.backchannel(&form, &snapshot.providers, now).await
+            login
+                .backchannel(
+                    &form,
+                    &snapshot.providers,
+                    snapshot.denylist.as_deref(),
+                    now,
+                )
+                .await
         }
         Endpoint::Backchannel => Err(LoginError::WrongMethod("POST")),
     };

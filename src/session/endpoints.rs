@@ -152,6 +152,7 @@ impl Login {
             .accept_id_token(&id_token, &login.nonce, providers, now)
             .await?;
         let mut session = Session {
+            id: Some(random_token()),
             id_exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(now),
             claims: identity_claims(claims),
             created: now,
@@ -286,11 +287,36 @@ impl Login {
         &self,
         request: &RequestInfo<'_>,
         headers: &HeaderMap,
+        denylist: Option<&crate::revocation::Denylist>,
         now: u64,
     ) -> Result<Response<Full<Bytes>>, LoginError> {
         let secure = self.secure(request.tls);
         let name = cookie::cookie_name(&self.cookie_name, secure);
         let mut id_token = None;
+        if !self.store.is_server_side()
+            && let Some(denylist) = denylist
+            && let Some(session) = credential::cookie_value(headers, name)
+                .ok()
+                .flatten()
+                .and_then(|v| self.keys.open(name, v))
+                .and_then(|plain| serde_json::from_slice::<Session>(&plain).ok())
+            && let Some(id) = &session.id
+        {
+            // A cookie session lives in the browser: ending it everywhere means telling
+            // every instance not to take it any more, until it would have ended anyway.
+            let revoked = denylist
+                .revoke(
+                    crate::revocation::Kind::Session,
+                    "",
+                    id,
+                    session.expires,
+                    now,
+                )
+                .await;
+            if let Err(error) = revoked {
+                tracing::warn!(%error, "logout: the session could not be revoked on the other instances");
+            }
+        }
         if self.store.is_server_side()
             && let Some(id) = credential::cookie_value(headers, name)
                 .ok()
@@ -342,6 +368,7 @@ impl Login {
         &self,
         form: &[u8],
         providers: &[Provider],
+        denylist: Option<&crate::revocation::Denylist>,
         now: u64,
     ) -> Result<Response<Full<Bytes>>, LoginError> {
         let bad = |why: &str| LoginError::InvalidLogoutToken(why.to_owned());
@@ -369,10 +396,27 @@ impl Login {
         if sid.is_none() && sub.is_none() {
             return Err(bad("names neither sid nor sub"));
         }
-        if !self.store.is_server_side() {
+        let ended = if self.store.is_server_side() {
+            self.store.delete_matching(&self.issuer, sid, sub).await?
+        } else if let Some(denylist) = denylist {
+            // Cookie sessions: every instance refuses those of this IdP session (or
+            // subject) that began before now, for as long as one can live.
+            use crate::revocation::Kind;
+            for (kind, value) in [
+                (Kind::Sid, sid),
+                (Kind::Sub, sid.is_none().then_some(sub).flatten()),
+            ] {
+                if let Some(value) = value {
+                    denylist
+                        .revoke(kind, &self.issuer, value, now + self.lifetime, now)
+                        .await
+                        .map_err(|e| LoginError::Store(crate::session::store::StoreError(e)))?;
+                }
+            }
+            0
+        } else {
             return Err(LoginError::NeedsServerStore);
-        }
-        let ended = self.store.delete_matching(&self.issuer, sid, sub).await?;
+        };
         tracing::info!(target: "portcullis::access", ended, "back-channel logout");
         let mut response = Response::new(Full::new(Bytes::new()));
         response

@@ -100,6 +100,8 @@ impl Login {
             return Ok(Some(Found {
                 claims: opened.claims.clone(),
                 tokens: opened.tokens.clone(),
+                id: opened.id.clone(),
+                created: opened.created,
                 set_cookie: None,
                 expires: opened.expires,
             }));
@@ -166,10 +168,13 @@ impl Login {
         let token_exp = session
             .access_exp
             .map_or(session.id_exp, |exp| exp.min(session.id_exp));
+        let session_id: Option<Arc<str>> = session.id.as_deref().map(Into::into);
         let claims = Arc::new(Claims::from_map(session.claims));
         if let (Some(key), false) = (cache_key, changed) {
             let opened = Opened {
                 claims: claims.clone(),
+                id: session_id.clone(),
+                created: session.created,
                 tokens: tokens.clone(),
                 expires: session.expires,
                 last_seen: session.last_seen,
@@ -181,6 +186,8 @@ impl Login {
         Ok(Some(Found {
             claims,
             tokens,
+            id: session_id,
+            created: session.created,
             set_cookie,
             expires: session.expires,
         }))

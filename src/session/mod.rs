@@ -99,6 +99,8 @@ pub struct Login {
 /// What a request needs from a cookie-store session that was opened before.
 pub struct Opened {
     claims: Arc<Claims>,
+    id: Option<Arc<str>>,
+    created: u64,
     tokens: Option<Arc<crate::auth::SessionTokens>>,
     expires: u64,
     last_seen: u64,

@@ -23,6 +23,9 @@ use crate::worker::{MAX_WORKERS, worker_id};
 pub struct Session {
     /// The identity: the verified ID token's claims (less the protocol ones).
     pub claims: Map<String, Value>,
+    /// Made at login: what a logout revokes on every instance (`[redis]` denylist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Seconds since the epoch.
     pub created: u64,
     pub last_seen: u64,
@@ -364,6 +367,7 @@ mod tests {
             last_seen: 0,
             expires: 100,
             id_exp: 50,
+            id: None,
             refresh_token: None,
             id_token: None,
             access_token: None,

@@ -23,6 +23,7 @@ mod parking;
 mod providers;
 mod proxying;
 mod ratelimit;
+mod revocation;
 mod routing;
 mod sessions;
 mod tls;

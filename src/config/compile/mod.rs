@@ -87,6 +87,10 @@ pub fn compile(
         inherited.previous,
     );
     let mut login = login;
+    let denylist = raw.redis.as_ref().and_then(|raw| {
+        let kept = inherited.previous.and_then(|p| p.denylist.clone());
+        c.denylist(raw, kept)
+    });
     let api_keys = raw.api_keys.as_ref().and_then(|raw| c.api_keys(raw));
     let mut identity = c.identity(&raw.identity);
     if let Some(keys) = &api_keys {
@@ -172,6 +176,7 @@ pub fn compile(
             login,
             trusted_proxies,
             forward_auth,
+            denylist,
             api_keys,
             client_cert_order: c.client_cert_order.take(),
             files: c.files.take(),

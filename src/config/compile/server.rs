@@ -258,6 +258,89 @@ impl Compiler {
         })
     }
 
+    /// `[redis]`: the shared denylist (kept from the previous config when unchanged).
+    pub(super) fn denylist(
+        &mut self,
+        raw: &RawRedis,
+        kept: Option<std::sync::Arc<crate::revocation::Denylist>>,
+    ) -> Option<std::sync::Arc<crate::revocation::Denylist>> {
+        let url = match (&raw.url, &raw.url_env) {
+            (Some(url), None) => url.clone(),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(url) => url,
+                Err(_) => {
+                    self.issue(
+                        "redis.url_env",
+                        format!("environment variable {var} is not set; export it before starting"),
+                    );
+                    return None;
+                }
+            },
+            _ => {
+                self.issue(
+                    "redis.url",
+                    "set exactly one of url = \"redis://127.0.0.1:6379\" and url_env",
+                );
+                return None;
+            }
+        };
+        let timeout = self.period(
+            "redis.timeout",
+            raw.timeout.as_ref(),
+            Duration::from_secs(2),
+        );
+        let prefix = raw.prefix.as_deref().unwrap_or("portcullis:");
+        let ca = match &raw.ca_file {
+            None => None,
+            Some(file) => {
+                let path = self.path(file);
+                match std::fs::read(&path) {
+                    Ok(pem) if url.starts_with("rediss://") => Some(pem),
+                    Ok(_) => {
+                        self.issue("redis.ca_file", "only applies to TLS; use a rediss:// URL");
+                        return None;
+                    }
+                    Err(e) => {
+                        self.issue(
+                            "redis.ca_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        if let Some(kept) = kept
+            && kept.settings == (url.clone(), prefix.into())
+            && ca.is_none()
+        {
+            return Some(kept);
+        }
+        let client = match ca {
+            None => redis::Client::open(url.as_str()),
+            Some(root_cert) => redis::Client::build_with_tls(
+                url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            ),
+        };
+        match client {
+            Ok(client) => Some(std::sync::Arc::new(crate::revocation::Denylist::new(
+                client, &url, prefix, timeout,
+            ))),
+            // The URL may carry a password: the message must not echo it.
+            Err(_) => {
+                self.issue(
+                    "redis.url",
+                    "is not a Redis URL (redis://host:port or rediss://...)",
+                );
+                None
+            }
+        }
+    }
+
     pub(super) fn tls(
         &mut self,
         raw: Option<&RawTls>,
