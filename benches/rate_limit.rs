@@ -15,6 +15,7 @@ fn spec() -> Spec {
         per: Duration::from_secs(1),
         burst: 200,
         key: KeyKind::Subject,
+        shared: false,
     }
 }
 

@@ -213,7 +213,10 @@ pub async fn decide(
                     || i.provider == auth::API_KEYS
             })
             .and_then(|i| i.claims.subject());
-        if let Err(limited) = limiter.check(limiter.key(subject, client), Instant::now()) {
+        if let Err(limited) = limiter
+            .count(limiter.key(subject, client), Instant::now())
+            .await
+        {
             return Err(trace.fail(ProxyError::RateLimited(limited)));
         }
     }

@@ -374,6 +374,7 @@ mod tests {
                 per: std::time::Duration::from_secs(60),
                 burst: 20,
                 key: crate::ratelimit::KeyKind::Ip,
+                shared: false,
             },
         };
         assert_eq!(

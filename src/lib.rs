@@ -41,6 +41,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod readings;
+pub mod redis_link;
 pub mod reload;
 pub mod revocation;
 pub mod router;

@@ -51,17 +51,20 @@ pub struct Spec {
     pub per: Duration,
     pub burst: u32,
     pub key: KeyKind,
+    /// Counted in the `[redis]` Redis, across instances (`shared = "redis"`).
+    pub shared: bool,
 }
 
 impl Spec {
     /// `100 per 1s (burst 200) by sub`.
     pub fn describe(&self) -> String {
         format!(
-            "{} per {} (burst {}) by {}",
+            "{} per {} (burst {}) by {}{}",
             self.requests,
             humantime::format_duration(self.per),
             self.burst,
-            self.key.name()
+            self.key.name(),
+            if self.shared { ", shared in Redis" } else { "" }
         )
     }
 }
@@ -99,6 +102,37 @@ pub struct RateLimiter {
     /// Hashes `sub` values into keys: random per process, so nobody can aim two subjects
     /// at one key.
     hasher: RandomState,
+    /// `shared = "redis"`: the count across instances.
+    shared: Option<SharedCount>,
+}
+
+/// The GCRA of [`RateLimiter`], run in Redis by a script: one round trip per request, the
+/// clock Redis's own (`TIME`), so instances with skewed clocks agree. The key's TAT lives
+/// in `{prefix}rl:{route}:{key}` and expires when it has passed.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local ahead = tat - now
+if ahead > tolerance then
+  return ahead - tolerance
+end
+local new = tat + interval
+redis.call('SET', KEYS[1], new, 'PX', math.floor((new - now) / 1000) + 1)
+return 0
+"#;
+
+/// How long a request waits for the shared count before it falls back to this instance's.
+const SHARED_BUDGET: Duration = Duration::from_millis(50);
+
+struct SharedCount {
+    link: std::sync::Arc<crate::redis_link::RedisLink>,
+    script: redis::Script,
+    /// `{prefix}rl:{route}:`.
+    key_prefix: Box<str>,
 }
 
 impl RateLimiter {
@@ -114,7 +148,65 @@ impl RateLimiter {
             approx_len: AtomicUsize::new(0),
             sweeping: AtomicBool::new(false),
             hasher: RandomState::new(),
+            shared: None,
         }
+    }
+
+    /// `shared = "redis"`: counts in `link`'s Redis under the route's name.
+    pub fn with_shared(
+        mut self,
+        link: std::sync::Arc<crate::redis_link::RedisLink>,
+        route: &str,
+    ) -> RateLimiter {
+        self.shared = Some(SharedCount {
+            key_prefix: format!("{}rl:{route}:", link.prefix).into(),
+            link,
+            script: redis::Script::new(GCRA),
+        });
+        self
+    }
+
+    /// Counts a request: in Redis when the limit is shared and Redis answers within 50 ms,
+    /// else here (the per-instance limit is the fallback).
+    pub async fn count(&self, key: u128, now: Instant) -> Result<(), Limited> {
+        if let Some(shared) = &self.shared {
+            match tokio::time::timeout(SHARED_BUDGET, self.count_shared(shared, key)).await {
+                Ok(Ok(verdict)) => return verdict,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "shared rate limit unavailable; counting here")
+                }
+                Err(_) => tracing::debug!("shared rate limit slow; counting here"),
+            }
+        }
+        self.check(key, now)
+    }
+
+    async fn count_shared(
+        &self,
+        shared: &SharedCount,
+        key: u128,
+    ) -> Result<Result<(), Limited>, String> {
+        let mut conn = shared
+            .link
+            .ready_connection()
+            .ok_or("no connection to Redis yet")?;
+        let micros = |ns: u64| ns.div_ceil(1000);
+        let wait: u64 = shared
+            .script
+            .key(format!("{}{key:032x}", shared.key_prefix))
+            .arg(micros(self.interval))
+            .arg(micros(self.tolerance))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(if wait == 0 {
+            Ok(())
+        } else {
+            Err(Limited {
+                retry_after: Duration::from_micros(wait),
+                spec: self.spec,
+            })
+        })
     }
 
     pub fn spec(&self) -> &Spec {
@@ -123,12 +215,25 @@ impl RateLimiter {
 
     /// Configured alike: a reload keeps the state of an unchanged limit.
     pub fn same_settings(&self, other: &RateLimiter) -> bool {
-        self.spec == other.spec && self.max_keys == other.max_keys
+        self.spec == other.spec
+            && self.max_keys == other.max_keys
+            && match (&self.shared, &other.shared) {
+                (None, None) => true,
+                (Some(a), Some(b)) => {
+                    std::sync::Arc::ptr_eq(&a.link, &b.link) && a.key_prefix == b.key_prefix
+                }
+                _ => false,
+            }
     }
 
     /// The key of a request by its subject (`None`: the address is used) and client address.
     pub fn key(&self, subject: Option<&str>, client: IpAddr) -> u128 {
         match (self.spec.key, subject) {
+            (KeyKind::Subject | KeyKind::ApiKey, Some(sub)) if self.shared.is_some() => {
+                // Shared: every instance must name the subject's count alike.
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sub.as_bytes());
+                u128::from_be_bytes(digest.as_ref()[..16].try_into().expect("16 of 32 bytes"))
+            }
             (KeyKind::Subject | KeyKind::ApiKey, Some(sub)) => {
                 // 128 bits from two seeded hashes: a collision would merge two users.
                 let low = self.hasher.hash_one((0u8, sub));
@@ -248,6 +353,7 @@ mod tests {
                 per: Duration::from_millis(per_ms),
                 burst,
                 key: KeyKind::Subject,
+                shared: false,
             },
             max_keys,
         )
@@ -326,6 +432,7 @@ mod tests {
         let by_ip = RateLimiter::new(
             Spec {
                 key: KeyKind::Ip,
+                shared: false,
                 ..*l.spec()
             },
             10,

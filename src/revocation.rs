@@ -33,6 +33,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use futures_util::StreamExt;
 
+use crate::redis_link::RedisLink;
+
 /// What a revocation names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -65,28 +67,19 @@ pub struct Denylist {
     entries: DashMap<[u8; 16], Entry>,
     /// `entries.len()`, kept apart: the per-request check reads only this when it is 0.
     len: AtomicUsize,
-    client: redis::Client,
-    prefix: Box<str>,
-    timeout: Duration,
-    connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    pub link: Arc<RedisLink>,
     synced: AtomicBool,
     started: AtomicBool,
-    /// What it was built from: a reload keeps it when these are unchanged.
-    pub settings: (String, Box<str>),
 }
 
 impl Denylist {
-    pub fn new(client: redis::Client, url: &str, prefix: &str, timeout: Duration) -> Denylist {
+    pub fn new(link: Arc<RedisLink>) -> Denylist {
         Denylist {
             entries: DashMap::new(),
             len: AtomicUsize::new(0),
-            client,
-            prefix: prefix.into(),
-            timeout,
-            connection: tokio::sync::OnceCell::new(),
+            link,
             synced: AtomicBool::new(false),
             started: AtomicBool::new(false),
-            settings: (url.to_owned(), prefix.into()),
         }
     }
 
@@ -142,11 +135,11 @@ impl Denylist {
             until,
         };
         self.insert(id, entry);
-        let mut conn = self.connection().await?;
+        let mut conn = self.link.connection().await?;
         let text = format!("{now} {until}");
         redis::pipe()
             .cmd("SET")
-            .arg(format!("{}revoked:{hex}", self.prefix))
+            .arg(format!("{}revoked:{hex}", self.link.prefix))
             .arg(&text)
             .arg("EXAT")
             .arg(until)
@@ -161,29 +154,13 @@ impl Denylist {
     }
 
     fn channel(&self) -> String {
-        format!("{}revocations", self.prefix)
+        format!("{}revocations", self.link.prefix)
     }
 
     fn insert(&self, id: [u8; 16], entry: Entry) {
         if self.entries.insert(id, entry).is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    async fn connection(&self) -> Result<redis::aio::ConnectionManager, String> {
-        self.connection
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(1);
-                self.client
-                    .get_connection_manager_with_config(config)
-                    .await
-                    .map_err(|e| format!("cannot connect to Redis: {e}"))
-            })
-            .await
-            .cloned()
     }
 
     /// Starts the subscription and the periodic full reads, once; they end when the
@@ -213,10 +190,11 @@ impl Denylist {
     /// Subscribes, reads everything, then applies messages, reading everything again
     /// every 30 s; returns on a Redis error.
     async fn follow(&self) -> Result<(), String> {
-        let mut pubsub = tokio::time::timeout(self.timeout, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+        let mut pubsub =
+            tokio::time::timeout(self.link.timeout, self.link.client.get_async_pubsub())
+                .await
+                .map_err(|_| "connect timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
         pubsub
             .subscribe(self.channel())
             .await
@@ -243,8 +221,8 @@ impl Denylist {
 
     /// Reads every revocation in Redis, and drops the expired local ones.
     async fn read_all(&self) -> Result<(), String> {
-        let mut conn = self.connection().await?;
-        let pattern = format!("{}revoked:*", self.prefix);
+        let mut conn = self.link.connection().await?;
+        let pattern = format!("{}revoked:*", self.link.prefix);
         let mut cursor = 0u64;
         let mut keys: Vec<String> = Vec::new();
         loop {
@@ -321,12 +299,12 @@ mod tests {
     use super::*;
 
     fn list() -> Denylist {
-        Denylist::new(
+        Denylist::new(Arc::new(RedisLink::new(
             redis::Client::open("redis://127.0.0.1:9").unwrap(),
             "redis://127.0.0.1:9",
             "p:",
             Duration::from_millis(100),
-        )
+        )))
     }
 
     #[test]

@@ -402,6 +402,7 @@ pub(crate) mod tests {
                 per: std::time::Duration::from_secs(1),
                 burst: requests,
                 key: KeyKind::Ip,
+                shared: false,
             };
             Some(std::sync::Arc::new(RateLimiter::new(spec, 10)))
         };

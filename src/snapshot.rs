@@ -92,6 +92,8 @@ impl Snapshot {
         }
         if let Some(denylist) = &self.denylist {
             denylist.start();
+            // The shared rate limits must not wait for a connection on a request.
+            let _ = denylist.link.ready_connection();
         }
         for provider in &self.providers {
             if let Some(remote) = &provider.remote {

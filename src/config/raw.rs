@@ -604,6 +604,10 @@ pub struct RawRateLimit {
     pub key: Option<String>,
     /// Keys remembered at most; beyond it the least limited are forgotten. Default 100000.
     pub max_keys: Option<usize>,
+    /// `"redis"`: counted across instances in the `[redis]` Redis (one round trip per
+    /// request; this instance's count when Redis does not answer within 50 ms). Default:
+    /// per instance.
+    pub shared: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -215,3 +215,70 @@ async fn explain_and_check_name_the_limit_and_bad_limits_name_their_key() {
         assert!(error.contains(key), "{limit}: {error}");
     }
 }
+
+#[tokio::test]
+async fn a_shared_limit_counts_across_instances_and_falls_back_to_each_when_redis_is_gone() {
+    let redis = crate::support::oidc::RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let routes = r#"
+[[routes]]
+name = "shared"
+path_prefix = "/shared"
+upstream = "app"
+auth = "jwt"
+rate_limit = { requests = 3, per = "1h", shared = "redis" }
+"#;
+    let text = format!(
+        "{}\n[redis]\nurl = \"{}\"\n",
+        config_with(&upstream, "", routes),
+        redis.url()
+    );
+    let (one, two) = (Gateway::start(&text).await, Gateway::start(&text).await);
+    let alice = user("alice");
+    // Three in all, whichever instance they reach.
+    for (gw, expected) in [
+        (&one, 200),
+        (&two, 200),
+        (&one, 200),
+        (&two, 429),
+        (&one, 429),
+    ] {
+        assert_eq!(
+            get(gw, "/shared/x", Some(&alice), None).await.status(),
+            expected
+        );
+    }
+    let refused = get(&two, "/shared/x", Some(&alice), None).await;
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1199..=1200).contains(&retry), "{retry}");
+    assert_eq!(
+        get(&one, "/shared/x", Some(&user("bob")), None)
+            .await
+            .status(),
+        200
+    );
+    let summaries = portcullis::check::route_summaries(&one.shared.load());
+    let line = summaries
+        .iter()
+        .find(|l| l.starts_with("route shared:"))
+        .unwrap();
+    assert!(
+        line.ends_with("limited to 3 per 1h (burst 3) by sub, shared in Redis"),
+        "{line}"
+    );
+
+    // Redis gone: each instance counts on its own (a fresh allowance here), neither
+    // refuses everything nor lets everything through.
+    drop(redis);
+    for expected in [200, 200, 200, 429] {
+        assert_eq!(
+            get(&one, "/shared/x", Some(&alice), None).await.status(),
+            expected
+        );
+    }
+}

@@ -32,6 +32,8 @@ struct Compiler {
     login_configured: bool,
     /// An `[api_keys]` table is present (routes may name "api_key").
     api_keys_configured: bool,
+    /// `[redis]`: the shared Redis, for `rate_limit.shared = "redis"`.
+    redis_link: Option<Arc<crate::redis_link::RedisLink>>,
     /// `[tls] client_ca` is set (routes may name "mtls"): the `identity_from` order.
     client_cert_order: Option<Box<[crate::auth::client_cert::NameKind]>>,
     /// `[login] forward_access_token` / `forward_id_token`: the routes' default.
@@ -63,6 +65,7 @@ pub fn compile(
         login_configured: raw.login.is_some(),
         api_keys_configured: raw.api_keys.is_some(),
         client_cert_order: None,
+        redis_link: None,
         login_token_headers: Default::default(),
         system_roots: None,
         files: Default::default(),
@@ -91,6 +94,7 @@ pub fn compile(
         let kept = inherited.previous.and_then(|p| p.denylist.clone());
         c.denylist(raw, kept)
     });
+    c.redis_link = denylist.as_ref().map(|d| d.link.clone());
     let api_keys = raw.api_keys.as_ref().and_then(|raw| c.api_keys(raw));
     let mut identity = c.identity(&raw.identity);
     if let Some(keys) = &api_keys {

@@ -783,6 +783,28 @@ impl Compiler {
             );
         }
         let max_keys = self.positive(&format!("{field}.max_keys"), limit.max_keys, 100_000);
+        let shared = match limit.shared.as_deref() {
+            None => None,
+            Some("redis") => match &self.redis_link {
+                Some(link) => Some(link.clone()),
+                None => {
+                    self.issue(
+                        format!("{field}.shared"),
+                        "is \"redis\" but there is no [redis] table; add one with url = \"redis://...\"",
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                self.issue(
+                    format!("{field}.shared"),
+                    format!(
+                        "\"{other}\" is not a choice; use \"redis\" or remove it (per instance)"
+                    ),
+                );
+                None
+            }
+        };
         if self.issues.len() != before {
             return None;
         }
@@ -791,8 +813,14 @@ impl Compiler {
             per,
             burst,
             key: kind,
+            shared: shared.is_some(),
         };
-        Some(std::sync::Arc::new(RateLimiter::new(spec, max_keys)))
+        let limiter = RateLimiter::new(spec, max_keys);
+        let name = raw.name.as_deref().unwrap_or_default();
+        Some(std::sync::Arc::new(match shared {
+            Some(link) => limiter.with_shared(link, name),
+            None => limiter,
+        }))
     }
 
     /// `websocket` and its limits; the limits without `websocket = true` are a mistake.

@@ -311,7 +311,7 @@ impl Compiler {
             }
         };
         if let Some(kept) = kept
-            && kept.settings == (url.clone(), prefix.into())
+            && kept.link.settings == (url.clone(), prefix.into(), timeout)
             && ca.is_none()
         {
             return Some(kept);
@@ -328,7 +328,9 @@ impl Compiler {
         };
         match client {
             Ok(client) => Some(std::sync::Arc::new(crate::revocation::Denylist::new(
-                client, &url, prefix, timeout,
+                std::sync::Arc::new(crate::redis_link::RedisLink::new(
+                    client, &url, prefix, timeout,
+                )),
             ))),
             // The URL may carry a password: the message must not echo it.
             Err(_) => {
