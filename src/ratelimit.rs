@@ -198,7 +198,10 @@ impl RateLimiter {
             .arg(micros(self.tolerance))
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                shared.link.failed();
+                e.to_string()
+            })?;
         Ok(if wait == 0 {
             Ok(())
         } else {

@@ -150,7 +150,10 @@ impl Denylist {
             .ignore()
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| format!("cannot write the revocation to Redis: {e}"))
+            .map_err(|e| {
+                self.link.failed();
+                format!("cannot write the revocation to Redis: {e}")
+            })
     }
 
     fn channel(&self) -> String {
@@ -190,11 +193,11 @@ impl Denylist {
     /// Subscribes, reads everything, then applies messages, reading everything again
     /// every 30 s; returns on a Redis error.
     async fn follow(&self) -> Result<(), String> {
-        let mut pubsub =
-            tokio::time::timeout(self.link.timeout, self.link.client.get_async_pubsub())
-                .await
-                .map_err(|_| "connect timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
+        let client = self.link.client().await?;
+        let mut pubsub = tokio::time::timeout(self.link.timeout, client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
         pubsub
             .subscribe(self.channel())
             .await
@@ -234,7 +237,10 @@ impl Denylist {
                 .arg(1000)
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| {
+                    self.link.failed();
+                    e.to_string()
+                })?;
             keys.extend(batch);
             if next == 0 {
                 break;
@@ -299,12 +305,15 @@ mod tests {
     use super::*;
 
     fn list() -> Denylist {
-        Denylist::new(Arc::new(RedisLink::new(
-            redis::Client::open("redis://127.0.0.1:9").unwrap(),
-            "redis://127.0.0.1:9",
-            "p:",
-            Duration::from_millis(100),
-        )))
+        Denylist::new(Arc::new(
+            RedisLink::open(
+                "redis://127.0.0.1:9",
+                None,
+                "p:",
+                Duration::from_millis(100),
+            )
+            .unwrap(),
+        ))
     }
 
     #[test]

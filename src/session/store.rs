@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-
-use crate::worker::{MAX_WORKERS, worker_id};
 
 /// One logged-in browser. `Debug` leaves the tokens out (I7).
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -198,17 +196,15 @@ impl MemoryStore {
 /// Sessions in Redis under `{prefix}s:{id}`, with `{prefix}sid:…` / `{prefix}sub:…` sets
 /// naming the sessions of an IdP session or subject for back-channel logout.
 pub struct RedisStore {
-    client: redis::Client,
+    link: Arc<crate::redis_link::RedisLink>,
     prefix: Box<str>,
-    timeout: Duration,
-    /// One connection per worker thread, made on first use by that worker.
-    connections: Box<[tokio::sync::OnceCell<ConnectionManager>]>,
     /// The longest a session can live: the index sets expire after it.
     pub lifetime: u64,
 }
 
 impl RedisStore {
-    /// `ca`: PEM roots to trust for `rediss://` instead of the system's.
+    /// `url`: `redis://`, `rediss://` or `redis+sentinel://` (see `redis_link`); `ca`: PEM
+    /// roots to trust for TLS instead of the system's.
     pub fn new(
         url: &str,
         ca: Option<Vec<u8>>,
@@ -216,42 +212,23 @@ impl RedisStore {
         timeout: Duration,
         lifetime: u64,
     ) -> Result<Self, String> {
-        let client = match ca {
-            None => redis::Client::open(url),
-            Some(root_cert) => redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            ),
-        }
-        .map_err(|e| format!("not a Redis URL: {e}"))?;
         Ok(RedisStore {
-            client,
+            link: Arc::new(crate::redis_link::RedisLink::open(
+                url, ca, prefix, timeout,
+            )?),
             prefix: prefix.into(),
-            timeout,
-            connections: (0..MAX_WORKERS)
-                .map(|_| tokio::sync::OnceCell::new())
-                .collect(),
             lifetime,
         })
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let cell = &self.connections[worker_id()];
-        cell.get_or_try_init(|| async {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.timeout))
-                .set_response_timeout(Some(self.timeout))
-                .set_number_of_retries(1);
-            self.client
-                .get_connection_manager_with_config(config)
-                .await
-                .map_err(|e| StoreError(format!("cannot connect to Redis: {e}")))
-        })
-        .await
-        .cloned()
+        self.link.connection().await.map_err(StoreError)
+    }
+
+    /// A command failed: the link may have to find the primary again (Sentinel).
+    fn fail(&self, what: &str, error: redis::RedisError) -> StoreError {
+        self.link.failed();
+        StoreError(format!("{what}: {error}"))
     }
 
     fn session_key(&self, id: &str) -> String {
@@ -282,7 +259,7 @@ impl RedisStore {
             .arg(ttl)
             .query_async(&mut conn)
             .await
-            .map_err(|e| StoreError(format!("SET NX failed: {e}")))?;
+            .map_err(|e| self.fail("SET NX failed", e))?;
         Ok(set.is_some())
     }
 
@@ -291,7 +268,7 @@ impl RedisStore {
         let json: Option<String> = conn
             .get(self.session_key(id))
             .await
-            .map_err(|e| StoreError(format!("GET failed: {e}")))?;
+            .map_err(|e| self.fail("GET failed", e))?;
         // A record that does not parse is no session (fail closed), not an outage.
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
@@ -311,14 +288,14 @@ impl RedisStore {
         }
         pipe.query_async::<()>(&mut conn)
             .await
-            .map_err(|e| StoreError(format!("SET failed: {e}")))
+            .map_err(|e| self.fail("SET failed", e))
     }
 
     async fn delete(&self, id: &str) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
         conn.del::<_, ()>(self.session_key(id))
             .await
-            .map_err(|e| StoreError(format!("DEL failed: {e}")))
+            .map_err(|e| self.fail("DEL failed", e))
     }
 
     async fn delete_matching(
@@ -328,7 +305,7 @@ impl RedisStore {
         sub: Option<&str>,
     ) -> Result<usize, StoreError> {
         let mut conn = self.connection().await?;
-        let failed = |e: redis::RedisError| StoreError(format!("logout failed: {e}"));
+        let failed = |e: redis::RedisError| self.fail("logout failed", e);
         let (kind, value) = match (sid, sub) {
             (Some(sid), _) => ("sid", sid),
             (None, Some(sub)) => ("sub", sub),

@@ -1243,3 +1243,137 @@ async fn forwarding_session_tokens_on_a_route_without_sessions_is_a_config_error
         "{error}"
     );
 }
+
+/// Polls a Redis command until its reply contains `needle` (at most 20 s).
+async fn until_reply(server: &RedisServer, args: &[&str], needle: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        if server
+            .command(args)
+            .await
+            .is_some_and(|r| r.contains(needle))
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{args:?} never said {needle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sessions_survive_a_sentinel_failover_under_load() {
+    use std::sync::Arc;
+    let mut primary = RedisServer::start().await;
+    let replica = RedisServer::start_replica_of(&primary).await;
+    until_reply(&replica, &["INFO", "replication"], "master_link_status:up").await;
+    let sentinel = RedisServer::start_sentinel(&primary, "sessions").await;
+    // The sentinel has found the replica (from the primary's INFO).
+    let replica_port = replica.addr.port().to_string();
+    until_reply(
+        &sentinel,
+        &["SENTINEL", "replicas", "sessions"],
+        &replica_port,
+    )
+    .await;
+
+    let upstream = Upstream::start().await;
+    let idp = OidcIdp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "store = \"redis\"\nredis_url = \"redis+sentinel://{}/sessions\"\nredis_timeout = \"1s\"",
+        sentinel.addr
+    );
+    let text = gateway_config(
+        &upstream,
+        &idp,
+        "failover-client",
+        dir.path(),
+        &[COOKIE_KEY_A],
+        &extra,
+    );
+    let gw = Gateway::start(&text).await;
+    idp.register("failover-client", &[&gw]).await;
+    let mut browsers = Vec::new();
+    for user in ["alice", "bob", "alice", "bob"] {
+        let browser = Browser::new();
+        let pages = browser.visit_and_login(&gw.url("/app/x"), user).await;
+        assert_upstream_page(&pages, "/app/x");
+        browsers.push(Arc::new(browser));
+    }
+    // Every session is on the replica too before the primary goes.
+    let keys = primary.command(&["KEYS", "portcullis:s:*"]).await.unwrap();
+    assert!(keys.starts_with("*4\r\n"), "{keys:?}");
+    until_reply(&replica, &["KEYS", "portcullis:s:*"], "*4\r\n").await;
+
+    // Load: each browser asks again and again; the primary is killed after a second.
+    let started = std::time::Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for browser in &browsers {
+        let (browser, stop, url) = (browser.clone(), stop.clone(), gw.url("/app/y"));
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = browser.get(&url).await.status;
+                seen.push((started.elapsed(), status));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed_at = started.elapsed();
+    primary.kill();
+    // The sentinel promotes the replica...
+    until_reply(
+        &sentinel,
+        &["SENTINEL", "get-master-addr-by-name", "sessions"],
+        &replica_port,
+    )
+    .await;
+    let promoted_at = started.elapsed();
+    // ...and the load goes on a while on the new primary.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen: Vec<(Duration, u16)> = Vec::new();
+    for task in tasks {
+        seen.extend(task.await.unwrap());
+    }
+    seen.sort();
+    // Errors only (502 session_store_unavailable), never a lost session (302 to log in).
+    let lost = seen.iter().filter(|(_, s)| *s == 302).count();
+    assert_eq!(lost, 0, "sessions lost: {seen:?}");
+    assert!(seen.iter().all(|(_, s)| *s == 200 || *s == 502), "{seen:?}");
+    let errors: Vec<Duration> = seen
+        .iter()
+        .filter(|(_, s)| *s == 502)
+        .map(|(t, _)| *t)
+        .collect();
+    if let (Some(first), Some(last)) = (errors.first(), errors.last()) {
+        assert!(
+            *first >= killed_at,
+            "an error before the primary went: {first:?}"
+        );
+        eprintln!(
+            "failover: primary killed at {killed_at:?}, promoted at {promoted_at:?}; {} of {} requests \
+             failed, from {first:?} to {last:?} (window {:?})",
+            errors.len(),
+            seen.len(),
+            *last - *first
+        );
+        // After the last error, everything is served again.
+        assert!(
+            seen.iter()
+                .filter(|(t, _)| t > last)
+                .all(|(_, s)| *s == 200)
+        );
+    }
+    // Every session is still there, on the new primary.
+    for browser in &browsers {
+        assert_eq!(browser.get(&gw.url("/app/z")).await.status, 200);
+    }
+    drop(sentinel);
+}

@@ -562,6 +562,33 @@ impl RedisServer {
     }
 
     async fn start_with(tls: bool) -> RedisServer {
+        RedisServer::spawn(tls, &[], None).await
+    }
+
+    /// A replica of `primary`.
+    pub async fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let args = [
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary.addr.port().to_string(),
+        ];
+        RedisServer::spawn(false, &args, None).await
+    }
+
+    /// A Redis Sentinel watching `primary` as service `service` (quorum 1, down after 1 s).
+    pub async fn start_sentinel(primary: &RedisServer, service: &str) -> RedisServer {
+        let conf = format!(
+            "bind 127.0.0.1\nsentinel monitor {service} 127.0.0.1 {port} 1\n\
+             sentinel down-after-milliseconds {service} 1000\n\
+             sentinel failover-timeout {service} 10000\n",
+            port = primary.addr.port()
+        );
+        RedisServer::spawn(false, &[], Some(conf)).await
+    }
+
+    /// `redis-server` on a free port with `args`; with `sentinel`, in Sentinel mode with
+    /// that config (written into the server's folder: Sentinel rewrites it).
+    async fn spawn(tls: bool, args: &[String], sentinel: Option<String>) -> RedisServer {
         assert!(
             which("redis-server"),
             "the Redis session tests need `redis-server` on PATH: apt-get install redis-server \
@@ -572,10 +599,19 @@ impl RedisServer {
             let tls_port = tls.then(free_port);
             let dir = tempfile::tempdir().unwrap();
             let mut command = Command::new("redis-server");
+            if let Some(conf) = &sentinel {
+                let path = dir.path().join("sentinel.conf");
+                std::fs::write(&path, conf).unwrap();
+                command.arg(&path).arg("--sentinel");
+            }
             command
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--dir"])
-                .arg(dir.path());
+                .args(args);
+            if sentinel.is_none() {
+                command
+                    .args(["--save", "", "--appendonly", "no", "--dir"])
+                    .arg(dir.path());
+            }
             if let Some(tls_port) = tls_port {
                 let keys = crate::support::keys();
                 std::fs::write(dir.path().join("tls.crt"), &keys.tls_cert_pem).unwrap();

@@ -295,7 +295,7 @@ impl Compiler {
                     Some(file) => {
                         let path = self.path(file);
                         match std::fs::read(&path) {
-                            Ok(pem) if url.starts_with("rediss://") => Some(pem),
+                            Ok(pem) if url.starts_with("rediss") => Some(pem),
                             Ok(_) => {
                                 self.issue(
                                     "login.redis_ca_file",
@@ -315,12 +315,21 @@ impl Compiler {
                 };
                 match RedisStore::new(&url, ca, prefix, timeout, lifetime.as_secs()) {
                     Ok(store) => Some(Store::Redis(Arc::new(store))),
-                    // The URL may carry a password: the message must not echo it.
-                    Err(_) => {
-                        self.issue(
-                            if raw.redis_url.is_some() { "login.redis_url" } else { "login.redis_url_env" },
-                            "is not a Redis URL; use redis://[:password@]host:port[/db] or rediss://…",
-                        );
+                    // The URL may carry a password: the message never repeats it.
+                    Err(message) => {
+                        let key = if raw.redis_url.is_some() {
+                            "login.redis_url"
+                        } else {
+                            "login.redis_url_env"
+                        };
+                        if message.contains("Sentinel") {
+                            self.issue(key, message);
+                        } else {
+                            self.issue(
+                                key,
+                                "is not a Redis URL; use redis://[:password@]host:port[/db], rediss://… or redis+sentinel://host:port[,host:port]/SERVICE",
+                            );
+                        }
                         None
                     }
                 }

@@ -295,7 +295,7 @@ impl Compiler {
             Some(file) => {
                 let path = self.path(file);
                 match std::fs::read(&path) {
-                    Ok(pem) if url.starts_with("rediss://") => Some(pem),
+                    Ok(pem) if url.starts_with("rediss") => Some(pem),
                     Ok(_) => {
                         self.issue("redis.ca_file", "only applies to TLS; use a rediss:// URL");
                         return None;
@@ -316,28 +316,13 @@ impl Compiler {
         {
             return Some(kept);
         }
-        let client = match ca {
-            None => redis::Client::open(url.as_str()),
-            Some(root_cert) => redis::Client::build_with_tls(
-                url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            ),
-        };
-        match client {
-            Ok(client) => Some(std::sync::Arc::new(crate::revocation::Denylist::new(
-                std::sync::Arc::new(crate::redis_link::RedisLink::new(
-                    client, &url, prefix, timeout,
-                )),
+        match crate::redis_link::RedisLink::open(&url, ca, prefix, timeout) {
+            Ok(link) => Some(std::sync::Arc::new(crate::revocation::Denylist::new(
+                std::sync::Arc::new(link),
             ))),
-            // The URL may carry a password: the message must not echo it.
-            Err(_) => {
-                self.issue(
-                    "redis.url",
-                    "is not a Redis URL (redis://host:port or rediss://...)",
-                );
+            // The message never repeats the URL: it may carry a password.
+            Err(message) => {
+                self.issue("redis.url", message);
                 None
             }
         }
