@@ -156,6 +156,19 @@ impl Denylist {
             })
     }
 
+    /// For the criterion bench only: a revocation in force here, without Redis.
+    #[cfg(feature = "bench-internals")]
+    #[doc(hidden)]
+    pub fn bench_insert(&self, kind: Kind, issuer: &str, value: &str, until: u64, now: u64) {
+        self.insert(
+            id(kind, issuer, value),
+            Entry {
+                revoked_at: now,
+                until,
+            },
+        );
+    }
+
     fn channel(&self) -> String {
         format!("{}revocations", self.link.prefix)
     }
