@@ -213,10 +213,10 @@ pub async fn decide(
                     || i.provider == auth::API_KEYS
             })
             .and_then(|i| i.claims.subject());
-        if let Err(limited) = limiter
-            .count(limiter.key(subject, client), Instant::now())
-            .await
-        {
+        // Boxed: the shared count's Redis call is a large future that only limited routes
+        // need; unboxed it would enlarge every request's.
+        let counted = Box::pin(limiter.count(limiter.key(subject, client), Instant::now()));
+        if let Err(limited) = counted.await {
             return Err(trace.fail(ProxyError::RateLimited(limited)));
         }
     }
