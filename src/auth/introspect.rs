@@ -93,10 +93,7 @@ impl Introspection {
 
     /// The identity of `token` at `now` (seconds since the epoch).
     pub async fn check(&self, token: &str, now: u64) -> Result<Arc<Claims>, Refusal> {
-        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .try_into()
-            .expect("SHA-256 is 32 bytes");
+        let key = cache_key(token);
         if let Some(answer) = self.answers.get(&key).await {
             let until = match &answer {
                 Answer::Active { until, .. } | Answer::Inactive { until } => *until,
@@ -119,10 +116,7 @@ impl Introspection {
     #[cfg(feature = "bench-internals")]
     #[doc(hidden)]
     pub async fn bench_prime(&self, token: &str, claims: Claims, until: u64) {
-        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .try_into()
-            .expect("SHA-256 is 32 bytes");
+        let key = cache_key(token);
         let claims = Arc::new(claims);
         self.answers
             .insert(key, Answer::Active { claims, until })
@@ -198,6 +192,14 @@ fn verdict(answer: Answer) -> Result<Arc<Claims>, Refusal> {
         Answer::Active { claims, .. } => Ok(claims),
         Answer::Inactive { .. } => Err(Refusal::Inactive),
     }
+}
+
+/// The cache's key of `token`: its SHA-256 (the token itself is never kept).
+fn cache_key(token: &str) -> [u8; 32] {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// A token that is not a JWS compact serialisation (three dot-separated parts): an opaque

@@ -257,62 +257,19 @@ impl Compiler {
                 ))
             }
             "redis" => {
-                let url = match (&raw.redis_url, &raw.redis_url_env) {
-                    (Some(url), None) => Some(url.clone()),
-                    (None, Some(var)) => match std::env::var(var) {
-                        Ok(url) => Some(url),
-                        Err(_) => {
-                            self.issue(
-                                "login.redis_url_env",
-                                format!("environment variable {var} is not set; export it before starting"),
-                            );
-                            None
-                        }
-                    },
-                    (Some(_), Some(_)) => {
-                        self.issue(
-                            "login.redis_url",
-                            "set either redis_url or redis_url_env, not both",
-                        );
-                        None
-                    }
-                    (None, None) => {
-                        self.issue(
-                            "login.redis_url",
-                            "required with store = \"redis\", e.g. redis_url = \"redis://127.0.0.1:6379\"",
-                        );
-                        None
-                    }
-                }?;
+                let url = self.redis_url(
+                    ("login.redis_url", "login.redis_url_env"),
+                    raw.redis_url.as_ref(),
+                    raw.redis_url_env.as_ref(),
+                    "required with store = \"redis\", e.g. redis_url = \"redis://127.0.0.1:6379\"",
+                )?;
                 let timeout = self.period(
                     "login.redis_timeout",
                     raw.redis_timeout.as_ref(),
                     Duration::from_secs(2),
                 );
                 let prefix = raw.redis_prefix.as_deref().unwrap_or("portcullis:");
-                let ca = match &raw.redis_ca_file {
-                    None => None,
-                    Some(file) => {
-                        let path = self.path(file);
-                        match std::fs::read(&path) {
-                            Ok(pem) if url.starts_with("rediss") => Some(pem),
-                            Ok(_) => {
-                                self.issue(
-                                    "login.redis_ca_file",
-                                    "only applies to TLS; use a rediss:// URL",
-                                );
-                                None
-                            }
-                            Err(e) => {
-                                self.issue(
-                                    "login.redis_ca_file",
-                                    format!("cannot read {}: {e}", path.display()),
-                                );
-                                None
-                            }
-                        }
-                    }
-                };
+                let ca = self.redis_ca("login.redis_ca_file", &url, raw.redis_ca_file.as_ref());
                 match RedisStore::new(&url, ca, prefix, timeout, lifetime.as_secs()) {
                     Ok(store) => Some(Store::Redis(Arc::new(store))),
                     // The URL may carry a password: the message never repeats it.

@@ -244,6 +244,54 @@ impl Compiler {
         default
     }
 
+    /// A Redis URL given as `url` or through the environment variable `env` (exactly one;
+    /// `keys`: their TOML keys); `missing` says what to write when neither is set.
+    fn redis_url(
+        &mut self,
+        keys: (&str, &str),
+        url: Option<&String>,
+        env: Option<&String>,
+        missing: &str,
+    ) -> Option<String> {
+        match (url, env) {
+            (Some(url), None) => Some(url.clone()),
+            (None, Some(var)) => std::env::var(var).ok().or_else(|| {
+                self.issue(
+                    keys.1,
+                    format!("environment variable {var} is not set; export it before starting"),
+                );
+                None
+            }),
+            (Some(_), Some(_)) => {
+                self.issue(
+                    keys.0,
+                    format!("set either {} or {}, not both", keys.0, keys.1),
+                );
+                None
+            }
+            (None, None) => {
+                self.issue(keys.0, missing);
+                None
+            }
+        }
+    }
+
+    /// The PEM CA bundle `file` trusted for a TLS (`rediss`) Redis `url`.
+    fn redis_ca(&mut self, key: &str, url: &str, file: Option<&String>) -> Option<Vec<u8>> {
+        let path = self.path(file?);
+        match std::fs::read(&path) {
+            Ok(pem) if url.starts_with("rediss") => Some(pem),
+            Ok(_) => {
+                self.issue(key, "only applies to TLS; use a rediss:// URL");
+                None
+            }
+            Err(e) => {
+                self.issue(key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
     fn positive(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
         match value {
             None => default,

@@ -264,52 +264,19 @@ impl Compiler {
         raw: &RawRedis,
         kept: Option<std::sync::Arc<crate::revocation::Denylist>>,
     ) -> Option<std::sync::Arc<crate::revocation::Denylist>> {
-        let url = match (&raw.url, &raw.url_env) {
-            (Some(url), None) => url.clone(),
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(url) => url,
-                Err(_) => {
-                    self.issue(
-                        "redis.url_env",
-                        format!("environment variable {var} is not set; export it before starting"),
-                    );
-                    return None;
-                }
-            },
-            _ => {
-                self.issue(
-                    "redis.url",
-                    "set exactly one of url = \"redis://127.0.0.1:6379\" and url_env",
-                );
-                return None;
-            }
-        };
+        let url = self.redis_url(
+            ("redis.url", "redis.url_env"),
+            raw.url.as_ref(),
+            raw.url_env.as_ref(),
+            "required: url = \"redis://127.0.0.1:6379\" (or url_env)",
+        )?;
         let timeout = self.period(
             "redis.timeout",
             raw.timeout.as_ref(),
             Duration::from_secs(2),
         );
         let prefix = raw.prefix.as_deref().unwrap_or("portcullis:");
-        let ca = match &raw.ca_file {
-            None => None,
-            Some(file) => {
-                let path = self.path(file);
-                match std::fs::read(&path) {
-                    Ok(pem) if url.starts_with("rediss") => Some(pem),
-                    Ok(_) => {
-                        self.issue("redis.ca_file", "only applies to TLS; use a rediss:// URL");
-                        return None;
-                    }
-                    Err(e) => {
-                        self.issue(
-                            "redis.ca_file",
-                            format!("cannot read {}: {e}", path.display()),
-                        );
-                        return None;
-                    }
-                }
-            }
-        };
+        let ca = self.redis_ca("redis.ca_file", &url, raw.ca_file.as_ref());
         if let Some(kept) = kept
             && kept.link.settings == (url.clone(), prefix.into(), timeout)
             && ca.is_none()
