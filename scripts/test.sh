@@ -10,10 +10,11 @@ command -v cargo >/dev/null 2>&1 || {
 }
 
 # The login tests run a real OpenID provider (the pinned npm package oidc-provider, under
-# Node.js) and a real redis-server; the browser test drives Debian's headless Chromium with
+# Node.js) and a real redis-server (redis-cli makes the test Redis Cluster); the browser test drives Debian's headless Chromium with
 # the pinned playwright-core. Install what is missing, or say exactly what it is.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)

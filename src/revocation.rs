@@ -10,8 +10,11 @@
 //!   until the longest a session can live; only sessions that began before the revocation
 //!   are ended (a new login after it is not).
 //!
-//! How it travels: `revoke` writes `{prefix}revoked:{id}` = `"{revoked_at} {until}"`
-//! (expiring at `until`) and publishes the same on `{prefix}revocations`. Every instance
+//! How it travels: `revoke` adds `"{id} {revoked_at} {until}"` to the sorted set
+//! `{prefix}revoked` (scored by `until`, so expired entries are cut by score) and publishes
+//! the same on `{prefix}revocations`. One key, not a key per entry: a full read is one
+//! command on one node, also in a Redis Cluster (where a `SCAN` would have to visit every
+//! node), and a message published on any node of a cluster reaches every node. Every instance
 //! keeps the unexpired entries in a local map: it reads them all at start, applies each
 //! published one as it arrives, and reads them all again every 30 s and after a lost
 //! connection (Redis pub/sub delivers at most once: a message sent while an instance was
@@ -136,27 +139,38 @@ impl Denylist {
         };
         self.insert(id, entry);
         let mut conn = self.link.connection().await?;
-        let text = format!("{now} {until}");
-        redis::pipe()
-            .cmd("SET")
-            .arg(format!("{}revoked:{hex}", self.link.prefix))
-            .arg(&text)
-            .arg("EXAT")
+        let member = format!("{hex} {now} {until}");
+        // Written, then published: two commands, as the channel is not in the key's slot
+        // in a cluster.
+        let written = redis::pipe()
+            .cmd("ZADD")
+            .arg(self.key())
             .arg(until)
+            .arg(&member)
             .ignore()
-            .cmd("PUBLISH")
-            .arg(self.channel())
-            .arg(format!("{hex} {text}"))
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.key())
+            .arg("-inf")
+            .arg(now)
             .ignore()
             .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| {
-                self.link.failed();
-                format!("cannot write the revocation to Redis: {e}")
-            })
+            .await;
+        let published = match written {
+            Ok(()) => {
+                redis::cmd("PUBLISH")
+                    .arg(self.channel())
+                    .arg(&member)
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        published.map_err(|e| {
+            self.link.failed();
+            format!("cannot write the revocation to Redis: {e}")
+        })
     }
 
-    /// For the criterion bench only: a revocation in force here, without Redis.
     #[cfg(feature = "bench-internals")]
     #[doc(hidden)]
     pub fn bench_insert(&self, kind: Kind, issuer: &str, value: &str, until: u64, now: u64) {
@@ -167,6 +181,10 @@ impl Denylist {
                 until,
             },
         );
+    }
+
+    fn key(&self) -> String {
+        format!("{}revoked", self.link.prefix)
     }
 
     fn channel(&self) -> String {
@@ -191,10 +209,11 @@ impl Denylist {
             loop {
                 let Some(list) = weak.upgrade() else { return };
                 // Logged when it stops working (or never did), not at every retry.
-                if let Err(error) = list.follow().await
-                    && (list.synced.swap(false, Ordering::Relaxed) || first)
-                {
-                    tracing::warn!(%error, "revocation list: no Redis; retrying every second");
+                if let Err(error) = list.follow().await {
+                    list.link.subscription_failed();
+                    if list.synced.swap(false, Ordering::Relaxed) || first {
+                        tracing::warn!(%error, "revocation list: no Redis; retrying every second");
+                    }
                 }
                 first = false;
                 drop(list);
@@ -238,51 +257,29 @@ impl Denylist {
     /// Reads every revocation in Redis, and drops the expired local ones.
     async fn read_all(&self) -> Result<(), String> {
         let mut conn = self.link.connection().await?;
-        let pattern = format!("{}revoked:*", self.link.prefix);
-        let mut cursor = 0u64;
-        let mut keys: Vec<String> = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| {
-                    self.link.failed();
-                    e.to_string()
-                })?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        for chunk in keys.chunks(500) {
-            let values: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(chunk)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            for (key, value) in chunk.iter().zip(values) {
-                let hex = key.rsplit(':').next().unwrap_or_default();
-                if let Some(value) = value
-                    && let Some(found) = parse(&format!("{hex} {value}"))
-                {
-                    self.insert(found.0, found.1);
-                }
-            }
-        }
         let now = crate::auth::unix_now();
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.key())
+            .arg(format!("({now}"))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| {
+                self.link.failed();
+                e.to_string()
+            })?;
+        for member in &members {
+            if let Some((id, entry)) = parse(member) {
+                self.insert(id, entry);
+            }
+        }
         self.entries.retain(|_, e| e.until > now);
         self.len.store(self.entries.len(), Ordering::Relaxed);
         Ok(())
     }
 }
 
-/// `"{hex id} {revoked_at} {until}"`.
 fn parse(text: &str) -> Option<([u8; 16], Entry)> {
     let mut parts = text.split(' ');
     let hex = parts.next()?;

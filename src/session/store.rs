@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -221,7 +220,7 @@ impl RedisStore {
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<crate::redis_link::Connection, StoreError> {
         self.link.connection().await.map_err(StoreError)
     }
 
@@ -273,22 +272,32 @@ impl RedisStore {
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
+    /// The session and each of its index entries are written by their own command (or
+    /// pipeline on one key), sent together: in a cluster they live on different nodes.
     async fn save(&self, id: &str, session: &Session, ttl: u64) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
+        let conn = self.connection().await?;
         let json = serde_json::to_string(session).expect("sessions serialise");
+        let mut pipes = vec![];
         let mut pipe = redis::pipe();
         pipe.set_ex(self.session_key(id), json, ttl.max(1)).ignore();
+        pipes.push(pipe);
         let issuer = session.issuer();
         for kind in ["sid", "sub"] {
             if let Some(value) = session.claim(kind) {
                 let key = self.index_key(kind, issuer, value);
+                let mut pipe = redis::pipe();
                 pipe.sadd(&key, id).ignore();
                 pipe.expire(&key, self.lifetime as i64).ignore();
+                pipes.push(pipe);
             }
         }
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.fail("SET failed", e))
+        futures_util::future::try_join_all(pipes.iter().map(|pipe| {
+            let mut conn = conn.clone();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        }))
+        .await
+        .map(drop)
+        .map_err(|e| self.fail("SET failed", e))
     }
 
     async fn delete(&self, id: &str) -> Result<(), StoreError> {

@@ -633,9 +633,10 @@ store = "memory""#,
     );
 }
 
-/// Two gateways with one client registration and one Redis: what a load balancer sees.
-struct TwoInstances {
-    redis: RedisServer,
+/// Two gateways with one client registration and one Redis (a server or a cluster): what
+/// a load balancer sees.
+struct TwoInstances<R = RedisServer> {
+    redis: R,
     upstream: Upstream,
     idp: OidcIdp,
     one: Gateway,
@@ -646,9 +647,14 @@ struct TwoInstances {
 
 async fn two_instances_on_one_redis(client_id: &'static str) -> TwoInstances {
     let redis = RedisServer::start().await;
+    let url = redis.url();
+    two_instances_on(redis, &url, client_id).await
+}
+
+async fn two_instances_on<R>(redis: R, url: &str, client_id: &'static str) -> TwoInstances<R> {
     let upstream = Upstream::start().await;
     let idp = OidcIdp::start().await;
-    let extra = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url());
+    let extra = format!("store = \"redis\"\nredis_url = \"{url}\"");
     let dir = tempfile::tempdir().unwrap();
     let config = gateway_config(
         &upstream,
@@ -781,6 +787,67 @@ async fn back_channel_logout_from_the_idp_ends_the_sessions_everywhere() {
     assert_eq!(browser.get(&one.url("/app/y")).await.status, 302);
     assert_eq!(browser.get(&two.url("/app/y")).await.status, 302);
     assert_eq!(upstream.count(), count);
+}
+
+/// The session store on a Redis Cluster of three primaries, named by one seed node: the
+/// sessions and their logout indexes live in different slots (and mostly on different
+/// nodes), and every instance finds them all.
+#[tokio::test]
+async fn sessions_and_logouts_work_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3).await;
+    let url = cluster.url();
+    let TwoInstances {
+        redis: cluster,
+        upstream,
+        idp,
+        one,
+        two,
+        _dir,
+        ..
+    } = two_instances_on(cluster, &url, "cluster-client").await;
+
+    let mut browsers = Vec::new();
+    for user in ["alice", "bob", "alice", "bob", "alice", "bob"] {
+        let browser = Browser::new();
+        let pages = browser.visit_and_login(&one.url("/app/x"), user).await;
+        assert_upstream_page(&pages, "/app/x");
+        let cookie = browser.cookie(&one.url("/"), "portcullis").unwrap();
+        browser.set_cookie(&two.url("/"), "portcullis", &cookie);
+        assert_eq!(browser.get(&two.url("/app/y")).await.status, 200);
+        assert_eq!(upstream.last().header_values("x-auth-user"), [user]);
+        browsers.push((user, browser));
+    }
+    let per_node = cluster.keys("portcullis:s:*").await;
+    eprintln!("sessions per cluster node: {per_node:?}");
+    assert_eq!(per_node.iter().sum::<usize>(), 6, "{per_node:?}");
+    assert_eq!(
+        cluster.keys("portcullis:sid:*").await.iter().sum::<usize>(),
+        6
+    );
+
+    // The gateway's logout on one instance ends the session on the other.
+    let (_, alice) = &browsers[0];
+    let cookie = alice.cookie(&one.url("/"), "portcullis").unwrap();
+    assert_eq!(alice.get(&one.url("/_portcullis/logout")).await.status, 302);
+    let stale = Browser::new();
+    stale.set_cookie(&two.url("/"), "portcullis", &cookie);
+    assert_eq!(stale.get(&two.url("/app/y")).await.status, 302);
+
+    // Back-channel logout (the sid index, then the session, in other slots) ends this
+    // browser's session of bob's on both instances, and no other (bob's other logins
+    // have other IdP sessions).
+    let (_, bob) = &browsers[1];
+    let done = bob.logout_at_idp(&idp).await;
+    assert!(done.status < 400, "{}", done.body);
+    assert_eq!(bob.get(&one.url("/app/y")).await.status, 302);
+    assert_eq!(bob.get(&two.url("/app/y")).await.status, 302);
+    for (user, browser) in &browsers[2..] {
+        assert_eq!(browser.get(&two.url("/app/y")).await.status, 200, "{user}");
+    }
+    assert_eq!(
+        cluster.keys("portcullis:s:*").await.iter().sum::<usize>(),
+        4
+    );
 }
 
 #[tokio::test]
@@ -1242,25 +1309,6 @@ async fn forwarding_session_tokens_on_a_route_without_sessions_is_a_config_error
         error.contains("login.forward_id_token: is a header the gateway manages"),
         "{error}"
     );
-}
-
-/// Polls a Redis command until its reply contains `needle` (at most 20 s).
-async fn until_reply(server: &RedisServer, args: &[&str], needle: &str) {
-    let started = std::time::Instant::now();
-    loop {
-        if server
-            .command(args)
-            .await
-            .is_some_and(|r| r.contains(needle))
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{args:?} never said {needle:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

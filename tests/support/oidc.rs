@@ -682,3 +682,83 @@ impl RedisServer {
         let _ = self.child.start_kill();
     }
 }
+
+/// A Redis Cluster of `redis-server`s on free ports (client and bus), each a primary with
+/// a share of the slots, made by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start(size: usize) -> RedisCluster {
+        assert!(
+            which("redis-cli"),
+            "the Redis Cluster tests need `redis-cli` on PATH (Debian package redis-tools, \
+             installed with redis-server; scripts/test.sh installs it)"
+        );
+        let mut nodes = Vec::new();
+        for _ in 0..size {
+            let args = [
+                "--cluster-enabled".to_owned(),
+                "yes".to_owned(),
+                "--cluster-config-file".to_owned(),
+                "nodes.conf".to_owned(),
+                "--cluster-port".to_owned(),
+                free_port().to_string(),
+            ];
+            nodes.push(RedisServer::spawn(false, &args, None).await);
+        }
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|n| n.addr.to_string()))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .expect("cannot run redis-cli");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        for node in &nodes {
+            until_reply(node, &["CLUSTER", "INFO"], "cluster_state:ok").await;
+        }
+        RedisCluster { nodes }
+    }
+
+    /// `redis+cluster://` naming only the first node: the others are found from it.
+    pub fn url(&self) -> String {
+        format!("redis+cluster://{}", self.nodes[0].addr)
+    }
+
+    /// How many keys match `pattern` on each node.
+    pub async fn keys(&self, pattern: &str) -> Vec<usize> {
+        let mut counts = Vec::new();
+        for node in &self.nodes {
+            let reply = node.command(&["KEYS", pattern]).await.unwrap();
+            let count = reply
+                .strip_prefix('*')
+                .and_then(|r| r.split("\r\n").next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a KEYS reply: {reply:?}"));
+            counts.push(count);
+        }
+        counts
+    }
+}
+
+/// Asks `server` until the reply contains `needle` (at most 20 s).
+pub async fn until_reply(server: &RedisServer, args: &[&str], needle: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        if server
+            .command(args)
+            .await
+            .is_some_and(|r| r.contains(needle))
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{args:?} never said {needle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -279,14 +279,7 @@ impl Compiler {
                         } else {
                             "login.redis_url_env"
                         };
-                        if message.contains("Sentinel") {
-                            self.issue(key, message);
-                        } else {
-                            self.issue(
-                                key,
-                                "is not a Redis URL; use redis://[:password@]host:port[/db], rediss://… or redis+sentinel://host:port[,host:port]/SERVICE",
-                            );
-                        }
+                        self.issue(key, message);
                         None
                     }
                 }
