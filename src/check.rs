@@ -13,6 +13,17 @@ pub fn lint(snapshot: &Snapshot) -> Vec<String> {
     use crate::router::PathMatch;
     let routes = snapshot.routes.routes();
     let mut warnings = Vec::new();
+    // Protected routes by host: a public prefix is only compared with its own host's.
+    let mut protected_by_host: std::collections::HashMap<_, Vec<_>> = Default::default();
+    for route in routes
+        .iter()
+        .filter(|r| !matches!(r.auth, RouteAuth::Public))
+    {
+        protected_by_host
+            .entry(&route.host)
+            .or_default()
+            .push(route);
+    }
     for public in routes
         .iter()
         .filter(|r| matches!(r.auth, RouteAuth::Public))
@@ -20,15 +31,13 @@ pub fn lint(snapshot: &Snapshot) -> Vec<String> {
         let PathMatch::Prefix(p) = &public.path else {
             continue;
         };
-        for protected in routes
-            .iter()
-            .filter(|r| !matches!(r.auth, RouteAuth::Public))
-        {
+        for protected in protected_by_host.get(&public.host).into_iter().flatten() {
             let q = match &protected.path {
                 PathMatch::Prefix(q) | PathMatch::Exact(q) => q,
             };
-            let covers = **p == *"/" || q.starts_with(&format!("{p}/"));
-            if covers && public.host == protected.host {
+            let covers =
+                **p == *"/" || (q.starts_with(&**p) && q.as_bytes().get(p.len()) == Some(&b'/'));
+            if covers {
                 warnings.push(format!(
                     "route \"{}\" is public and its prefix {p} covers protected route \"{}\" ({q}): \
                      requests next to {q} (e.g. {q}x) are public; make sure that is intended",

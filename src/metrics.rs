@@ -184,9 +184,8 @@ impl Metrics {
 
     pub fn route(&self, name: &str) -> RouteMetrics {
         RouteMetrics {
-            name: name.to_owned(),
-            requests: Default::default(),
-            auth: std::array::from_fn(|_| OnceLock::new()),
+            name: name.into(),
+            counters: OnceLock::new(),
         }
     }
 
@@ -206,11 +205,17 @@ impl Metrics {
             _ => 2,
         };
         let s = usize::from((status / 100).clamp(1, 5) - 1);
-        route.requests[m * 5 + s]
+        let counters = route.counters.get_or_init(|| {
+            Box::new(RouteCounters {
+                requests: Default::default(),
+                auth: std::array::from_fn(|_| OnceLock::new()),
+            })
+        });
+        counters.requests[m * 5 + s]
             .get_or_init(|| {
                 self.requests
                     .get_or_create(&RequestLabels {
-                        route: route.name.clone(),
+                        route: route.name.to_string(),
                         method: METHOD_CLASSES[m],
                         status: STATUS_CLASSES[s],
                     })
@@ -218,11 +223,11 @@ impl Metrics {
             })
             .inc();
         let outcome = outcome.metric();
-        route.auth[outcome.index()]
+        counters.auth[outcome.index()]
             .get_or_init(|| {
                 self.auth
                     .get_or_create(&AuthLabels {
-                        route: route.name.clone(),
+                        route: route.name.to_string(),
                         outcome: outcome.as_label(),
                     })
                     .clone()
@@ -278,9 +283,14 @@ impl Metrics {
     }
 }
 
-/// Counters of one route, resolved on first use.
+/// Counters of one route, resolved on first use: a route never asked costs its name and
+/// a pointer (a 100,000-route config would otherwise hold 100 MiB of empty counter slots).
 pub struct RouteMetrics {
-    name: String,
+    name: Box<str>,
+    counters: OnceLock<Box<RouteCounters>>,
+}
+
+struct RouteCounters {
     requests: [OnceLock<Counter>; 15],
     auth: [OnceLock<Counter>; Outcome::ALL.len()],
 }
