@@ -72,6 +72,8 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(Arc::new(listener_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
+    let identity = identity_digest(&certs, &key);
+    let verifies_clients = clients.is_some();
     let builder = match clients {
         None => builder.with_no_client_auth(),
         Some(clients) => builder.with_client_cert_verifier(client_verifier(&clients)?),
@@ -81,7 +83,59 @@ pub fn server_config(
         .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ignore_client_order = true;
+    config.ticketer = ticketer(identity, verifies_clients)?;
     Ok(Arc::new(config))
+}
+
+/// Session resumption by stateless tickets (RFC 5077 construction: AES-256-CBC and
+/// HMAC-SHA256 under random keys, rotated every 6 hours, tickets valid 12 hours), rather
+/// than rustls' default 256-entry session cache behind a lock: no state per client, no
+/// lock shared by the workers, and no resumption lost to a full cache. TLS 1.3 resumption
+/// still runs an ECDHE exchange (rustls offers only `psk_dhe_ke`), so the traffic keys
+/// stay forward-secret.
+///
+/// The ticket keys outlive a reload while the certificate and key are the same, so a
+/// reload costs clients no full handshake. Not with client certificates: a resumed session
+/// carries the certificate it began with, so a CRL or CA reload must end resumption (each
+/// config then gets fresh keys). Keys never leave the process: behind a load balancer a
+/// client resumes only on the instance that issued its ticket.
+fn ticketer(
+    identity: [u8; 32],
+    verifies_clients: bool,
+) -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
+    static KEPT: std::sync::Mutex<Option<([u8; 32], Arc<dyn rustls::server::ProducesTickets>)>> =
+        std::sync::Mutex::new(None);
+    let make = || {
+        rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| format!("cannot make TLS session ticket keys: {e}"))
+    };
+    if verifies_clients {
+        return make();
+    }
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((digest, ticketer)) = &*kept
+        && *digest == identity
+    {
+        return Ok(ticketer.clone());
+    }
+    let ticketer = make()?;
+    *kept = Some((identity, ticketer.clone()));
+    Ok(ticketer)
+}
+
+/// SHA-256 over the certificate chain and the key: the server identity tickets belong to.
+fn identity_digest(certs: &[CertificateDer<'_>], key: &PrivateKeyDer<'_>) -> [u8; 32] {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for cert in certs {
+        context.update(&(cert.len() as u64).to_be_bytes());
+        context.update(cert);
+    }
+    context.update(key.secret_der());
+    context
+        .finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// The verifier of client certificates: chains to `ca`, not revoked by `crls`.

@@ -196,3 +196,23 @@ async fn mtls_settings_without_a_client_ca_name_their_key() {
     );
     assert!(error.contains("routes[5].auth: names \"mtls\""), "{error}");
 }
+
+/// With client certificates, a reload ends TLS resumption: a resumed session keeps the
+/// certificate it began with, so a new CRL or CA must not be bypassed by resuming.
+#[tokio::test]
+async fn a_reload_ends_tls_resumption_when_client_certificates_are_verified() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let s = setup("").await;
+    let https = s.gw.https.unwrap();
+    let client = resuming_tls_client();
+    assert_eq!(tls_get(https, client.clone(), "/either/x").await.1, Full);
+    assert_eq!(tls_get(https, client.clone(), "/either/x").await.1, Resumed);
+    let reload = crate::support::client()
+        .post(s.gw.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+    assert_eq!(tls_get(https, client.clone(), "/either/x").await.1, Full);
+    assert_eq!(tls_get(https, client, "/either/x").await.1, Resumed);
+}

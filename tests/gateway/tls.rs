@@ -134,3 +134,34 @@ async fn the_server_picks_aes_128_gcm_even_when_the_client_prefers_aes_256() {
         rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
     );
 }
+
+#[tokio::test]
+async fn tls_sessions_resume_by_ticket_and_a_reload_with_the_same_certificate_keeps_them() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let upstream = Upstream::start().await;
+    let text = crate::operations::with_admin(config_with(&upstream, "", ""), "");
+    let gw = Gateway::start(&text).await;
+    let https = gw.https.unwrap();
+    let client = resuming_tls_client();
+    let (status, kind) = tls_get(https, client.clone(), "/public/x").await;
+    assert_eq!((status.as_str(), kind), ("HTTP/1.1 200 OK", Full));
+    for _ in 0..3 {
+        let (status, kind) = tls_get(https, client.clone(), "/public/x").await;
+        assert_eq!((status.as_str(), kind), ("HTTP/1.1 200 OK", Resumed));
+    }
+    let reload = crate::support::client()
+        .post(gw.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+    let (status, kind) = tls_get(https, client.clone(), "/public/x").await;
+    assert_eq!(
+        (status.as_str(), kind),
+        ("HTTP/1.1 200 OK", Resumed),
+        "a reload with the same certificate ends no TLS session"
+    );
+    // Another client, or a ticket the gateway never issued, gets a full handshake.
+    let (_, kind) = tls_get(https, resuming_tls_client(), "/public/x").await;
+    assert_eq!(kind, Full);
+}

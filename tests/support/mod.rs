@@ -1072,3 +1072,47 @@ pub async fn ws_connect(url: &str, headers: &[(&str, &str)]) -> Result<WsClient,
         Err(_) => Err(0),
     }
 }
+
+/// A rustls client trusting the test certificate, with rustls' in-memory session store:
+/// connections made with one config resume each other's sessions.
+pub fn resuming_tls_client() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(keys().tls_cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+/// One HTTP/1.1 `GET path` (Connection: close) over a new TLS connection to `addr`, read to
+/// the end (TLS 1.3 tickets come after the handshake); the status line and how the
+/// handshake went.
+pub async fn tls_get(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+) -> (String, rustls::HandshakeKind) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    (text.lines().next().unwrap_or_default().to_owned(), kind)
+}
