@@ -99,12 +99,9 @@ pub fn server_config(
 /// carries the certificate it began with, so a CRL or CA reload must end resumption (each
 /// config then gets fresh keys). Keys never leave the process: behind a load balancer a
 /// client resumes only on the instance that issued its ticket.
-fn ticketer(
-    identity: [u8; 32],
-    verifies_clients: bool,
-) -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
-    static KEPT: std::sync::Mutex<Option<([u8; 32], Arc<dyn rustls::server::ProducesTickets>)>> =
-        std::sync::Mutex::new(None);
+fn ticketer(identity: [u8; 32], verifies_clients: bool) -> Result<Ticketer, String> {
+    /// The ticketer of the last config without client certificates, by server identity.
+    static KEPT: std::sync::Mutex<Option<([u8; 32], Ticketer)>> = std::sync::Mutex::new(None);
     let make = || {
         rustls::crypto::aws_lc_rs::Ticketer::new()
             .map_err(|e| format!("cannot make TLS session ticket keys: {e}"))
@@ -122,6 +119,8 @@ fn ticketer(
     *kept = Some((identity, ticketer.clone()));
     Ok(ticketer)
 }
+
+type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
 
 /// SHA-256 over the certificate chain and the key: the server identity tickets belong to.
 fn identity_digest(certs: &[CertificateDer<'_>], key: &PrivateKeyDer<'_>) -> [u8; 32] {
