@@ -9,7 +9,7 @@ use http::header::HeaderValue;
 use serde_json::Value;
 
 use super::cookie::{self};
-use super::store::Session;
+use super::store::{RedisStore, Session};
 use crate::auth::claims::Claims;
 use crate::auth::credential;
 use crate::auth::jwt::Provider;
@@ -87,32 +87,33 @@ impl Login {
             return Ok(None);
         };
         let touch_every = (self.idle_timeout / 10).clamp(1, 60);
-        let cache_key = (!self.store.is_server_side()).then(|| {
+        // Sessions opened before: by the cookie (cookie store), else by the id (Redis).
+        let cookie_key = (!self.store.is_server_side()).then(|| {
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
             <[u8; 32]>::try_from(digest.as_ref()).expect("SHA-256 is 32 bytes")
         });
-        if let Some(key) = &cache_key
-            && let Some(opened) = self.opened.get(key)
-            && now < opened.expires
-            && now < opened.last_seen + touch_every
-            && !(opened.refreshable && now + 30 >= opened.token_exp)
+        if let Some(key) = &cookie_key
+            && let Some(found) = still_fresh(self.opened.get(key), now, touch_every)
         {
-            return Ok(Some(Found {
-                claims: opened.claims.clone(),
-                tokens: opened.tokens.clone(),
-                id: opened.id.clone(),
-                created: opened.created,
-                set_cookie: None,
-                expires: opened.expires,
-            }));
+            return Ok(Some(found));
         }
         let Some(plain) = self.keys.open(name, value) else {
             return Ok(None);
         };
+        let mut id_key = None;
         let (id, session) = if self.store.is_server_side() {
             let Ok(id) = String::from_utf8(plain) else {
                 return Ok(None);
             };
+            if let Store::Redis(redis) = &self.store
+                && redis.cache_ready()
+            {
+                let key = RedisStore::cache_key(&id);
+                if let Some(found) = still_fresh(redis.opened.get(&key), now, touch_every) {
+                    return Ok(Some(found));
+                }
+                id_key = Some((key, redis.generation()));
+            }
             let session = self.store.load(&id, now).await?;
             (Some(id), session)
         } else {
@@ -170,8 +171,8 @@ impl Login {
             .map_or(session.id_exp, |exp| exp.min(session.id_exp));
         let session_id: Option<Arc<str>> = session.id.as_deref().map(Into::into);
         let claims = Arc::new(Claims::from_map(session.claims));
-        if let (Some(key), false) = (cache_key, changed) {
-            let opened = Opened {
+        if !changed && (cookie_key.is_some() || id_key.is_some()) {
+            let opened = Arc::new(Opened {
                 claims: claims.clone(),
                 id: session_id.clone(),
                 created: session.created,
@@ -180,8 +181,14 @@ impl Login {
                 last_seen: session.last_seen,
                 token_exp,
                 refreshable: session.refresh_token.is_some(),
-            };
-            self.opened.insert(key, Arc::new(opened));
+            });
+            match (&self.store, cookie_key, id_key) {
+                (_, Some(key), _) => self.opened.insert(key, opened),
+                (Store::Redis(redis), None, Some((key, generation))) => {
+                    redis.remember(key, opened, generation)
+                }
+                _ => {}
+            }
         }
         Ok(Some(Found {
             claims,
@@ -233,4 +240,21 @@ impl Login {
         }
         Ok(())
     }
+}
+
+/// A session opened before, while it needs no write: not ended, no touch due, no refresh
+/// due.
+fn still_fresh(opened: Option<Arc<Opened>>, now: u64, touch_every: u64) -> Option<Found> {
+    let opened = opened?;
+    let fresh = now < opened.expires
+        && now < opened.last_seen + touch_every
+        && !(opened.refreshable && now + 30 >= opened.token_exp);
+    fresh.then(|| Found {
+        claims: opened.claims.clone(),
+        tokens: opened.tokens.clone(),
+        id: opened.id.clone(),
+        created: opened.created,
+        set_cookie: None,
+        expires: opened.expires,
+    })
 }

@@ -9,6 +9,7 @@
 //!   sessions and the same logouts. Each worker thread keeps one multiplexed connection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -194,11 +195,23 @@ impl MemoryStore {
 
 /// Sessions in Redis under `{prefix}s:{id}`, with `{prefix}sid:…` / `{prefix}sub:…` sets
 /// naming the sessions of an IdP session or subject for back-channel logout.
+///
+/// Sessions this instance opened are kept in `opened` (by SHA-256 of the id) while a
+/// subscription to `{prefix}session-ends` tells it of every session ended on any instance:
+/// a browser's requests then cost no Redis round trip until the session's next touch. The
+/// cache answers only while subscribed (`cache_ready`); a lost subscription empties it.
 pub struct RedisStore {
     link: Arc<crate::redis_link::RedisLink>,
     prefix: Box<str>,
     /// The longest a session can live: the index sets expire after it.
     pub lifetime: u64,
+    pub opened: moka::sync::Cache<[u8; 32], Arc<super::Opened>>,
+    /// Subscribed to the ends of sessions (and emptied `opened` when it subscribed).
+    subscribed: AtomicBool,
+    started: AtomicBool,
+    /// Moves at every end heard and every (re)subscription: an entry loaded before a move
+    /// is not cached (its session may have ended while it was being loaded).
+    generation: AtomicU64,
 }
 
 impl RedisStore {
@@ -217,7 +230,106 @@ impl RedisStore {
             )?),
             prefix: prefix.into(),
             lifetime,
+            opened: moka::sync::Cache::builder()
+                .max_capacity(super::OPENED_CACHE_SIZE)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            subscribed: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    /// The key of a session id in `opened` and in the `session-ends` messages.
+    pub fn cache_key(id: &str) -> [u8; 32] {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
+        digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+    }
+
+    /// The cache may answer (and be filled): subscribed to the ends of sessions. The first
+    /// call starts the subscription.
+    pub fn cache_ready(self: &Arc<Self>) -> bool {
+        if !self.started.swap(true, Ordering::AcqRel) {
+            self.start();
+        }
+        self.subscribed.load(Ordering::Acquire)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Caches `opened` under `key` unless an end was heard since `generation` was read.
+    pub fn remember(&self, key: [u8; 32], opened: Arc<super::Opened>, generation: u64) {
+        if self.subscribed.load(Ordering::Acquire) && self.generation() == generation {
+            self.opened.insert(key, opened);
+        }
+    }
+
+    fn ends_channel(&self) -> String {
+        format!("{}session-ends", self.prefix)
+    }
+
+    fn start(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(store) = weak.upgrade() else { return };
+                if let Err(error) = store.follow_ends().await {
+                    tracing::debug!(%error, "session cache: no subscription; retrying every second");
+                }
+                store.subscribed.store(false, Ordering::Release);
+                store.generation.fetch_add(1, Ordering::AcqRel);
+                store.opened.invalidate_all();
+                store.link.subscription_failed();
+                drop(store);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Subscribes, empties the cache (ends may have been missed before), then evicts each
+    /// session whose end is published; returns when the subscription breaks.
+    async fn follow_ends(&self) -> Result<(), String> {
+        use futures_util::StreamExt;
+        let client = self.link.client().await?;
+        let mut pubsub = tokio::time::timeout(self.link.timeout, client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        pubsub
+            .subscribe(self.ends_channel())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = pubsub.into_on_message();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.opened.invalidate_all();
+        self.subscribed.store(true, Ordering::Release);
+        while let Some(message) = messages.next().await {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            let payload: Vec<u8> = message.get_payload().unwrap_or_default();
+            match <[u8; 32]>::try_from(payload.as_slice()) {
+                Ok(key) => self.opened.invalidate(&key),
+                // Not ours to read: forget everything rather than keep a session too long.
+                Err(_) => self.opened.invalidate_all(),
+            }
+        }
+        Err("the subscription ended".into())
+    }
+
+    /// Tells every instance (this one included) that session `id` ended.
+    async fn announce_end(&self, conn: &mut crate::redis_link::Connection, id: &str) {
+        self.opened.invalidate(&Self::cache_key(id));
+        let published = redis::cmd("PUBLISH")
+            .arg(self.ends_channel())
+            .arg(&Self::cache_key(id)[..])
+            .query_async::<()>(conn)
+            .await;
+        if let Err(error) = published {
+            // Their caches answer until the session's next touch (60 s at most) unless
+            // they lost their subscription too; the session is gone from Redis either way.
+            tracing::warn!(%error, "could not announce a session's end to the other instances");
+        }
     }
 
     async fn connection(&self) -> Result<crate::redis_link::Connection, StoreError> {
@@ -304,7 +416,9 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         conn.del::<_, ()>(self.session_key(id))
             .await
-            .map_err(|e| self.fail("DEL failed", e))
+            .map_err(|e| self.fail("DEL failed", e))?;
+        self.announce_end(&mut conn, id).await;
+        Ok(())
     }
 
     async fn delete_matching(
@@ -331,6 +445,7 @@ impl RedisStore {
                 conn.del::<_, ()>(self.session_key(id))
                     .await
                     .map_err(failed)?;
+                self.announce_end(&mut conn, id).await;
                 ended += 1;
             }
         }

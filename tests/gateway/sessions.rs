@@ -678,6 +678,52 @@ async fn two_instances_on<R>(redis: R, url: &str, client_id: &'static str) -> Tw
     }
 }
 
+/// Asks `url` until the session is gone (302 to log in): a session cached by an instance
+/// ends there when the news of its end arrives by pub/sub (at most 3 s); how long it took.
+async fn until_logged_out(browser: &Browser, url: &str) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let status = browser.get(url).await.status;
+        if status == 302 {
+            return started.elapsed();
+        }
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the session never ended at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// How many times Redis ran `command` (`INFO commandstats`).
+async fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
+    let info = redis.command(&["INFO", "commandstats"]).await.unwrap();
+    let needle = format!("cmdstat_{command}:calls=");
+    info.split(&needle)
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Asks `url` until a request costs no Redis GET: the instance subscribed to the ends of
+/// sessions and cached this one (at most 3 s).
+async fn until_cached(redis: &RedisServer, browser: &Browser, url: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let before = redis_calls(redis, "get").await;
+        assert_eq!(browser.get(url).await.status, 200);
+        if redis_calls(redis, "get").await == before {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the session is never cached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_instances_share_sessions_and_logout_through_redis() {
     let TwoInstances {
@@ -701,11 +747,21 @@ async fn two_instances_share_sessions_and_logout_through_redis() {
     let keys = redis.command(&["KEYS", "portcullis:s:*"]).await.unwrap();
     assert!(keys.starts_with("*1\r\n"), "one session in Redis: {keys:?}");
 
-    // The other instance knows the session.
+    // The other instance knows the session, and soon answers from its own cache.
     browser.set_cookie(&two.url("/"), "portcullis", &cookie);
     let page = browser.get(&two.url("/app/y")).await;
     assert_eq!(page.status, 200);
     assert_eq!(upstream.last().header_values("x-auth-user"), ["alice"]);
+    until_cached(&redis, &browser, &two.url("/app/y")).await;
+    let gets = redis_calls(&redis, "get").await;
+    for _ in 0..5 {
+        assert_eq!(browser.get(&two.url("/app/y")).await.status, 200);
+    }
+    assert_eq!(
+        redis_calls(&redis, "get").await,
+        gets,
+        "a cached session cost a Redis GET"
+    );
 
     // Logout on one ends it on both, and sends the browser to the IdP's end_session.
     let page = browser.get(&one.url("/_portcullis/logout")).await;
@@ -726,14 +782,13 @@ async fn two_instances_share_sessions_and_logout_through_redis() {
             .any(|c| c.starts_with("portcullis=;") && c.contains("Max-Age=0"))
     );
     assert!(browser.cookie(&one.url("/"), "portcullis").is_none());
-    let count = upstream.count();
+    // Ended on the other instance too, once the news reached its cache (pub/sub).
     let stale = Browser::new();
     stale.set_cookie(&two.url("/"), "portcullis", &cookie);
-    assert_eq!(
-        stale.get(&two.url("/app/y")).await.status,
-        302,
-        "ended on the other instance"
-    );
+    let took = until_logged_out(&stale, &two.url("/app/y")).await;
+    eprintln!("the logout reached the other instance's cache in {took:?}");
+    let count = upstream.count();
+    assert_eq!(stale.get(&two.url("/app/y")).await.status, 302);
     assert_eq!(upstream.count(), count);
     let keys = redis.command(&["KEYS", "portcullis:s:*"]).await.unwrap();
     assert!(
@@ -742,11 +797,45 @@ async fn two_instances_share_sessions_and_logout_through_redis() {
     );
 }
 
+/// The session cache answers only while it hears of every end: when its subscription
+/// breaks, what it holds is forgotten (an end may have been missed meanwhile).
+#[tokio::test]
+async fn a_lost_subscription_empties_the_session_cache() {
+    let TwoInstances {
+        redis,
+        upstream: _upstream,
+        idp: _idp,
+        one,
+        two: _two,
+        client_id: _,
+        _dir,
+    } = two_instances_on_one_redis("lost-subscription").await;
+    let browser = Browser::new();
+    let pages = browser.visit_and_login(&one.url("/app/x"), "alice").await;
+    assert_upstream_page(&pages, "/app/x");
+    until_cached(&redis, &browser, &one.url("/app/y")).await;
+    // The subscription is cut, and the session ends in Redis with no message.
+    let killed = redis
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await
+        .unwrap();
+    assert!(
+        killed.starts_with(":") && !killed.starts_with(":0"),
+        "{killed:?}"
+    );
+    let keys = redis.command(&["KEYS", "portcullis:s:*"]).await.unwrap();
+    let key = keys
+        .lines()
+        .find(|l| l.starts_with("portcullis:s:"))
+        .unwrap();
+    redis.command(&["DEL", key]).await.unwrap();
+    until_logged_out(&browser, &one.url("/app/y")).await;
+}
+
 #[tokio::test]
 async fn back_channel_logout_from_the_idp_ends_the_sessions_everywhere() {
-    // Bound to a name, not `_`: Redis must live to the end of the test.
     let TwoInstances {
-        redis: _redis,
+        redis,
         upstream,
         idp,
         one,
@@ -761,6 +850,9 @@ async fn back_channel_logout_from_the_idp_ends_the_sessions_everywhere() {
     let cookie = browser.cookie(&one.url("/"), "portcullis").unwrap();
     browser.set_cookie(&two.url("/"), "portcullis", &cookie);
     assert_eq!(browser.get(&two.url("/app/y")).await.status, 200);
+    // Both instances hold it in their caches: the logout must reach them.
+    until_cached(&redis, &browser, &one.url("/app/y")).await;
+    until_cached(&redis, &browser, &two.url("/app/y")).await;
 
     // A forged logout token (signed by a key the IdP never used) ends nothing.
     let forged = token(
@@ -783,6 +875,8 @@ async fn back_channel_logout_from_the_idp_ends_the_sessions_everywhere() {
     // The user signs out at the IdP: it POSTs a signed logout token naming the sid.
     let done = browser.logout_at_idp(&idp).await;
     assert!(done.status < 400, "{}", done.body);
+    until_logged_out(&browser, &one.url("/app/y")).await;
+    until_logged_out(&browser, &two.url("/app/y")).await;
     let count = upstream.count();
     assert_eq!(browser.get(&one.url("/app/y")).await.status, 302);
     assert_eq!(browser.get(&two.url("/app/y")).await.status, 302);
@@ -831,7 +925,7 @@ async fn sessions_and_logouts_work_on_a_redis_cluster() {
     assert_eq!(alice.get(&one.url("/_portcullis/logout")).await.status, 302);
     let stale = Browser::new();
     stale.set_cookie(&two.url("/"), "portcullis", &cookie);
-    assert_eq!(stale.get(&two.url("/app/y")).await.status, 302);
+    until_logged_out(&stale, &two.url("/app/y")).await;
 
     // Back-channel logout (the sid index, then the session, in other slots) ends this
     // browser's session of bob's on both instances, and no other (bob's other logins
@@ -839,8 +933,8 @@ async fn sessions_and_logouts_work_on_a_redis_cluster() {
     let (_, bob) = &browsers[1];
     let done = bob.logout_at_idp(&idp).await;
     assert!(done.status < 400, "{}", done.body);
-    assert_eq!(bob.get(&one.url("/app/y")).await.status, 302);
-    assert_eq!(bob.get(&two.url("/app/y")).await.status, 302);
+    until_logged_out(bob, &one.url("/app/y")).await;
+    until_logged_out(bob, &two.url("/app/y")).await;
     for (user, browser) in &browsers[2..] {
         assert_eq!(browser.get(&two.url("/app/y")).await.status, 200, "{user}");
     }
