@@ -87,33 +87,33 @@ impl Login {
             return Ok(None);
         };
         let touch_every = (self.idle_timeout / 10).clamp(1, 60);
-        // Sessions opened before: by the cookie (cookie store), else by the id (Redis).
-        let cookie_key = (!self.store.is_server_side()).then(|| {
+        // Sessions opened before, by the cookie: the cookie store's, or the Redis store's
+        // while it hears of every session's end.
+        let redis = match &self.store {
+            Store::Redis(redis) if redis.cache_ready() => Some(redis),
+            _ => None,
+        };
+        let cache_key = (!self.store.is_server_side() || redis.is_some()).then(|| {
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
             <[u8; 32]>::try_from(digest.as_ref()).expect("SHA-256 is 32 bytes")
         });
-        if let Some(key) = &cookie_key
-            && let Some(found) = still_fresh(self.opened.get(key), now, touch_every)
-        {
-            return Ok(Some(found));
+        if let Some(key) = &cache_key {
+            let opened = match redis {
+                Some(redis) => redis.opened.get(key),
+                None => self.opened.get(key),
+            };
+            if let Some(found) = still_fresh(opened, now, touch_every) {
+                return Ok(Some(found));
+            }
         }
+        let generation = redis.map(|redis| redis.generation());
         let Some(plain) = self.keys.open(name, value) else {
             return Ok(None);
         };
-        let mut id_key = None;
         let (id, session) = if self.store.is_server_side() {
             let Ok(id) = String::from_utf8(plain) else {
                 return Ok(None);
             };
-            if let Store::Redis(redis) = &self.store
-                && redis.cache_ready()
-            {
-                let key = RedisStore::cache_key(&id);
-                if let Some(found) = still_fresh(redis.opened.get(&key), now, touch_every) {
-                    return Ok(Some(found));
-                }
-                id_key = Some((key, redis.generation()));
-            }
             let session = self.store.load(&id, now).await?;
             (Some(id), session)
         } else {
@@ -171,7 +171,7 @@ impl Login {
             .map_or(session.id_exp, |exp| exp.min(session.id_exp));
         let session_id: Option<Arc<str>> = session.id.as_deref().map(Into::into);
         let claims = Arc::new(Claims::from_map(session.claims));
-        if !changed && (cookie_key.is_some() || id_key.is_some()) {
+        if let (Some(key), false) = (cache_key, changed) {
             let opened = Arc::new(Opened {
                 claims: claims.clone(),
                 id: session_id.clone(),
@@ -181,13 +181,11 @@ impl Login {
                 last_seen: session.last_seen,
                 token_exp,
                 refreshable: session.refresh_token.is_some(),
+                end_key: id.as_deref().map_or([0; 32], RedisStore::end_key),
             });
-            match (&self.store, cookie_key, id_key) {
-                (_, Some(key), _) => self.opened.insert(key, opened),
-                (Store::Redis(redis), None, Some((key, generation))) => {
-                    redis.remember(key, opened, generation)
-                }
-                _ => {}
+            match (redis, generation) {
+                (Some(redis), Some(generation)) => redis.remember(key, opened, generation),
+                _ => self.opened.insert(key, opened),
             }
         }
         Ok(Some(Found {

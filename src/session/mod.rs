@@ -96,7 +96,8 @@ pub struct Login {
     pub keep_id_token: bool,
 }
 
-/// What a request needs from a cookie-store session that was opened before.
+/// What a request needs from a session that was opened before (cookie store: `Login::opened`;
+/// Redis store: `RedisStore::opened`).
 pub struct Opened {
     claims: Arc<Claims>,
     id: Option<Arc<str>>,
@@ -107,6 +108,8 @@ pub struct Opened {
     /// The earliest of the ID token's and the forwarded access token's expiry.
     token_exp: u64,
     refreshable: bool,
+    /// Redis store: the digest of the session id, which the news of its end names.
+    end_key: [u8; 32],
 }
 
 /// Entries of `Login::opened` at most.

@@ -196,7 +196,8 @@ impl MemoryStore {
 /// Sessions in Redis under `{prefix}s:{id}`, with `{prefix}sid:…` / `{prefix}sub:…` sets
 /// naming the sessions of an IdP session or subject for back-channel logout.
 ///
-/// Sessions this instance opened are kept in `opened` (by SHA-256 of the id) while a
+/// Sessions this instance opened are kept in `opened` (by SHA-256 of the cookie, each
+/// entry naming the SHA-256 of its id) while a
 /// subscription to `{prefix}session-ends` tells it of every session ended on any instance:
 /// a browser's requests then cost no Redis round trip until the session's next touch. The
 /// cache answers only while subscribed (`cache_ready`); a lost subscription empties it.
@@ -233,6 +234,7 @@ impl RedisStore {
             opened: moka::sync::Cache::builder()
                 .max_capacity(super::OPENED_CACHE_SIZE)
                 .time_to_live(Duration::from_secs(60))
+                .support_invalidation_closures()
                 .build(),
             subscribed: AtomicBool::new(false),
             started: AtomicBool::new(false),
@@ -240,8 +242,8 @@ impl RedisStore {
         })
     }
 
-    /// The key of a session id in `opened` and in the `session-ends` messages.
-    pub fn cache_key(id: &str) -> [u8; 32] {
+    /// What names a session in the `session-ends` messages: the SHA-256 of its id.
+    pub fn end_key(id: &str) -> [u8; 32] {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
         digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
     }
@@ -309,7 +311,7 @@ impl RedisStore {
             self.generation.fetch_add(1, Ordering::AcqRel);
             let payload: Vec<u8> = message.get_payload().unwrap_or_default();
             match <[u8; 32]>::try_from(payload.as_slice()) {
-                Ok(key) => self.opened.invalidate(&key),
+                Ok(key) => self.forget(key),
                 // Not ours to read: forget everything rather than keep a session too long.
                 Err(_) => self.opened.invalidate_all(),
             }
@@ -317,12 +319,25 @@ impl RedisStore {
         Err("the subscription ended".into())
     }
 
+    /// Drops the cached entries of the session whose id digests to `end_key` (every
+    /// cookie value it was seen with); from now on `get` no longer returns them.
+    fn forget(&self, end_key: [u8; 32]) {
+        if self
+            .opened
+            .invalidate_entries_if(move |_, opened| opened.end_key == end_key)
+            .is_err()
+        {
+            self.opened.invalidate_all();
+        }
+    }
+
     /// Tells every instance (this one included) that session `id` ended.
     async fn announce_end(&self, conn: &mut crate::redis_link::Connection, id: &str) {
-        self.opened.invalidate(&Self::cache_key(id));
+        let end_key = Self::end_key(id);
+        self.forget(end_key);
         let published = redis::cmd("PUBLISH")
             .arg(self.ends_channel())
-            .arg(&Self::cache_key(id)[..])
+            .arg(&end_key[..])
             .query_async::<()>(conn)
             .await;
         if let Err(error) = published {
