@@ -1,4 +1,5 @@
-//! The per-request steps without the network: route matching (10 / 100 / 1,000 routes),
+//! The per-request steps without the network: route matching (10 / 100 / 1,000 routes; and
+//! 10 / 1k / 10k / 100k routes over up to 1,000 hosts, `route_match_hosts`),
 //! path canonicalisation, the whole target step with reading agreement (`route_target`:
 //! an ordinary path, one with upper-case letters, one with `;` and `%`), and the identity
 //! header rewrite on a realistic header map, up to the upstream head it ends in.
@@ -69,6 +70,89 @@ fn routing(c: &mut Criterion) {
                         &Method::GET,
                     )
                     .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+/// `n` routes over `min(n, 1000)` hosts (an intranet's rule set: each host a handful to a
+/// hundred prefixes, exact paths and method-restricted routes, every tenth host a
+/// wildcard), and 4,096 requests that hit them, spread over the hosts.
+fn snapshot_over_hosts(n: usize) -> (Snapshot, Vec<(String, String)>) {
+    let hosts = n.min(1000);
+    let mut text =
+        String::from("[server]\nhttp = \"127.0.0.1:0\"\n[upstreams.app]\nbuiltin = \"echo\"\n");
+    let host_of = |h: usize| {
+        if h % 10 == 9 {
+            format!("*.zone{h}.corp.example")
+        } else {
+            format!("app{h}.corp.example")
+        }
+    };
+    for i in 0..n {
+        let (h, k) = (i % hosts, i / hosts);
+        let path = if k.is_multiple_of(3) {
+            format!("path = \"/svc{k}/status\"")
+        } else {
+            format!("path_prefix = \"/svc{k}\"")
+        };
+        let methods = if k % 7 == 1 {
+            "methods = [\"GET\", \"HEAD\"]\n"
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "[[routes]]\nname = \"r{i}\"\nhost = \"{}\"\n{path}\n{methods}upstream = \"app\"\nauth = \"public\"\n",
+            host_of(h)
+        ));
+    }
+    let snapshot =
+        portcullis::config::load_str(&text, "bench.toml".into()).unwrap_or_else(|e| panic!("{e}"));
+    let per_host = n.div_ceil(hosts);
+    let requests = (0..4096usize)
+        .map(|j| {
+            let h = (j * 7919) % hosts;
+            let k = (j * 104_729) % per_host;
+            let host = host_of(h).replace('*', "www");
+            let path = if k.is_multiple_of(3) {
+                format!("/svc{k}/status")
+            } else {
+                format!("/svc{k}/orders/42")
+            };
+            (host, path)
+        })
+        .collect();
+    (snapshot, requests)
+}
+
+fn routing_over_hosts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_match_hosts");
+    // 100k routes take seconds to compile in a test-mode (unoptimised) run of the benches.
+    let sizes: &[usize] = if std::env::args().any(|a| a == "--bench") {
+        &[10, 1_000, 10_000, 100_000]
+    } else {
+        &[10, 1_000]
+    };
+    for &n in sizes {
+        let (snapshot, requests) = snapshot_over_hosts(n);
+        for (host, path) in &requests {
+            assert!(
+                snapshot
+                    .routes
+                    .find_index(host, path, &Method::GET)
+                    .is_some(),
+                "{host}{path} matches no route"
+            );
+        }
+        let mut next = 0usize;
+        group.bench_with_input(BenchmarkId::new("spread_hits", n), &n, |b, _| {
+            b.iter(|| {
+                let (host, path) = &requests[next % requests.len()];
+                next = next.wrapping_add(1);
+                snapshot
+                    .routes
+                    .find_index(host, std::hint::black_box(path), &Method::GET)
             })
         });
     }
@@ -202,5 +286,12 @@ fn header_rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, canonicalisation, target, header_rewrite);
+criterion_group!(
+    benches,
+    routing,
+    routing_over_hosts,
+    canonicalisation,
+    target,
+    header_rewrite
+);
 criterion_main!(benches);

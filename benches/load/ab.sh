@@ -8,12 +8,13 @@
 # interval for the ratios' geometric mean (Student t; more rounds, a narrower interval).
 #
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] [BIN_A [BIN_B]]
-#   bash benches/load/ab.sh [--rounds N] [--seconds S] --auth rs256|hs256|cookie [BIN_A [BIN_B]]
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] --auth rs256|hs256|cookie|session [BIN_A [BIN_B]]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] [--auth ...] --against nginx|direct [BIN_A]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --tls [--auth ...] [--against nginx] [BIN_A [BIN_B]]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --close [--tls] [...]   # a new connection per request
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --upstream https|two [--against nginx] [...]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --assertion --auth rs256 BIN BIN   # A signs, B does not
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] --h2 [--auth rs256] [--against nginx] [...]
 #
 # A is the gateway's public route (BIN_A, default target/release/portcullis). B is nginx's
 # plain keep-alive proxy, or the public route of a second build BIN_B (compare two builds).
@@ -21,6 +22,8 @@
 # an RS256 Bearer token, an HS256 Bearer token, or an RS256 token in cookie "session"; B is
 # that gateway's public route (issue #7's "cache hit >= 0.95x own public route" and
 # "cookie within 5% of Bearer"; the CPU column is the one process, measured per round), or
+# (--auth session) a login session of `[login] store = "redis"` (a redis-server on CPU 1,
+# the session written into it and its cookie sealed by session_cookie.py: no IdP), or
 # the same request to a second build BIN_B. --against nginx makes B nginx's plain proxy with
 # --auth too ("cache hit >= 1.0x nginx"); --against direct makes B wrk straight to the
 # upstream (the latency reference: p99 at most 1 ms above direct; B's CPU column is then the
@@ -36,12 +39,14 @@
 # over the two (the gateway's targets, nginx's upstream block).
 # --assertion: A's gateway signs the identity assertion ([identity] assertion, ES256, a new
 # P-256 key), B's does not; with one build given twice, the cost of the assertion.
+# --h2: HTTP/2 over TLS, loaded by h2load (8 connections, 100 streams each) instead of wrk;
+# nginx's TLS listener gets `http2` (its defaults: 128 streams a connection); no p99.
 # Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset
 # (and python3 with `cryptography` for --auth rs256/cookie).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rounds=6 secs=5 auth="" against="" tls=0 close=() upstream_kind="" assertion=0
+rounds=6 secs=5 auth="" against="" tls=0 close=() upstream_kind="" assertion=0 h2=0
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
@@ -49,6 +54,7 @@ while [ $# -gt 0 ]; do
         --auth) auth=$2; shift 2 ;;
         --against) against=$2; shift 2 ;;
         --tls) tls=1; shift ;;
+        --h2) h2=1 tls=1; shift ;;
         --close) close=(-H "Connection: close"); shift ;;
         --upstream) upstream_kind=$2; shift 2 ;;
         --assertion) assertion=1; shift ;;
@@ -70,10 +76,12 @@ case $upstream_kind in
 esac
 [ -z "$upstream_kind" ] || [ "$against" != direct ] || { echo "--upstream compares proxies (drop --against direct)" >&2; exit 1; }
 case $auth in
-    "" | rs256 | hs256 | cookie) ;;
-    *) echo "--auth takes rs256, hs256 or cookie, not $auth" >&2; exit 1 ;;
+    "" | rs256 | hs256 | cookie | session) ;;
+    *) echo "--auth takes rs256, hs256, cookie or session, not $auth" >&2; exit 1 ;;
 esac
-for c in wrk nginx taskset curl; do
+needs=(wrk nginx taskset curl)
+[ "$h2" = 0 ] || needs+=(h2load)
+for c in "${needs[@]}"; do
     command -v "$c" >/dev/null || { echo "missing $c (apt-get install wrk nginx util-linux curl)" >&2; exit 1; }
 done
 for b in "$bin_a" ${bin_b:+"$bin_b"}; do
@@ -86,7 +94,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for f in "$work"/nginx*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+    for f in "$work"/nginx*.pid "$work"/redis.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -135,6 +143,13 @@ taskset -p -c 1 "$(cat "$work/nginx.pid")" >/dev/null
 for w in $(pgrep -P "$(cat "$work/nginx.pid")"); do taskset -p -c 1 "$w" >/dev/null; done
 
 secret=ab-load-test-secret-of-32-bytes-xx
+cookie_key=$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')
+port_redis=18699
+if [ "$auth" = session ]; then
+    command -v redis-server >/dev/null || { echo "--auth session needs redis-server (apt-get install redis-server)" >&2; exit 1; }
+    taskset -c 1 redis-server --port $port_redis --bind 127.0.0.1 --save "" --appendonly no \
+        --daemonize yes --pidfile "$work/redis.pid" --dir "$work" > /dev/null
+fi
 start_gateway() { # BIN PORT [TLS_PORT]: a gateway with one worker on CPU 0; prints its pid
     if [ -n "${3:-}" ]; then
         gateway_toml "$2" $port_up "https = \"127.0.0.1:$3\"" > "$work/gw-$2.toml"
@@ -147,12 +162,34 @@ start_gateway() { # BIN PORT [TLS_PORT]: a gateway with one worker on CPU 0; pri
         jwt_route_toml rs RS256 "$work/rs.pub.pem" >> "$work/gw-$2.toml"
         cookie_route_toml rs >> "$work/gw-$2.toml"
     fi
+    if [ "$auth" = session ]; then
+        cat >> "$work/gw-$2.toml" <<TOML
+# The IdP is never asked: the session needs no login, and no refresh within the run.
+[providers.sso]
+issuer = "https://issuer.load"
+audiences = ["load"]
+algorithms = ["RS256"]
+discovery = "http://127.0.0.1:9/"
+[login]
+provider = "sso"
+client_id = "load"
+client_secret_env = "LOAD_SECRET"
+cookie_keys_env = "LOAD_COOKIE_KEYS"
+store = "redis"
+redis_url = "redis://127.0.0.1:$port_redis"
+[[routes]]
+name = "session"
+path_prefix = "/session"
+upstream = "app"
+auth = "session"
+TOML
+    fi
     if [ "$assertion" = 1 ] && [ "$2" = "$port_a" ]; then
         [ -f "$work/assertion.pem" ] ||
             openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/assertion.pem" 2>/dev/null
         printf '[identity.assertion]\nkey_file = "%s"\n' "$work/assertion.pem" >> "$work/gw-$2.toml"
     fi
-    LOAD_SECRET=$secret RUST_LOG=warn taskset -c 0 "$1" serve --config "$work/gw-$2.toml" --workers 1 \
+    LOAD_SECRET=$secret LOAD_COOKIE_KEYS=$cookie_key RUST_LOG=warn taskset -c 0 "$1" serve --config "$work/gw-$2.toml" --workers 1 \
         > "$work/gw-$2.log" 2>&1 &
     echo $!
 }
@@ -160,6 +197,7 @@ start_gateway() { # BIN PORT [TLS_PORT]: a gateway with one worker on CPU 0; pri
 path_a=/plain/ header_a=()
 case $auth in
     hs256) path_a=/hs/ header_a=(-H "Authorization: Bearer $(python3 "$here/../../scripts/tokens.py" hs256 "$secret" 1)") ;;
+    session) path_a=/session/ ;; # the cookie is made once the gateway and Redis run
     rs256 | cookie)
         token=$(python3 "$here/../../scripts/tokens.py" rs256 "$work" 1)
         if [ "$auth" = rs256 ]; then
@@ -184,8 +222,9 @@ elif [ -n "$bin_b" ]; then
     label_b="B $path_b ($bin_b)"
 else
     # With --tls, nginx also listens on load_b with TLS, its defaults, the same certificate.
-    tls_lines=""
-    [ "$tls" = 0 ] || tls_lines="listen 127.0.0.1:$load_b ssl; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;"
+    tls_lines="" h2_listen=""
+    [ "$h2" = 0 ] || h2_listen=" http2"
+    [ "$tls" = 0 ] || tls_lines="listen 127.0.0.1:$load_b ssl${h2_listen}; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;"
     nginx_proxy_conf "$work" $port_b $port_up "worker_cpu_affinity 01;" "$tls_lines" > "$work/nginx-proxy.conf"
     nginx_upstream "$work/nginx-proxy.conf"
     nginx -c "$work/nginx-proxy.conf"
@@ -198,6 +237,10 @@ for port in $port_a $port_b; do
         { echo "nothing answers on port $port:" >&2; cat "$work"/gw-*.log >&2; exit 1; }
 done
 
+if [ "$auth" = session ]; then
+    header_a=(-H "Cookie: theme=dark; portcullis=$(python3 "$here/session_cookie.py" $port_redis "$cookie_key" https://issuer.load alice); lang=en")
+    [ -z "$bin_b" ] || header_b=("${header_a[@]}")
+fi
 [ -z "$auth" ] || for port in $port_a ${bin_b:+$port_b}; do
     code=$(curl -s -o /dev/null -w '%{http_code}' "${header_a[@]}" "http://127.0.0.1:$port$path_a")
     [ "$code" = 200 ] || { echo "the $auth request got $code, not 200" >&2; cat "$work"/gw-*.log >&2; exit 1; }
@@ -211,6 +254,7 @@ done
 # parts; the TCP segments the whole machine sent per request (/proc/net/snmp OutSegs: each
 # hop's data, plus any bare ACK or split write a proxy causes).
 round() {
+    [ "$h2" = 0 ] || { round_h2 "$@"; return; }
     local pid=$1 port=$2 path=$3
     shift 3
     taskset -c 1 wrk -t1 -c64 -d1s "$@" "$scheme://127.0.0.1:$port$path" >/dev/null
@@ -227,6 +271,30 @@ round() {
         'BEGIN {printf "%.0f %.1f %.3f %.2f %.2f %.2f\n", n / s, (u + k) * 1e6 / hz / n, p,
                 u * 1e6 / hz / n, k * 1e6 / hz / n, g / n}'
 }
+# round_h2 PID PORT PATH [-H header]: the same line for one h2load run (p99 0: h2load gives
+# none).
+round_h2() {
+    local pid=$1 port=$2 path=$3
+    shift 3
+    local headers=() u0 s0 u1 s1 g0 g1 n out
+    while [ $# -gt 0 ]; do
+        [ "$1" = -H ] && headers+=(-H "$2")
+        shift 2
+    done
+    taskset -c 1 h2load -c 8 -m 100 -D 1 "${headers[@]}" "https://127.0.0.1:$port$path" >/dev/null
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    g0=$(out_segments)
+    out=$(taskset -c 1 h2load -c 8 -m 100 -D "$secs" "${headers[@]}" "https://127.0.0.1:$port$path")
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    g1=$(out_segments)
+    # Only 2xx answers count (a 401 or 502 would be cheap and fast).
+    n=$(awk '/^status codes:/ {print $3}' <<<"$out")
+    [ "${n:-0}" -gt 0 ] || { echo "h2load failed: $out" >&2; exit 1; }
+    awk -v n="$n" -v s="$secs" -v u=$((u1 - u0)) -v k=$((s1 - s0)) -v g=$((g1 - g0)) \
+        -v hz="$(getconf CLK_TCK)" \
+        'BEGIN {printf "%.0f %.1f 0 %.2f %.2f %.2f\n", n / s, (u + k) * 1e6 / hz / n,
+                u * 1e6 / hz / n, k * 1e6 / hz / n, g / n}'
+}
 # out_segments: the machine's TCP segments sent so far.
 out_segments() {
     awk '/^Tcp:/ { if ($2 ~ /^[0-9]/) print $c; else for (i = 2; i <= NF; i++) if ($i == "OutSegs") c = i }' /proc/net/snmp
@@ -235,6 +303,7 @@ out_segments() {
 label_a="public route"
 [ -z "$auth" ] || label_a="$auth token, cache hit, $path_a"
 [ "$tls" = 0 ] || { label_a="$label_a over TLS"; label_b="$label_b over TLS"; }
+[ "$h2" = 0 ] || { label_a="$label_a, HTTP/2 (h2load -c 8 -m 100)"; label_b="$label_b, HTTP/2"; }
 [ ${#close[@]} = 0 ] || { label_a="$label_a, a connection per request"; label_b="$label_b, a connection per request"; }
 case $upstream_kind in
     https) label_a="$label_a, HTTPS upstream"; label_b="$label_b, HTTPS upstream" ;;
