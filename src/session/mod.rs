@@ -39,6 +39,7 @@ use crate::auth::claims::Claims;
 use crate::auth::remote::Remote;
 use cookie::CookieKeys;
 use store::Store;
+pub use store::{OPENED_CACHE_SIZE, Opened};
 
 /// The gateway's own endpoints (besides the configurable `redirect_path`).
 pub const LOGIN_PATH: &str = "/_portcullis/login";
@@ -95,25 +96,6 @@ pub struct Login {
     pub keep_access_token: bool,
     pub keep_id_token: bool,
 }
-
-/// What a request needs from a session that was opened before (cookie store: `Login::opened`;
-/// Redis store: `RedisStore::opened`).
-pub struct Opened {
-    claims: Arc<Claims>,
-    id: Option<Arc<str>>,
-    created: u64,
-    tokens: Option<Arc<crate::auth::SessionTokens>>,
-    expires: u64,
-    last_seen: u64,
-    /// The earliest of the ID token's and the forwarded access token's expiry.
-    token_exp: u64,
-    refreshable: bool,
-    /// Redis store: the digest of the session id, which the news of its end names.
-    end_key: [u8; 32],
-}
-
-/// Entries of `Login::opened` at most.
-pub const OPENED_CACHE_SIZE: u64 = 50_000;
 
 /// A client secret; deliberately not `Debug`.
 pub struct Secret(pub Box<str>);

@@ -174,6 +174,25 @@ impl Store {
     }
 }
 
+/// What a request needs from a session that was opened before (cookie store: `Login::opened`;
+/// Redis store: `RedisStore::opened`).
+pub struct Opened {
+    pub(super) claims: Arc<crate::auth::claims::Claims>,
+    pub(super) id: Option<Arc<str>>,
+    pub(super) created: u64,
+    pub(super) tokens: Option<Arc<crate::auth::SessionTokens>>,
+    pub(super) expires: u64,
+    pub(super) last_seen: u64,
+    /// The earliest of the ID token's and the forwarded access token's expiry.
+    pub(super) token_exp: u64,
+    pub(super) refreshable: bool,
+    /// Redis store: the digest of the session id, which the news of its end names.
+    pub(super) end_key: [u8; 32],
+}
+
+/// Entries of `Login::opened` at most.
+pub const OPENED_CACHE_SIZE: u64 = 50_000;
+
 /// Sessions of one process: bounded, idle entries dropped after `idle_timeout`.
 pub struct MemoryStore {
     sessions: moka::sync::Cache<Box<str>, Arc<Session>>,
@@ -206,7 +225,7 @@ pub struct RedisStore {
     prefix: Box<str>,
     /// The longest a session can live: the index sets expire after it.
     pub lifetime: u64,
-    pub opened: moka::sync::Cache<[u8; 32], Arc<super::Opened>>,
+    pub opened: moka::sync::Cache<[u8; 32], Arc<Opened>>,
     /// Subscribed to the ends of sessions (and emptied `opened` when it subscribed).
     subscribed: AtomicBool,
     started: AtomicBool,
@@ -232,7 +251,7 @@ impl RedisStore {
             prefix: prefix.into(),
             lifetime,
             opened: moka::sync::Cache::builder()
-                .max_capacity(super::OPENED_CACHE_SIZE)
+                .max_capacity(OPENED_CACHE_SIZE)
                 .time_to_live(Duration::from_secs(60))
                 .support_invalidation_closures()
                 .build(),
@@ -262,7 +281,7 @@ impl RedisStore {
     }
 
     /// Caches `opened` under `key` unless an end was heard since `generation` was read.
-    pub fn remember(&self, key: [u8; 32], opened: Arc<super::Opened>, generation: u64) {
+    pub fn remember(&self, key: [u8; 32], opened: Arc<Opened>, generation: u64) {
         if self.subscribed.load(Ordering::Acquire) && self.generation() == generation {
             self.opened.insert(key, opened);
         }
@@ -294,16 +313,7 @@ impl RedisStore {
     /// session whose end is published; returns when the subscription breaks.
     async fn follow_ends(&self) -> Result<(), String> {
         use futures_util::StreamExt;
-        let client = self.link.client().await?;
-        let mut pubsub = tokio::time::timeout(self.link.timeout, client.get_async_pubsub())
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        pubsub
-            .subscribe(self.ends_channel())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = pubsub.into_on_message();
+        let mut messages = self.link.subscribe(self.ends_channel()).await?;
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.opened.invalidate_all();
         self.subscribed.store(true, Ordering::Release);
