@@ -140,6 +140,22 @@ impl RedisLink {
         }
     }
 
+    /// The messages published on `channel`, from a subscription at `client()` (a message
+    /// published on any node of a cluster reaches every node); the stream ends when the
+    /// subscription breaks.
+    pub async fn subscribe(
+        &self,
+        channel: String,
+    ) -> Result<impl futures_util::Stream<Item = redis::Msg> + Send + Unpin + use<>, String> {
+        let client = self.client().await?;
+        let mut pubsub = tokio::time::timeout(self.timeout, client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        pubsub.subscribe(channel).await.map_err(|e| e.to_string())?;
+        Ok(Box::pin(pubsub.into_on_message()))
+    }
+
     /// This worker's connection, made now if there is none.
     pub async fn connection(&self) -> Result<Connection, String> {
         let slot = &self.connections[worker_id()];

@@ -225,16 +225,7 @@ impl Denylist {
     /// Subscribes, reads everything, then applies messages, reading everything again
     /// every 30 s; returns on a Redis error.
     async fn follow(&self) -> Result<(), String> {
-        let client = self.link.client().await?;
-        let mut pubsub = tokio::time::timeout(self.link.timeout, client.get_async_pubsub())
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        pubsub
-            .subscribe(self.channel())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = pubsub.into_on_message();
+        let mut messages = self.link.subscribe(self.channel()).await?;
         loop {
             self.read_all().await?;
             self.synced.store(true, Ordering::Relaxed);
