@@ -235,7 +235,8 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// `url`: `redis://`, `rediss://` or `redis+sentinel://` (see `redis_link`); `ca`: PEM
+    /// `url`: `redis://`, `rediss://`, `redis+sentinel://` or `redis+cluster://` (see
+    /// `redis_link`); `ca`: PEM
     /// roots to trust for TLS instead of the system's.
     pub fn new(
         url: &str,
@@ -281,9 +282,15 @@ impl RedisStore {
     }
 
     /// Caches `opened` under `key` unless an end was heard since `generation` was read.
+    /// An end heard during the insert itself (its eviction registered just before the
+    /// entry went in, so it would not cover it) moves the generation too: checked again
+    /// after, and the entry is taken back.
     pub fn remember(&self, key: [u8; 32], opened: Arc<Opened>, generation: u64) {
         if self.subscribed.load(Ordering::Acquire) && self.generation() == generation {
             self.opened.insert(key, opened);
+            if self.generation() != generation {
+                self.opened.invalidate(&key);
+            }
         }
     }
 
