@@ -152,7 +152,10 @@ impl RedisLink {
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        pubsub.subscribe(channel).await.map_err(|e| e.to_string())?;
+        tokio::time::timeout(self.timeout, pubsub.subscribe(channel))
+            .await
+            .map_err(|_| "subscribe timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
         Ok(Box::pin(pubsub.into_on_message()))
     }
 

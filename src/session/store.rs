@@ -271,7 +271,9 @@ impl RedisStore {
     /// The cache may answer (and be filled): subscribed to the ends of sessions. The first
     /// call starts the subscription.
     pub fn cache_ready(self: &Arc<Self>) -> bool {
-        if !self.started.swap(true, Ordering::AcqRel) {
+        // A load first: this runs on every request of a session route, and a swap would
+        // write the flag's cache line from every worker each time.
+        if !self.started.load(Ordering::Relaxed) && !self.started.swap(true, Ordering::AcqRel) {
             self.start();
         }
         self.subscribed.load(Ordering::Acquire)
