@@ -15,6 +15,7 @@
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --upstream https|two [--against nginx] [...]
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --assertion --auth rs256 BIN BIN   # A signs, B does not
 #   bash benches/load/ab.sh [--rounds N] [--seconds S] --h2 [--auth rs256] [--against nginx] [...]
+#   bash benches/load/ab.sh [--rounds N] [--seconds S] --handshakes full|resumed [--against nginx] [...]
 #
 # A is the gateway's public route (BIN_A, default target/release/portcullis). B is nginx's
 # plain keep-alive proxy, or the public route of a second build BIN_B (compare two builds).
@@ -29,8 +30,9 @@
 # upstream (the latency reference: p99 at most 1 ms above direct; B's CPU column is then the
 # upstream's). Every round also records wrk's p99, and the summary gives each side's median.
 # --tls: every side is asked over TLS on keep-alive connections (the gateway's https
-# listener with config/dev's certificate; nginx's `listen ssl` with the same certificate and
-# its default settings), for "TLS >= 1.0x nginx TLS proxy"; not with --against direct.
+# listener with config/dev's certificate; nginx's `listen ssl` with the same certificate,
+# TLS 1.2 and 1.3 enabled, and its other defaults), for "TLS >= 1.0x nginx TLS proxy"; not
+# with --against direct.
 # --close: every request asks `Connection: close`, so each one is a new connection (with
 # --tls, a handshake; wrk resumes TLS sessions): the cost of accepting, not of keep-alive.
 # --upstream https: every proxy reaches the upstream over TLS (config/dev's certificate,
@@ -41,12 +43,18 @@
 # P-256 key), B's does not; with one build given twice, the cost of the assertion.
 # --h2: HTTP/2 over TLS, loaded by h2load (8 connections, 100 streams each) instead of wrk;
 # nginx's TLS listener gets `http2` (its defaults: 128 streams a connection); no p99.
+# --handshakes full|resumed: TLS 1.3, a new connection per request, loaded by benches/
+# handshakes.rs (64 connections, X25519, built once by `cargo bench --no-run`) instead of
+# wrk: every handshake full (ECDSA P-256 certificate), or resumed by ticket. That client
+# checks no certificate or signature, so the server, not the client, is what a round loads
+# (wrk resumes always, and an OpenSSL client's full handshake costs as much as the server's);
+# no p99.
 # Defaults: 6 rounds of 5 s (about 2 minutes). Loopback only; needs wrk, nginx, taskset
 # (and python3 with `cryptography` for --auth rs256/cookie).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rounds=6 secs=5 auth="" against="" tls=0 close=() upstream_kind="" assertion=0 h2=0
+rounds=6 secs=5 auth="" against="" tls=0 close=() upstream_kind="" assertion=0 h2=0 handshakes=""
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
@@ -56,9 +64,10 @@ while [ $# -gt 0 ]; do
         --tls) tls=1; shift ;;
         --h2) h2=1 tls=1; shift ;;
         --close) close=(-H "Connection: close"); shift ;;
+        --handshakes) handshakes=$2 tls=1; shift 2 ;;
         --upstream) upstream_kind=$2; shift 2 ;;
         --assertion) assertion=1; shift ;;
-        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,52p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -70,6 +79,11 @@ case $against in
     *) echo "--against takes nginx or direct, not $against" >&2; exit 1 ;;
 esac
 [ "$tls" = 0 ] || [ "$against" != direct ] || { echo "--tls compares two TLS proxies; the upstream has no TLS (drop --against direct)" >&2; exit 1; }
+case $handshakes in
+    "" | full | resumed) ;;
+    *) echo "--handshakes takes full or resumed, not $handshakes" >&2; exit 1 ;;
+esac
+[ -z "$handshakes" ] || [ "$h2" = 0 ] || { echo "--handshakes and --h2 are different loads" >&2; exit 1; }
 case $upstream_kind in
     "" | https | two) ;;
     *) echo "--upstream takes https or two, not $upstream_kind" >&2; exit 1 ;;
@@ -89,6 +103,18 @@ for b in "$bin_a" ${bin_b:+"$bin_b"}; do
 done
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 CPUs (proxy on one, upstream and wrk on the other)" >&2; exit 1; }
 source "$here/lib.sh"
+if [ -n "$handshakes" ]; then
+    # The handshake client, built (release profile) once; its path from cargo's JSON lines.
+    hs_client=$(cd "$root" && cargo bench --bench handshakes --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "handshakes" and m.get("executable"):
+        print(m["executable"])')
+    [ -x "$hs_client" ] || { echo "could not build benches/handshakes.rs (cargo bench --bench handshakes --no-run)" >&2; exit 1; }
+    hs_mode=--full
+    [ "$handshakes" = full ] || hs_mode=--resume
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -224,7 +250,9 @@ else
     # With --tls, nginx also listens on load_b with TLS, its defaults, the same certificate.
     tls_lines="" h2_listen=""
     [ "$h2" = 0 ] || h2_listen=" http2"
-    [ "$tls" = 0 ] || tls_lines="listen 127.0.0.1:$load_b ssl${h2_listen}; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;"
+    # ssl_protocols: nginx 1.22's default has no TLS 1.3 (1.23.4 added it), and a TLS 1.2
+    # resumption skips the key exchange a TLS 1.3 one makes; both sides speak TLS 1.3 here.
+    [ "$tls" = 0 ] || tls_lines="listen 127.0.0.1:$load_b ssl${h2_listen}; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key; ssl_protocols TLSv1.2 TLSv1.3;"
     nginx_proxy_conf "$work" $port_b $port_up "worker_cpu_affinity 01;" "$tls_lines" > "$work/nginx-proxy.conf"
     nginx_upstream "$work/nginx-proxy.conf"
     nginx -c "$work/nginx-proxy.conf"
@@ -249,27 +277,40 @@ done
     curl -skf -o /dev/null "https://127.0.0.1:$port/plain/" || { echo "nothing answers TLS on port $port" >&2; cat "$work"/gw-*.log >&2; exit 1; }
 done
 
+# client CMD...: runs the load client, prints its output, and leaves its CPU time (user +
+# system, seconds) in $work/client-cpu. On this machine the client shares CPU 1 with the
+# upstream: when its CPU per request is near 1 / req/s, the client, not the proxy, bounds a
+# round's req/s (the proxy's CPU per request then says more).
+client() {
+    local TIMEFORMAT='%3U %3S' t
+    { time "$@" > "$work/client-out"; } 2> "$work/client-time"
+    cat "$work/client-out"
+    t=$(tail -1 "$work/client-time")
+    awk '{print $1 + $2}' <<<"$t" > "$work/client-cpu"
+}
 # round PID PORT PATH [wrk args]: prints "req/s cpu_us_per_request p99_ms user_us kernel_us
-# segments" for one warmed-up wrk run: the proxy's CPU per request, and its user and kernel
-# parts; the TCP segments the whole machine sent per request (/proc/net/snmp OutSegs: each
-# hop's data, plus any bare ACK or split write a proxy causes).
+# segments client_us" for one warmed-up wrk run: the proxy's CPU per request, and its user
+# and kernel parts; the TCP segments the whole machine sent per request (/proc/net/snmp
+# OutSegs: each hop's data, plus any bare ACK or split write a proxy causes); the load
+# client's CPU per request.
 round() {
     [ "$h2" = 0 ] || { round_h2 "$@"; return; }
+    [ -z "$handshakes" ] || { round_hs "$@"; return; }
     local pid=$1 port=$2 path=$3
     shift 3
     taskset -c 1 wrk -t1 -c64 -d1s "$@" "$scheme://127.0.0.1:$port$path" >/dev/null
     local u0 s0 u1 s1 g0 g1 n out p99
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     g0=$(out_segments)
-    out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "$@" "$scheme://127.0.0.1:$port$path")
+    out=$(client taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "$@" "$scheme://127.0.0.1:$port$path")
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     g1=$(out_segments)
     n=$(awk '/requests in/ {print $1}' <<<"$out")
     p99=$(awk '$1 == "99%" { v = $2 + 0; if ($2 ~ /us$/) v /= 1000; else if ($2 ~ /[0-9]s$/) v *= 1000; print v }' <<<"$out")
     awk -v n="$n" -v s="$secs" -v u=$((u1 - u0)) -v k=$((s1 - s0)) -v g=$((g1 - g0)) \
-        -v hz="$(getconf CLK_TCK)" -v p="$p99" \
-        'BEGIN {printf "%.0f %.1f %.3f %.2f %.2f %.2f\n", n / s, (u + k) * 1e6 / hz / n, p,
-                u * 1e6 / hz / n, k * 1e6 / hz / n, g / n}'
+        -v hz="$(getconf CLK_TCK)" -v p="$p99" -v c="$(cat "$work/client-cpu")" \
+        'BEGIN {printf "%.0f %.1f %.3f %.2f %.2f %.2f %.1f\n", n / s, (u + k) * 1e6 / hz / n, p,
+                u * 1e6 / hz / n, k * 1e6 / hz / n, g / n, c * 1e6 / n}'
 }
 # round_h2 PID PORT PATH [-H header]: the same line for one h2load run (p99 0: h2load gives
 # none).
@@ -284,16 +325,39 @@ round_h2() {
     taskset -c 1 h2load -c 8 -m 100 -D 1 "${headers[@]}" "https://127.0.0.1:$port$path" >/dev/null
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     g0=$(out_segments)
-    out=$(taskset -c 1 h2load -c 8 -m 100 -D "$secs" "${headers[@]}" "https://127.0.0.1:$port$path")
+    out=$(client taskset -c 1 h2load -c 8 -m 100 -D "$secs" "${headers[@]}" "https://127.0.0.1:$port$path")
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     g1=$(out_segments)
     # Only 2xx answers count (a 401 or 502 would be cheap and fast).
     n=$(awk '/^status codes:/ {print $3}' <<<"$out")
     [ "${n:-0}" -gt 0 ] || { echo "h2load failed: $out" >&2; exit 1; }
     awk -v n="$n" -v s="$secs" -v u=$((u1 - u0)) -v k=$((s1 - s0)) -v g=$((g1 - g0)) \
-        -v hz="$(getconf CLK_TCK)" \
-        'BEGIN {printf "%.0f %.1f 0 %.2f %.2f %.2f\n", n / s, (u + k) * 1e6 / hz / n,
-                u * 1e6 / hz / n, k * 1e6 / hz / n, g / n}'
+        -v hz="$(getconf CLK_TCK)" -v c="$(cat "$work/client-cpu")" \
+        'BEGIN {printf "%.0f %.1f 0 %.2f %.2f %.2f %.1f\n", n / s, (u + k) * 1e6 / hz / n,
+                u * 1e6 / hz / n, k * 1e6 / hz / n, g / n, c * 1e6 / n}'
+}
+# round_hs PID PORT PATH: the same line for one run of the handshake client (p99 0).
+round_hs() {
+    local pid=$1 port=$2 path=$3 u0 s0 u1 s1 g0 g1 n e t out
+    taskset -c 1 "$hs_client" $hs_mode --seconds 1 "https://127.0.0.1:$port$path" >/dev/null
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    g0=$(out_segments)
+    out=$(client taskset -c 1 "$hs_client" $hs_mode --seconds "$secs" "https://127.0.0.1:$port$path")
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    g1=$(out_segments)
+    read -r _ n _ e _ t _ r <<<"$out"
+    [ "${n:-0}" -gt 0 ] && [ "${e:-1}" -eq 0 ] || { echo "handshake client failed: $out" >&2; exit 1; }
+    # The mode asked is the mode measured: no resumption in a full run, nearly all resumed
+    # in a resumed run (each connection's first handshake is full).
+    if [ "$handshakes" = full ]; then
+        [ "$r" -eq 0 ] || { echo "a full-handshake run resumed $r sessions: $out" >&2; exit 1; }
+    else
+        [ $((r * 100)) -ge $((n * 95)) ] || { echo "a resumed run resumed only $r of $n: $out" >&2; exit 1; }
+    fi
+    awk -v n="$n" -v s="$t" -v u=$((u1 - u0)) -v k=$((s1 - s0)) -v g=$((g1 - g0)) \
+        -v hz="$(getconf CLK_TCK)" -v c="$(cat "$work/client-cpu")" \
+        'BEGIN {printf "%.0f %.1f 0 %.2f %.2f %.2f %.1f\n", n / s, (u + k) * 1e6 / hz / n,
+                u * 1e6 / hz / n, k * 1e6 / hz / n, g / n, c * 1e6 / n}'
 }
 # out_segments: the machine's TCP segments sent so far.
 out_segments() {
@@ -304,6 +368,7 @@ label_a="public route"
 [ -z "$auth" ] || label_a="$auth token, cache hit, $path_a"
 [ "$tls" = 0 ] || { label_a="$label_a over TLS"; label_b="$label_b over TLS"; }
 [ "$h2" = 0 ] || { label_a="$label_a, HTTP/2 (h2load -c 8 -m 100)"; label_b="$label_b, HTTP/2"; }
+[ -z "$handshakes" ] || { label_a="$label_a, a $handshakes handshake per request"; label_b="$label_b, a $handshakes handshake per request"; }
 [ ${#close[@]} = 0 ] || { label_a="$label_a, a connection per request"; label_b="$label_b, a connection per request"; }
 case $upstream_kind in
     https) label_a="$label_a, HTTPS upstream"; label_b="$label_b, HTTPS upstream" ;;
@@ -320,7 +385,7 @@ for i in $(seq 0 $((rounds - 1))); do
         else
             r=$(round "$pid_b" $load_b "$path_b" "${header_b[@]}" "${close[@]}")
         fi
-        echo "round $((i + 1)) $side: $r" | awk '{printf "round %s %s %8d req/s %6.1f us/req (user %.2f, kernel %.2f)  p99 %.2f ms  %.2f segments/req\n", $2, toupper($3), $4, $5, $7, $8, $6, $9}'
+        echo "round $((i + 1)) $side: $r" | awk '{printf "round %s %s %8d req/s %6.1f us/req (user %.2f, kernel %.2f)  p99 %.2f ms  %.2f segments/req  client %.1f us/req\n", $2, toupper($3), $4, $5, $7, $8, $6, $9, $10}'
         results+=("$((i + 1)) $side $r")
     done
 done
@@ -328,7 +393,7 @@ printf '%s\n' "${results[@]}" | awk '
     function median(a, n) { return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
     function insert(a, k, v,  j) { for (j = k - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
     { rps[$1, $2] = $3; cpu[$1, $2] = $4; p99[$1, $2] = $5; n = $1
-      user[$2] += $6; kernel[$2] += $7; segs[$2] += $8 }
+      user[$2] += $6; kernel[$2] += $7; segs[$2] += $8; client[$2] += $9 }
     # t(df): the 97.5% quantile of Student t (a few rounds give a wide interval, as they should).
     function t(df) {
         if (df > 30) return 1.96
@@ -362,4 +427,6 @@ printf '%s\n' "${results[@]}" | awk '
         printf "CPU per request, user + kernel: A %.2f + %.2f us, B %.2f + %.2f us (A/B %.2fx user, %.2fx kernel); TCP segments per request: A %.2f, B %.2f\n",
             user["a"] / n, kernel["a"] / n, user["b"] / n, kernel["b"] / n,
             user["a"] / user["b"], kernel["a"] / kernel["b"], segs["a"] / n, segs["b"] / n
+        printf "load client CPU per request (it shares CPU 1 with the upstream): A %.1f us, B %.1f us\n",
+            client["a"] / n, client["b"] / n
     }'
