@@ -59,8 +59,18 @@ fn args() -> Args {
         match a.as_str() {
             "--full" => args.resume = false,
             "--resume" => args.resume = true,
-            "--connections" => args.connections = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
-            "--seconds" => args.seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "--connections" => {
+                args.connections = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            "--seconds" => {
+                args.seconds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             "--bench" => {}
             "-h" | "--help" => usage(),
             url if url.starts_with("https://") => args.url = url.to_owned(),
@@ -114,7 +124,9 @@ fn connector(resume: bool) -> TlsConnector {
         kx_groups: vec![aws_lc_rs::kx_group::X25519],
         ..aws_lc_rs::default_provider()
     };
-    let schemes = provider.signature_verification_algorithms.supported_schemes();
+    let schemes = provider
+        .signature_verification_algorithms
+        .supported_schemes();
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3 with aws-lc-rs")
@@ -192,7 +204,8 @@ fn main() {
         format!("{authority}:443")
     };
     let name = ServerName::try_from(host.to_owned()).expect("a host name or IP address in the URL");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").into_bytes();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+        .into_bytes();
     let done = Arc::new(AtomicU64::new(0));
     let resumed = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));

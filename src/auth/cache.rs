@@ -209,7 +209,7 @@ impl TokenCache {
 
     fn memo_get(&self, token: &[u8], now: u64) -> Option<Arc<Cached>> {
         MEMO.with_borrow(|slots| {
-            let slot = slots.get(slot_index(token))?;
+            let slot = slots.get(slot_index(token, MEMO_SLOTS))?;
             let entry = slot.entry.as_ref()?;
             (slot.cache == self.id && now < entry.expires_at && same_bytes(&slot.token, token))
                 .then(|| entry.clone())
@@ -224,7 +224,7 @@ impl TokenCache {
             if slots.is_empty() {
                 slots.resize_with(MEMO_SLOTS, Slot::default);
             }
-            let slot = &mut slots[slot_index(token)];
+            let slot = &mut slots[slot_index(token, MEMO_SLOTS)];
             slot.cache = self.id;
             slot.token.clear();
             slot.token.extend_from_slice(token);
@@ -242,19 +242,21 @@ impl TokenCache {
     }
 }
 
-/// The memo slot of a token: its last eight bytes (for a JWT, signature bytes) and its
-/// length, mixed. A client who picks them only picks which slot it evicts.
-fn slot_index(token: &[u8]) -> usize {
+/// The memo slot of a token (or a session cookie) among `slots` (a power of two): its last
+/// eight bytes (for a JWT, signature bytes) and its length, mixed. A client who picks them
+/// only picks which slot it evicts.
+pub(crate) fn slot_index(token: &[u8], slots: usize) -> usize {
+    debug_assert!(slots.is_power_of_two());
     let tail = &token[token.len().saturating_sub(8)..];
     let mut word = [0u8; 8];
     word[..tail.len()].copy_from_slice(tail);
     let mixed = (u64::from_le_bytes(word) ^ token.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (mixed >> (64 - MEMO_SLOTS.trailing_zeros())) as usize
+    (mixed >> (64 - slots.trailing_zeros())) as usize
 }
 
 /// Equal contents, in a time that depends on the length only: a memo slot holds one
 /// client's token and is compared with any client's.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -394,12 +396,12 @@ mod tests {
     fn slots_spread_and_stay_in_range() {
         let mut seen = std::collections::HashSet::new();
         for i in 0..1000 {
-            let index = slot_index(format!("token-{i}").as_bytes());
+            let index = slot_index(format!("token-{i}").as_bytes(), MEMO_SLOTS);
             assert!(index < MEMO_SLOTS);
             seen.insert(index);
         }
         assert_eq!(seen.len(), MEMO_SLOTS, "some slots never used");
-        assert!(slot_index(b"") < MEMO_SLOTS);
+        assert!(slot_index(b"", MEMO_SLOTS) < MEMO_SLOTS);
     }
 
     #[test]

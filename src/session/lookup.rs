@@ -9,6 +9,7 @@ use http::header::HeaderValue;
 use serde_json::Value;
 
 use super::cookie::{self};
+use super::memo;
 use super::store::{RedisStore, Session};
 use crate::auth::claims::Claims;
 use crate::auth::credential;
@@ -93,7 +94,23 @@ impl Login {
             Store::Redis(redis) if redis.cache_ready() => Some(redis),
             _ => None,
         };
-        let cache_key = (!self.store.is_server_side() || redis.is_some()).then(|| {
+        let cached = !self.store.is_server_side() || redis.is_some();
+        // Read before any lookup: an end heard after it moves it (`memo`, `remember`).
+        let (owner, generation) = match redis {
+            Some(redis) => (redis.opened_id, redis.generation()),
+            None => (self.opened_id, 0),
+        };
+        // This worker's memo first, then the shared cache by the cookie's digest.
+        if cached
+            && let Some(found) = still_fresh(
+                memo::get(owner, generation, value.as_bytes()),
+                now,
+                touch_every,
+            )
+        {
+            return Ok(Some(found));
+        }
+        let cache_key = cached.then(|| {
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
             <[u8; 32]>::try_from(digest.as_ref()).expect("SHA-256 is 32 bytes")
         });
@@ -102,11 +119,13 @@ impl Login {
                 Some(redis) => redis.opened.get(key),
                 None => self.opened.get(key),
             };
+            if let Some(opened) = &opened {
+                memo::put(owner, generation, value.as_bytes(), opened);
+            }
             if let Some(found) = still_fresh(opened, now, touch_every) {
                 return Ok(Some(found));
             }
         }
-        let generation = redis.map(|redis| redis.generation());
         let Some(plain) = self.keys.open(name, value) else {
             return Ok(None);
         };
@@ -183,9 +202,9 @@ impl Login {
                 refreshable: session.refresh_token.is_some(),
                 end_key: id.as_deref().map_or([0; 32], RedisStore::end_key),
             });
-            match (redis, generation) {
-                (Some(redis), Some(generation)) => redis.remember(key, opened, generation),
-                _ => self.opened.insert(key, opened),
+            match redis {
+                Some(redis) => redis.remember(key, opened, generation),
+                None => self.opened.insert(key, opened),
             }
         }
         Ok(Some(Found {

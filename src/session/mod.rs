@@ -20,6 +20,7 @@
 pub mod cookie;
 mod endpoints;
 mod lookup;
+mod memo;
 pub mod redirect;
 pub mod states;
 pub mod store;
@@ -92,6 +93,8 @@ pub struct Login {
     /// while its session needs no write (no touch, no refresh); bounded, and short-lived
     /// since a touch is due within 60 s anyway.
     pub opened: moka::sync::Cache<[u8; 32], Arc<Opened>>,
+    /// Names `opened` in the workers' memos (`memo`): a new cache, a new id.
+    pub opened_id: u64,
     /// Some route forwards the session's access token / ID token: sessions keep them.
     pub keep_access_token: bool,
     pub keep_id_token: bool,
@@ -403,6 +406,7 @@ mod tests {
             post_logout_redirect_url: None,
             used_states: Arc::new(states::UsedStates::new(10)),
             opened: moka::sync::Cache::new(10),
+            opened_id: store::next_opened_id(),
             keep_access_token: false,
             keep_id_token: false,
         };

@@ -190,6 +190,13 @@ pub struct Opened {
     pub(super) end_key: [u8; 32],
 }
 
+/// A new id for a cache of opened sessions, which names it in the workers' memos
+/// (`memo`; ids start at 1, 0 marks an empty slot).
+pub fn next_opened_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Entries of `Login::opened` at most.
 pub const OPENED_CACHE_SIZE: u64 = 50_000;
 
@@ -226,6 +233,8 @@ pub struct RedisStore {
     /// The longest a session can live: the index sets expire after it.
     pub lifetime: u64,
     pub opened: moka::sync::Cache<[u8; 32], Arc<Opened>>,
+    /// Names `opened` in the workers' memos (`memo`).
+    pub opened_id: u64,
     /// Subscribed to the ends of sessions (and emptied `opened` when it subscribed).
     subscribed: AtomicBool,
     started: AtomicBool,
@@ -256,6 +265,7 @@ impl RedisStore {
                 .time_to_live(Duration::from_secs(60))
                 .support_invalidation_closures()
                 .build(),
+            opened_id: next_opened_id(),
             subscribed: AtomicBool::new(false),
             started: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -309,8 +319,7 @@ impl RedisStore {
                     tracing::debug!(%error, "session cache: no subscription; retrying every second");
                 }
                 store.subscribed.store(false, Ordering::Release);
-                store.generation.fetch_add(1, Ordering::AcqRel);
-                store.opened.invalidate_all();
+                store.forget(None);
                 store.link.subscription_failed();
                 drop(store);
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -323,37 +332,40 @@ impl RedisStore {
     async fn follow_ends(&self) -> Result<(), String> {
         use futures_util::StreamExt;
         let mut messages = self.link.subscribe(self.ends_channel()).await?;
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.opened.invalidate_all();
+        self.forget(None);
         self.subscribed.store(true, Ordering::Release);
         while let Some(message) = messages.next().await {
-            self.generation.fetch_add(1, Ordering::AcqRel);
             let payload: Vec<u8> = message.get_payload().unwrap_or_default();
-            match <[u8; 32]>::try_from(payload.as_slice()) {
-                Ok(key) => self.forget(key),
-                // Not ours to read: forget everything rather than keep a session too long.
-                Err(_) => self.opened.invalidate_all(),
-            }
+            // Not ours to read: forget everything rather than keep a session too long.
+            self.forget(<[u8; 32]>::try_from(payload.as_slice()).ok());
         }
         Err("the subscription ended".into())
     }
 
     /// Drops the cached entries of the session whose id digests to `end_key` (every
-    /// cookie value it was seen with); from now on `get` no longer returns them.
-    fn forget(&self, end_key: [u8; 32]) {
-        if self
-            .opened
-            .invalidate_entries_if(move |_, opened| opened.end_key == end_key)
-            .is_err()
-        {
+    /// cookie value it was seen with; `None`: every session); from now on `get` no longer
+    /// returns them, and no worker's memo does.
+    ///
+    /// The generation moves before (a load under way is not cached: `remember`) and after
+    /// (a worker that read the generation, then found the entry just before it was
+    /// forgotten, filled its memo at a generation that is past).
+    fn forget(&self, end_key: Option<[u8; 32]>) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let dropped = end_key.is_some_and(|end_key| {
+            self.opened
+                .invalidate_entries_if(move |_, opened| opened.end_key == end_key)
+                .is_ok()
+        });
+        if !dropped {
             self.opened.invalidate_all();
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Tells every instance (this one included) that session `id` ended.
     async fn announce_end(&self, conn: &mut crate::redis_link::Connection, id: &str) {
         let end_key = Self::end_key(id);
-        self.forget(end_key);
+        self.forget(Some(end_key));
         let published = redis::cmd("PUBLISH")
             .arg(self.ends_channel())
             .arg(&end_key[..])

@@ -762,10 +762,29 @@ async fn two_instances_share_sessions_and_logout_through_redis() {
         gets,
         "a cached session cost a Redis GET"
     );
+    // On the instance that will log out, the session is cached, and each connection's
+    // worker has it in its memo (a browser a connection).
+    until_cached(&redis, &browser, &one.url("/app/y")).await;
+    let replay = |url: String| {
+        let cookie = cookie.clone();
+        async move {
+            let browser = Browser::new();
+            browser.set_cookie(&url, "portcullis", &cookie);
+            browser.get(&url).await.status
+        }
+    };
+    for _ in 0..8 {
+        assert_eq!(replay(one.url("/app/y")).await, 200);
+    }
 
     // Logout on one ends it on both, and sends the browser to the IdP's end_session.
     let page = browser.get(&one.url("/_portcullis/logout")).await;
     assert_eq!(page.status, 302);
+    // On this instance at once, on every worker: no memo keeps the session (no wait for
+    // the pub/sub message, which the other instance needs).
+    for _ in 0..8 {
+        assert_eq!(replay(one.url("/app/y")).await, 302);
+    }
     let location = page.location().unwrap();
     assert!(
         location

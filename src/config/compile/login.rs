@@ -207,6 +207,7 @@ impl Compiler {
                 .max_capacity(session::OPENED_CACHE_SIZE)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
+            opened_id: session::store::next_opened_id(),
             // Set once the routes are compiled (`compile`).
             keep_access_token: false,
             keep_id_token: false,
