@@ -848,6 +848,41 @@ mod tests {
         .await;
     }
 
+    /// An idle connection gives its buffers and timer back after `SHED_AFTER` (at the
+    /// sweeper's next round), stays open, and serves the next request.
+    #[tokio::test]
+    async fn idle_connections_give_their_buffers_back_and_still_serve() {
+        let upstream = raw_upstream(SIZED, usize::MAX).await;
+        let pool = pool(&upstream, Duration::from_millis(2500), 8);
+        let response = send(&pool, get()).await.unwrap();
+        let body = UpstreamBody::new(response.into_body(), Duration::from_secs(5));
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"hello");
+        assert_eq!(pool.idle(0), 1);
+        let (bytes, timers) = pool.idle_holdings(0);
+        assert!(
+            bytes >= 16 * 1024 && timers == 1,
+            "fresh: {bytes} bytes, {timers} timers"
+        );
+        let started = std::time::Instant::now();
+        while pool.idle_holdings(0) != (0, 0) {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "never shed: {:?}",
+                pool.idle_holdings(0)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(pool.idle(0), 1, "shedding keeps the connection");
+        let response = send(&pool, get()).await.unwrap();
+        let body = UpstreamBody::new(response.into_body(), Duration::from_secs(5));
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"hello");
+        assert_eq!(
+            upstream.accepted.load(Ordering::SeqCst),
+            1,
+            "the same connection again"
+        );
+    }
+
     #[tokio::test]
     async fn an_unreachable_upstream_is_a_connect_error() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -70,6 +70,10 @@ pub enum SendError {
 const READ_SIZE: usize = 16 * 1024;
 /// A read buffer left larger than this by a big answer is not kept in the idle list.
 const MAX_IDLE_BUFFER: usize = 64 * 1024;
+/// Idle this long, a connection gives its buffers and its timer back at the next sweep
+/// (see [`Conn::shed`]): after a burst, the idle lists (up to `pool_max_idle` a worker)
+/// would otherwise keep a 16 KiB read buffer each, 8 MiB a worker at the default 256.
+const SHED_AFTER: Duration = Duration::from_secs(1);
 
 /// One HTTP/1.1 connection to the upstream, with its buffers (kept across requests).
 pub(super) struct Conn {
@@ -127,20 +131,34 @@ impl Conn {
     /// An idle connection is usable: nothing unread, and the upstream has not closed it.
     /// Bytes the upstream sent while nobody asked (a late body after a `HEAD`, bytes past
     /// the end of an answer) would be read as the next request's answer: such a connection
-    /// is never used again, and counted in `unsolicited`.
+    /// is never used again, and counted in `unsolicited`. The probe reads into a few bytes
+    /// of stack, not the read buffer: a connection that shed its buffer keeps none.
     fn alive(&mut self, unsolicited: &Counter) -> bool {
         if !self.read.is_empty() {
             unsolicited.inc();
             return false;
         }
-        match self.poll_fill(&mut Context::from_waker(Waker::noop())) {
+        let mut probe = [0u8; 8];
+        let mut probe = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        match tokio::io::AsyncRead::poll_read(Pin::new(&mut self.io), &mut cx, &mut probe) {
             Poll::Pending => true,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) if probe.filled().is_empty() => false,
+            Poll::Ready(Ok(())) => {
                 unsolicited.inc();
                 false
             }
         }
+    }
+
+    /// Gives back what an idle connection does not need to stay open: its read buffer
+    /// (empty, or it would not be idle), its write buffer and its response timer. The next
+    /// request on it allocates them again.
+    fn shed(&mut self) {
+        self.read = BytesMut::new();
+        self.spare = Vec::new();
+        self.timer = None;
     }
 }
 
@@ -349,6 +367,20 @@ impl Pool {
     pub(super) fn idle(&self, worker: usize) -> usize {
         lock(&self.slots[worker]).idle.len()
     }
+
+    /// The bytes the idle connections of `worker` hold in buffers (capacity), and how many
+    /// hold a timer.
+    #[cfg(test)]
+    pub(super) fn idle_holdings(&self, worker: usize) -> (usize, usize) {
+        let slot = lock(&self.slots[worker]);
+        let bytes = slot
+            .idle
+            .iter()
+            .map(|i| i.conn.read.capacity() + i.conn.spare.capacity())
+            .sum();
+        let timers = slot.idle.iter().filter(|i| i.conn.timer.is_some()).count();
+        (bytes, timers)
+    }
 }
 
 fn lock(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
@@ -369,8 +401,14 @@ async fn sweep(pool: Weak<Pool>, worker: usize) {
         let timeout = pool.settings.idle_timeout;
         let mut slot = lock(&pool.slots[worker]);
         let unsolicited = &pool.unsolicited;
-        slot.idle
-            .retain_mut(|idle| idle.since.elapsed() < timeout && idle.conn.alive(unsolicited));
+        slot.idle.retain_mut(|idle| {
+            let quiet = idle.since.elapsed();
+            let keep = quiet < timeout && idle.conn.alive(unsolicited);
+            if keep && quiet >= SHED_AFTER {
+                idle.conn.shed();
+            }
+            keep
+        });
         if slot.idle.is_empty() {
             slot.sweeping = false;
             return;
