@@ -8,6 +8,7 @@ pub mod duration;
 mod error;
 pub mod raw;
 pub mod size;
+mod split;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,7 +56,7 @@ fn load_inheriting(
     path: PathBuf,
     inherited: compile::Inherited<'_>,
 ) -> Result<Snapshot, ConfigError> {
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+    let raw: raw::RawConfig = split::parse(text).map_err(|e| ConfigError::Syntax {
         path: path.clone(),
         message: e.to_string().trim_end().to_owned(),
     })?;
