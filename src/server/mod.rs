@@ -418,10 +418,14 @@ fn serve_connection(
     let _ = stream.set_nodelay(true);
     let peer = conn.peer;
     if !conn.tls {
-        return Box::pin(async move {
-            let result = conn::serve(stream, conn, shared, builders, stop, parked).await;
-            log_end(peer, result);
-        });
+        // `map`, not an async block around it: an async block keeps its captured values
+        // beside the future it awaits, and the task's future (what a parked connection
+        // holds) would be twice the size.
+        use futures_util::FutureExt;
+        return Box::pin(
+            conn::serve(stream, conn, shared, builders, stop, parked)
+                .map(move |result| log_end(peer, result)),
+        );
     }
     Box::pin(async move {
         let snapshot = shared.load();
@@ -446,7 +450,10 @@ fn serve_connection(
                         .and_then(|leaf| crate::auth::client_cert::identity(leaf, order));
                 }
                 let stream = Box::new(stream);
-                let result = conn::serve(stream, conn, shared, builders, stop, parked).await;
+                // Boxed: this block keeps its captured values beside what it awaits (see
+                // above), so the connection's state lives in a box of its own.
+                let result =
+                    Box::pin(conn::serve(stream, conn, shared, builders, stop, parked)).await;
                 log_end(peer, result);
             }
             Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
