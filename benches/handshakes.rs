@@ -13,8 +13,9 @@
 //!   cargo bench --bench handshakes -- [--full | --resume] [--connections N] [--seconds S] URL
 //!
 //! Prints `requests N errors E seconds S resumed R` (N: answers with a 2xx status; R: the
-//! handshakes that resumed a session). Runs on one thread;
-//! pin it with taskset. `cargo bench` without a URL prints this help and does nothing.
+//! handshakes that resumed a session). Runs on one thread; pin it with taskset. `cargo bench`
+//! without a URL prints this help and does nothing; `cargo test` (no arguments) checks the
+//! client against a TLS server of its own, in both modes, so the harness cannot rot.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -77,7 +78,7 @@ fn args() -> Args {
             _ => usage(),
         }
     }
-    if args.url.is_empty() || args.connections == 0 {
+    if args.connections == 0 {
         usage()
     }
     args
@@ -192,8 +193,101 @@ async fn one(
     Ok(ok)
 }
 
+struct Counts {
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    resumed: u64,
+}
+
 fn main() {
     let args = args();
+    if args.url.is_empty() {
+        if std::env::args().any(|a| a == "--bench") {
+            usage()
+        }
+        return self_test();
+    }
+    let counts = load(&args);
+    println!(
+        "requests {} errors {} seconds {:.3} resumed {}",
+        counts.requests, counts.errors, counts.seconds, counts.resumed
+    );
+}
+
+/// `cargo test`: a TLS 1.3 server on 127.0.0.1:0 (a new certificate, tickets on) that
+/// answers every connection once; the client must get answers, with no resumption in
+/// `--full` and mostly resumed handshakes in `--resume`.
+fn self_test() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let url = format!(
+        "https://localhost:{}/",
+        listener.local_addr().expect("an address").port()
+    );
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("a certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .expect("the certificate");
+    config.ticketer = aws_lc_rs::Ticketer::new().expect("a ticketer");
+    let config = Arc::new(config);
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(mut tcp) = tcp else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let mut conn = rustls::ServerConnection::new(config).expect("a TLS connection");
+                let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    for resume in [false, true] {
+        let counts = load(&Args {
+            resume,
+            connections: 4,
+            seconds: 0.5,
+            url: url.clone(),
+        });
+        assert!(
+            counts.requests > 10 && counts.errors == 0,
+            "resume {resume}: {} answers, {} errors",
+            counts.requests,
+            counts.errors
+        );
+        if resume {
+            assert!(
+                counts.resumed * 2 > counts.requests,
+                "{} of {} resumed",
+                counts.resumed,
+                counts.requests
+            );
+        } else {
+            assert_eq!(counts.resumed, 0, "a full-handshake run resumed");
+        }
+        println!(
+            "handshakes self-test, resume {resume}: {} answers, {} resumed",
+            counts.requests, counts.resumed
+        );
+    }
+}
+
+fn load(args: &Args) -> Counts {
     let rest = &args.url["https://".len()..];
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
@@ -245,11 +339,10 @@ fn main() {
             let _ = task.await;
         }
     });
-    println!(
-        "requests {} errors {} seconds {:.3} resumed {}",
-        done.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64(),
-        resumed.load(Ordering::Relaxed)
-    );
+    Counts {
+        requests: done.load(Ordering::Relaxed),
+        errors: failed.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+        resumed: resumed.load(Ordering::Relaxed),
+    }
 }
