@@ -27,7 +27,9 @@ pub struct RawConfig {
     pub identity: RawIdentity,
     /// The route rules. Order does not matter: the most specific match wins.
     #[serde(default)]
-    pub routes: Vec<RawRoute>,
+    /// Boxed: compiling consumes them one at a time and frees each (a 100k-route file holds
+    /// 60 MB of them).
+    pub routes: Vec<Box<RawRoute>>,
     /// Rule tests that `portcullis check` runs; ignored by `serve`.
     #[serde(default)]
     pub tests: Vec<RawRuleTest>,

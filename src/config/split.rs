@@ -96,7 +96,7 @@ fn by_pieces(text: &str) -> Option<RawConfig> {
     }
     raw.routes = routes
         .into_iter()
-        .map(|piece| toml::from_str::<RawRoute>(piece).ok())
+        .map(|piece| toml::from_str::<RawRoute>(piece).ok().map(Box::new))
         .collect::<Option<Vec<_>>>()?;
     Some(raw)
 }

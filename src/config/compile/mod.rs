@@ -52,7 +52,7 @@ pub struct Inherited<'a> {
 }
 
 pub fn compile(
-    raw: RawConfig,
+    mut raw: RawConfig,
     source: PathBuf,
     config_hash: String,
     inherited: Inherited<'_>,
@@ -104,7 +104,11 @@ pub fn compile(
         identity.set_own_cookies(login.own_cookie_names());
     }
     let rule_tests = c.rule_tests(&raw.tests);
-    let mut routes = c.routes(&raw.routes, &provider_names, &upstream_names);
+    let (mut routes, route_names) = c.routes(
+        std::mem::take(&mut raw.routes),
+        &provider_names,
+        &upstream_names,
+    );
     if let Some(previous) = inherited.previous {
         // An unchanged limit keeps its counts across the reload. By name through a map: a
         // search of the old routes for each new one made a 100k-route reload take minutes.
@@ -156,7 +160,10 @@ pub fn compile(
         }
         Err(conflicts) => {
             for conflict in conflicts {
-                let first = raw.routes[conflict.first].name.as_deref().unwrap_or("?");
+                let first = route_names
+                    .get(conflict.first)
+                    .and_then(Option::as_deref)
+                    .unwrap_or("?");
                 c.issue(
                     format!("routes[{}]", conflict.second),
                     format!(

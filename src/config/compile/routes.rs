@@ -15,18 +15,23 @@ use crate::upstream::Upstream;
 use super::Compiler;
 
 impl Compiler {
+    /// The compiled routes, and the name each raw route had (by index, for messages).
+    /// Consumes the raw routes one at a time: each is freed once compiled, so a big file's
+    /// parsed and compiled routes are not all in memory at once.
+    #[allow(clippy::vec_box, reason = "each route is freed once compiled (doc above)")]
     pub(super) fn routes(
         &mut self,
-        raw: &[RawRoute],
+        raw: Vec<Box<RawRoute>>,
         providers: &HashMap<String, usize>,
         upstreams: &HashMap<String, usize>,
-    ) -> Vec<Route> {
-        let mut routes = Vec::new();
-        let mut names: HashMap<&str, usize> = HashMap::new();
-        for (i, raw_route) in raw.iter().enumerate() {
+    ) -> (Vec<Route>, Vec<Option<String>>) {
+        let mut routes = Vec::with_capacity(raw.len());
+        let mut names_by_index = Vec::with_capacity(raw.len());
+        let mut names: HashMap<String, usize> = HashMap::with_capacity(raw.len());
+        for (i, mut raw_route) in raw.into_iter().enumerate() {
             let key = format!("routes[{i}]");
             if let Some(name) = raw_route.name.as_deref()
-                && let Some(first) = names.insert(name, i)
+                && let Some(first) = names.insert(name.to_owned(), i)
             {
                 self.issue(
                     format!("{key}.name"),
@@ -35,11 +40,12 @@ impl Compiler {
                     ),
                 );
             }
-            if let Some(route) = self.route(&key, raw_route, providers, upstreams) {
+            if let Some(route) = self.route(&key, &raw_route, providers, upstreams) {
                 routes.push(route);
             }
+            names_by_index.push(raw_route.name.take());
         }
-        routes
+        (routes, names_by_index)
     }
 
     pub(super) fn route(
