@@ -25,7 +25,7 @@ pub const SPLIT_FROM: usize = 1000;
 
 /// The file's config, by pieces when it fits (module docs), whole otherwise.
 pub fn parse(text: &str) -> Result<RawConfig, toml::de::Error> {
-    if let Some(raw) = by_pieces(text) {
+    if let Some(raw) = by_pieces(text, SPLIT_FROM) {
         return Ok(raw);
     }
     toml::from_str(text)
@@ -48,10 +48,9 @@ fn header(line: &str) -> Option<(bool, &str)> {
     Some((array, inner[..end].trim()))
 }
 
-fn by_pieces(text: &str) -> Option<RawConfig> {
-    if text.matches("[[routes]]").count() < SPLIT_FROM
-        || text.contains("\"\"\"")
-        || text.contains("'''")
+/// The file by pieces, if it has `from` route tables or more and fits (module docs).
+fn by_pieces(text: &str, from: usize) -> Option<RawConfig> {
+    if text.matches("[[routes]]").count() < from || text.contains("\"\"\"") || text.contains("'''")
     {
         return None;
     }
@@ -141,7 +140,9 @@ mod tests {
 
     fn both(text: &str) -> (String, String) {
         let whole: Result<RawConfig, _> = toml::from_str(text);
-        let pieces = parse(text);
+        let pieces = by_pieces(text, 1)
+            .ok_or(())
+            .or_else(|()| toml::from_str(text));
         (
             format!("{:?}", whole.map_err(|e| e.to_string())),
             format!("{:?}", pieces.map_err(|e| e.to_string())),
@@ -151,7 +152,10 @@ mod tests {
     #[test]
     fn a_big_file_is_cut_and_reads_as_the_whole_file_does() {
         let text = config(SPLIT_FROM + 10, usize::MAX, "");
-        assert!(by_pieces(&text).is_some(), "the plain big file is cut");
+        assert!(
+            by_pieces(&text, SPLIT_FROM).is_some(),
+            "the plain big file is cut"
+        );
         let (whole, pieces) = both(&text);
         assert!(
             whole.starts_with("Ok("),
@@ -180,7 +184,7 @@ mod tests {
             ("on_unauthenticated = \"[x]\"\n", true),
         ] {
             let text = config(n, 5, extra);
-            assert_eq!(by_pieces(&text).is_some(), cut, "cut {extra:?}");
+            assert_eq!(by_pieces(&text, SPLIT_FROM).is_some(), cut, "cut {extra:?}");
             let (whole, pieces) = both(&text);
             assert_eq!(whole, pieces, "with {extra:?}");
         }
@@ -188,7 +192,96 @@ mod tests {
 
     #[test]
     fn a_small_file_is_read_whole() {
-        assert!(by_pieces(&config(SPLIT_FROM - 1, usize::MAX, "")).is_none());
+        assert!(by_pieces(&config(SPLIT_FROM - 1, usize::MAX, ""), SPLIT_FROM).is_none());
+    }
+
+    /// Route keys a generated route table picks from (each at most once).
+    const ROUTE_KEYS: &[&str] = &[
+        "name = \"a\"\n",
+        "host = \"x.example\"\n",
+        "path_prefix = \"/p\"\n",
+        "upstream = \"app\"\n",
+        "auth = [\n  \"jwt\",\n]\n",
+        "methods = [\"GET\"]\n",
+        "rate_limit = { requests = 1, per = \"1s\" }\n",
+        "# a comment\n\n",
+    ];
+    /// What a generated file may go wrong with (rarely picked).
+    const FAULTS: &[&str] = &[
+        "pathprefix = \"/typo\"\n",
+        "[routes.require]\nscopes = [\"s\"]\n",
+        "note = \"\"\"\n[[routes]]\n\"\"\"\n",
+        "[\"GET\"],\n",
+        "routes = []\n",
+        "[tls]\ncert = \"c\"\nkey = \"k\"\n",
+        "name = \"a\"\n",
+        "[[routes.x]]\n",
+    ];
+
+    /// A file from blocks: route tables (header variants, a subset of the keys, in an
+    /// order from `bits`), other tables, and now and then a fault.
+    fn generated(blocks: &[(u8, u16)]) -> String {
+        let mut text = String::from(
+            "[server]\nhttp = \"127.0.0.1:0\"\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n",
+        );
+        for &(kind, bits) in blocks {
+            match kind {
+                0..=8 => {
+                    text.push_str(
+                        ["[[routes]]\n", "[[routes]]  # r\n", "[[ routes ]]\n"]
+                            [usize::from(bits) % 3],
+                    );
+                    let start = usize::from(bits >> 2) % ROUTE_KEYS.len();
+                    for k in 0..ROUTE_KEYS.len() {
+                        if bits & (1 << (8 + k % 8)) != 0 {
+                            text.push_str(ROUTE_KEYS[(start + k) % ROUTE_KEYS.len()]);
+                        }
+                    }
+                }
+                9 => text.push_str("[identity.headers]\n\"X-User\" = \"sub\"\n"),
+                10 => text.push_str("[upstreams.other]\nurl = \"http://127.0.0.1:9\"\n"),
+                _ => text.push_str(FAULTS[usize::from(bits) % FAULTS.len()]),
+            }
+        }
+        text
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Whatever the file, cutting never changes the result or the error.
+        #[test]
+        fn the_cut_reads_any_file_as_the_whole_parse_does(
+            blocks in proptest::collection::vec((0u8..12, proptest::prelude::any::<u16>()), 0..10),
+        ) {
+            let text = generated(&blocks);
+            let (whole, pieces) = both(&text);
+            proptest::prop_assert_eq!(whole, pieces, "{}", text);
+        }
+    }
+
+    /// The generator makes both files the cut takes and files it leaves whole, valid and
+    /// not: otherwise the property above would compare the whole parse with itself.
+    #[test]
+    fn the_generated_files_exercise_both_ways() {
+        use proptest::strategy::{Strategy, ValueTree};
+        let strategy = proptest::collection::vec((0u8..12, proptest::prelude::any::<u16>()), 0..10);
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut cut, mut whole_ok, mut whole_err) = (0, 0, 0);
+        for _ in 0..512 {
+            let text = generated(&strategy.new_tree(&mut runner).unwrap().current());
+            match (
+                by_pieces(&text, 1).is_some(),
+                toml::from_str::<RawConfig>(&text).is_ok(),
+            ) {
+                (true, _) => cut += 1,
+                (false, true) => whole_ok += 1,
+                (false, false) => whole_err += 1,
+            }
+        }
+        assert!(
+            cut > 50 && whole_ok > 10 && whole_err > 50,
+            "cut {cut}, whole ok {whole_ok}, whole err {whole_err}"
+        );
     }
 
     #[test]

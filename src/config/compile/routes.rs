@@ -18,7 +18,10 @@ impl Compiler {
     /// The compiled routes, and the name each raw route had (by index, for messages).
     /// Consumes the raw routes one at a time: each is freed once compiled, so a big file's
     /// parsed and compiled routes are not all in memory at once.
-    #[allow(clippy::vec_box, reason = "each route is freed once compiled (doc above)")]
+    #[allow(
+        clippy::vec_box,
+        reason = "each route is freed once compiled (doc above)"
+    )]
     pub(super) fn routes(
         &mut self,
         raw: Vec<Box<RawRoute>>,
