@@ -465,13 +465,13 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) -> bool 
     // `HeaderName` (which allocates for a name that is not a standard one, and
     // `keep-alive` and `close` are not). Browsers send `Connection: keep-alive` on every
     // HTTP/1.1 request, so this is a common path. The values are shared `Bytes`: taking
-    // them out costs no copy.
-    let mut listed = match headers.entry(CONNECTION) {
-        http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1,
-        http::header::Entry::Vacant(_) => return authorization,
-    };
-    let first = listed.next();
-    let more: Vec<HeaderValue> = listed.collect();
+    // them out costs no copy. Not through `entry`: it makes room for an insert first, and
+    // the map hyper builds for a request is full, so it was reallocated for every request
+    // that sent `Connection` (0.9k instructions).
+    let mut listed = headers.get_all(CONNECTION).iter();
+    let first = listed.next().cloned();
+    let more: Vec<HeaderValue> = listed.cloned().collect();
+    headers.remove(CONNECTION);
     for value in first.iter().chain(&more) {
         for token in value.as_bytes().split(|&b| b == b',') {
             // Invalid names cannot be fields of the map: a lookup by them finds nothing.
