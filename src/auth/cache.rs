@@ -123,17 +123,56 @@ pub const MEMO_SLOTS: usize = 64;
 /// Longer tokens are not kept in the memo (they still are in the shared cache, as a digest).
 const MEMO_MAX_TOKEN: usize = 4096;
 
-/// One memo slot: a token and what the cache said about it (`cache` 0: empty, ids start at 1).
-#[derive(Default)]
-struct Slot {
-    cache: u64,
-    token: Vec<u8>,
-    entry: Option<Arc<Cached>>,
+/// A worker's memo slots, this module's (tokens) and `session::memo`'s (session cookies):
+/// [`MEMO_SLOTS`] slots picked by the key's last bytes, each holding one key and a value,
+/// which answer only for the `owner` (a cache's id; 0: an empty slot) and `tag` that filled
+/// them and for the same key bytes, compared in a time that depends on the length only.
+/// Allocated on the first put.
+pub(crate) struct MemoSlots<T> {
+    slots: Vec<MemoSlot<T>>,
+}
+
+struct MemoSlot<T> {
+    owner: u64,
+    tag: u64,
+    key: Vec<u8>,
+    value: Option<T>,
+}
+
+impl<T> MemoSlots<T> {
+    pub(crate) const fn new() -> Self {
+        MemoSlots { slots: Vec::new() }
+    }
+
+    /// The value `owner` put for `key` at `tag`, if its slot still holds it.
+    pub(crate) fn get(&self, owner: u64, tag: u64, key: &[u8]) -> Option<&T> {
+        let slot = self.slots.get(slot_index(key))?;
+        let value = slot.value.as_ref()?;
+        (slot.owner == owner && slot.tag == tag && same_bytes(&slot.key, key)).then_some(value)
+    }
+
+    /// Puts `value` for `key` in its slot, in place of what the slot held.
+    pub(crate) fn put(&mut self, owner: u64, tag: u64, key: &[u8], value: T) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(MEMO_SLOTS, || MemoSlot {
+                owner: 0,
+                tag: 0,
+                key: Vec::new(),
+                value: None,
+            });
+        }
+        let slot = &mut self.slots[slot_index(key)];
+        slot.owner = owner;
+        slot.tag = tag;
+        slot.key.clear();
+        slot.key.extend_from_slice(key);
+        slot.value = Some(value);
+    }
 }
 
 thread_local! {
-    /// The worker's memo (module docs); allocated on the first token the thread sees.
-    static MEMO: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+    /// The worker's memo (module docs).
+    static MEMO: RefCell<MemoSlots<Arc<Cached>>> = const { RefCell::new(MemoSlots::new()) };
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -208,11 +247,10 @@ impl TokenCache {
     }
 
     fn memo_get(&self, token: &[u8], now: u64) -> Option<Arc<Cached>> {
-        MEMO.with_borrow(|slots| {
-            let slot = slots.get(slot_index(token, MEMO_SLOTS))?;
-            let entry = slot.entry.as_ref()?;
-            (slot.cache == self.id && now < entry.expires_at && same_bytes(&slot.token, token))
-                .then(|| entry.clone())
+        MEMO.with_borrow(|memo| {
+            memo.get(self.id, 0, token)
+                .filter(|entry| now < entry.expires_at)
+                .cloned()
         })
     }
 
@@ -220,16 +258,7 @@ impl TokenCache {
         if !self.memo || token.len() > MEMO_MAX_TOKEN {
             return;
         }
-        MEMO.with_borrow_mut(|slots| {
-            if slots.is_empty() {
-                slots.resize_with(MEMO_SLOTS, Slot::default);
-            }
-            let slot = &mut slots[slot_index(token, MEMO_SLOTS)];
-            slot.cache = self.id;
-            slot.token.clear();
-            slot.token.extend_from_slice(token);
-            slot.entry = Some(entry.clone());
-        });
+        MEMO.with_borrow_mut(|memo| memo.put(self.id, 0, token, entry.clone()));
     }
 
     pub fn len(&self) -> u64 {
@@ -242,21 +271,20 @@ impl TokenCache {
     }
 }
 
-/// The memo slot of a token (or a session cookie) among `slots` (a power of two): its last
-/// eight bytes (for a JWT, signature bytes) and its length, mixed. A client who picks them
-/// only picks which slot it evicts.
-pub(crate) fn slot_index(token: &[u8], slots: usize) -> usize {
-    debug_assert!(slots.is_power_of_two());
+/// The memo slot of a token (or a session cookie): its last eight bytes (for a JWT,
+/// signature bytes) and its length, mixed. A client who picks them only picks which slot it
+/// evicts.
+fn slot_index(token: &[u8]) -> usize {
     let tail = &token[token.len().saturating_sub(8)..];
     let mut word = [0u8; 8];
     word[..tail.len()].copy_from_slice(tail);
     let mixed = (u64::from_le_bytes(word) ^ token.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (mixed >> (64 - slots.trailing_zeros())) as usize
+    (mixed >> (64 - MEMO_SLOTS.trailing_zeros())) as usize
 }
 
 /// Equal contents, in a time that depends on the length only: a memo slot holds one
 /// client's token and is compared with any client's.
-pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -396,12 +424,12 @@ mod tests {
     fn slots_spread_and_stay_in_range() {
         let mut seen = std::collections::HashSet::new();
         for i in 0..1000 {
-            let index = slot_index(format!("token-{i}").as_bytes(), MEMO_SLOTS);
+            let index = slot_index(format!("token-{i}").as_bytes());
             assert!(index < MEMO_SLOTS);
             seen.insert(index);
         }
         assert_eq!(seen.len(), MEMO_SLOTS, "some slots never used");
-        assert!(slot_index(b"", MEMO_SLOTS) < MEMO_SLOTS);
+        assert!(slot_index(b"") < MEMO_SLOTS);
     }
 
     #[test]

@@ -2,10 +2,9 @@
 //! sessions (`Login::opened` for `store = "cookie"`, `RedisStore::opened` for `"redis"`), in
 //! front of that cache: a browser's next request on the same worker is found by comparing
 //! its cookie with the one in the slot, without the SHA-256 of the cookie and the shared
-//! lookup. The same design as the token cache's memo (`auth::cache`), whose slot choice and
-//! comparison it shares:
+//! lookup. The token cache's memo slots (`auth::cache::MemoSlots`), with these keys:
 //!
-//! - [`MEMO_SLOTS`] slots a worker, picked by the cookie's last bytes; a slot holds one
+//! - 64 slots a worker, picked by the cookie's last bytes; a slot holds one
 //!   cookie value (a credential, in memory only, like the token memo's tokens) and is
 //!   compared with any client's in a time that depends on the length only.
 //! - A slot answers only for the cache that filled it (`owner`, from
@@ -24,54 +23,28 @@ use std::sync::Arc;
 use super::store::Opened;
 #[cfg(test)]
 use super::store::next_opened_id as next_owner;
-use crate::auth::cache::{same_bytes, slot_index};
+use crate::auth::cache::MemoSlots;
 
-/// Memo slots per worker thread (a power of two).
-pub const MEMO_SLOTS: usize = 64;
 /// Longer cookie values are not kept (they still are in the shared cache, as a digest).
 const MEMO_MAX_COOKIE: usize = 4096;
 
-#[derive(Default)]
-struct Slot {
-    owner: u64,
-    generation: u64,
-    cookie: Vec<u8>,
-    opened: Option<Arc<Opened>>,
-}
-
 thread_local! {
     /// The worker's memo; allocated on the first session the thread remembers.
-    static MEMO: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+    static MEMO: RefCell<MemoSlots<Arc<Opened>>> = const { RefCell::new(MemoSlots::new()) };
 }
 
 /// The session this worker last saw with `cookie`, if `owner`'s cache gave it at
 /// `generation`.
 pub fn get(owner: u64, generation: u64, cookie: &[u8]) -> Option<Arc<Opened>> {
-    MEMO.with_borrow(|slots| {
-        let slot = slots.get(slot_index(cookie, MEMO_SLOTS))?;
-        let opened = slot.opened.as_ref()?;
-        (slot.owner == owner && slot.generation == generation && same_bytes(&slot.cookie, cookie))
-            .then(|| opened.clone())
-    })
+    MEMO.with_borrow(|memo| memo.get(owner, generation, cookie).cloned())
 }
 
 /// Remembers that `owner`'s cache gave `opened` for `cookie` at `generation` (read before
 /// the lookup).
 pub fn put(owner: u64, generation: u64, cookie: &[u8], opened: &Arc<Opened>) {
-    if cookie.len() > MEMO_MAX_COOKIE {
-        return;
+    if cookie.len() <= MEMO_MAX_COOKIE {
+        MEMO.with_borrow_mut(|memo| memo.put(owner, generation, cookie, opened.clone()));
     }
-    MEMO.with_borrow_mut(|slots| {
-        if slots.is_empty() {
-            slots.resize_with(MEMO_SLOTS, Slot::default);
-        }
-        let slot = &mut slots[slot_index(cookie, MEMO_SLOTS)];
-        slot.owner = owner;
-        slot.generation = generation;
-        slot.cookie.clear();
-        slot.cookie.extend_from_slice(cookie);
-        slot.opened = Some(opened.clone());
-    });
 }
 
 #[cfg(test)]
