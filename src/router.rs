@@ -25,7 +25,10 @@
 
 use std::collections::HashMap;
 
-use rustc_hash::FxHashMap;
+use std::hash::Hasher;
+
+use hashbrown::HashTable;
+use rustc_hash::FxHasher;
 
 use http::Method;
 
@@ -92,104 +95,328 @@ impl Route {
     }
 }
 
-/// Routes of one host group, indexed by exact path and by prefix.
-#[derive(Default)]
-struct PathTable {
-    exact: FxHashMap<Box<str>, Vec<usize>>,
-    prefixes: FxHashMap<Box<str>, Vec<usize>>,
+/// A host or route path as a table key, kept inline up to 22 bytes: a hit then reads one
+/// slot of the table and no string elsewhere in memory.
+#[derive(Clone)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
 }
 
-impl PathTable {
-    fn find(&self, routes: &[Route], path: &str, method: &Method) -> Option<usize> {
-        if let Some(found) = self
-            .exact
-            .get(path)
-            .and_then(|c| first_allowing(routes, c, method))
-        {
-            return Some(found);
-        }
-        if self.prefixes.is_empty() {
-            return None;
-        }
-        let mut candidate = match path.strip_suffix('/') {
-            Some(trimmed) if !trimmed.is_empty() => trimmed,
-            _ => path,
-        };
-        loop {
-            if let Some(found) = self
-                .prefixes
-                .get(candidate)
-                .and_then(|c| first_allowing(routes, c, method))
-            {
-                return Some(found);
+const INLINE_KEY: usize = 22;
+
+impl Key {
+    fn new(text: &str) -> Key {
+        let text = text.as_bytes();
+        if text.len() <= INLINE_KEY {
+            let mut bytes = [0; INLINE_KEY];
+            bytes[..text.len()].copy_from_slice(text);
+            Key::Inline {
+                len: text.len() as u8,
+                bytes,
             }
-            if candidate == "/" {
-                return None;
-            }
-            candidate = match candidate.rfind('/') {
-                Some(0) | None => "/",
-                Some(cut) => &candidate[..cut],
-            };
+        } else {
+            Key::Heap(text.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(bytes) => bytes,
         }
     }
 }
 
-fn first_allowing(routes: &[Route], candidates: &[usize], method: &Method) -> Option<usize> {
-    candidates
-        .iter()
-        .copied()
-        .find(|&i| routes[i].allows(method))
+fn key_hash(tag: u32, bytes: &[u8]) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write_u32(tag);
+    hasher.write(bytes);
+    hasher.finish()
 }
 
-/// Routes by host group, then path.
+/// One bit per standard method; every extension method shares [`OTHER`], and a route
+/// restricted to extension methods is then asked itself.
+fn method_bit(method: &Method) -> u16 {
+    match method.as_str() {
+        "GET" => 1,
+        "HEAD" => 1 << 1,
+        "POST" => 1 << 2,
+        "PUT" => 1 << 3,
+        "DELETE" => 1 << 4,
+        "OPTIONS" => 1 << 5,
+        "PATCH" => 1 << 6,
+        "TRACE" => 1 << 7,
+        "CONNECT" => 1 << 8,
+        _ => OTHER,
+    }
+}
+
+const OTHER: u16 = 1 << 9;
+const ALL_METHODS: u16 = u16::MAX;
+
+fn method_mask(route: &Route) -> u16 {
+    match &route.methods {
+        None => ALL_METHODS,
+        Some(methods) => methods.iter().fold(0, |mask, m| mask | method_bit(m)),
+    }
+}
+
+/// Bit `min(n, 63)`: path lengths in segments, so that a table is only asked for the lengths
+/// it holds.
+fn depth_bit(depth: usize) -> u64 {
+    1 << depth.min(63)
+}
+
+fn slashes(path: &str) -> usize {
+    path.bytes().filter(|&b| b == b'/').count()
+}
+
+/// A host group (one exact host, one wildcard suffix, or no host): its id in path keys, and
+/// which exact paths (by number of `/`) and prefixes (by segments, `/` being 0) it has.
+#[derive(Clone, Copy, Default)]
+struct Group {
+    id: u32,
+    exact_slashes: u64,
+    prefix_depths: u64,
+}
+
+struct HostSlot {
+    key: Key,
+    group: Group,
+}
+
+/// The routes of one (host group, exact path or prefix): the first candidate inline
+/// (method-restricted routes come first), the others, rarely any, in `Index::more`.
+struct PathSlot {
+    key: Key,
+    /// `group id << 1 | exact`.
+    tag: u32,
+    route: u32,
+    mask: u16,
+    /// Index into `Index::more`, or `NO_MORE`.
+    more: u32,
+}
+
+const NO_MORE: u32 = u32::MAX;
+
+// One cache line holds a slot whole most of the time.
+const _: () = assert!(std::mem::size_of::<PathSlot>() <= 40);
+const _: () = assert!(std::mem::size_of::<HostSlot>() <= 48);
+
+/// Routes by host group, then path: two small host tables and one flat table of every
+/// (group, path), so that a match reads a host slot and, for each length the group has, one
+/// path slot, wherever the routes sit in memory.
 #[derive(Default)]
 struct Index {
-    exact_hosts: FxHashMap<Box<str>, PathTable>,
-    wildcard_hosts: FxHashMap<Box<str>, PathTable>,
-    any_host: PathTable,
+    hosts: HashTable<HostSlot>,
+    /// Keyed by the suffix with its leading dot.
+    wildcards: HashTable<HostSlot>,
+    any_host: Group,
+    paths: HashTable<PathSlot>,
+    more: Vec<Box<[u32]>>,
+    groups: u32,
 }
 
 impl Index {
-    /// The path table `route` belongs in, with `path` as its key.
-    fn slot(&mut self, route: &Route, path: Box<str>, exact: bool) -> &mut Vec<usize> {
-        let paths = match &route.host {
-            HostMatch::Any => &mut self.any_host,
-            HostMatch::Exact(h) => self.exact_hosts.entry(h.clone()).or_default(),
-            HostMatch::Wildcard(s) => self.wildcard_hosts.entry(s.clone()).or_default(),
-        };
-        let map = if exact {
-            &mut paths.exact
+    /// Adds route `index` under `path`; with `check`, refuses it (naming the route it
+    /// collides with) when a route of the same slot has an overlapping method.
+    fn insert(
+        &mut self,
+        routes: &[Route],
+        index: usize,
+        path: &str,
+        exact: bool,
+        check: bool,
+    ) -> Result<(), usize> {
+        let route = &routes[index];
+        let group = self.group(&route.host);
+        if exact {
+            group.exact_slashes |= depth_bit(slashes(path));
         } else {
-            &mut paths.prefixes
+            group.prefix_depths |= depth_bit(if path == "/" { 0 } else { slashes(path) });
+        }
+        let tag = group.id << 1 | u32::from(exact);
+        let hash = key_hash(tag, path.as_bytes());
+        let Index { paths, more, .. } = self;
+        let eq = |s: &PathSlot| s.tag == tag && s.key.as_bytes() == path.as_bytes();
+        let Some(slot) = paths.find_mut(hash, eq) else {
+            let slot = PathSlot {
+                key: Key::new(path),
+                tag,
+                route: index as u32,
+                mask: method_mask(route),
+                more: NO_MORE,
+            };
+            paths.insert_unique(hash, slot, |s| key_hash(s.tag, s.key.as_bytes()));
+            return Ok(());
         };
-        map.entry(path).or_default()
+        let mut candidates = vec![slot.route];
+        if slot.more != NO_MORE {
+            candidates.extend_from_slice(&more[slot.more as usize]);
+        }
+        if check {
+            let overlapping = candidates
+                .iter()
+                .find(|&&i| methods_overlap(&routes[i as usize], route));
+            if let Some(&first) = overlapping {
+                return Err(first as usize);
+            }
+        }
+        candidates.push(index as u32);
+        // Restricted routes first; stable, so file order breaks no real ties.
+        candidates.sort_by_key(|&i| routes[i as usize].methods.is_none());
+        slot.route = candidates[0];
+        slot.mask = method_mask(&routes[candidates[0] as usize]);
+        let rest = candidates[1..].into();
+        if slot.more == NO_MORE {
+            slot.more = more.len() as u32;
+            more.push(rest);
+        } else {
+            more[slot.more as usize] = rest;
+        }
+        Ok(())
+    }
+
+    fn group(&mut self, host: &HostMatch) -> &mut Group {
+        let (table, name) = match host {
+            HostMatch::Any => return &mut self.any_host,
+            HostMatch::Exact(name) => (&mut self.hosts, name),
+            HostMatch::Wildcard(suffix) => (&mut self.wildcards, suffix),
+        };
+        let hash = key_hash(0, name.as_bytes());
+        let entry = table.entry(
+            hash,
+            |s| s.key.as_bytes() == name.as_bytes(),
+            |s| key_hash(0, s.key.as_bytes()),
+        );
+        let slot = entry.or_insert_with(|| {
+            self.groups += 1;
+            HostSlot {
+                key: Key::new(name),
+                group: Group {
+                    id: self.groups,
+                    ..Group::default()
+                },
+            }
+        });
+        &mut slot.into_mut().group
+    }
+
+    fn shrink(&mut self) {
+        let rehash = |s: &HostSlot| key_hash(0, s.key.as_bytes());
+        self.hosts.shrink_to_fit(rehash);
+        self.wildcards.shrink_to_fit(rehash);
+        self.paths
+            .shrink_to_fit(|s| key_hash(s.tag, s.key.as_bytes()));
+        self.more.shrink_to_fit();
     }
 
     fn find(&self, routes: &[Route], host: &str, path: &str, method: &Method) -> Option<usize> {
-        if let Some(found) = self
-            .exact_hosts
-            .get(host)
-            .and_then(|t| t.find(routes, path, method))
+        let request = Request {
+            path,
+            slashes: slashes(path),
+            method,
+            bit: method_bit(method),
+        };
+        if let Some(found) =
+            host_group(&self.hosts, host).and_then(|group| self.find_in(routes, group, &request))
         {
             return Some(found);
         }
-        if !self.wildcard_hosts.is_empty() {
+        if !self.wildcards.is_empty() {
             // Longest suffix first: for a.b.example.com try .b.example.com, then .example.com...
             let mut rest = host;
             while let Some(dot) = rest.find('.') {
                 let suffix = &rest[dot..];
-                if let Some(found) = self
-                    .wildcard_hosts
-                    .get(suffix)
-                    .and_then(|t| t.find(routes, path, method))
+                if let Some(found) = host_group(&self.wildcards, suffix)
+                    .and_then(|group| self.find_in(routes, group, &request))
                 {
                     return Some(found);
                 }
                 rest = &suffix[1..];
             }
         }
-        self.any_host.find(routes, path, method)
+        self.find_in(routes, &self.any_host, &request)
     }
+
+    /// Within one host group: the exact path, then prefixes from the longest, on segment
+    /// boundaries.
+    fn find_in(&self, routes: &[Route], group: &Group, request: &Request) -> Option<usize> {
+        let path = request.path;
+        if group.exact_slashes & depth_bit(request.slashes) != 0
+            && let Some(found) = self.find_slot(routes, group.id << 1 | 1, path, request)
+        {
+            return Some(found);
+        }
+        if group.prefix_depths == 0 {
+            return None;
+        }
+        let (mut candidate, mut depth) = match path.strip_suffix('/') {
+            Some(trimmed) if !trimmed.is_empty() => (trimmed, request.slashes - 1),
+            _ if path == "/" => (path, 0),
+            _ => (path, request.slashes),
+        };
+        loop {
+            debug_assert_eq!(
+                depth,
+                if candidate == "/" {
+                    0
+                } else {
+                    slashes(candidate)
+                }
+            );
+            if group.prefix_depths & depth_bit(depth) != 0
+                && let Some(found) = self.find_slot(routes, group.id << 1, candidate, request)
+            {
+                return Some(found);
+            }
+            if candidate == "/" {
+                return None;
+            }
+            (candidate, depth) = match candidate.rfind('/') {
+                Some(0) | None => ("/", 0),
+                Some(cut) => (&candidate[..cut], depth - 1),
+            };
+        }
+    }
+
+    fn find_slot(&self, routes: &[Route], tag: u32, key: &str, request: &Request) -> Option<usize> {
+        let slot = self.paths.find(key_hash(tag, key.as_bytes()), |s| {
+            s.tag == tag && s.key.as_bytes() == key.as_bytes()
+        })?;
+        let first = slot.route as usize;
+        if slot.mask & request.bit != 0
+            && (request.bit != OTHER
+                || slot.mask == ALL_METHODS
+                || routes[first].allows(request.method))
+        {
+            return Some(first);
+        }
+        if slot.more == NO_MORE {
+            return None;
+        }
+        self.more[slot.more as usize]
+            .iter()
+            .map(|&i| i as usize)
+            .find(|&i| routes[i].allows(request.method))
+    }
+}
+
+/// What a match needs of the request, worked out once for all the groups it asks.
+struct Request<'a> {
+    path: &'a str,
+    slashes: usize,
+    method: &'a Method,
+    bit: u16,
+}
+
+fn host_group<'a>(table: &'a HashTable<HostSlot>, host: &str) -> Option<&'a Group> {
+    table
+        .find(key_hash(0, host.as_bytes()), |s| {
+            s.key.as_bytes() == host.as_bytes()
+        })
+        .map(|s| &s.group)
 }
 
 /// All routes of a snapshot.
@@ -233,23 +460,19 @@ impl RouteTable {
             PathMatch::Prefix(p) => (p.clone(), false),
         };
         let mut conflicts = Vec::new();
-        for (index, route) in routes.iter().enumerate() {
-            let (path, exact) = key(route);
-            let slot = table.index.slot(route, path, exact);
-            if let Some(&first) = slot.iter().find(|&&i| methods_overlap(&routes[i], route)) {
+        for index in 0..routes.len() {
+            let (path, exact) = key(&routes[index]);
+            if let Err(first) = table.index.insert(&routes, index, &path, exact, true) {
                 conflicts.push(Conflict {
                     first,
                     second: index,
                 });
-                continue;
             }
-            slot.push(index);
-            // Restricted routes first; stable, so file order breaks no real ties.
-            slot.sort_by_key(|&i| routes[i].methods.is_none());
         }
         if !conflicts.is_empty() {
             return Err(conflicts);
         }
+        table.index.shrink();
         if routes
             .iter()
             .any(|r| key(r).0.bytes().any(|b| b.is_ascii_uppercase()))
@@ -257,12 +480,13 @@ impl RouteTable {
             // Routes that differ only in case share a slot here: the first that allows the
             // method answers, and a folded reading that lands on the other is refused.
             let mut folded = Index::default();
-            for (index, route) in routes.iter().enumerate() {
-                let (path, exact) = key(route);
-                let slot = folded.slot(route, path.to_ascii_lowercase().into(), exact);
-                slot.push(index);
-                slot.sort_by_key(|&i| routes[i].methods.is_none());
+            for index in 0..routes.len() {
+                let (path, exact) = key(&routes[index]);
+                let lower = path.to_ascii_lowercase();
+                // Unchecked: cannot fail.
+                let _ = folded.insert(&routes, index, &lower, exact, false);
             }
+            folded.shrink();
             table.folded = Some(folded);
         }
         // A rate limit is part of the policy: a reading that lands on a route with another
@@ -391,6 +615,216 @@ pub(crate) mod tests {
 
     fn prefix(p: &str) -> PathMatch {
         PathMatch::Prefix(p.into())
+    }
+
+    /// The most specific route by reading the precedence rules straight off every route:
+    /// what the index must answer, however it is built.
+    fn reference(
+        routes: &[Route],
+        host: &str,
+        path: &str,
+        method: &Method,
+        fold: bool,
+    ) -> Option<usize> {
+        let key = |p: &str| {
+            if fold {
+                p.to_ascii_lowercase()
+            } else {
+                p.to_owned()
+            }
+        };
+        let mut groups = vec![HostMatch::Exact(host.into())];
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            groups.push(HostMatch::Wildcard(rest[dot..].into()));
+            rest = &rest[dot + 1..];
+        }
+        groups.push(HostMatch::Any);
+        let allowing = |candidates: Vec<usize>| {
+            candidates
+                .into_iter()
+                .filter(|&i| routes[i].allows(method))
+                .min_by_key(|&i| (routes[i].methods.is_none(), i))
+        };
+        for group in &groups {
+            let in_group = (0..routes.len()).filter(|&i| &routes[i].host == group);
+            let exact = in_group
+                .clone()
+                .filter(|&i| matches!(&routes[i].path, PathMatch::Exact(p) if key(p) == path))
+                .collect();
+            if let Some(found) = allowing(exact) {
+                return Some(found);
+            }
+            let mut prefixes: Vec<(usize, usize)> = in_group
+                .filter_map(|i| match &routes[i].path {
+                    PathMatch::Prefix(p) => {
+                        let p = key(p);
+                        let under = &*p == "/"
+                            || path == p
+                            || path.strip_prefix(&*p).is_some_and(|r| r.starts_with('/'));
+                        under.then_some((p.len(), i))
+                    }
+                    PathMatch::Exact(_) => None,
+                })
+                .collect();
+            prefixes.sort_by_key(|&(len, _)| std::cmp::Reverse(len));
+            for same in prefixes.chunk_by(|a, b| a.0 == b.0) {
+                if let Some(found) = allowing(same.iter().map(|&(_, i)| i).collect()) {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+
+    /// The conflicts `RouteTable::new` must report: a route whose host, path and methods
+    /// overlap an earlier accepted one (restricted routes first, then file order).
+    fn reference_conflicts(routes: &[Route]) -> Vec<Conflict> {
+        let mut accepted: Vec<usize> = Vec::new();
+        let mut conflicts = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let mut same: Vec<usize> = accepted
+                .iter()
+                .copied()
+                .filter(|&j| routes[j].host == route.host && routes[j].path == route.path)
+                .collect();
+            same.sort_by_key(|&j| routes[j].methods.is_none());
+            match same
+                .into_iter()
+                .find(|&j| methods_overlap(&routes[j], route))
+            {
+                Some(first) => conflicts.push(Conflict { first, second: i }),
+                None => accepted.push(i),
+            }
+        }
+        conflicts
+    }
+
+    fn arb_path(max_depth: usize) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let segment = prop_oneof![
+            Just("a"),
+            Just("b"),
+            Just("A"),
+            Just("x"),
+            Just("a-segment-long-enough-to-live-on-the-heap"),
+        ];
+        (
+            proptest::collection::vec(segment, 0..=max_depth),
+            any::<bool>(),
+        )
+            .prop_map(|(segments, slash)| {
+                let mut path = String::new();
+                for s in &segments {
+                    path.push('/');
+                    path.push_str(s);
+                }
+                if path.is_empty() || slash {
+                    path.push('/');
+                }
+                path
+            })
+    }
+
+    type Spec = (HostMatch, PathMatch, Option<Vec<Method>>);
+
+    fn arb_spec() -> impl proptest::strategy::Strategy<Value = Spec> {
+        use proptest::prelude::*;
+        let host = prop_oneof![
+            Just(HostMatch::Any),
+            Just(HostMatch::Exact("a.example.com".into())),
+            Just(HostMatch::Exact("b.a.example.com".into())),
+            Just(HostMatch::Wildcard(".example.com".into())),
+            Just(HostMatch::Wildcard(".a.example.com".into())),
+        ];
+        let methods = proptest::option::of(proptest::sample::subsequence(
+            vec![
+                Method::GET,
+                Method::POST,
+                Method::DELETE,
+                Method::from_bytes(b"PROPFIND").unwrap(),
+            ],
+            1..=2,
+        ));
+        (host, arb_path(3), any::<bool>(), methods).prop_map(|(host, path, exact, methods)| {
+            let path = match (exact, path.strip_suffix('/')) {
+                (true, _) => PathMatch::Exact(path.into()),
+                (false, Some(trimmed)) if !trimmed.is_empty() => PathMatch::Prefix(trimmed.into()),
+                (false, _) => PathMatch::Prefix(path.into()),
+            };
+            (host, path, methods)
+        })
+    }
+
+    fn build(specs: &[Spec]) -> Vec<Route> {
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, (host, path, methods))| {
+                route(
+                    &format!("r{i}"),
+                    host.clone(),
+                    path.clone(),
+                    methods.as_deref(),
+                )
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// The index answers what the precedence rules say, for plain and case-folded
+        /// readings, and reports exactly the conflicting routes.
+        #[test]
+        fn the_index_agrees_with_the_precedence_rules(
+            specs in proptest::collection::vec(arb_spec(), 1..16),
+            requests in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "a.example.com", "b.a.example.com", "c.b.a.example.com",
+                        "c.example.com", "example.com", "other.org",
+                    ]),
+                    arb_path(5),
+                    proptest::sample::select(vec![
+                        Method::GET, Method::POST, Method::PUT,
+                        Method::from_bytes(b"PROPFIND").unwrap(),
+                        Method::from_bytes(b"MKCOL").unwrap(),
+                    ]),
+                ),
+                32,
+            ),
+        ) {
+            let routes = build(&specs);
+            let conflicts = reference_conflicts(&routes);
+            match RouteTable::new(build(&specs)) {
+                Ok(_) => proptest::prop_assert!(conflicts.is_empty(), "{conflicts:?} not reported"),
+                Err(found) => proptest::prop_assert_eq!(&found, &conflicts),
+            }
+            let accepted: Vec<Spec> = specs
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !conflicts.iter().any(|c| c.second == *i))
+                .map(|(_, spec)| spec)
+                .collect();
+            let accepted_routes = build(&accepted);
+            let accepted = build(&accepted);
+            let table = RouteTable::new(accepted_routes)
+                .unwrap_or_else(|c| panic!("conflicts in a conflict-free table: {c:?}"));
+            for (host, path, method) in &requests {
+                proptest::prop_assert_eq!(
+                    table.find_index(host, path, method),
+                    reference(&accepted, host, path, method, false),
+                    "{} {}{}", method, host, path
+                );
+                let lower = path.to_ascii_lowercase();
+                proptest::prop_assert_eq!(
+                    table.find_index_folded(host, &lower, method),
+                    reference(&accepted, host, &lower, method, true),
+                    "folded {} {}{}", method, host, lower
+                );
+            }
+        }
     }
 
     #[test]
