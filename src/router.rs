@@ -1,9 +1,13 @@
 //! The compiled route table: which route a (host, path, method) belongs to.
 //!
 //! Second step of the request path, after canonicalisation. Matching is pure and does not
-//! allocate: a handful of hash lookups whatever the number of routes.
+//! allocate: a handful of hash lookups whatever the number of routes. There is one host
+//! table (and one of wildcard suffixes) and one flat table of every (host group, path),
+//! each key inline in its slot up to 22 bytes; a host group records which path lengths it
+//! has, so a prefix match probes only those. At 100k routes a match reads a host slot and
+//! mostly one path slot (`docs/performance.md`, route matching).
 //!
-//! The maps hash with FxHash rather than SipHash: their keys are the config's route paths
+//! The tables hash with FxHash rather than SipHash: their keys are the config's route paths
 //! and hosts, so a client choosing lookup keys cannot make them collide (flooding needs
 //! control of what is inserted), and SipHash of a path was a hundred instructions a lookup.
 //!
