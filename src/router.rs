@@ -223,6 +223,15 @@ struct Index {
 }
 
 impl Index {
+    /// Room for `routes` paths from the start: growing by doubling would keep the old
+    /// table and the new one at once, each rehash (the compile peak of a big config).
+    fn with_capacity(routes: usize) -> Index {
+        Index {
+            paths: HashTable::with_capacity(routes),
+            ..Index::default()
+        }
+    }
+
     /// Adds route `index` under `path`; with `check`, refuses it (naming the route it
     /// collides with) when a route of the same slot has an overlapping method.
     fn insert(
@@ -452,7 +461,7 @@ impl RouteTable {
         });
         let mut table = RouteTable {
             routes: Vec::new(),
-            index: Index::default(),
+            index: Index::with_capacity(routes.len()),
             folded: None,
             any_allows_encoded_slash: routes.iter().any(|r| r.allow_encoded_slash),
             any_allows_path_params: routes.iter().any(|r| r.allow_path_params),
@@ -483,7 +492,7 @@ impl RouteTable {
         {
             // Routes that differ only in case share a slot here: the first that allows the
             // method answers, and a folded reading that lands on the other is refused.
-            let mut folded = Index::default();
+            let mut folded = Index::with_capacity(routes.len());
             for index in 0..routes.len() {
                 let (path, exact) = key(&routes[index]);
                 let lower = path.to_ascii_lowercase();
