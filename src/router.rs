@@ -468,14 +468,16 @@ impl RouteTable {
             exact_with_slash: exact_paths.clone().any(|p| p.ends_with('/')),
             exact_without_slash: exact_paths.clone().any(|p| !p.ends_with('/')),
         };
-        let key = |route: &Route| match &route.path {
-            PathMatch::Exact(p) => (p.clone(), true),
-            PathMatch::Prefix(p) => (p.clone(), false),
-        };
+        fn key(route: &Route) -> (&str, bool) {
+            match &route.path {
+                PathMatch::Exact(p) => (p, true),
+                PathMatch::Prefix(p) => (p, false),
+            }
+        }
         let mut conflicts = Vec::new();
         for index in 0..routes.len() {
             let (path, exact) = key(&routes[index]);
-            if let Err(first) = table.index.insert(&routes, index, &path, exact, true) {
+            if let Err(first) = table.index.insert(&routes, index, path, exact, true) {
                 conflicts.push(Conflict {
                     first,
                     second: index,
@@ -496,7 +498,8 @@ impl RouteTable {
             for index in 0..routes.len() {
                 let (path, exact) = key(&routes[index]);
                 let lower = path.to_ascii_lowercase();
-                // Unchecked: cannot fail.
+                // Unchecked (`check` false), so never refused: paths that differ only in
+                // case are meant to share a slot here.
                 let _ = folded.insert(&routes, index, &lower, exact, false);
             }
             folded.shrink();
