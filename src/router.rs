@@ -365,10 +365,15 @@ impl Index {
         if group.prefix_depths == 0 {
             return None;
         }
-        let (mut candidate, mut depth) = match path.strip_suffix('/') {
-            Some(trimmed) if !trimmed.is_empty() => (trimmed, request.slashes - 1),
-            _ if path == "/" => (path, 0),
-            _ => (path, request.slashes),
+        let mut candidate = match path.strip_suffix('/') {
+            Some(trimmed) if !trimmed.is_empty() => trimmed,
+            _ => path,
+        };
+        // `/` is length 0 however it was reached (`/` itself, or `//` trimmed).
+        let mut depth = if candidate == "/" {
+            0
+        } else {
+            request.slashes - (path.len() - candidate.len())
         };
         loop {
             debug_assert_eq!(
@@ -389,6 +394,8 @@ impl Index {
             }
             (candidate, depth) = match candidate.rfind('/') {
                 Some(0) | None => ("/", 0),
+                // `//x` cuts to `/`.
+                Some(1) if candidate.starts_with("//") => ("/", 0),
                 Some(cut) => (&candidate[..cut], depth - 1),
             };
         }
@@ -716,9 +723,14 @@ pub(crate) mod tests {
         conflicts
     }
 
-    fn arb_path(max_depth: usize) -> impl proptest::strategy::Strategy<Value = String> {
+    fn arb_path(
+        max_depth: usize,
+        empty_segments: bool,
+    ) -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
         let segment = prop_oneof![
+            // An empty segment (`//`): canonical paths have none, other readings may.
+            Just(if empty_segments { "" } else { "b" }),
             Just("a"),
             Just("b"),
             Just("A"),
@@ -762,14 +774,18 @@ pub(crate) mod tests {
             ],
             1..=2,
         ));
-        (host, arb_path(3), any::<bool>(), methods).prop_map(|(host, path, exact, methods)| {
-            let path = match (exact, path.strip_suffix('/')) {
-                (true, _) => PathMatch::Exact(path.into()),
-                (false, Some(trimmed)) if !trimmed.is_empty() => PathMatch::Prefix(trimmed.into()),
-                (false, _) => PathMatch::Prefix(path.into()),
-            };
-            (host, path, methods)
-        })
+        (host, arb_path(3, false), any::<bool>(), methods).prop_map(
+            |(host, path, exact, methods)| {
+                let path = match (exact, path.strip_suffix('/')) {
+                    (true, _) => PathMatch::Exact(path.into()),
+                    (false, Some(trimmed)) if !trimmed.is_empty() => {
+                        PathMatch::Prefix(trimmed.into())
+                    }
+                    (false, _) => PathMatch::Prefix(path.into()),
+                };
+                (host, path, methods)
+            },
+        )
     }
 
     fn build(specs: &[Spec]) -> Vec<Route> {
@@ -801,7 +817,7 @@ pub(crate) mod tests {
                         "a.example.com", "b.a.example.com", "c.b.a.example.com",
                         "c.example.com", "example.com", "other.org",
                     ]),
-                    arb_path(5),
+                    arb_path(5, true),
                     proptest::sample::select(vec![
                         Method::GET, Method::POST, Method::PUT,
                         Method::from_bytes(b"PROPFIND").unwrap(),
