@@ -172,6 +172,11 @@ fn depth_bit(depth: usize) -> u64 {
     1 << depth.min(63)
 }
 
+/// A prefix's length in segments, from its number of `/`: one each, but `/` is 0.
+fn prefix_depth(prefix: &str, slashes: usize) -> usize {
+    slashes - usize::from(prefix == "/")
+}
+
 fn slashes(path: &str) -> usize {
     path.bytes().filter(|&b| b == b'/').count()
 }
@@ -247,7 +252,7 @@ impl Index {
         if exact {
             group.exact_slashes |= depth_bit(slashes(path));
         } else {
-            group.prefix_depths |= depth_bit(if path == "/" { 0 } else { slashes(path) });
+            group.prefix_depths |= depth_bit(prefix_depth(path, slashes(path)));
         }
         let tag = group.id << 1 | u32::from(exact);
         let hash = key_hash(tag, path.as_bytes());
@@ -369,22 +374,11 @@ impl Index {
             Some(trimmed) if !trimmed.is_empty() => trimmed,
             _ => path,
         };
-        // `/` is length 0 however it was reached (`/` itself, or `//` trimmed).
-        let mut depth = if candidate == "/" {
-            0
-        } else {
-            request.slashes - (path.len() - candidate.len())
-        };
+        // The `/` in `candidate`, kept exact as it shrinks: each cut takes one away.
+        let mut count = request.slashes - (path.len() - candidate.len());
         loop {
-            debug_assert_eq!(
-                depth,
-                if candidate == "/" {
-                    0
-                } else {
-                    slashes(candidate)
-                }
-            );
-            if group.prefix_depths & depth_bit(depth) != 0
+            debug_assert_eq!(count, slashes(candidate));
+            if group.prefix_depths & depth_bit(prefix_depth(candidate, count)) != 0
                 && let Some(found) = self.find_slot(routes, group.id << 1, candidate, request)
             {
                 return Some(found);
@@ -392,11 +386,9 @@ impl Index {
             if candidate == "/" {
                 return None;
             }
-            (candidate, depth) = match candidate.rfind('/') {
-                Some(0) | None => ("/", 0),
-                // `//x` cuts to `/`.
-                Some(1) if candidate.starts_with("//") => ("/", 0),
-                Some(cut) => (&candidate[..cut], depth - 1),
+            (candidate, count) = match candidate.rfind('/') {
+                Some(0) | None => ("/", 1),
+                Some(cut) => (&candidate[..cut], count - 1),
             };
         }
     }
