@@ -69,6 +69,14 @@ fn report_listener_changes(old: &Snapshot, new: &Snapshot) {
             );
         }
     }
+    if o.defer_accept != n.defer_accept {
+        tracing::warn!(
+            key = "server.defer_accept",
+            before_s = o.defer_accept.as_secs(),
+            after_s = n.defer_accept.as_secs(),
+            "listener option changed: takes effect after a restart"
+        );
+    }
 }
 
 /// Polls the config file and every file it names (certificates, keys, CA bundles,

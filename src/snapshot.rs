@@ -299,6 +299,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Accepting on after the shutdown signal, not ready (see `server::serve_listeners`).
     pub shutdown_delay: Duration,
+    /// `TCP_DEFER_ACCEPT` on the client listeners, whole seconds (see `server::sockopt`).
+    pub defer_accept: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,

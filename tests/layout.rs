@@ -296,3 +296,54 @@ fn the_checker_sees_grouped_and_relative_imports() {
         Some(vec!["a".into(), "b".into(), "a".into()])
     );
 }
+
+/// `unsafe` stays in one place: `server::sockopt`'s `setsockopt` (`TCP_DEFER_ACCEPT`, which
+/// no safe crate sets). lib.rs can only `deny(unsafe_code)`, which an `#[allow]` anywhere
+/// would lift, so this test holds the line: one `unsafe` block and one `allow(unsafe_code)`,
+/// both in that file.
+#[test]
+fn unsafe_code_stays_in_the_one_socket_option() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut hits: Vec<(String, &str)> = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let name = path.strip_prefix(&root).unwrap().display().to_string();
+            // Test modules too: they are compiled under the same lint.
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines() {
+                let line = match line.find("//") {
+                    Some(at) => &line[..at],
+                    None => line,
+                };
+                let words = line.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+                for word in words {
+                    match word {
+                        "unsafe" => hits.push((name.clone(), "unsafe")),
+                        "unsafe_code" if line.contains("allow") => {
+                            hits.push((name.clone(), "allow(unsafe_code)"))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    hits.sort();
+    assert_eq!(
+        hits,
+        [
+            ("server/sockopt.rs".to_owned(), "allow(unsafe_code)"),
+            ("server/sockopt.rs".to_owned(), "unsafe"),
+        ],
+        "unsafe code outside server::sockopt, or more of it there"
+    );
+}

@@ -224,6 +224,10 @@ pub struct RawServer {
     /// before they close (and `shutdown_grace` starts): time for a load balancer or the
     /// Kubernetes endpoints controller to stop sending new connections. Default `"0s"`.
     pub shutdown_delay: Option<String>,
+    /// Linux: the client listeners wake for a new connection only once it has sent its
+    /// first bytes, or this long after the handshake (`TCP_DEFER_ACCEPT`, whole seconds);
+    /// `"0s"` wakes at once. Default `"1s"`.
+    pub defer_accept: Option<String>,
     /// Open client connections at most; beyond it new connections wait in the listen
     /// backlog. Default 10000.
     pub max_connections: Option<usize>,

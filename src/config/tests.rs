@@ -2,6 +2,7 @@
 //! `compile/`, and the exact key it must be reported under.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{ConfigError, load_str};
 
@@ -92,6 +93,20 @@ fn the_base_is_valid() {
 }
 
 #[test]
+fn defer_accept_is_a_second_unless_set_and_zero_turns_it_off() {
+    let load = |f: &Fragment| {
+        load_str(&text(f), PathBuf::from("/nonexistent/portcullis.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let default = load(&Fragment::default());
+    assert_eq!(default.server.defer_accept, Duration::from_secs(1));
+    let off = load(&server(r#"defer_accept = "0s""#));
+    assert_eq!(off.server.defer_accept, Duration::ZERO);
+    let longer = load(&server(r#"defer_accept = "1m""#));
+    assert_eq!(longer.server.defer_accept, Duration::from_secs(60));
+}
+
+#[test]
 fn every_issue_names_its_key() {
     let route = |lines: &'static str| {
         tables(Box::leak(
@@ -122,6 +137,8 @@ fn every_issue_names_its_key() {
             server(r#"tls_handshake_timeout = "0s""#),
             "server.tls_handshake_timeout",
         ),
+        (server(r#"defer_accept = "500ms""#), "server.defer_accept"),
+        (server(r#"defer_accept = "later""#), "server.defer_accept"),
         (server("max_connections = 0"), "server.max_connections"),
         (server("max_headers = 0"), "server.max_headers"),
         (

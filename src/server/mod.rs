@@ -6,6 +6,7 @@
 //! grace to finish their requests.
 
 pub mod conn;
+mod sockopt;
 
 use crate::tls;
 
@@ -50,9 +51,16 @@ impl Listeners {
                 }),
             }
         }
+        let (http, https) = (
+            bind_one(settings.http, "http").await?,
+            bind_one(settings.https, "https").await?,
+        );
+        for listener in [&http, &https].into_iter().flatten() {
+            sockopt::defer_accept(&socket2::SockRef::from(listener), settings.defer_accept)?;
+        }
         Ok(Listeners {
-            http: bind_one(settings.http, "http").await?,
-            https: bind_one(settings.https, "https").await?,
+            http,
+            https,
             admin: bind_one(settings.admin, "admin").await?,
             health: bind_one(settings.health, "health").await?,
             forward_auth: bind_one(settings.forward_auth, "forward_auth.listen").await?,
@@ -109,7 +117,7 @@ impl StdListeners {
         for (addr, what) in [(settings.http, "http"), (settings.https, "https")] {
             let Some(mut addr) = addr else { continue };
             for (i, set) in sets.iter_mut().enumerate() {
-                let listener = reuseport_listener(addr).map_err(|e| {
+                let listener = reuseport_listener(addr, settings.defer_accept).map_err(|e| {
                     io::Error::new(
                         e.kind(),
                         format!("cannot listen on {addr} (server.{what}): {e}"),
@@ -160,7 +168,9 @@ impl StdListeners {
     }
 }
 
-fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// A client listener: joins the others on `addr` (`SO_REUSEPORT`), and wakes its accept
+/// loop only once a client has sent something (`server.defer_accept`, see `sockopt`).
+fn reuseport_listener(addr: SocketAddr, defer: Duration) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -168,6 +178,7 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
+    sockopt::defer_accept(&socket, defer)?;
     Ok(socket.into())
 }
 

@@ -102,7 +102,13 @@ async fn idle_keep_alive_connections_are_closed() {
 #[tokio::test]
 async fn a_client_that_connects_and_never_sends_is_cut() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&config_with(&upstream, "header_read_timeout = \"1s\"", "")).await;
+    // Accepted at once (no defer_accept), so the head timeout alone is measured.
+    let gw = Gateway::start(&config_with(
+        &upstream,
+        "header_read_timeout = \"1s\"\ndefer_accept = \"0s\"",
+        "",
+    ))
+    .await;
     let mut stream = TcpStream::connect(gw.http).await.unwrap();
     let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(answer, "");
@@ -111,6 +117,51 @@ async fn a_client_that_connects_and_never_sends_is_cut() {
         closed >= Duration::from_millis(900) && closed < Duration::from_secs(3),
         "closed after {closed:?}, header_read_timeout is 1 s"
     );
+}
+
+/// `defer_accept` (default 1 s): a client that says nothing waits in the kernel, not
+/// accepted, so it holds no connection slot; when the wait ends it is accepted and
+/// `header_read_timeout` cuts it. With `"0s"` it is accepted at once and holds the slot.
+#[tokio::test]
+async fn a_silent_client_waits_in_the_kernel_until_defer_accept_ends() {
+    let upstream = Upstream::start().await;
+    for (defer, slot_taken) in [("", false), ("defer_accept = \"0s\"", true)] {
+        let server = format!("header_read_timeout = \"1s\"\nmax_connections = 1\n{defer}");
+        let gw = Gateway::start(&config_with(&upstream, &server, "")).await;
+        let started = std::time::Instant::now();
+        let mut silent = TcpStream::connect(gw.http).await.unwrap();
+        let mut talking = TcpStream::connect(gw.http).await.unwrap();
+        talking
+            .write_all(b"GET /public HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let served = tokio::time::timeout(Duration::from_millis(500), talking.read(&mut buf)).await;
+        match served {
+            Ok(read) => {
+                let n = read.unwrap();
+                assert!(
+                    !slot_taken,
+                    "{defer}: served while the silent client held the slot"
+                );
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{defer}");
+            }
+            Err(_) => assert!(slot_taken, "{defer}: the silent client held the only slot"),
+        }
+        let (answer, _) = read_until_closed(&mut silent, Duration::from_secs(6)).await;
+        assert_eq!(answer, "", "{defer}");
+        let closed = started.elapsed();
+        // Deferred: accepted about 1 s after the handshake, then cut 1 s later.
+        let (at_least, below) = if slot_taken {
+            (Duration::from_millis(900), Duration::from_secs(3))
+        } else {
+            (Duration::from_millis(1800), Duration::from_secs(5))
+        };
+        assert!(
+            closed >= at_least && closed < below,
+            "{defer}: the silent client was closed after {closed:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -132,7 +183,7 @@ async fn a_silent_tls_client_is_cut_after_the_handshake_timeout() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&config_with(
         &upstream,
-        "tls_handshake_timeout = \"1s\"",
+        "tls_handshake_timeout = \"1s\"\ndefer_accept = \"0s\"",
         "",
     ))
     .await;

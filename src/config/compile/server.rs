@@ -93,6 +93,7 @@ impl Compiler {
                 raw.shutdown_delay.as_ref(),
                 Duration::ZERO,
             ),
+            defer_accept: self.defer_accept(raw.defer_accept.as_ref()),
             max_connections: self.positive("server.max_connections", raw.max_connections, 10_000),
             max_header_bytes: self
                 .size("server.max_header_bytes", raw.max_header_bytes.as_ref())
@@ -131,6 +132,21 @@ impl Compiler {
                 parsed
             }),
         }
+    }
+
+    /// `server.defer_accept`: whole seconds, since the kernel counts in seconds (a
+    /// `"500ms"` would silently become 0 or 1).
+    fn defer_accept(&mut self, raw: Option<&String>) -> Duration {
+        let key = "server.defer_accept";
+        let wait = self.duration(key, raw, Duration::from_secs(1));
+        if wait.subsec_nanos() == 0 {
+            return wait;
+        }
+        self.issue(
+            key,
+            "must be whole seconds (the kernel counts in seconds); write e.g. \"1s\" (the default), or \"0s\" to accept at once",
+        );
+        Duration::from_secs(1)
     }
 
     pub(super) fn trusted_origins(&mut self, raw: &[String]) -> Vec<crate::csrf::Origin> {
