@@ -56,7 +56,7 @@ impl Listeners {
             bind_one(settings.https, "https").await?,
         );
         for listener in [&http, &https].into_iter().flatten() {
-            sockopt::defer_accept(&socket2::SockRef::from(listener), settings.defer_accept)?;
+            sockopt::defer_accept_or_warn(&socket2::SockRef::from(listener), settings.defer_accept);
         }
         Ok(Listeners {
             http,
@@ -178,7 +178,7 @@ fn reuseport_listener(addr: SocketAddr, defer: Duration) -> io::Result<std::net:
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    sockopt::defer_accept(&socket, defer)?;
+    sockopt::defer_accept_or_warn(&socket, defer);
     Ok(socket.into())
 }
 

@@ -6,19 +6,33 @@
 //! With it, Linux completes the TCP handshake as usual but wakes the accept loop only once
 //! the client's first bytes (an HTTP request head, a TLS ClientHello) are there, or once
 //! the wait has passed. A new connection then costs no wake-up and no read that finds
-//! nothing: 0.88x the CPU of a connection per request (`docs/performance.md`). A client
+//! nothing: 0.91x the CPU of a connection per request (`docs/performance.md`). A client
 //! that says nothing sits in the kernel's queue of half-open connections (not counted in
 //! `max_connections`), is accepted when the wait ends, and `header_read_timeout` (or
 //! `tls_handshake_timeout`) starts then.
+//!
+//! A kernel or sandbox that refuses the option costs only the saving: the listener is
+//! used as it is, with a warning, never refused.
 
 use std::io;
 use std::time::Duration;
 
-/// Sets `TCP_DEFER_ACCEPT` to `wait` (whole seconds; zero turns it off). Elsewhere than on
-/// Linux it does nothing.
+/// Sets `TCP_DEFER_ACCEPT` on a listener to `wait` (whole seconds; zero turns it off), or
+/// warns that it could not (see above).
+pub fn defer_accept_or_warn(socket: &socket2::Socket, wait: Duration) {
+    if let Err(error) = defer_accept(socket, wait) {
+        tracing::warn!(
+            %error,
+            key = "server.defer_accept",
+            "cannot set TCP_DEFER_ACCEPT: new connections are accepted before they send"
+        );
+    }
+}
+
+/// Sets `TCP_DEFER_ACCEPT` to `wait`. Elsewhere than on Linux it does nothing.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-pub fn defer_accept(socket: &socket2::Socket, wait: Duration) -> io::Result<()> {
+fn defer_accept(socket: &socket2::Socket, wait: Duration) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let seconds = libc::c_int::try_from(wait.as_secs()).unwrap_or(libc::c_int::MAX);
     // SAFETY: `setsockopt` reads `size_of::<c_int>()` bytes at a pointer to a live
@@ -40,7 +54,7 @@ pub fn defer_accept(socket: &socket2::Socket, wait: Duration) -> io::Result<()> 
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn defer_accept(_: &socket2::Socket, _: Duration) -> io::Result<()> {
+fn defer_accept(_: &socket2::Socket, _: Duration) -> io::Result<()> {
     Ok(())
 }
 
