@@ -11,31 +11,37 @@ use std::path::{Path, PathBuf};
 /// binary's `main.rs`.
 fn modules(root: &Path) -> BTreeMap<Vec<String>, PathBuf> {
     let mut out = BTreeMap::new();
+    for path in rust_files(root) {
+        let relative = path.strip_prefix(root).unwrap();
+        let mut parts: Vec<String> = relative
+            .iter()
+            .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_owned())
+            .collect();
+        match parts.last().map(String::as_str) {
+            Some("main") if parts.len() == 1 => continue,
+            Some("lib") if parts.len() == 1 => parts.clear(),
+            Some("mod") => {
+                parts.pop();
+            }
+            _ => {}
+        }
+        out.insert(parts, path);
+    }
+    out
+}
+
+/// Every `.rs` file under `root`, at any depth.
+fn rust_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-                continue;
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
             }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let relative = path.strip_prefix(root).unwrap();
-            let mut parts: Vec<String> = relative
-                .iter()
-                .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_owned())
-                .collect();
-            match parts.last().map(String::as_str) {
-                Some("main") if parts.len() == 1 => continue,
-                Some("lib") if parts.len() == 1 => parts.clear(),
-                Some("mod") => {
-                    parts.pop();
-                }
-                _ => {}
-            }
-            out.insert(parts, path);
         }
     }
     out
@@ -305,34 +311,23 @@ fn the_checker_sees_grouped_and_relative_imports() {
 fn unsafe_code_stays_in_the_one_socket_option() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut hits: Vec<(String, &str)> = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let name = path.strip_prefix(&root).unwrap().display().to_string();
-            // Test modules too: they are compiled under the same lint.
-            let text = std::fs::read_to_string(&path).unwrap();
-            for line in text.lines() {
-                let line = match line.find("//") {
-                    Some(at) => &line[..at],
-                    None => line,
-                };
-                let words = line.split(|c: char| !(c.is_alphanumeric() || c == '_'));
-                for word in words {
-                    match word {
-                        "unsafe" => hits.push((name.clone(), "unsafe")),
-                        "unsafe_code" if line.contains("allow") => {
-                            hits.push((name.clone(), "allow(unsafe_code)"))
-                        }
-                        _ => {}
+    for path in rust_files(&root) {
+        let name = path.strip_prefix(&root).unwrap().display().to_string();
+        // Test modules too: they are compiled under the same lint.
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            let line = match line.find("//") {
+                Some(at) => &line[..at],
+                None => line,
+            };
+            let words = line.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+            for word in words {
+                match word {
+                    "unsafe" => hits.push((name.clone(), "unsafe")),
+                    "unsafe_code" if line.contains("allow") => {
+                        hits.push((name.clone(), "allow(unsafe_code)"))
                     }
+                    _ => {}
                 }
             }
         }
