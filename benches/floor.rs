@@ -95,7 +95,9 @@ fn self_test() {
         .expect("write");
     let mut answer = Vec::new();
     // To the end: a server that kept the connection open would time this read out.
-    client.read_to_end(&mut answer).expect("an answer, then EOF");
+    client
+        .read_to_end(&mut answer)
+        .expect("an answer, then EOF");
     let answer = String::from_utf8(answer).expect("UTF-8");
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.contains("content-type: text/plain\r\n"), "{answer}");

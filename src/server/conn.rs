@@ -141,10 +141,18 @@ impl Builders {
 
 /// A client socket the parked state can wait on without reading from it.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether the end of a connection writes something of its own before the socket is
+    /// closed (TLS: its `close_notify`). Plain TCP is closed without a `shutdown` first:
+    /// `close` sends the FIN after what is queued, as `shutdown` would (nginx closes the
+    /// same way), and the connection is dropped whole instead of taken apart.
+    const SHUTS_DOWN: bool;
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl ClientIo for TcpStream {
+    const SHUTS_DOWN: bool = false;
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
     }
@@ -153,6 +161,8 @@ impl ClientIo for TcpStream {
 /// hyper's last read returned pending, so rustls held no unread plaintext: new input
 /// arrives as new bytes on the socket.
 impl ClientIo for Box<TlsStream<TcpStream>> {
+    const SHUTS_DOWN: bool = true;
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_ref().0.poll_read_ready(cx)
     }
@@ -199,6 +209,9 @@ pub async fn serve<I: ClientIo>(
     // inside `stopped` is gone as soon as the signal came).
     let mut stop_signal = Box::pin(stopped(stop.clone()));
     let sniffed = tokio::select! {
+        // The first bytes first: they are nearly always there (`server.defer_accept`), and
+        // then the stop signal is not polled, which would register a waiter.
+        biased;
         sniffed = tokio::time::timeout(builders.header_read_timeout, sniff(&mut io)) => sniffed,
         () = &mut stop_signal => return Ok(()),
     };
@@ -289,18 +302,14 @@ where
     let mut wait = HeaderWait::new(&activity, period, builders.header_read_timeout);
     loop {
         let mut connection = Box::new(builders.http1.serve_connection(TokioIo::new(io), service));
-        let mut check = Box::pin(tokio::time::sleep(period));
+        let mut check: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut checks = 0u32;
         let mut seen = activity.ticks.load(Ordering::Relaxed);
         let mut stopping = false;
-        // The stop signal and the check timer keep this task's waker once polled (the task,
-        // hence its waker, never changes): after the first poll they are polled again only
-        // when they may be ready, not on each of the three or four wake-ups of a request.
-        let mut registered = false;
         let outcome = poll_fn(|cx| {
-            if !stopping
-                && (!registered || signals.may_have_stopped())
-                && signals.stop.as_mut().poll(cx).is_ready()
+            // Checked by an atomic load on every wake-up; polled (a lock and a waiter) only
+            // when it may have fired, or to register below.
+            if !stopping && signals.may_have_stopped() && signals.stop.as_mut().poll(cx).is_ready()
             {
                 stopping = true;
                 Pin::new(&mut *connection).graceful_shutdown();
@@ -310,7 +319,34 @@ where
             if let Poll::Ready(result) = connection.poll_without_shutdown(cx) {
                 return Poll::Ready(Some(result));
             }
-            if !registered || check.is_elapsed() {
+            // Armed the first time the connection waits with no request in flight. Until
+            // then nothing needs a wake-up of its own: a request in flight ends by waking
+            // this task (its response is written in that poll), the drain is seen by the
+            // load above before the response head goes out, and neither the header
+            // timeout nor the park check counts while a request is in flight. A new
+            // connection whose request is there at once (`defer_accept`) and that closes
+            // after its answer never arms: no timer, no waiter (about 1.5k instructions).
+            // Once armed, the stop signal and the timer keep this task's waker (the task,
+            // hence its waker, never changes): they are polled again only when they may
+            // be ready, not on each of the three or four wake-ups of a request.
+            let check = match &mut check {
+                Some(check) if !check.is_elapsed() => return Poll::Pending,
+                Some(check) => check,
+                None if activity.in_flight.load(Ordering::Relaxed) > 0 => {
+                    return Poll::Pending;
+                }
+                None => {
+                    if !stopping && signals.stop.as_mut().poll(cx).is_ready() {
+                        stopping = true;
+                        Pin::new(&mut *connection).graceful_shutdown();
+                        // Polled again (hyper may close at once now it is idle) or, should it
+                        // not, woken as soon as it can.
+                        cx.waker().wake_by_ref();
+                    }
+                    check.insert(Box::pin(tokio::time::sleep(period)))
+                }
+            };
+            {
                 // A fired timer has given its waker away: after a reset it is polled again.
                 while check.as_mut().poll(cx).is_ready() {
                     if wait.timed_out(&activity) {
@@ -328,20 +364,23 @@ where
                     check.as_mut().reset(Instant::now() + period);
                 }
             }
-            registered = true;
             Poll::Pending
         })
         .await;
         if let Some(result) = outcome {
             result?;
-            let hyper::server::conn::http1::Parts { io, read_buf, .. } = (*connection).into_parts();
-            let io = io.into_inner();
             let upgraded = activity
                 .upgrade
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take()
                 .and_then(|handoff| handoff.take());
+            if upgraded.is_none() && !I::SHUTS_DOWN {
+                // Dropped whole: the socket is closed, nothing taken apart.
+                return Ok(());
+            }
+            let hyper::server::conn::http1::Parts { io, read_buf, .. } = (*connection).into_parts();
+            let io = io.into_inner();
             let ConnIo {
                 inner: mut client,
                 prefix,
@@ -419,7 +458,9 @@ where
         wait.add(parked_at.elapsed());
         parked.dec();
         if !woken {
-            let _ = io.inner.shutdown().await;
+            if I::SHUTS_DOWN {
+                let _ = io.inner.shutdown().await;
+            }
             return Ok(());
         }
     }
