@@ -24,7 +24,10 @@
 //! The header read timeout is the connection's own ([`HeaderWait`]), not hyper's: hyper
 //! makes a new timer for every request head it waits for, and a timer per request was
 //! about 5% of a proxied request's instructions. One timer per connection, moved on only
-//! when it fires, runs both the header timeout and the park check.
+//! when it fires, runs both the header timeout and the park check. It is armed, with the
+//! connection's waiter on the drain signal, the first time the connection waits with no
+//! request in flight: a connection whose request is there when it is accepted and that
+//! closes after the answer (`Connection: close`) never needs either.
 //!
 //! A parked connection keeps the keep-alive bound: it is closed `header_read_timeout` minus
 //! [`PARK_AFTER`] after it parked, that is between `header_read_timeout` and one

@@ -309,6 +309,34 @@ async fn shutdown_closes_a_busy_connection_right_after_its_answer() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// The drain begins while the upstream has not answered yet (the connection has armed no
+/// waiter on the drain signal then): the answer still says `Connection: close`, and the
+/// connection ends right after it.
+#[tokio::test]
+async fn a_drain_during_a_request_makes_its_answer_the_last() {
+    let upstream = Upstream::start().await;
+    let server = "header_read_timeout = \"30s\"\nshutdown_grace = \"20s\"";
+    let text = config_with(&upstream, server, "").replace("timeout = \"1s\"", "timeout = \"10s\"");
+    let mut gw = Gateway::start(&text).await;
+    let mut conn = Raw::connect(&gw).await;
+    // The upstream answers after 3 s; the drain starts 300 ms in.
+    conn.send(b"GET /public/slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.begin_stop();
+    let (answer, closed) = read_until_closed(&mut conn.stream, Duration::from_secs(6)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let head = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    let closed = closed.expect("the connection stayed open");
+    assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
+    gw.stopped(Duration::from_secs(3)).await.unwrap();
+}
+
 #[tokio::test]
 async fn tls_connections_park_and_http2_ones_do_not() {
     let upstream = Upstream::start().await;
