@@ -234,8 +234,7 @@ pub fn strip_request<'a>(
     let strip_forwarded = !client.trusted;
     let keep_method_override = rules.keep_method_override;
     let authorization = remove_where(headers, |name| {
-        HOP_BY_HOP.contains(&name)
-            || policy.is_identity_header(name)
+        policy.is_identity_header(name)
             || names_a_path(name)
             || (!keep_method_override && METHOD_OVERRIDES.iter().any(|h| same_header(h, name)))
             || (strip_forwarded && FORWARDING.iter().any(|f| same_name(f, name)))
@@ -437,8 +436,8 @@ const FORWARDING: [&str; 5] = [
     "x-real-ip",
 ];
 
-/// Removes the headers `doomed` selects, plus every header the `Connection` header names.
-/// Returns whether the request has an `Authorization` field (seen in the same pass, so the
+/// Removes the hop-by-hop headers, the headers `doomed` selects, and every header the
+/// `Connection` header names. Returns whether the request has an `Authorization` field (seen in the same pass, so the
 /// credential strip needs no lookup of its own when there is none).
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) -> bool {
     // Usually empty (clients do not send identity fields): no allocation then.
@@ -452,7 +451,7 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) -> bool 
             connection = true;
         } else if *name == AUTHORIZATION {
             authorization = true;
-        } else if doomed(name.as_str()) {
+        } else if HOP_BY_HOP.contains(&name.as_str()) || doomed(name.as_str()) {
             names.push(name.clone());
         } else if name.as_str() == "close" {
             close_field = true;

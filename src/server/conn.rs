@@ -349,23 +349,21 @@ where
                     check.insert(Box::pin(tokio::time::sleep(period)))
                 }
             };
-            {
-                // A fired timer has given its waker away: after a reset it is polled again.
-                while check.as_mut().poll(cx).is_ready() {
-                    if wait.timed_out(&activity) {
-                        // Closed without an answer, as an idle keep-alive connection is.
-                        return Poll::Ready(Some(Ok(())));
-                    }
-                    checks = checks.wrapping_add(1);
-                    if may_park && !stopping && checks.is_multiple_of(builders.park_every) {
-                        let now = activity.ticks.load(Ordering::Relaxed);
-                        if now == seen && activity.idle() {
-                            return Poll::Ready(None);
-                        }
-                        seen = now;
-                    }
-                    check.as_mut().reset(Instant::now() + period);
+            // A fired timer has given its waker away: after a reset it is polled again.
+            while check.as_mut().poll(cx).is_ready() {
+                if wait.timed_out(&activity) {
+                    // Closed without an answer, as an idle keep-alive connection is.
+                    return Poll::Ready(Some(Ok(())));
                 }
+                checks = checks.wrapping_add(1);
+                if may_park && !stopping && checks.is_multiple_of(builders.park_every) {
+                    let now = activity.ticks.load(Ordering::Relaxed);
+                    if now == seen && activity.idle() {
+                        return Poll::Ready(None);
+                    }
+                    seen = now;
+                }
+                check.as_mut().reset(Instant::now() + period);
             }
             Poll::Pending
         })
