@@ -42,12 +42,13 @@ secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 gateway_toml $port_gw $port_up > "$work/gw.toml"
 token=$(python3 "$here/../../scripts/tokens.py" hs256 "$secret" 1)
 
-# callgrind_rate LABEL URL [WRK ARGS...]: the server $vg runs under callgrind; warms it up,
-# counts 6 s of wrk, stops it, prints the instructions per request.
+# callgrind_rate LABEL READY_URL URL [WRK ARGS...]: the server $vg runs under callgrind; once
+# READY_URL answers 2xx, warms it up on URL, counts 6 s of wrk, stops it, prints the
+# instructions per request.
 callgrind_rate() {
-    local label=$1 url=$2; shift 2
+    local label=$1 ready=$2 url=$3; shift 3
     echo $vg > "$work/vg.pid"
-    wait_ready "$url" || { echo "$label: no answer from $url" >&2; exit 1; }
+    wait_ready "$ready" || { echo "$label: no answer from $ready" >&2; exit 1; }
     wrk -t1 -c16 -d3s "$@" "$url" > /dev/null
     callgrind_control -z $vg > /dev/null 2>&1
     local n
@@ -69,7 +70,7 @@ measure() { # measure LABEL PATH [header]
     LOAD_SECRET=$secret RUST_LOG=warn "${callgrind[@]}" "$bin" serve --config "$work/gw.toml" \
         --workers 1 > "$work/gw.log" 2>&1 &
     vg=$!
-    callgrind_rate "$label" "http://127.0.0.1:$port_gw$path" "$@"
+    callgrind_rate "$label" "http://127.0.0.1:$port_gw/plain/" "http://127.0.0.1:$port_gw$path" "$@"
 }
 
 if ! $floor; then
@@ -99,10 +100,10 @@ for each in "" close; do
     args=(); suffix="keep-alive"
     [ -n "$each" ] && { args=(-H "Connection: close"); suffix="new connection each"; }
     "${callgrind[@]}" nginx -c "$work/self.conf" > /dev/null 2>&1 & vg=$!
-    callgrind_rate "nginx answering, $suffix" "http://127.0.0.1:$port_self/plain/" "${args[@]}"
+    callgrind_rate "nginx answering, $suffix" "http://127.0.0.1:$port_self/plain/" "http://127.0.0.1:$port_self/plain/" "${args[@]}"
     "${callgrind[@]}" "$floor_bin" $port_floor > /dev/null 2>&1 & vg=$!
-    callgrind_rate "hyper + tokio floor, $suffix" "http://127.0.0.1:$port_floor/plain/" "${args[@]}"
+    callgrind_rate "hyper + tokio floor, $suffix" "http://127.0.0.1:$port_floor/plain/" "http://127.0.0.1:$port_floor/plain/" "${args[@]}"
     "${callgrind[@]}" nginx -c "$work/np.conf" > /dev/null 2>&1 & vg=$!
-    callgrind_rate "nginx proxying, $suffix" "http://127.0.0.1:$port_np/plain/" "${args[@]}"
+    callgrind_rate "nginx proxying, $suffix" "http://127.0.0.1:$port_np/plain/" "http://127.0.0.1:$port_np/plain/" "${args[@]}"
     measure "gateway public route, $suffix" /plain/ "${args[@]}"
 done
