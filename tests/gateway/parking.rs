@@ -260,11 +260,12 @@ async fn a_partial_request_head_keeps_its_header_timer() {
     assert!(answer.contains(r#""path":"/public/partial""#), "{answer}");
 }
 
-/// A gateway whose header timer and drain grace outlast the test: any prompt close is the
-/// drain's doing.
+/// A gateway whose header timer, drain grace and upstream timeout outlast the test: any
+/// prompt close is the drain's doing.
 async fn draining_gateway(upstream: &Upstream) -> Gateway {
     let server = "header_read_timeout = \"30s\"\nshutdown_grace = \"20s\"";
-    Gateway::start(&config_with(upstream, server, "")).await
+    let text = config_with(upstream, server, "").replace("timeout = \"1s\"", "timeout = \"10s\"");
+    Gateway::start(&text).await
 }
 
 #[tokio::test]
@@ -315,9 +316,7 @@ async fn shutdown_closes_a_busy_connection_right_after_its_answer() {
 #[tokio::test]
 async fn a_drain_during_a_request_makes_its_answer_the_last() {
     let upstream = Upstream::start().await;
-    let server = "header_read_timeout = \"30s\"\nshutdown_grace = \"20s\"";
-    let text = config_with(&upstream, server, "").replace("timeout = \"1s\"", "timeout = \"10s\"");
-    let mut gw = Gateway::start(&text).await;
+    let mut gw = draining_gateway(&upstream).await;
     let mut conn = Raw::connect(&gw).await;
     // The upstream answers after 3 s; the drain starts 300 ms in.
     conn.send(b"GET /public/slow HTTP/1.1\r\nHost: t\r\n\r\n")
